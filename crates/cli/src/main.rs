@@ -1,0 +1,276 @@
+//! `onephase`: the server, and the commands that run beside it.
+//!
+//! `serve`, `migrate` and `token` work on a store directly. Later operational commands
+//! (`outbox status`, `saga list`, ...) are HTTP clients of a running server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use onephase_server::auth::{Role, TokenSource, Tokens, generate_token, hash_token};
+use onephase_server::{
+    ConfigOverrides, LogFormat, Server, ServerConfig, migrations, shutdown_signal,
+};
+use onephase_store::Store;
+
+/// onephase: transactional outbox and inbox, sagas, signed webhooks, fenced leases and rate
+/// limits, without two-phase commit.
+///
+/// Settings come from flags, then ONEPHASE_* environment variables, then the TOML file given
+/// by --config, then defaults. With no settings at all, `onephase serve` listens on
+/// 127.0.0.1:7700 with its state in ./onephase.db.
+#[derive(Debug, Parser)]
+#[command(name = "onephase", version, propagate_version = true)]
+struct Cli {
+    /// TOML configuration file (see docs/configuration.md).
+    #[arg(long, global = true, env = "ONEPHASE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the HTTP API, dashboard and metrics until SIGINT or SIGTERM.
+    Serve(ServeArgs),
+    /// Apply every pending migration to the store, then exit.
+    Migrate(StoreArgs),
+    /// Create, list and revoke API tokens in the store.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Args)]
+struct StoreArgs {
+    /// Store URL: sqlite://PATH (default sqlite://onephase.db) or postgres://USER@HOST/DB.
+    #[arg(long, env = "ONEPHASE_STORE", value_name = "URL")]
+    store: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:7700].
+    #[arg(long, env = "ONEPHASE_LISTEN", value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+
+    #[command(flatten)]
+    store: StoreArgs,
+
+    /// Largest request body accepted, in bytes [default: 1048576].
+    #[arg(long, env = "ONEPHASE_BODY_LIMIT", value_name = "BYTES")]
+    body_limit: Option<usize>,
+
+    /// Log filter, e.g. `info` or `onephase=debug,tower_http=debug` [default: info].
+    #[arg(long, env = "ONEPHASE_LOG", value_name = "FILTER")]
+    log: Option<String>,
+
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "ONEPHASE_LOG_FORMAT", value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
+
+    /// Seconds to wait for requests in flight on shutdown [default: 30].
+    #[arg(long, env = "ONEPHASE_SHUTDOWN_GRACE_SECS", value_name = "SECS")]
+    shutdown_grace_secs: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it once (only its hash is kept).
+    Create {
+        /// Unique name: letters, digits, '.', '_' or '-'.
+        #[arg(long)]
+        name: String,
+        /// admin (may manage tokens) or client.
+        #[arg(long, default_value = "client", value_parser = parse_role)]
+        role: Role,
+        /// Print the token and the [[auth.tokens]] entry for a configuration file instead of
+        /// storing it.
+        #[arg(long)]
+        config_only: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List tokens (never their secrets).
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Revoke a token; it stops working at once.
+    Revoke {
+        /// The token's name.
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    match s {
+        "admin" => Ok(Role::Admin),
+        "client" => Ok(Role::Client),
+        other => Err(format!("unknown role {other:?}: use admin or client")),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config_file = cli.config.as_deref();
+    match cli.command {
+        Command::Serve(args) => {
+            let overrides = ConfigOverrides {
+                listen: args.listen,
+                store: args.store.store,
+                body_limit: args.body_limit,
+                log: args.log,
+                log_format: args.log_format,
+                shutdown_grace_secs: args.shutdown_grace_secs,
+            };
+            let config = ServerConfig::load(config_file, overrides)?;
+            init_tracing(&config)?;
+            serve(config).await
+        }
+        Command::Migrate(args) => {
+            let config = load_for_store(config_file, args)?;
+            init_tracing(&config)?;
+            let store = Store::connect(&config.store).await?;
+            store.migrate(&migrations()).await?;
+            println!("{}: migrations applied", store.url());
+            store.close().await;
+            Ok(())
+        }
+        Command::Token(command) => token(config_file, command).await,
+    }
+}
+
+fn load_for_store(file: Option<&std::path::Path>, args: StoreArgs) -> anyhow::Result<ServerConfig> {
+    let overrides = ConfigOverrides {
+        store: args.store,
+        ..Default::default()
+    };
+    Ok(ServerConfig::load(file, overrides)?)
+}
+
+fn init_tracing(config: &ServerConfig) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(&config.log)
+        .with_context(|| format!("invalid log filter {:?}", config.log))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+async fn serve(config: ServerConfig) -> anyhow::Result<()> {
+    let server = Server::bind(config).await?;
+    let addr = server.local_addr();
+    if let Some(token) = server.bootstrap_token() {
+        println!(
+            "\nonephase created the first admin token. It is shown only this once; keep it now:\n\n    \
+             {token}\n\nTry it:  curl -H 'Authorization: Bearer {token}' http://{addr}/v1/whoami\n"
+        );
+    }
+    server.run_until(shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn token(config_file: Option<&std::path::Path>, command: TokenCommand) -> anyhow::Result<()> {
+    match command {
+        TokenCommand::Create {
+            name,
+            role,
+            config_only,
+            store,
+        } => {
+            let token = generate_token(&mut rand::rng());
+            if config_only {
+                println!("{token}\n");
+                println!(
+                    "[[auth.tokens]]\nname = {}\nrole = \"{role}\"\nsha256 = \"{}\"",
+                    serde_json::to_string(&name)?,
+                    hash_token(&token)
+                );
+                return Ok(());
+            }
+            let tokens = open_tokens(config_file, store).await?;
+            tokens
+                .create(&name, role, &token, time::OffsetDateTime::now_utc())
+                .await?;
+            println!("{token}");
+            eprintln!("created {role} token {name:?}; it is shown only this once");
+        }
+        TokenCommand::List { store } => {
+            let tokens = open_tokens(config_file, store).await?;
+            println!(
+                "{:<24} {:<7} {:<7} {:<26} REVOKED",
+                "NAME", "ROLE", "SOURCE", "CREATED"
+            );
+            for t in tokens.list().await? {
+                let fmt = |at: Option<time::OffsetDateTime>| {
+                    at.and_then(|at| {
+                        at.format(&time::format_description::well_known::Rfc3339)
+                            .ok()
+                    })
+                    .unwrap_or_else(|| "-".to_owned())
+                };
+                let source = match t.source {
+                    TokenSource::Store => "store",
+                    TokenSource::Config => "config",
+                };
+                println!(
+                    "{:<24} {:<7} {:<7} {:<26} {}",
+                    t.name,
+                    t.role,
+                    source,
+                    fmt(t.created_at),
+                    fmt(t.revoked_at)
+                );
+            }
+        }
+        TokenCommand::Revoke { name, store } => {
+            let tokens = open_tokens(config_file, store).await?;
+            tokens
+                .revoke(&name, time::OffsetDateTime::now_utc())
+                .await?;
+            eprintln!("revoked token {name:?}");
+        }
+    }
+    Ok(())
+}
+
+async fn open_tokens(
+    config_file: Option<&std::path::Path>,
+    store: StoreArgs,
+) -> anyhow::Result<Tokens> {
+    let config = load_for_store(config_file, store)?;
+    let store = Store::connect(&config.store).await?;
+    store.migrate(&migrations()).await?;
+    Ok(Tokens::new(store, config.tokens)?)
+}

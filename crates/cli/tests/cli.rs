@@ -1,0 +1,258 @@
+//! The `onephase` binary as a user runs it: in an empty directory, with no settings.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_onephase");
+
+/// A `onephase serve` child process and what it printed while starting.
+struct Serve {
+    child: Child,
+    base: String,
+    token: Option<String>,
+}
+
+/// Starts `onephase serve` in `dir` on a free port and waits until it listens.
+async fn serve(dir: &Path, extra: &[&str]) -> anyhow::Result<Serve> {
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(extra)
+        .current_dir(dir)
+        .env_remove("ONEPHASE_STORE")
+        .env_remove("ONEPHASE_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut stderr = BufReader::new(child.stderr.take().context("stderr")?).lines();
+    let mut stdout = BufReader::new(child.stdout.take().context("stdout")?).lines();
+    let base = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = stderr.next_line().await? {
+            let Ok(event) = serde_json::from_str::<Value>(&line) else {
+                bail!("a log line is not JSON: {line}");
+            };
+            if let Some(addr) = event["fields"]["addr"].as_str() {
+                return Ok(format!("http://{addr}"));
+            }
+        }
+        bail!("the server exited before listening")
+    })
+    .await
+    .context("the server did not listen within 30 s")??;
+    // The token banner is printed before the server listens, so it is already in the pipe.
+    let mut token = None;
+    while let Ok(Ok(Some(line))) =
+        tokio::time::timeout(Duration::from_millis(200), stdout.next_line()).await
+    {
+        if let Some(t) = line.split_whitespace().find(|w| w.starts_with("op_")) {
+            token = Some(t.trim_matches('\'').to_owned());
+            break;
+        }
+    }
+    // Keep draining stderr so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
+    Ok(Serve { child, base, token })
+}
+
+impl Serve {
+    /// Sends SIGTERM and returns the exit status.
+    async fn terminate(mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let pid = self.child.id().context("running child")?;
+        // The shell's builtin kill: present wherever sh is, unlike /bin/kill.
+        let status = std::process::Command::new("sh")
+            .args(["-c", "kill -TERM \"$1\"", "sh", &pid.to_string()])
+            .status()?;
+        ensure!(status.success(), "kill -TERM failed");
+        Ok(
+            tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+                .await
+                .context("no exit within 20 s of SIGTERM")??,
+        )
+    }
+}
+
+async fn onephase(dir: &Path, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    Ok(Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("ONEPHASE_STORE")
+        .env_remove("ONEPHASE_CONFIG")
+        .output()
+        .await?)
+}
+
+#[tokio::test]
+async fn serve_with_no_settings_runs_on_sqlite_and_stops_cleanly_on_sigterm() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let server = serve(dir.path(), &[]).await?;
+    let token = server
+        .token
+        .clone()
+        .context("the first start prints an admin token")?;
+    ensure!(
+        dir.path().join("onephase.db").exists(),
+        "the default store is ./onephase.db"
+    );
+
+    let http = reqwest::Client::new();
+    let health = http.get(format!("{}/healthz", server.base)).send().await?;
+    ensure!(health.status() == 200);
+    let me: Value = http
+        .get(format!("{}/v1/whoami", server.base))
+        .bearer_auth(&token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    ensure!(me["role"] == "admin", "{me}");
+    let status = server.terminate().await?;
+    ensure!(status.success(), "exit status after SIGTERM: {status}");
+
+    // The second start finds the token and prints none.
+    let again = serve(dir.path(), &[]).await?;
+    ensure!(
+        again.token.is_none(),
+        "a second start printed another admin token"
+    );
+    again.terminate().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn token_commands_manage_the_store_the_server_reads() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let migrate = onephase(dir.path(), &["migrate"]).await?;
+    ensure!(
+        migrate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrate.stderr)
+    );
+
+    let created = onephase(
+        dir.path(),
+        &["token", "create", "--name", "ci", "--role", "admin"],
+    )
+    .await?;
+    ensure!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let token = String::from_utf8(created.stdout)?.trim().to_owned();
+    ensure!(token.starts_with("op_"), "{token}");
+
+    let duplicate = onephase(dir.path(), &["token", "create", "--name", "ci"]).await?;
+    ensure!(!duplicate.status.success());
+    ensure!(String::from_utf8_lossy(&duplicate.stderr).contains("already exists"));
+
+    // A store with a token already: no bootstrap token, and the CLI's token works.
+    let server = serve(dir.path(), &[]).await?;
+    ensure!(server.token.is_none());
+    let me: Value = reqwest::Client::new()
+        .get(format!("{}/v1/whoami", server.base))
+        .bearer_auth(&token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    ensure!(me["name"] == "ci", "{me}");
+
+    let listed = onephase(dir.path(), &["token", "list"]).await?;
+    ensure!(String::from_utf8_lossy(&listed.stdout).contains("ci"));
+    let revoked = onephase(dir.path(), &["token", "revoke", "ci"]).await?;
+    ensure!(
+        revoked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoked.stderr)
+    );
+    let after = reqwest::Client::new()
+        .get(format!("{}/v1/whoami", server.base))
+        .bearer_auth(&token)
+        .send()
+        .await?;
+    ensure!(after.status() == 401, "a revoked token still works");
+    server.terminate().await?;
+
+    let config_only = onephase(
+        dir.path(),
+        &["token", "create", "--name", "bot", "--config-only"],
+    )
+    .await?;
+    let text = String::from_utf8(config_only.stdout)?;
+    ensure!(
+        text.contains("[[auth.tokens]]") && text.contains("sha256 = "),
+        "{text}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn configuration_errors_name_the_problem_and_exit_non_zero() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("bad.toml"), "lisen = \"127.0.0.1:1\"\n")?;
+    let out = onephase(dir.path(), &["--config", "bad.toml", "serve"]).await?;
+    ensure!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        stderr.contains("bad.toml") && stderr.contains("lisen"),
+        "{stderr}"
+    );
+
+    let out = onephase(dir.path(), &["serve", "--store", "mysql://x"]).await?;
+    ensure!(!out.status.success());
+    ensure!(String::from_utf8_lossy(&out.stderr).contains("sqlite:"));
+
+    let out = onephase(
+        dir.path(),
+        &["token", "create", "--name", "x", "--role", "root"],
+    )
+    .await?;
+    ensure!(!out.status.success());
+    ensure!(String::from_utf8_lossy(&out.stderr).contains("admin or client"));
+
+    let help = onephase(dir.path(), &["--help"]).await?;
+    let text = String::from_utf8_lossy(&help.stdout);
+    for word in ["serve", "migrate", "token", "ONEPHASE_"] {
+        ensure!(text.contains(word), "--help lacks {word}: {text}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn flags_override_the_environment_which_overrides_the_file() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("onephase.toml"),
+        "store = \"sqlite://from-file.db\"\n",
+    )?;
+    let run = |env_store: Option<&'static str>, flag: Option<&'static str>| {
+        let mut command = Command::new(BIN);
+        command
+            .current_dir(dir.path())
+            .args(["--config", "onephase.toml", "migrate"])
+            .env_remove("ONEPHASE_STORE");
+        if let Some(store) = env_store {
+            command.env("ONEPHASE_STORE", store);
+        }
+        if let Some(store) = flag {
+            command.args(["--store", store]);
+        }
+        command.output()
+    };
+    run(None, None).await?;
+    ensure!(dir.path().join("from-file.db").exists());
+    run(Some("sqlite://from-env.db"), None).await?;
+    ensure!(dir.path().join("from-env.db").exists());
+    run(Some("sqlite://from-env2.db"), Some("sqlite://from-flag.db")).await?;
+    ensure!(dir.path().join("from-flag.db").exists());
+    ensure!(!dir.path().join("from-env2.db").exists());
+    Ok(())
+}

@@ -1,0 +1,236 @@
+//! The axum application: state, routes and the layers every request passes through.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use onephase_core::{Clock, SharedClock};
+use onephase_store::Store;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::auth::{Tokens, require_token};
+use crate::config::ServerConfig;
+use crate::dashboard::{self, Panel, ServerPanel};
+use crate::health;
+use crate::metrics::{prometheus, track_http};
+use crate::openapi::ApiDoc;
+use crate::problem::{PROBLEM_JSON, Problem};
+use crate::v1;
+
+/// What every handler can reach: the store, the token registry, the clock, the dashboard's
+/// panels. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<StateInner>);
+
+struct StateInner {
+    store: Store,
+    tokens: Tokens,
+    config: ServerConfig,
+    clock: SharedClock,
+    started: Instant,
+    panels: Vec<Arc<dyn Panel>>,
+}
+
+impl AppState {
+    /// State over an open, migrated `store`.
+    pub fn new(store: Store, tokens: Tokens, config: ServerConfig, clock: SharedClock) -> Self {
+        let started = clock.monotonic();
+        Self(Arc::new(StateInner {
+            store,
+            tokens,
+            config,
+            clock,
+            started,
+            panels: vec![Arc::new(ServerPanel)],
+        }))
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.0.store
+    }
+
+    /// The token registry.
+    pub fn tokens(&self) -> &Tokens {
+        &self.0.tokens
+    }
+
+    /// The resolved configuration.
+    pub fn config(&self) -> &ServerConfig {
+        &self.0.config
+    }
+
+    /// The clock handlers read time from.
+    pub fn clock(&self) -> &SharedClock {
+        &self.0.clock
+    }
+
+    /// How long this server has been up.
+    pub fn uptime(&self) -> Duration {
+        self.0
+            .clock
+            .monotonic()
+            .saturating_duration_since(self.0.started)
+    }
+
+    /// The dashboard's panels, in display order.
+    pub fn panels(&self) -> &[Arc<dyn Panel>] {
+        &self.0.panels
+    }
+}
+
+/// The OpenAPI document and the routes it describes.
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+}
+
+/// The OpenAPI document of every route, as served at `/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, mut doc) = api().merge(v1::routes()).split_for_parts();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    doc
+}
+
+/// The whole application: public endpoints, `/v1` behind bearer auth, and the layers that
+/// turn every failure into a problem document.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.config().body_limit;
+    // Install the recorder before the first request is counted.
+    prometheus();
+    let authenticated =
+        v1::routes().route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let (routes, mut doc) = api().merge(authenticated).split_for_parts();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    let openapi_json: Arc<str> = doc
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+        .into();
+
+    routes
+        .route("/", get(dashboard::page))
+        .route("/dashboard/panels", get(dashboard::panels))
+        .route("/metrics", get(render_metrics))
+        .route(
+            "/openapi.json",
+            get(move || {
+                let body = Arc::clone(&openapi_json);
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            HeaderValue::from_static("application/json"),
+                        )],
+                        body.to_string(),
+                    )
+                }
+            }),
+        )
+        .route_layer(middleware::from_fn(track_http))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(problem_for_every_error))
+        .layer(CatchPanicLayer::custom(|_panic| {
+            Problem::from_kind(
+                onephase_core::ErrorKind::Internal,
+                "the server failed; the error is in its log",
+            )
+            .into_response()
+        }))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                // The request id joins a client's report to the server's log lines.
+                let id = request
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-");
+                tracing::info_span!(
+                    "http",
+                    method = %request.method(),
+                    path = %request.uri().path(),
+                    request_id = %id
+                )
+            }),
+        )
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(state)
+}
+
+async fn render_metrics() -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        prometheus().render(),
+    )
+}
+
+async fn not_found(request: Request) -> Problem {
+    metrics::counter!(
+        "onephase_http_requests_total",
+        "method" => request.method().as_str().to_owned(),
+        "route" => "unmatched",
+        "status" => "404"
+    )
+    .increment(1);
+    Problem::from_status(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no route for {} {}; /openapi.json lists every route",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+    .with_instance(request.uri().path())
+}
+
+/// Rewrites any error response that is not already a problem document (axum's own 405, a
+/// path-parameter rejection, ...) into one, keeping the headers that matter to the client.
+async fn problem_for_every_error(request: Request, next: Next) -> Response {
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
+    if status.as_u16() < 400 || is_problem {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_owned();
+    let detail = if text.is_empty() {
+        match status {
+            StatusCode::METHOD_NOT_ALLOWED => {
+                "this route does not accept that method; see the Allow header".to_owned()
+            }
+            _ => status.canonical_reason().unwrap_or("error").to_owned(),
+        }
+    } else {
+        text
+    };
+    let mut rewritten = Problem::from_status(status, detail)
+        .with_instance(path)
+        .into_response();
+    for name in [header::ALLOW, header::RETRY_AFTER, header::WWW_AUTHENTICATE] {
+        if let Some(value) = parts.headers.get(&name) {
+            rewritten.headers_mut().insert(name, value.clone());
+        }
+    }
+    rewritten
+}

@@ -1,0 +1,272 @@
+//! Server configuration: flags over `ONEPHASE_*` environment variables over a TOML file over
+//! defaults.
+//!
+//! The binary's flags and environment variables are both read by `clap` (a flag wins over its
+//! variable) and arrive here as [`ConfigOverrides`]; [`ServerConfig::load`] lays them over the
+//! file and the defaults. Every key of the file:
+//!
+//! ```toml
+//! listen = "127.0.0.1:7700"          # --listen, ONEPHASE_LISTEN
+//! store = "sqlite://onephase.db"     # --store, ONEPHASE_STORE
+//! body_limit = 1048576               # --body-limit, ONEPHASE_BODY_LIMIT (bytes)
+//! log = "info"                       # --log, ONEPHASE_LOG (a tracing filter)
+//! log_format = "text"                # --log-format, ONEPHASE_LOG_FORMAT (text or json)
+//! shutdown_grace_secs = 30           # ONEPHASE_SHUTDOWN_GRACE_SECS
+//!
+//! [[auth.tokens]]                    # tokens managed outside onephase, by SHA-256
+//! name = "deploy-bot"
+//! role = "client"                    # or "admin"
+//! sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+//! ```
+//!
+//! Unknown keys are errors, so that a typo cannot silently leave a setting at its default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::auth::ConfiguredToken;
+
+/// The default listen address: loopback only, so a fresh start exposes nothing.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
+/// The default store: a SQLite file in the working directory.
+pub const DEFAULT_STORE: &str = "sqlite://onephase.db";
+/// The default request body limit: 1 MiB.
+pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("unknown log format {other:?}: use text or json")),
+        }
+    }
+}
+
+/// The settings given on the command line or in the environment; `None` means "not given".
+#[derive(Debug, Clone, Default)]
+pub struct ConfigOverrides {
+    /// The address to listen on.
+    pub listen: Option<SocketAddr>,
+    /// The store URL.
+    pub store: Option<String>,
+    /// The largest request body accepted, in bytes.
+    pub body_limit: Option<usize>,
+    /// The tracing filter.
+    pub log: Option<String>,
+    /// The log format.
+    pub log_format: Option<LogFormat>,
+    /// How long shutdown waits for requests in flight, in seconds.
+    pub shutdown_grace_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    store: Option<String>,
+    body_limit: Option<usize>,
+    log: Option<String>,
+    log_format: Option<LogFormat>,
+    shutdown_grace_secs: Option<u64>,
+    #[serde(default)]
+    auth: FileAuth,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAuth {
+    #[serde(default)]
+    tokens: Vec<ConfiguredToken>,
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or mistyped keys.
+    #[error("configuration file {path} is invalid: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid {key}: {message}")]
+    Invalid {
+        /// The setting.
+        key: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// The server's resolved configuration.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The address to listen on.
+    pub listen: SocketAddr,
+    /// The store URL.
+    pub store: String,
+    /// The largest request body accepted, in bytes.
+    pub body_limit: usize,
+    /// The tracing filter (`RUST_LOG` syntax).
+    pub log: String,
+    /// The log format.
+    pub log_format: LogFormat,
+    /// How long shutdown waits for requests in flight.
+    pub shutdown_grace: Duration,
+    /// Tokens defined by hash in the configuration file.
+    pub tokens: Vec<ConfiguredToken>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
+            store: DEFAULT_STORE.to_owned(),
+            body_limit: DEFAULT_BODY_LIMIT,
+            log: "info".to_owned(),
+            log_format: LogFormat::Text,
+            shutdown_grace: Duration::from_secs(30),
+            tokens: Vec::new(),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Lays `overrides` over the file at `file` (if any) over the defaults.
+    pub fn load(file: Option<&Path>, overrides: ConfigOverrides) -> Result<Self, ConfigError> {
+        let file_config = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::Parse {
+                    path: path.to_owned(),
+                    message: e.to_string(),
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        let defaults = Self::default();
+        let listen = match (overrides.listen, file_config.listen) {
+            (Some(addr), _) => addr,
+            (None, Some(text)) => text.parse().map_err(|e| ConfigError::Invalid {
+                key: "listen",
+                message: format!("{text:?} is not an address like {DEFAULT_LISTEN}: {e}"),
+            })?,
+            (None, None) => defaults.listen,
+        };
+        let body_limit = overrides
+            .body_limit
+            .or(file_config.body_limit)
+            .unwrap_or(defaults.body_limit);
+        if body_limit == 0 {
+            return Err(ConfigError::Invalid {
+                key: "body_limit",
+                message: "must be at least 1 byte".to_owned(),
+            });
+        }
+        Ok(Self {
+            listen,
+            store: overrides
+                .store
+                .or(file_config.store)
+                .unwrap_or(defaults.store),
+            body_limit,
+            log: overrides.log.or(file_config.log).unwrap_or(defaults.log),
+            log_format: overrides
+                .log_format
+                .or(file_config.log_format)
+                .unwrap_or(defaults.log_format),
+            shutdown_grace: overrides
+                .shutdown_grace_secs
+                .or(file_config.shutdown_grace_secs)
+                .map_or(defaults.shutdown_grace, Duration::from_secs),
+            tokens: file_config.auth.tokens,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn defaults_without_file_or_overrides() {
+        let config = ServerConfig::load(None, ConfigOverrides::default()).unwrap();
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.store, DEFAULT_STORE);
+        assert_eq!(config.body_limit, DEFAULT_BODY_LIMIT);
+    }
+
+    #[test]
+    fn overrides_beat_the_file_which_beats_defaults() {
+        let f = file(
+            "listen = \"0.0.0.0:9000\"\nstore = \"sqlite://file.db\"\nbody_limit = 10\n\
+             [[auth.tokens]]\nname = \"bot\"\nrole = \"client\"\nsha256 = \"ab\"\n",
+        );
+        let overrides = ConfigOverrides {
+            store: Some("sqlite://flag.db".into()),
+            ..Default::default()
+        };
+        let config = ServerConfig::load(Some(f.path()), overrides).unwrap();
+        assert_eq!(config.listen.to_string(), "0.0.0.0:9000");
+        assert_eq!(config.store, "sqlite://flag.db");
+        assert_eq!(config.body_limit, 10);
+        assert_eq!(config.tokens.len(), 1);
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_errors_that_point_at_them() {
+        let f = file("listn = \"0.0.0.0:9000\"\n");
+        let err = ServerConfig::load(Some(f.path()), ConfigOverrides::default()).unwrap_err();
+        assert!(err.to_string().contains("listn"), "{err}");
+
+        let f = file("listen = \"localhost\"\n");
+        let err = ServerConfig::load(Some(f.path()), ConfigOverrides::default()).unwrap_err();
+        assert!(err.to_string().contains("invalid listen"), "{err}");
+
+        let f = file("body_limit = 0\n");
+        let err = ServerConfig::load(Some(f.path()), ConfigOverrides::default()).unwrap_err();
+        assert!(err.to_string().contains("body_limit"), "{err}");
+
+        let err = ServerConfig::load(Some(Path::new("/no/such/file.toml")), Default::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("/no/such/file.toml"), "{err}");
+    }
+}

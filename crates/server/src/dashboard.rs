@@ -1,0 +1,147 @@
+//! The dashboard at `/`: server-rendered HTML, no front-end build, no CDN.
+//!
+//! Each capability adds a [`Panel`]. The page renders every panel, then a few lines of inline
+//! script re-fetch `/dashboard/panels` every five seconds and swap the panels in place; without
+//! JavaScript the page is simply static.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use axum::extract::State;
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+
+use crate::app::AppState;
+
+/// One box on the dashboard.
+pub trait Panel: Send + Sync {
+    /// The panel's heading.
+    fn title(&self) -> &str;
+
+    /// The panel's body, rendered fresh on every refresh.
+    fn render<'a>(
+        &'a self,
+        state: &'a AppState,
+    ) -> Pin<Box<dyn Future<Output = Markup> + Send + 'a>>;
+}
+
+/// The server's own panel: version, store, uptime, readiness.
+pub struct ServerPanel;
+
+impl Panel for ServerPanel {
+    fn title(&self) -> &str {
+        "Server"
+    }
+
+    fn render<'a>(
+        &'a self,
+        state: &'a AppState,
+    ) -> Pin<Box<dyn Future<Output = Markup> + Send + 'a>> {
+        Box::pin(async move {
+            let store = state.store();
+            let ready = matches!(
+                tokio::time::timeout(Duration::from_secs(1), store.ping()).await,
+                Ok(Ok(()))
+            );
+            html! {
+                dl {
+                    dt { "Version" } dd { (env!("CARGO_PKG_VERSION")) }
+                    dt { "Store" } dd { (store.backend()) " " code { (store.url()) } }
+                    dt { "Ready" } dd class=(if ready { "ok" } else { "bad" }) {
+                        (if ready { "yes" } else { "no: the store does not answer" })
+                    }
+                    dt { "Uptime" } dd { (format_uptime(state.uptime())) }
+                }
+            }
+        })
+    }
+}
+
+fn format_uptime(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min {} s", s / 60, s % 60),
+        3600..86400 => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+        _ => format!("{} d {} h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+async fn render_panels(state: &AppState) -> Markup {
+    let mut rendered = Vec::with_capacity(state.panels().len());
+    for panel in state.panels() {
+        rendered.push((panel.title().to_owned(), panel.render(state).await));
+    }
+    html! {
+        @for (title, body) in rendered {
+            section.panel {
+                h2 { (title) }
+                (body)
+            }
+        }
+    }
+}
+
+const STYLE: &str = "
+body{font-family:system-ui,sans-serif;margin:0;background:#f6f7f9;color:#1c2330}
+header{background:#1c2330;color:#fff;padding:.8rem 1.5rem;display:flex;gap:1rem;align-items:baseline}
+header h1{margin:0;font-size:1.2rem}header a{color:#9fc3ff}
+main{display:grid;grid-template-columns:repeat(auto-fill,minmax(22rem,1fr));gap:1rem;padding:1rem 1.5rem}
+.panel{background:#fff;border-radius:6px;padding:.8rem 1rem;box-shadow:0 1px 2px #0002}
+.panel h2{margin:.2rem 0 .6rem;font-size:1rem}
+dl{display:grid;grid-template-columns:max-content 1fr;gap:.3rem 1rem;margin:0}dt{color:#5b6578}dd{margin:0}
+.ok{color:#17803d}.bad{color:#b42318;font-weight:600}code{font-size:.85rem}
+";
+
+const REFRESH: &str = "
+setInterval(async () => {
+  try {
+    const r = await fetch('/dashboard/panels');
+    if (r.ok) document.getElementById('panels').innerHTML = await r.text();
+  } catch (e) {}
+}, 5000);
+";
+
+/// `GET /`: the whole page.
+pub async fn page(State(state): State<AppState>) -> Markup {
+    let panels = render_panels(&state).await;
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { "onephase" }
+                style { (PreEscaped(STYLE)) }
+            }
+            body {
+                header {
+                    h1 { "onephase" }
+                    span { "one local commit at a time" }
+                    a href="/metrics" { "metrics" }
+                    a href="/openapi.json" { "OpenAPI" }
+                }
+                main #panels { (panels) }
+                script { (PreEscaped(REFRESH)) }
+            }
+        }
+    }
+}
+
+/// `GET /dashboard/panels`: the panels alone, for the page's refresh.
+pub async fn panels(State(state): State<AppState>) -> Markup {
+    render_panels(&state).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uptime_reads_naturally() {
+        assert_eq!(format_uptime(Duration::from_secs(5)), "5 s");
+        assert_eq!(format_uptime(Duration::from_secs(125)), "2 min 5 s");
+        assert_eq!(format_uptime(Duration::from_secs(7260)), "2 h 1 min");
+        assert_eq!(format_uptime(Duration::from_secs(90000)), "1 d 1 h");
+    }
+}

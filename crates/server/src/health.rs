@@ -1,0 +1,84 @@
+//! Liveness and readiness.
+//!
+//! `/healthz` answers 200 while the process can serve HTTP at all: restart it if this fails.
+//! `/readyz` answers 200 only when the store answers a query within two seconds: route traffic
+//! elsewhere while it fails, but do not restart for it (the database may be the one down).
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::app::AppState;
+use crate::json::ApiJson;
+use crate::problem::Problem;
+
+/// How long `/readyz` waits for the store.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The body of a successful health or readiness check.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok` or `ready`.
+    #[schema(example = "ok")]
+    pub status: String,
+    /// The server's version.
+    #[schema(example = "0.1.0")]
+    pub version: String,
+}
+
+/// Liveness: the process is up and serving HTTP.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    responses((status = 200, description = "The process is serving", body = Health))
+)]
+pub async fn healthz() -> ApiJson<Health> {
+    ApiJson(Health {
+        status: "ok".to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    })
+}
+
+/// Readiness: the store answers.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    responses(
+        (status = 200, description = "The store answers", body = Health),
+        (status = 503, description = "The store does not answer", body = Problem,
+         content_type = "application/problem+json"),
+    )
+)]
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let problem = match tokio::time::timeout(READY_TIMEOUT, state.store().ping()).await {
+        Ok(Ok(())) => {
+            metrics::gauge!("onephase_store_up").set(1.0);
+            return ApiJson(Health {
+                status: "ready".to_owned(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            })
+            .into_response();
+        }
+        Ok(Err(e)) => format!("the {} store does not answer: {e}", state.store().backend()),
+        Err(_) => format!(
+            "the {} store did not answer within {} s",
+            state.store().backend(),
+            READY_TIMEOUT.as_secs()
+        ),
+    };
+    metrics::gauge!("onephase_store_up").set(0.0);
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not-ready",
+        "Not ready",
+        problem,
+    )
+    .with_instance("/readyz")
+    .into_response()
+}

@@ -1,0 +1,195 @@
+//! Running the server: open and migrate the store, bootstrap the first admin token, listen,
+//! and stop gracefully.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use onephase_core::{Classify, ErrorKind, SystemClock};
+use onephase_store::{Migrations, Store, StoreError};
+use tokio::net::TcpListener;
+
+use crate::app::{AppState, router};
+use crate::auth::{AuthError, Tokens, generate_token};
+use crate::config::ServerConfig;
+
+/// Every component's migrations, in dependency order. `onephase migrate` and `onephase serve`
+/// apply these.
+pub fn migrations() -> Vec<Migrations> {
+    vec![Migrations::new(
+        "server",
+        sqlx::migrate!("migrations/sqlite"),
+        sqlx::migrate!("migrations/postgres"),
+    )]
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The store could not be opened or migrated.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The token configuration is invalid, or the token table could not be read.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The listen address is taken or not allowed.
+    #[error(
+        "cannot listen on {addr}: {source} (is another server running? choose another address with --listen)"
+    )]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Serving failed.
+    #[error("serving HTTP failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+impl Classify for ServerError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            ServerError::Store(e) => e.kind(),
+            ServerError::Auth(e) => e.kind(),
+            ServerError::Bind { .. } => ErrorKind::Unavailable,
+            ServerError::Serve(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+/// A server that is bound and ready to run.
+pub struct Server {
+    state: AppState,
+    router: Router,
+    listener: TcpListener,
+    bootstrap_token: Option<String>,
+}
+
+impl Server {
+    /// Opens and migrates the store, creates the first admin token if the store never had
+    /// one, and binds the listen address.
+    pub async fn bind(config: ServerConfig) -> Result<Self, ServerError> {
+        let store = Store::connect(&config.store).await?;
+        store.migrate(&migrations()).await?;
+        let tokens = Tokens::new(store.clone(), config.tokens.clone())?;
+        let clock = Arc::new(SystemClock);
+        let candidate = generate_token(&mut rand::rng());
+        let bootstrap_token = tokens
+            .bootstrap_admin(&candidate, time::OffsetDateTime::now_utc())
+            .await?
+            .then_some(candidate);
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let state = AppState::new(store, tokens, config, clock);
+        let router = router(state.clone());
+        Ok(Self {
+            state,
+            router,
+            listener,
+            bootstrap_token,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or(self.state.config().listen)
+    }
+
+    /// The admin token created by this start, if the store had never held a token. Print it:
+    /// it is stored only as a hash and cannot be shown again.
+    pub fn bootstrap_token(&self) -> Option<&str> {
+        self.bootstrap_token.as_deref()
+    }
+
+    /// The application state.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting connections and waits up to
+    /// the configured grace period for requests in flight before closing the store.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let grace = self.state.config().shutdown_grace;
+        let addr = self.local_addr();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.await;
+            })
+            .into_future();
+        let mut server = tokio::spawn(server);
+        tracing::info!(%addr, store = %self.state.store().url(), "onephase listening on http://{addr}");
+
+        let finished = tokio::select! {
+            result = &mut server => Some(result),
+            () = shutdown => None,
+        };
+        let result = match finished {
+            Some(result) => result,
+            None => {
+                tracing::info!(
+                    grace_secs = grace.as_secs(),
+                    "shutting down: finishing requests in flight"
+                );
+                let _ = stop_tx.send(());
+                match tokio::time::timeout(grace, &mut server).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        tracing::warn!(
+                            "requests still in flight after the grace period; closing anyway"
+                        );
+                        server.abort();
+                        Ok(Ok(()))
+                    }
+                }
+            }
+        };
+        self.state.store().close().await;
+        match result {
+            Ok(Ok(())) => {
+                tracing::info!("onephase stopped");
+                Ok(())
+            }
+            Ok(Err(e)) => Err(ServerError::Serve(e)),
+            Err(join) => Err(ServerError::Serve(std::io::Error::other(join))),
+        }
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("received SIGINT"),
+        () = terminate => tracing::info!("received SIGTERM"),
+    }
+}

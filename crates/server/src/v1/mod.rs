@@ -1,0 +1,21 @@
+//! The authenticated JSON API under `/v1`. One module per capability; each contributes its
+//! routes (with their OpenAPI description) through [`routes()`].
+
+mod tokens;
+mod whoami;
+
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::AppState;
+
+pub use tokens::{CreateToken, CreatedToken};
+pub use whoami::Whoami;
+
+/// Every `/v1` route, before authentication is layered on.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(whoami::whoami))
+        .routes(routes!(tokens::create_token, tokens::list_tokens))
+        .routes(routes!(tokens::revoke_token))
+}

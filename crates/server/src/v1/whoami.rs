@@ -1,0 +1,39 @@
+use axum::Extension;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::auth::{Caller, Role, TokenSource};
+use crate::json::ApiJson;
+use crate::problem::Problem;
+
+/// Who the presented token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Whoami {
+    /// The token's name.
+    #[schema(example = "admin")]
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// Where it is defined.
+    pub source: TokenSource,
+}
+
+/// Identify the caller's token.
+#[utoipa::path(
+    get,
+    path = "/v1/whoami",
+    tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The token's identity", body = Whoami),
+        (status = 401, description = "Missing or invalid token", body = Problem,
+         content_type = "application/problem+json"),
+    )
+)]
+pub async fn whoami(Extension(caller): Extension<Caller>) -> ApiJson<Whoami> {
+    ApiJson(Whoami {
+        name: caller.name,
+        role: caller.role,
+        source: caller.source,
+    })
+}

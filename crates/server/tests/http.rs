@@ -1,0 +1,535 @@
+//! The server over real HTTP, on a real store: every backend the environment offers.
+
+use std::net::SocketAddr;
+
+use anyhow::{Context, ensure};
+use onephase_server::auth::{ConfiguredToken, Role, hash_token};
+use onephase_server::{Server, ServerConfig};
+use onephase_testkit::TestDb;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+/// A running server and what a test needs to talk to it.
+struct Running {
+    base: String,
+    admin: Option<String>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), onephase_server::ServerError>>,
+}
+
+impl Running {
+    async fn start(config: ServerConfig) -> anyhow::Result<Self> {
+        let server = Server::bind(config).await?;
+        let addr: SocketAddr = server.local_addr();
+        let admin = server.bootstrap_token().map(str::to_owned);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run_until(async move {
+            let _ = stopped.await;
+        }));
+        Ok(Self {
+            base: format!("http://{addr}"),
+            admin,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn admin(&self) -> &str {
+        self.admin.as_deref().unwrap_or_default()
+    }
+
+    async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await??;
+        Ok(())
+    }
+}
+
+fn config_for(db: &TestDb) -> ServerConfig {
+    ServerConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        store: db.url().to_owned(),
+        ..ServerConfig::default()
+    }
+}
+
+/// Checks that `response` is a problem document with `status`, and returns it.
+async fn problem(response: reqwest::Response, status: StatusCode) -> anyhow::Result<Value> {
+    ensure!(
+        response.status() == status,
+        "expected {status}, got {}",
+        response.status()
+    );
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    ensure!(
+        content_type == "application/problem+json",
+        "content type {content_type:?}"
+    );
+    let body: Value = response.json().await?;
+    ensure!(body["status"] == status.as_u16(), "{body}");
+    ensure!(
+        body["type"].is_string() && body["title"].is_string(),
+        "{body}"
+    );
+    ensure!(
+        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "{body}"
+    );
+    Ok(body)
+}
+
+#[tokio::test]
+async fn public_endpoints_answer_and_metrics_count_requests() -> anyhow::Result<()> {
+    for db in TestDb::all().await {
+        let server = Running::start(config_for(&db)).await?;
+        let http = reqwest::Client::new();
+
+        let health: Value = http
+            .get(server.url("/healthz"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        ensure!(health["status"] == "ok");
+        let ready = http.get(server.url("/readyz")).send().await?;
+        ensure!(ready.status() == StatusCode::OK);
+
+        let dashboard = http.get(server.url("/")).send().await?;
+        ensure!(dashboard.status() == StatusCode::OK);
+        let html = dashboard.text().await?;
+        ensure!(
+            html.contains("<h2>Server</h2>") && html.contains("Ready"),
+            "{html}"
+        );
+
+        let metrics = http
+            .get(server.url("/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        ensure!(metrics.contains("onephase_build_info"), "{metrics}");
+        ensure!(
+            metrics.contains(
+                r#"onephase_http_requests_total{method="GET",route="/healthz",status="200"}"#
+            ),
+            "{metrics}"
+        );
+        ensure!(metrics.contains("onephase_http_request_duration_seconds_bucket"));
+
+        let doc: Value = http
+            .get(server.url("/openapi.json"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        ensure!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+        for path in [
+            "/healthz",
+            "/readyz",
+            "/v1/whoami",
+            "/v1/tokens",
+            "/v1/tokens/{name}",
+        ] {
+            ensure!(doc["paths"][path].is_object(), "OpenAPI lacks {path}");
+        }
+        ensure!(doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer");
+        ensure!(doc["components"]["schemas"]["Problem"].is_object());
+
+        server.stop().await?;
+        db.close().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn first_start_creates_one_admin_token_and_later_starts_do_not() -> anyhow::Result<()> {
+    for db in TestDb::all().await {
+        let first = Running::start(config_for(&db)).await?;
+        let token = first.admin.clone().context("first start creates a token")?;
+        ensure!(token.starts_with("op_"));
+        first.stop().await?;
+
+        let second = Running::start(config_for(&db)).await?;
+        ensure!(
+            second.admin.is_none(),
+            "a second start created another admin token"
+        );
+        let me: Value = reqwest::Client::new()
+            .get(second.url("/v1/whoami"))
+            .bearer_auth(&token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        ensure!(
+            me == json!({"name": "admin", "role": "admin", "source": "store"}),
+            "{me}"
+        );
+        second.stop().await?;
+        db.close().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn servers_starting_together_on_postgres_create_exactly_one_admin() -> anyhow::Result<()> {
+    let Some(db) = TestDb::postgres().await else {
+        return Ok(());
+    };
+    let mut starting = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        starting.spawn(Running::start(config_for(&db)));
+    }
+    let mut servers = Vec::new();
+    while let Some(started) = starting.join_next().await {
+        servers.push(started??);
+    }
+    let created = servers.iter().filter(|s| s.admin.is_some()).count();
+    ensure!(created == 1, "{created} servers created an admin token");
+    for server in servers {
+        server.stop().await?;
+    }
+    db.close().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn v1_needs_a_valid_bearer_token() -> anyhow::Result<()> {
+    let db = TestDb::sqlite().await?;
+    let server = Running::start(config_for(&db)).await?;
+    let http = reqwest::Client::new();
+    let whoami = server.url("/v1/whoami");
+
+    let missing = http.get(&whoami).send().await?;
+    ensure!(missing.headers().get("www-authenticate").is_some());
+    let body = problem(missing, StatusCode::UNAUTHORIZED).await?;
+    ensure!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Bearer"),
+        "{body}"
+    );
+    ensure!(body["instance"] == "/v1/whoami");
+
+    let basic = http
+        .get(&whoami)
+        .basic_auth("admin", Some("x"))
+        .send()
+        .await?;
+    problem(basic, StatusCode::UNAUTHORIZED).await?;
+    let empty = http
+        .get(&whoami)
+        .header("authorization", "Bearer ")
+        .send()
+        .await?;
+    problem(empty, StatusCode::UNAUTHORIZED).await?;
+    let unknown = http
+        .get(&whoami)
+        .bearer_auth(format!("op_{}", "0".repeat(64)))
+        .send()
+        .await?;
+    problem(unknown, StatusCode::UNAUTHORIZED).await?;
+    let foreign = http.get(&whoami).bearer_auth("not-ours").send().await?;
+    problem(foreign, StatusCode::UNAUTHORIZED).await?;
+
+    let ok = http.get(&whoami).bearer_auth(server.admin()).send().await?;
+    ensure!(ok.status() == StatusCode::OK);
+    server.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn tokens_are_created_listed_and_revoked_by_admins_only() -> anyhow::Result<()> {
+    for db in TestDb::all().await {
+        let server = Running::start(config_for(&db)).await?;
+        let http = reqwest::Client::new();
+        let tokens = server.url("/v1/tokens");
+
+        let created = http
+            .post(&tokens)
+            .bearer_auth(server.admin())
+            .json(&json!({"name": "billing"}))
+            .send()
+            .await?;
+        ensure!(created.status() == StatusCode::CREATED);
+        let created: Value = created.json().await?;
+        ensure!(
+            created["role"] == "client" && created["source"] == "store",
+            "{created}"
+        );
+        let client_token = created["token"]
+            .as_str()
+            .context("secret in response")?
+            .to_owned();
+
+        let me: Value = http
+            .get(server.url("/v1/whoami"))
+            .bearer_auth(&client_token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        ensure!(me["name"] == "billing" && me["role"] == "client", "{me}");
+
+        let forbidden = http
+            .post(&tokens)
+            .bearer_auth(&client_token)
+            .json(&json!({"name": "sneaky", "role": "admin"}))
+            .send()
+            .await?;
+        problem(forbidden, StatusCode::FORBIDDEN).await?;
+        let forbidden = http.get(&tokens).bearer_auth(&client_token).send().await?;
+        problem(forbidden, StatusCode::FORBIDDEN).await?;
+
+        let duplicate = http
+            .post(&tokens)
+            .bearer_auth(server.admin())
+            .json(&json!({"name": "billing"}))
+            .send()
+            .await?;
+        problem(duplicate, StatusCode::CONFLICT).await?;
+
+        let listed: Value = http
+            .get(&tokens)
+            .bearer_auth(server.admin())
+            .send()
+            .await?
+            .json()
+            .await?;
+        let names: Vec<&str> = listed
+            .as_array()
+            .context("a list")?
+            .iter()
+            .filter_map(|t| t["name"].as_str())
+            .collect();
+        ensure!(names == ["admin", "billing"], "{listed}");
+        ensure!(
+            !listed.to_string().contains("op_"),
+            "a listing leaked a secret: {listed}"
+        );
+
+        let revoked = http
+            .delete(server.url("/v1/tokens/billing"))
+            .bearer_auth(server.admin())
+            .send()
+            .await?;
+        ensure!(revoked.status() == StatusCode::NO_CONTENT);
+        let after = http
+            .get(server.url("/v1/whoami"))
+            .bearer_auth(&client_token)
+            .send()
+            .await?;
+        problem(after, StatusCode::UNAUTHORIZED).await?;
+        let again = http
+            .delete(server.url("/v1/tokens/billing"))
+            .bearer_auth(server.admin())
+            .send()
+            .await?;
+        ensure!(
+            again.status() == StatusCode::NO_CONTENT,
+            "revoking twice is harmless"
+        );
+        let unknown = http
+            .delete(server.url("/v1/tokens/nobody"))
+            .bearer_auth(server.admin())
+            .send()
+            .await?;
+        problem(unknown, StatusCode::NOT_FOUND).await?;
+
+        server.stop().await?;
+        db.close().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_problem_and_changes_nothing() -> anyhow::Result<()> {
+    let db = TestDb::sqlite().await?;
+    let config = ServerConfig {
+        body_limit: 256,
+        ..config_for(&db)
+    };
+    let server = Running::start(config).await?;
+    let http = reqwest::Client::new();
+    let tokens = server.url("/v1/tokens");
+    let before: Value = http
+        .get(&tokens)
+        .bearer_auth(server.admin())
+        .send()
+        .await?
+        .json()
+        .await?;
+
+    let post = |body: &'static str, content_type: &'static str| {
+        http.post(&tokens)
+            .bearer_auth(server.admin())
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    let malformed = problem(
+        post("{\"name\": ", "application/json").await?,
+        StatusCode::BAD_REQUEST,
+    )
+    .await?;
+    ensure!(
+        malformed["type"] == "urn:onephase:problem:malformed-json",
+        "{malformed}"
+    );
+    let wrong_type = post("{\"name\":\"x\"}", "text/plain").await?;
+    problem(wrong_type, StatusCode::UNSUPPORTED_MEDIA_TYPE).await?;
+    let shape = problem(
+        post("{\"name\": 7}", "application/json").await?,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await?;
+    ensure!(
+        shape["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("name"),
+        "{shape}"
+    );
+    let unknown_field = post("{\"name\":\"x\",\"admin\":true}", "application/json").await?;
+    problem(unknown_field, StatusCode::UNPROCESSABLE_ENTITY).await?;
+    let bad_role = post("{\"name\":\"x\",\"role\":\"root\"}", "application/json").await?;
+    problem(bad_role, StatusCode::UNPROCESSABLE_ENTITY).await?;
+    let bad_name = post("{\"name\":\"has spaces\"}", "application/json").await?;
+    problem(bad_name, StatusCode::BAD_REQUEST).await?;
+
+    let huge = format!("{{\"name\":\"{}\"}}", "x".repeat(1000));
+    let too_large = http
+        .post(&tokens)
+        .bearer_auth(server.admin())
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await?;
+    problem(too_large, StatusCode::PAYLOAD_TOO_LARGE).await?;
+
+    let nowhere = http.get(server.url("/v1/nothing-here")).send().await?;
+    let body = problem(nowhere, StatusCode::NOT_FOUND).await?;
+    ensure!(body["instance"] == "/v1/nothing-here");
+    let wrong_method = http.put(server.url("/healthz")).send().await?;
+    let allow = wrong_method
+        .headers()
+        .get("allow")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    ensure!(allow.contains("GET"), "Allow: {allow:?}");
+    problem(wrong_method, StatusCode::METHOD_NOT_ALLOWED).await?;
+
+    let after: Value = http
+        .get(&tokens)
+        .bearer_auth(server.admin())
+        .send()
+        .await?
+        .json()
+        .await?;
+    ensure!(
+        before == after,
+        "bad requests changed the tokens: {before} -> {after}"
+    );
+    server.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn configured_tokens_authenticate_and_suppress_the_bootstrap_token() -> anyhow::Result<()> {
+    let db = TestDb::sqlite().await?;
+    let secret = format!("op_{}", "ab".repeat(32));
+    let config = ServerConfig {
+        tokens: vec![ConfiguredToken {
+            name: "deploy-bot".to_owned(),
+            role: Role::Client,
+            sha256: hash_token(&secret),
+        }],
+        ..config_for(&db)
+    };
+    let server = Running::start(config).await?;
+    ensure!(
+        server.admin.is_none(),
+        "configured tokens replace the bootstrap token"
+    );
+    let me: Value = reqwest::Client::new()
+        .get(server.url("/v1/whoami"))
+        .bearer_auth(&secret)
+        .send()
+        .await?
+        .json()
+        .await?;
+    ensure!(
+        me == json!({"name": "deploy-bot", "role": "client", "source": "config"}),
+        "{me}"
+    );
+    server.stop().await?;
+
+    let bad = ServerConfig {
+        tokens: vec![ConfiguredToken {
+            name: "x".to_owned(),
+            role: Role::Admin,
+            sha256: "not-a-hash".to_owned(),
+        }],
+        ..config_for(&db)
+    };
+    let Err(err) = Server::bind(bad).await else {
+        anyhow::bail!("a malformed configured hash was accepted");
+    };
+    ensure!(err.to_string().contains("sha256"), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn readiness_fails_with_a_problem_when_the_store_is_gone() -> anyhow::Result<()> {
+    let Some(db) = TestDb::postgres().await else {
+        return Ok(());
+    };
+    let server = Running::start(config_for(&db)).await?;
+    let http = reqwest::Client::new();
+    ensure!(http.get(server.url("/readyz")).send().await?.status() == StatusCode::OK);
+    // Dropping the database out from under the server is the harshest store outage there is.
+    db.close().await?;
+    let body = problem(
+        http.get(server.url("/readyz")).send().await?,
+        StatusCode::SERVICE_UNAVAILABLE,
+    )
+    .await?;
+    ensure!(body["type"] == "urn:onephase:problem:not-ready", "{body}");
+    let health = http.get(server.url("/healthz")).send().await?;
+    ensure!(
+        health.status() == StatusCode::OK,
+        "liveness must not depend on the store"
+    );
+    server.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_taken_listen_address_is_a_clear_error() -> anyhow::Result<()> {
+    let db = TestDb::sqlite().await?;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let config = ServerConfig {
+        listen: taken.local_addr()?,
+        ..config_for(&db)
+    };
+    let Err(err) = Server::bind(config).await else {
+        anyhow::bail!("bound an address that is in use");
+    };
+    ensure!(err.to_string().contains("--listen"), "{err}");
+    Ok(())
+}

@@ -1,0 +1,71 @@
+use onephase_core::{Classify, ErrorKind};
+
+use crate::Backend;
+
+/// Why a store could not be opened, migrated or queried.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The URL names no backend onephase supports, or cannot be parsed.
+    #[error("store URL {url:?} is not usable: {reason}")]
+    InvalidUrl {
+        /// The URL, password redacted.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The database did not accept a connection.
+    #[error("cannot connect to {backend} at {url}: {source}")]
+    Connect {
+        /// Which backend.
+        backend: Backend,
+        /// The URL, password redacted.
+        url: String,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A component's migrations could not be applied.
+    #[error("migrating {component} failed: {message}")]
+    Migrate {
+        /// The component whose migrations failed.
+        component: &'static str,
+        /// What went wrong and what to do about it.
+        message: String,
+        /// The migrator's error.
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+    /// A query failed.
+    #[error("{what} failed: {source}")]
+    Query {
+        /// What the query was for.
+        what: &'static str,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+impl Classify for StoreError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            StoreError::InvalidUrl { .. } => ErrorKind::InvalidInput,
+            StoreError::Connect { .. } => ErrorKind::Unavailable,
+            StoreError::Migrate { .. } => ErrorKind::Internal,
+            StoreError::Query { source, .. } => classify_sqlx(source),
+        }
+    }
+}
+
+/// The [`ErrorKind`] of a driver error: connection trouble is transient, the rest is not.
+pub fn classify_sqlx(error: &sqlx::Error) -> ErrorKind {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
+            ErrorKind::Unavailable
+        }
+        sqlx::Error::RowNotFound => ErrorKind::NotFound,
+        sqlx::Error::Database(db) if db.is_unique_violation() => ErrorKind::Conflict,
+        _ => ErrorKind::Internal,
+    }
+}

@@ -1,0 +1,4 @@
+CREATE TABLE widgets (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE
+);

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The whole test suite, with every engine: the README's second command, and what CI runs.
+#
+#   scripts/test.sh                 # lints, then every test tier, every engine mandatory
+#   scripts/test.sh -E 'test(kafka)'  # extra arguments go to `cargo nextest run`
+#
+# On a fresh Debian machine (as root) it first installs what the build needs (a C toolchain
+# for SQLite and librdkafka, protoc for etcd-client), cargo-nextest, and the engines
+# (scripts/engines.sh). ONEPHASE_SKIP_LINT=1 skips rustfmt, clippy and rustdoc.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+script_name="test"
+# shellcheck source=scripts/lib.sh
+source "$repo/scripts/lib.sh"
+started=$SECONDS
+
+command -v cargo >/dev/null || die "cargo is not installed: install Rust from https://rustup.rs"
+if ! command -v cc >/dev/null || ! command -v make >/dev/null; then
+  install_packages build-essential
+fi
+command -v pkg-config >/dev/null || install_packages pkg-config
+if ! command -v protoc >/dev/null || [[ ! -e /usr/include/google/protobuf/descriptor.proto ]]; then
+  install_packages protobuf-compiler libprotobuf-dev
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+  say "installing cargo-nextest"
+  cargo install --locked --quiet cargo-nextest >&2
+fi
+
+# An assignment, so that a failure of the script stops this one (set -e).
+engine_env=$("$repo/scripts/engines.sh")
+eval "$engine_env"
+export ONEPHASE_REQUIRE_ENGINES=1
+
+if [[ ${ONEPHASE_SKIP_LINT:-0} != 1 ]]; then
+  say "rustfmt"
+  cargo fmt --all --check
+  say "clippy"
+  cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
+  say "rustdoc"
+  RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps --quiet
+fi
+
+say "tests (every engine required)"
+cargo nextest run --workspace --all-features --profile ci "$@"
+if (($# == 0)); then
+  say "doc tests"
+  cargo test --workspace --all-features --doc --quiet
+fi
+say "passed in $((SECONDS - started)) s"
