@@ -198,6 +198,29 @@ async fn not_found(request: Request) -> Problem {
     .with_instance(request.uri().path())
 }
 
+/// Fills in `instance` on a problem document a handler returned without one (handlers return
+/// library errors, which do not know the request path).
+async fn with_instance(
+    parts: axum::http::response::Parts,
+    body: axum::body::Body,
+    path: String,
+) -> Response {
+    let Ok(bytes) = axum::body::to_bytes(body, 64 * 1024).await else {
+        return Problem::from_status(parts.status, "the error response could not be read")
+            .with_instance(path)
+            .into_response();
+    };
+    let body = match serde_json::from_slice::<Problem>(&bytes) {
+        Ok(problem) if problem.instance.is_none() => {
+            serde_json::to_vec(&problem.with_instance(path)).map_or(bytes, Into::into)
+        }
+        _ => bytes,
+    };
+    let mut parts = parts;
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(body))
+}
+
 /// Rewrites any error response that is not already a problem document (axum's own 405, a
 /// path-parameter rejection, ...) into one, keeping the headers that matter to the client.
 async fn problem_for_every_error(request: Request, next: Next) -> Response {
@@ -208,10 +231,13 @@ async fn problem_for_every_error(request: Request, next: Next) -> Response {
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
-    if status.as_u16() < 400 || is_problem {
+    if status.as_u16() < 400 {
         return response;
     }
     let (parts, body) = response.into_parts();
+    if is_problem {
+        return with_instance(parts, body, path).await;
+    }
     let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
     let text = String::from_utf8_lossy(&text).trim().to_owned();
     let detail = if text.is_empty() {

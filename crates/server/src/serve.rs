@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use onephase_core::{Classify, ErrorKind, SystemClock};
+use onephase_core::{Classify, Clock, ErrorKind, SharedClock, SystemClock};
 use onephase_store::{Migrations, Store, StoreError};
 use tokio::net::TcpListener;
 
@@ -76,10 +76,10 @@ impl Server {
         let store = Store::connect(&config.store).await?;
         store.migrate(&migrations()).await?;
         let tokens = Tokens::new(store.clone(), config.tokens.clone())?;
-        let clock = Arc::new(SystemClock);
+        let clock: SharedClock = Arc::new(SystemClock);
         let candidate = generate_token(&mut rand::rng());
         let bootstrap_token = tokens
-            .bootstrap_admin(&candidate, time::OffsetDateTime::now_utc())
+            .bootstrap_admin(&candidate, clock.now())
             .await?
             .then_some(candidate);
         let listener =

@@ -301,7 +301,8 @@ async fn tokens_are_created_listed_and_revoked_by_admins_only() -> anyhow::Resul
             .json(&json!({"name": "billing"}))
             .send()
             .await?;
-        problem(duplicate, StatusCode::CONFLICT).await?;
+        let body = problem(duplicate, StatusCode::CONFLICT).await?;
+        ensure!(body["instance"] == "/v1/tokens", "{body}");
 
         let listed: Value = http
             .get(&tokens)

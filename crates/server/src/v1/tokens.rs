@@ -15,7 +15,12 @@ use crate::problem::Problem;
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
     /// Unique name: 1 to 64 letters, digits, '.', '_' or '-'.
-    #[schema(example = "billing-service")]
+    #[schema(
+        example = "billing-service",
+        pattern = "^[A-Za-z0-9._-]{1,64}$",
+        min_length = 1,
+        max_length = 64
+    )]
     pub name: String,
     /// What the token may do; `client` if omitted.
     #[serde(default = "client_role")]
