@@ -33,6 +33,19 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, for exhaustive tests and documentation tables.
+    pub const ALL: [ErrorKind; 9] = [
+        ErrorKind::InvalidInput,
+        ErrorKind::NotFound,
+        ErrorKind::Conflict,
+        ErrorKind::Unauthenticated,
+        ErrorKind::Forbidden,
+        ErrorKind::TooLarge,
+        ErrorKind::Unavailable,
+        ErrorKind::Timeout,
+        ErrorKind::Internal,
+    ];
+
     /// Whether retrying the same operation later can succeed without changing the input.
     pub fn is_transient(self) -> bool {
         matches!(self, ErrorKind::Unavailable | ErrorKind::Timeout)
@@ -109,18 +122,10 @@ mod tests {
 
     #[test]
     fn only_unavailable_and_timeout_are_transient() {
-        let all = [
-            ErrorKind::InvalidInput,
-            ErrorKind::NotFound,
-            ErrorKind::Conflict,
-            ErrorKind::Unauthenticated,
-            ErrorKind::Forbidden,
-            ErrorKind::TooLarge,
-            ErrorKind::Unavailable,
-            ErrorKind::Timeout,
-            ErrorKind::Internal,
-        ];
-        let transient: Vec<_> = all.into_iter().filter(|k| k.is_transient()).collect();
+        let transient: Vec<_> = ErrorKind::ALL
+            .into_iter()
+            .filter(|k| k.is_transient())
+            .collect();
         assert_eq!(transient, [ErrorKind::Unavailable, ErrorKind::Timeout]);
     }
 

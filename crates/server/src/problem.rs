@@ -130,17 +130,7 @@ mod tests {
 
     #[test]
     fn every_kind_has_an_error_status() {
-        for kind in [
-            ErrorKind::InvalidInput,
-            ErrorKind::NotFound,
-            ErrorKind::Conflict,
-            ErrorKind::Unauthenticated,
-            ErrorKind::Forbidden,
-            ErrorKind::TooLarge,
-            ErrorKind::Unavailable,
-            ErrorKind::Timeout,
-            ErrorKind::Internal,
-        ] {
+        for kind in ErrorKind::ALL {
             let problem = Problem::from_kind(kind, "x");
             assert!(problem.status >= 400, "{kind}");
             assert!(problem.type_uri.ends_with(kind.as_str()));

@@ -98,20 +98,17 @@ impl TestDb {
     }
 
     async fn create_postgres(admin_url: &str) -> Result<Self, TestDbError> {
-        let admin_error = |source| TestDbError::Admin {
-            url: onephase_store::redact_url(admin_url),
-            source,
-        };
+        let admin_error = admin_error(admin_url);
         let mut admin = PgConnection::connect(admin_url)
             .await
-            .map_err(admin_error)?;
+            .map_err(&admin_error)?;
         drop_stale_databases(&mut admin).await;
         let database = format!("{PG_PREFIX}{}", Uuid::now_v7().simple());
         // The name is generated here from a UUID: no injection is possible.
         sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {database}")))
             .execute(&mut admin)
             .await
-            .map_err(admin_error)?;
+            .map_err(&admin_error)?;
         let _ = admin.close().await;
         let url = with_database(admin_url, &database);
         let store = Store::connect(&url).await?;
@@ -181,20 +178,26 @@ impl Drop for TestDb {
     }
 }
 
-async fn drop_database(admin_url: &str, database: &str) -> Result<(), TestDbError> {
-    let admin_error = |source| TestDbError::Admin {
-        url: onephase_store::redact_url(admin_url),
+/// Wraps a driver error on the administrative connection to `admin_url`.
+fn admin_error(admin_url: &str) -> impl Fn(sqlx::Error) -> TestDbError {
+    let url = onephase_store::redact_url(admin_url);
+    move |source| TestDbError::Admin {
+        url: url.clone(),
         source,
-    };
+    }
+}
+
+async fn drop_database(admin_url: &str, database: &str) -> Result<(), TestDbError> {
+    let admin_error = admin_error(admin_url);
     let mut admin = PgConnection::connect(admin_url)
         .await
-        .map_err(admin_error)?;
+        .map_err(&admin_error)?;
     sqlx::query(AssertSqlSafe(format!(
         "DROP DATABASE IF EXISTS {database} WITH (FORCE)"
     )))
     .execute(&mut admin)
     .await
-    .map_err(admin_error)?;
+    .map_err(&admin_error)?;
     let _ = admin.close().await;
     Ok(())
 }
