@@ -13,7 +13,7 @@
 # --features dynostore`, run with in-memory storage on 127.0.0.1:9092).
 #
 # A variable already set in the environment (say ONEPHASE_TEST_POSTGRES_URL pointing at another
-# host) is respected: that engine is only probed, never started here.
+# host) is respected: that engine is never started here, and the tests check that it answers.
 #
 # Installing needs root and apt-get; everything else runs as any user.
 set -euo pipefail

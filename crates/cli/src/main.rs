@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use onephase_server::auth::{Role, TokenSource, Tokens, generate_token, hash_token};
+use onephase_server::auth::{Role, Tokens, generate_token, hash_token};
 use onephase_server::{
     ConfigOverrides, LogFormat, Server, ServerConfig, migrations, shutdown_signal,
 };
@@ -84,7 +84,7 @@ enum TokenCommand {
         #[arg(long)]
         name: String,
         /// admin (may manage tokens) or client.
-        #[arg(long, default_value = "client", value_parser = parse_role)]
+        #[arg(long, default_value = "client")]
         role: Role,
         /// Print the token and the [[auth.tokens]] entry for a configuration file instead of
         /// storing it.
@@ -105,14 +105,6 @@ enum TokenCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
-}
-
-fn parse_role(s: &str) -> Result<Role, String> {
-    match s {
-        "admin" => Ok(Role::Admin),
-        "client" => Ok(Role::Client),
-        other => Err(format!("unknown role {other:?}: use admin or client")),
-    }
 }
 
 fn main() -> ExitCode {
@@ -240,15 +232,11 @@ async fn token(config_file: Option<&std::path::Path>, command: TokenCommand) -> 
                     })
                     .unwrap_or_else(|| "-".to_owned())
                 };
-                let source = match t.source {
-                    TokenSource::Store => "store",
-                    TokenSource::Config => "config",
-                };
                 println!(
                     "{:<24} {:<7} {:<7} {:<26} {}",
                     t.name,
                     t.role,
-                    source,
+                    t.source.as_str(),
                     fmt(t.created_at),
                     fmt(t.revoked_at)
                 );

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -89,18 +90,13 @@ impl AppState {
     }
 }
 
-/// The OpenAPI document and the routes it describes.
+/// The public routes, in a router that collects the OpenAPI document as routes are added.
 fn api() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    OpenApiRouter::with_openapi(doc)
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
-}
-
-/// The OpenAPI document of every route, as served at `/openapi.json`.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    let (_, mut doc) = api().merge(v1::routes()).split_for_parts();
-    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
-    doc
 }
 
 /// The whole application: public endpoints, `/v1` behind bearer auth, and the layers that
@@ -111,12 +107,9 @@ pub fn router(state: AppState) -> Router {
     prometheus();
     let authenticated =
         v1::routes().route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    let (routes, mut doc) = api().merge(authenticated).split_for_parts();
-    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
-    let openapi_json: Arc<str> = doc
-        .to_pretty_json()
-        .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
-        .into();
+    let (routes, doc) = api().merge(authenticated).split_for_parts();
+    // Rendered once; each request clones a handle to the bytes, not the text.
+    let openapi_json = Bytes::from(serde_json::to_vec_pretty(&doc).unwrap_or_default());
 
     routes
         .route("/", get(dashboard::page))
@@ -125,14 +118,14 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/openapi.json",
             get(move || {
-                let body = Arc::clone(&openapi_json);
+                let body = openapi_json.clone();
                 async move {
                     (
                         [(
                             header::CONTENT_TYPE,
                             HeaderValue::from_static("application/json"),
                         )],
-                        body.to_string(),
+                        body,
                     )
                 }
             }),

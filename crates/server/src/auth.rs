@@ -48,11 +48,20 @@ impl Role {
         }
     }
 
-    fn parse(s: &str) -> Result<Self, AuthError> {
+    /// A role read back from the tokens table, where anything else means corruption.
+    fn from_row(s: &str) -> Result<Self, AuthError> {
+        s.parse().map_err(AuthError::Corrupt)
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "admin" => Ok(Role::Admin),
             "client" => Ok(Role::Client),
-            other => Err(AuthError::Corrupt(format!("unknown role {other:?}"))),
+            other => Err(format!("unknown role {other:?}: use admin or client")),
         }
     }
 }
@@ -71,6 +80,16 @@ pub enum TokenSource {
     Store,
     /// In the configuration file, by hash.
     Config,
+}
+
+impl TokenSource {
+    /// `"store"` or `"config"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenSource::Store => "store",
+            TokenSource::Config => "config",
+        }
+    }
 }
 
 /// A token defined in the configuration file: its name, role and SHA-256 (hex).
@@ -151,7 +170,9 @@ pub enum AuthError {
     #[error("invalid token name {0:?}: use 1 to 64 letters, digits, '.', '_' or '-'")]
     InvalidName(String),
     /// A token with this name exists.
-    #[error("a token named {0:?} already exists; revoke it first or choose another name")]
+    #[error(
+        "a token named {0:?} already exists (revoked tokens keep their names); choose another name"
+    )]
     Duplicate(String),
     /// No token with this name.
     #[error("no token named {0:?}")]
@@ -285,7 +306,7 @@ impl Tokens {
         let (name, role) = row.ok_or(AuthError::InvalidToken)?;
         Ok(Caller {
             name,
-            role: Role::parse(&role)?,
+            role: Role::from_row(&role)?,
             source: TokenSource::Store,
         })
     }
@@ -370,7 +391,7 @@ impl Tokens {
             .map(|(name, role, created_at, revoked_at)| {
                 Ok(TokenInfo {
                     name,
-                    role: Role::parse(&role)?,
+                    role: Role::from_row(&role)?,
                     source: TokenSource::Store,
                     created_at: Some(created_at),
                     revoked_at,

@@ -56,7 +56,7 @@ pub async fn healthz() -> ApiJson<Health> {
     )
 )]
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let problem = match tokio::time::timeout(READY_TIMEOUT, state.store().ping()).await {
+    let detail = match tokio::time::timeout(READY_TIMEOUT, state.store().ping()).await {
         Ok(Ok(())) => {
             metrics::gauge!("onephase_store_up").set(1.0);
             return ApiJson(Health {
@@ -77,7 +77,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE,
         "not-ready",
         "Not ready",
-        problem,
+        detail,
     )
     .with_instance("/readyz")
     .into_response()
