@@ -42,7 +42,7 @@ mod sqlite;
 
 use std::fmt;
 
-pub use error::StoreError;
+pub use error::{StoreError, classify_sqlx};
 pub use migrate::Migrations;
 pub use options::StoreOptions;
 pub use sqlite::SqliteStore;

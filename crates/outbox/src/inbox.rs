@@ -1,0 +1,199 @@
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use onephase_core::{Envelope, MessageId};
+use onephase_store::Store;
+use sqlx::{PgConnection, Postgres, Sqlite, SqliteConnection, Transaction};
+use std::time::Duration;
+
+use crate::OutboxError;
+use crate::sql::Sql;
+
+/// A connection or transaction the inbox can record in: PostgreSQL or SQLite, a bare
+/// connection or a [`Transaction`]. Sealed; implemented for sqlx's types.
+pub trait InboxConnection: crate::enqueue::OutboxConnection {
+    #[doc(hidden)]
+    fn record<'a>(
+        &'a mut self,
+        consumer: &'a str,
+        id: MessageId,
+    ) -> BoxFuture<'a, Result<bool, sqlx::Error>>;
+}
+
+fn record_pg<'a>(
+    conn: &'a mut PgConnection,
+    consumer: &'a str,
+    id: MessageId,
+) -> BoxFuture<'a, Result<bool, sqlx::Error>> {
+    async move {
+        let inserted = sqlx::query(
+            "INSERT INTO onephase_inbox (consumer, message_id) VALUES ($1, $2) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(consumer)
+        .bind(id.as_uuid())
+        .execute(conn)
+        .await?
+        .rows_affected();
+        Ok(inserted == 1)
+    }
+    .boxed()
+}
+
+fn record_sqlite<'a>(
+    conn: &'a mut SqliteConnection,
+    consumer: &'a str,
+    id: MessageId,
+) -> BoxFuture<'a, Result<bool, sqlx::Error>> {
+    async move {
+        let inserted = sqlx::query(
+            "INSERT OR IGNORE INTO onephase_inbox (consumer, message_id, processed_at) \
+             VALUES (?1, ?2, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER))",
+        )
+        .bind(consumer)
+        .bind(id.to_string())
+        .execute(conn)
+        .await?
+        .rows_affected();
+        Ok(inserted == 1)
+    }
+    .boxed()
+}
+
+impl InboxConnection for PgConnection {
+    fn record<'a>(
+        &'a mut self,
+        c: &'a str,
+        id: MessageId,
+    ) -> BoxFuture<'a, Result<bool, sqlx::Error>> {
+        record_pg(self, c, id)
+    }
+}
+
+impl InboxConnection for SqliteConnection {
+    fn record<'a>(
+        &'a mut self,
+        c: &'a str,
+        id: MessageId,
+    ) -> BoxFuture<'a, Result<bool, sqlx::Error>> {
+        record_sqlite(self, c, id)
+    }
+}
+
+impl InboxConnection for Transaction<'_, Postgres> {
+    fn record<'a>(
+        &'a mut self,
+        c: &'a str,
+        id: MessageId,
+    ) -> BoxFuture<'a, Result<bool, sqlx::Error>> {
+        record_pg(self, c, id)
+    }
+}
+
+impl InboxConnection for Transaction<'_, Sqlite> {
+    fn record<'a>(
+        &'a mut self,
+        c: &'a str,
+        id: MessageId,
+    ) -> BoxFuture<'a, Result<bool, sqlx::Error>> {
+        record_sqlite(self, c, id)
+    }
+}
+
+/// What [`Inbox::process`] did with a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Processed<T> {
+    /// First time this consumer saw the id: the handler ran and returned this.
+    Applied(T),
+    /// The id was already recorded: the handler did not run.
+    Duplicate,
+}
+
+/// An idempotent consumer: applies each message id's effect once per consumer name.
+///
+/// The id is recorded in the consumer's own transaction, beside the effect. If the
+/// transaction commits, both are there and a redelivery is recognised; if it rolls back (or the
+/// process dies first), neither is, and the redelivery is applied. That is what turns a
+/// broker's at-least-once into an effect exactly once — for effects inside that database.
+/// An effect outside it (an email, an HTTP call) is not covered: make it idempotent itself.
+///
+/// On PostgreSQL two transactions recording the same id at once do not both proceed: the
+/// second waits on the first's uncommitted row, then sees a duplicate (or, if the first rolled
+/// back, applies).
+#[derive(Debug, Clone)]
+pub struct Inbox {
+    consumer: String,
+}
+
+impl Inbox {
+    /// The inbox of consumer `consumer` (a stable name: ids are de-duplicated per consumer).
+    pub fn new(consumer: impl Into<String>) -> Self {
+        Self {
+            consumer: consumer.into(),
+        }
+    }
+
+    /// Records `id` in `tx`; `true` the first time, `false` for a duplicate.
+    pub async fn record<C: InboxConnection + ?Sized>(
+        &self,
+        tx: &mut C,
+        id: MessageId,
+    ) -> Result<bool, OutboxError> {
+        Ok(tx.record(&self.consumer, id).await?)
+    }
+
+    /// Runs `handler` in `tx` if `envelope`'s id is new to this consumer, and records the id.
+    /// Commit `tx` afterwards (and only then acknowledge the message to the broker).
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: sqlx::PgPool, envelope: onephase_core::Envelope) -> Result<(), onephase_outbox::OutboxError> {
+    /// use futures::FutureExt;
+    /// use onephase_outbox::{Inbox, Processed};
+    ///
+    /// let inbox = Inbox::new("billing");
+    /// let mut tx = pool.begin().await?;
+    /// let outcome = inbox
+    ///     .process(&mut tx, &envelope, |tx| {
+    ///         async move {
+    ///             sqlx::query("UPDATE accounts SET balance = balance - 10 WHERE id = 7")
+    ///                 .execute(&mut **tx)
+    ///                 .await?;
+    ///             Ok::<_, onephase_outbox::OutboxError>(())
+    ///         }
+    ///         .boxed()
+    ///     })
+    ///     .await?;
+    /// tx.commit().await?;
+    /// assert!(matches!(outcome, Processed::Applied(()) | Processed::Duplicate));
+    /// # Ok(()) }
+    /// ```
+    pub async fn process<C, T, E, F>(
+        &self,
+        tx: &mut C,
+        envelope: &Envelope,
+        handler: F,
+    ) -> Result<Processed<T>, E>
+    where
+        C: InboxConnection + ?Sized,
+        E: From<OutboxError>,
+        F: for<'c> FnOnce(&'c mut C) -> BoxFuture<'c, Result<T, E>>,
+    {
+        if !self.record(tx, envelope.id()).await? {
+            return Ok(Processed::Duplicate);
+        }
+        handler(tx).await.map(Processed::Applied)
+    }
+
+    /// Deletes up to `limit` inbox rows (of every consumer) recorded more than `older_than` ago;
+    /// returns how many. Keep rows longer than any redelivery can arrive (the broker's
+    /// retention, the relay's longest retry): a redelivery after its row is gone is applied
+    /// again.
+    pub async fn prune(
+        store: &Store,
+        older_than: Duration,
+        limit: u32,
+    ) -> Result<u64, OutboxError> {
+        Ok(Sql::new(store)
+            .prune_inbox(older_than, limit, time::OffsetDateTime::now_utc())
+            .await?)
+    }
+}

@@ -1,0 +1,478 @@
+//! The relay: claims due outbox rows, publishes them, records the outcome.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use onephase_broker::{BrokerError, Publisher};
+use onephase_core::rand::SeedableRng;
+use onephase_core::rand::rngs::StdRng;
+use onephase_core::{
+    Backoff, Classify, Envelope, ErrorKind, Jitter, MessageId, SharedClock, SystemClock,
+};
+use onephase_store::{Db, Store, sqlx};
+use sqlx::postgres::PgListener;
+use uuid::Uuid;
+
+use crate::metrics::RelayMetrics;
+use crate::sql::{Failure, Row, Sql};
+use crate::{DEFAULT_MAX_PAYLOAD, OutboxError};
+
+/// How a [`Relay`] behaves. `RelayConfig::default()` suits most deployments.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// A name for this relay's source, used as the `source` label of its metrics.
+    pub source: String,
+    /// Most rows claimed and published per round (default 500).
+    pub batch_size: u32,
+    /// How long a claim lasts (default 30 s). A relay that crashes holds its rows this long
+    /// before another relay takes them; a relay stalled longer than this may publish a row
+    /// another relay has already published (a duplicate the inbox absorbs).
+    pub claim_timeout: Duration,
+    /// How often to look for rows when nothing wakes the relay (default 1 s on PostgreSQL,
+    /// where `NOTIFY` normally wakes it first, and 50 ms on SQLite).
+    pub poll_interval: Option<Duration>,
+    /// Publish attempts before a row is dead-lettered (default 12).
+    pub max_attempts: u32,
+    /// Delay between attempts of one row (default: 200 ms doubling to 60 s, full jitter).
+    pub backoff: Backoff,
+    /// Rows with larger payloads are dead-lettered without a publish attempt (default 1 MiB).
+    pub max_payload: usize,
+    /// How long published rows stay in the table (default zero: deleted as they are marked,
+    /// in the same bounded statement). When non-zero, a retention pass deletes them in
+    /// batches of [`retention_batch`](Self::retention_batch).
+    pub keep_published: Duration,
+    /// How often retention and the status gauges run (default 1 s).
+    pub housekeeping_interval: Duration,
+    /// Rows per retention `DELETE` (default 5,000).
+    pub retention_batch: u32,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            source: "default".to_owned(),
+            batch_size: 500,
+            claim_timeout: Duration::from_secs(30),
+            poll_interval: None,
+            max_attempts: 12,
+            backoff: Backoff::new(
+                Duration::from_millis(200),
+                Duration::from_secs(60),
+                Jitter::Full,
+            )
+            .expect("200 ms doubling to 60 s is a valid backoff"),
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            keep_published: Duration::ZERO,
+            housekeeping_interval: Duration::from_secs(1),
+            retention_batch: 5_000,
+        }
+    }
+}
+
+/// What one round of the relay did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoundReport {
+    /// Rows claimed.
+    pub claimed: usize,
+    /// Rows the broker accepted and that were marked published.
+    pub published: usize,
+    /// Rows whose publish failed and that will be retried.
+    pub retrying: usize,
+    /// Rows dead-lettered this round.
+    pub dead_lettered: usize,
+    /// Rows not attempted because an earlier row of their key failed in this round.
+    pub held_back: usize,
+    /// Published rows whose claim had expired and been taken by another relay before they
+    /// were marked: published twice.
+    pub lost_claims: usize,
+}
+
+/// Publishes outbox rows to a [`Publisher`], at least once and in order per key.
+///
+/// Run many relays against one PostgreSQL outbox; see the crate documentation for how they
+/// share the work and still keep each key's order.
+pub struct Relay<P> {
+    store: Store,
+    publisher: P,
+    config: RelayConfig,
+    id: Uuid,
+    clock: SharedClock,
+    rng: Mutex<StdRng>,
+    metrics: RelayMetrics,
+}
+
+impl<P: Publisher> Relay<P> {
+    /// A relay over the outbox in `store` (whose [`migrations`](crate::migrations) have run).
+    pub fn new(store: Store, publisher: P, config: RelayConfig) -> Self {
+        let metrics = RelayMetrics::new(&config.source, publisher.transport());
+        Self {
+            store,
+            publisher,
+            config,
+            id: Uuid::now_v7(),
+            clock: Arc::new(SystemClock),
+            rng: Mutex::new(onephase_core::rand::make_rng()),
+            metrics,
+        }
+    }
+
+    /// Uses `clock` for waiting and, on SQLite, for claim and retry times.
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Draws backoff jitter from a generator seeded with `seed`, for reproducible tests.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.rng = Mutex::new(StdRng::seed_from_u64(seed));
+        self
+    }
+
+    /// This relay's id: the `claimed_by` of the rows it holds.
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    /// Claims one batch, publishes it and records the outcome.
+    pub async fn run_once(&self) -> Result<RoundReport, OutboxError> {
+        let started = std::time::Instant::now();
+        let sql = Sql::new(&self.store);
+        let rows = sql
+            .claim(
+                self.id,
+                self.config.batch_size,
+                self.config.claim_timeout,
+                self.clock.now(),
+            )
+            .await?;
+        let mut report = RoundReport {
+            claimed: rows.len(),
+            ..RoundReport::default()
+        };
+        if rows.is_empty() {
+            return Ok(report);
+        }
+
+        let mut failures = Vec::new();
+        let mut published = Vec::new();
+        let mut held_back = Vec::new();
+        let mut failed_keys: HashSet<String> = HashSet::new();
+
+        // Rows that cannot become envelopes fail for good, without a publish attempt.
+        let mut valid = Vec::with_capacity(rows.len());
+        for row in rows {
+            match self.envelope(&row) {
+                Ok(envelope) => valid.push((row, envelope)),
+                Err(e) => {
+                    if let Some(key) = &row.key {
+                        failed_keys.insert(key.clone());
+                    }
+                    failures.push(self.failure(&row, e.kind(), e.to_string(), true));
+                }
+            }
+        }
+
+        // Waves: the n-th row of every key goes in wave n, so no two rows of one key are in
+        // flight together, and a row is sent only after every earlier row of its key in this
+        // batch was acknowledged.
+        for wave in waves(valid) {
+            let (wave, skipped): (Vec<_>, Vec<_>) = wave
+                .into_iter()
+                .partition(|(row, _)| row.key.as_ref().is_none_or(|k| !failed_keys.contains(k)));
+            held_back.extend(skipped.into_iter().map(|(row, _)| row.seq));
+            if wave.is_empty() {
+                continue;
+            }
+            let envelopes: Vec<Envelope> = wave.iter().map(|(_, e)| e.clone()).collect();
+            let results = self.publisher.publish(&envelopes).await;
+            for ((row, _), result) in wave.into_iter().zip(results) {
+                match result {
+                    Ok(()) => published.push(row.seq),
+                    Err(e) => {
+                        if let Some(key) = &row.key {
+                            failed_keys.insert(key.clone());
+                        }
+                        failures.push(self.broker_failure(&row, &e));
+                    }
+                }
+            }
+        }
+
+        let now = self.clock.now();
+        if !published.is_empty() {
+            let marked = sql
+                .published(
+                    self.id,
+                    &published,
+                    !self.config.keep_published.is_zero(),
+                    now,
+                )
+                .await?;
+            report.published = published.len();
+            report.lost_claims = published.len().saturating_sub(marked as usize);
+            if report.lost_claims > 0 {
+                tracing::warn!(
+                    relay = %self.id,
+                    lost = report.lost_claims,
+                    "published rows whose claim had expired; another relay may publish them too \
+                     (raise claim_timeout if publishing takes this long)"
+                );
+            }
+        }
+        if !failures.is_empty() {
+            sql.failed(self.id, &failures, now).await?;
+            for f in &failures {
+                if f.dead {
+                    report.dead_lettered += 1;
+                    tracing::warn!(seq = f.seq, error = %f.error, "outbox row dead-lettered");
+                } else {
+                    report.retrying += 1;
+                }
+            }
+        }
+        if !held_back.is_empty() {
+            sql.release(self.id, &held_back).await?;
+            report.held_back = held_back.len();
+        }
+        self.metrics.round(&report, started.elapsed());
+        Ok(report)
+    }
+
+    fn envelope(&self, row: &Row) -> Result<Envelope, OutboxError> {
+        if row.payload.len() > self.config.max_payload {
+            return Err(OutboxError::PayloadTooLarge {
+                size: row.payload.len(),
+                limit: self.config.max_payload,
+            });
+        }
+        let id = Uuid::parse_str(&row.id).map_err(|e| {
+            onephase_core::ValidationError::new("id", format!("{:?} is not a UUID: {e}", row.id))
+        })?;
+        let headers: HashMap<String, String> = serde_json::from_str(&row.headers).map_err(|e| {
+            onephase_core::ValidationError::new(
+                "headers",
+                format!("must be a JSON object of string values: {e}"),
+            )
+        })?;
+        let mut builder = Envelope::builder(row.topic.clone(), Bytes::from(row.payload.clone()))
+            .id(MessageId::from_uuid(id)?)
+            .created_at(row.created_at);
+        if let Some(key) = &row.key {
+            builder = builder.key(key.clone());
+        }
+        for (name, value) in headers {
+            builder = builder.header(name, value);
+        }
+        Ok(builder.build()?)
+    }
+
+    fn failure(&self, row: &Row, kind: ErrorKind, error: String, permanent: bool) -> Failure {
+        let attempt = u32::try_from(row.attempts).unwrap_or(0);
+        let dead = permanent || attempt + 1 >= self.config.max_attempts;
+        let retry_in = match self.rng.lock() {
+            Ok(mut rng) => self.config.backoff.delay(attempt, None, &mut *rng),
+            Err(_) => self.config.backoff.ceiling(attempt),
+        };
+        Failure {
+            seq: row.seq,
+            error: format!("{kind}: {error}"),
+            dead,
+            retry_in,
+        }
+    }
+
+    fn broker_failure(&self, row: &Row, e: &BrokerError) -> Failure {
+        self.failure(row, e.kind(), e.to_string(), !e.is_transient())
+    }
+
+    /// Deletes published rows past their retention, in batches, until none are left.
+    pub async fn prune(&self) -> Result<u64, OutboxError> {
+        let sql = Sql::new(&self.store);
+        let mut total = 0;
+        loop {
+            let deleted = sql
+                .prune_published(
+                    self.config.keep_published,
+                    self.config.retention_batch,
+                    self.clock.now(),
+                )
+                .await?;
+            total += deleted;
+            if deleted < u64::from(self.config.retention_batch) {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Runs rounds until `shutdown` completes, waking on `NOTIFY` (PostgreSQL), on
+    /// [`enqueue`](crate::enqueue) in this process, or every poll interval. Database and
+    /// broker errors are logged and retried; only `shutdown` ends the loop.
+    pub async fn run(&self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let poll = self.config.poll_interval.unwrap_or(match self.store.db() {
+            Db::Postgres(_) => Duration::from_secs(1),
+            Db::Sqlite(_) => Duration::from_millis(50),
+        });
+        let mut listener = self.listen().await;
+        let mut last_housekeeping: Option<std::time::Instant> = None;
+        let mut errors = 0_u32;
+        let mut woken = false;
+        loop {
+            if last_housekeeping.is_none_or(|t| t.elapsed() >= self.config.housekeeping_interval) {
+                self.housekeeping().await;
+                last_housekeeping = Some(std::time::Instant::now());
+            }
+            let round = tokio::select! {
+                biased;
+                () = &mut shutdown => return,
+                round = self.run_once() => round,
+            };
+            let wait = match round {
+                Ok(report) => {
+                    errors = 0;
+                    if report.claimed >= self.config.batch_size as usize {
+                        continue;
+                    }
+                    if report.claimed > 0 && report.published > 0 {
+                        woken = false;
+                        continue;
+                    }
+                    if woken {
+                        // Woken by an enqueue whose transaction had not committed yet: look
+                        // again soon rather than after a whole poll interval.
+                        woken = false;
+                        Some(Duration::from_millis(2))
+                    } else {
+                        None
+                    }
+                }
+                Err(e) => {
+                    errors = errors.saturating_add(1);
+                    self.metrics.round_error();
+                    tracing::error!(relay = %self.id, error = %e, "relay round failed; retrying");
+                    Some(
+                        self.config
+                            .backoff
+                            .ceiling(errors.min(8))
+                            .max(Duration::from_millis(100)),
+                    )
+                }
+            };
+            let sleep = self.clock.sleep(wait.unwrap_or(poll));
+            let in_process = crate::wake::notified();
+            tokio::select! {
+                biased;
+                () = &mut shutdown => return,
+                () = in_process, if wait.is_none() => woken = true,
+                notification = recv(&mut listener), if wait.is_none() => {
+                    if let Err(e) = notification {
+                        tracing::warn!(error = %e, "outbox LISTEN connection failed; polling until it is back");
+                        listener = None;
+                    }
+                }
+                () = sleep => {
+                    if listener.is_none() {
+                        listener = self.listen().await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn listen(&self) -> Option<PgListener> {
+        let Db::Postgres(pool) = self.store.db() else {
+            return None;
+        };
+        let connect = async {
+            let mut listener = PgListener::connect_with(pool).await?;
+            listener.listen("onephase_outbox").await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        match connect.await {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot LISTEN for outbox inserts; polling");
+                None
+            }
+        }
+    }
+
+    async fn housekeeping(&self) {
+        if !self.config.keep_published.is_zero()
+            && let Err(e) = self.prune().await
+        {
+            tracing::warn!(error = %e, "outbox retention pass failed");
+        }
+        match Sql::new(&self.store).status(self.clock.now()).await {
+            Ok(status) => self.metrics.status(&status),
+            Err(e) => tracing::warn!(error = %e, "reading outbox status failed"),
+        }
+    }
+}
+
+async fn recv(listener: &mut Option<PgListener>) -> Result<(), sqlx::Error> {
+    match listener {
+        Some(listener) => listener.recv().await.map(drop),
+        None => std::future::pending().await,
+    }
+}
+
+/// Splits rows (in seq order) into waves: wave n holds the n-th row of each key; rows without
+/// a key all go in the first wave.
+fn waves<T>(rows: Vec<(Row, T)>) -> Vec<Vec<(Row, T)>> {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut waves: Vec<Vec<(Row, T)>> = Vec::new();
+    for (row, item) in rows {
+        let n = match &row.key {
+            Some(key) => {
+                let count = seen.entry(key.clone()).or_insert(0);
+                *count += 1;
+                *count - 1
+            }
+            None => 0,
+        };
+        if waves.len() <= n {
+            waves.resize_with(n + 1, Vec::new);
+        }
+        waves[n].push((row, item));
+    }
+    waves
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(seq: i64, key: Option<&str>) -> Row {
+        Row {
+            seq,
+            id: String::new(),
+            topic: "t".into(),
+            key: key.map(str::to_owned),
+            payload: Vec::new(),
+            headers: "{}".into(),
+            created_at: time::OffsetDateTime::UNIX_EPOCH,
+            attempts: 0,
+        }
+    }
+
+    #[test]
+    fn waves_hold_one_row_per_key_in_seq_order() {
+        let rows = vec![
+            (row(1, Some("a")), ()),
+            (row(2, Some("a")), ()),
+            (row(3, None), ()),
+            (row(4, Some("b")), ()),
+            (row(5, None), ()),
+            (row(6, Some("a")), ()),
+        ];
+        let seqs: Vec<Vec<i64>> = waves(rows)
+            .into_iter()
+            .map(|w| w.into_iter().map(|(r, ())| r.seq).collect())
+            .collect();
+        assert_eq!(seqs, vec![vec![1, 3, 4, 5], vec![2], vec![6]]);
+    }
+}
