@@ -48,6 +48,14 @@ impl NatsPublisher {
         Ok(Self::new(client))
     }
 
+    /// Waits at most `timeout` for each publish acknowledgement (default 5 s) before reporting
+    /// the envelope as timed out. While the connection is down the client buffers publishes
+    /// and resends them on reconnect; this bounds how long the relay waits on that.
+    pub fn with_ack_timeout(mut self, timeout: Duration) -> Self {
+        self.js.set_timeout(timeout);
+        self
+    }
+
     /// The JetStream context, for managing streams and consumers.
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.js

@@ -11,6 +11,7 @@
 //!   instead, so the full suite can never pass by skipping.
 //! - [`TestDb`] hands a test its own fresh SQLite file or PostgreSQL database and removes it
 //!   afterwards.
+//! - [`FaultProxy`] sits between a client and an engine and cuts the link on demand.
 //!
 //! ```no_run
 //! use onephase_testkit::{Engine, engine_url};
@@ -24,6 +25,8 @@
 
 mod db;
 mod engine;
+mod proxy;
 
 pub use db::{TestDb, TestDbError};
 pub use engine::{Engine, REQUIRE_ENGINES_VAR, engine_not_built, engine_url, engines_required};
+pub use proxy::FaultProxy;

@@ -1,0 +1,77 @@
+//! A fault-injecting TCP proxy: tests put it between a client and a real engine, then cut the
+//! link to see what the client does when the engine is unreachable.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::copy_bidirectional;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Forwards connections from a local port to an upstream address until [`cut`](Self::cut).
+///
+/// While cut, every open connection is closed and new ones are accepted and closed at once, as
+/// a broker behind a failed network path would look to its client. [`restore`](Self::restore)
+/// forwards again. Dropping the proxy stops it.
+pub struct FaultProxy {
+    local: SocketAddr,
+    cut: Arc<watch::Sender<bool>>,
+    task: JoinHandle<()>,
+}
+
+impl FaultProxy {
+    /// Starts forwarding `127.0.0.1:<some port>` to `upstream` (`host:port`).
+    pub async fn start(upstream: &str) -> io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let local = listener.local_addr()?;
+        let (cut, _) = watch::channel(false);
+        let cut = Arc::new(cut);
+        let upstream = upstream.to_owned();
+        let state = Arc::clone(&cut);
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if *state.borrow() {
+                    drop(client);
+                    continue;
+                }
+                let mut cut_now = state.subscribe();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let (mut client, mut server) = (client, server);
+                    tokio::select! {
+                        _ = copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut_now.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        Ok(Self { local, cut, task })
+    }
+
+    /// The address clients connect to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Closes every connection and refuses new ones until [`restore`](Self::restore).
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+
+    /// Forwards new connections again.
+    pub fn restore(&self) {
+        self.cut.send_replace(false);
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.cut.send_replace(true);
+    }
+}
