@@ -3,6 +3,8 @@
 //! `serve`, `migrate` and `token` work on a store directly. Later operational commands
 //! (`outbox status`, `saga list`, ...) are HTTP clients of a running server.
 
+mod outbox;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,8 +38,12 @@ struct Cli {
 enum Command {
     /// Run the HTTP API, dashboard and metrics until SIGINT or SIGTERM.
     Serve(ServeArgs),
-    /// Apply every pending migration to the store, then exit.
-    Migrate(StoreArgs),
+    /// Apply every pending migration to the store (or create the outbox tables in an
+    /// application's database with --outbox), then exit.
+    Migrate(MigrateArgs),
+    /// Operate a running server's outbox: status, tail, dead, retry.
+    #[command(subcommand)]
+    Outbox(outbox::OutboxCommand),
     /// Create, list and revoke API tokens in the store.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -48,6 +54,16 @@ struct StoreArgs {
     /// Store URL: sqlite://PATH (default sqlite://onephase.db) or postgres://USER@HOST/DB.
     #[arg(long, env = "ONEPHASE_STORE", value_name = "URL")]
     store: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct MigrateArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Create or update only the outbox and inbox tables, in this application database
+    /// (sqlite://PATH or postgres://USER@HOST/DB), instead of migrating the onephase store.
+    #[arg(long, value_name = "APP_DB_URL")]
+    outbox: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -144,8 +160,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_tracing(&config)?;
             serve(config).await
         }
-        Command::Migrate(args) => {
-            let config = load_for_store(config_file, args)?;
+        Command::Migrate(MigrateArgs {
+            outbox: Some(url), ..
+        }) => {
+            let store = Store::connect(&url).await?;
+            store.migrate(&[onephase_outbox::migrations()]).await?;
+            println!("{}: outbox tables are up to date", store.url());
+            store.close().await;
+            Ok(())
+        }
+        Command::Outbox(command) => outbox::run(command).await,
+        Command::Migrate(MigrateArgs {
+            store,
+            outbox: None,
+        }) => {
+            let config = load_for_store(config_file, store)?;
             init_tracing(&config)?;
             let store = Store::connect(&config.store).await?;
             store.migrate(&migrations()).await?;

@@ -256,3 +256,102 @@ async fn flags_override_the_environment_which_overrides_the_file() -> anyhow::Re
     ensure!(!dir.path().join("from-env2.db").exists());
     Ok(())
 }
+
+#[tokio::test]
+async fn outbox_commands_talk_to_a_running_server() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    // An application database with its own outbox table, created by `migrate --outbox`.
+    let app_db = format!("sqlite://{}", dir.path().join("app.db").display());
+    let migrated = onephase(dir.path(), &["migrate", "--outbox", &app_db]).await?;
+    ensure!(
+        migrated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
+    let app = onephase_store::Store::connect(&app_db).await?;
+    let bad = uuid::Uuid::now_v7();
+    let good = uuid::Uuid::now_v7();
+    let sqlite = app.as_sqlite().context("sqlite")?;
+    // Different keys: a dead row holds back the later rows of its own key.
+    for (id, topic, key) in [(bad, "no spaces allowed", "k1"), (good, "app.events", "k2")] {
+        sqlx::query("INSERT INTO onephase_outbox (id, topic, key, payload) VALUES (?1, ?2, ?3, '{\"ok\":true}')")
+            .bind(id.to_string())
+            .bind(topic)
+            .bind(key)
+            .execute(sqlite.writer())
+            .await?;
+    }
+    app.close().await;
+    std::fs::write(
+        dir.path().join("onephase.toml"),
+        format!(
+            "[[outbox.relay]]\nname = \"app\"\nsource = \"{app_db}\"\nsink = \"log\"\nmax_attempts = 1\n"
+        ),
+    )?;
+    let server = serve(dir.path(), &["--config", "onephase.toml"]).await?;
+    let token = server.token.clone().context("bootstrap token")?;
+    let client = |args: &[&str]| {
+        let mut all = vec!["outbox"];
+        all.extend_from_slice(args);
+        let all: Vec<String> = all.into_iter().map(str::to_owned).collect();
+        let (base, token) = (server.base.clone(), token.clone());
+        let dir = dir.path().to_owned();
+        async move {
+            let output = Command::new(BIN)
+                .args(&all)
+                .current_dir(dir)
+                .env("ONEPHASE_SERVER", base)
+                .env("ONEPHASE_TOKEN", token)
+                .output()
+                .await?;
+            anyhow::Ok(output)
+        }
+    };
+    // The good row is relayed to the embedded log; the bad one is dead-lettered.
+    let mut tail = String::new();
+    for _ in 0..100 {
+        let out = client(&["tail", "app.events"]).await?;
+        tail = String::from_utf8_lossy(&out.stdout).into_owned();
+        if tail.contains(&good.to_string()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ensure!(tail.contains(&good.to_string()), "tail: {tail}");
+    let status = client(&["status"]).await?;
+    let status_text = String::from_utf8_lossy(&status.stdout);
+    ensure!(
+        status.status.success() && status_text.contains("app") && status_text.contains("LAG"),
+        "{status_text}"
+    );
+    let dead = client(&["dead", "app", "--json"]).await?;
+    let rows: Value = serde_json::from_slice(&dead.stdout)?;
+    ensure!(rows[0]["id"] == bad.to_string(), "{rows}");
+    let retried = client(&["retry", "app", &bad.to_string()]).await?;
+    ensure!(
+        retried.status.success(),
+        "{}",
+        String::from_utf8_lossy(&retried.stderr)
+    );
+    // An unknown relay and a bad token are clear errors with a non-zero exit.
+    let unknown = client(&["dead", "nope"]).await?;
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    ensure!(
+        !unknown.status.success() && stderr.contains("no relay named"),
+        "{stderr}"
+    );
+    let unauthorized = Command::new(BIN)
+        .args([
+            "outbox",
+            "status",
+            "--server",
+            &server.base,
+            "--token",
+            "op_wrong",
+        ])
+        .output()
+        .await?;
+    ensure!(!unauthorized.status.success(), "a wrong token was accepted");
+    ensure!(server.terminate().await?.success());
+    Ok(())
+}

@@ -22,13 +22,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .nth(1)
         .unwrap_or_else(|| format!("sqlite://{}", dir.join("orders.db").display()));
     let store = Store::connect(&url).await?;
-    store.migrate(&[onephase_outbox::migrations(), log::migrations()]).await?;
+    store
+        .migrate(&[onephase_outbox::migrations(), log::migrations()])
+        .await?;
 
     // The business table.
     let create = "CREATE TABLE IF NOT EXISTS orders (id BIGINT PRIMARY KEY, customer TEXT NOT NULL, total_cents BIGINT NOT NULL)";
     match store.db() {
-        Db::Postgres(pool) => drop(sqlx::query(create).execute(pool).await?),
-        Db::Sqlite(s) => drop(sqlx::query(create).execute(s.writer()).await?),
+        Db::Postgres(pool) => sqlx::query(create).execute(pool).await.map(|_| ())?,
+        Db::Sqlite(s) => sqlx::query(create).execute(s.writer()).await.map(|_| ())?,
     }
 
     // 1. The order row and its event commit together, or not at all.

@@ -79,7 +79,7 @@ pub use enqueue::{DEFAULT_MAX_PAYLOAD, OutboxConnection, enqueue, enqueue_with_l
 pub use error::OutboxError;
 pub use inbox::{Inbox, InboxConnection, Processed};
 pub use operator::OutboxAdmin;
-pub use relay::{Relay, RelayConfig, RoundReport};
+pub use relay::{Relay, RelayConfig, RelayStats, RoundReport};
 pub use sql::{DeadRow, OutboxStatus};
 
 /// The outbox and inbox tables, to pass to [`Store::migrate`](onephase_store::Store::migrate)

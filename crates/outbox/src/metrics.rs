@@ -13,6 +13,7 @@ pub(crate) struct RelayMetrics {
     dead_lettered: Counter,
     lost_claims: Counter,
     round_errors: Counter,
+    vacuums: Counter,
     round_seconds: Histogram,
     pending: Gauge,
     dead: Gauge,
@@ -29,6 +30,7 @@ impl RelayMetrics {
             dead_lettered: counter!("onephase_outbox_dead_lettered_total", &labels),
             lost_claims: counter!("onephase_outbox_lost_claims_total", &labels),
             round_errors: counter!("onephase_outbox_round_errors_total", &labels),
+            vacuums: counter!("onephase_outbox_vacuums_total", &labels),
             round_seconds: histogram!("onephase_outbox_round_seconds", &labels),
             pending: gauge!("onephase_outbox_pending", &source_label),
             dead: gauge!("onephase_outbox_dead", &source_label),
@@ -43,6 +45,10 @@ impl RelayMetrics {
         self.dead_lettered.increment(report.dead_lettered as u64);
         self.lost_claims.increment(report.lost_claims as u64);
         self.round_seconds.record(took.as_secs_f64());
+    }
+
+    pub(crate) fn vacuumed(&self) {
+        self.vacuums.increment(1);
     }
 
     pub(crate) fn round_error(&self) {

@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -48,6 +49,12 @@ pub struct RelayConfig {
     pub housekeeping_interval: Duration,
     /// Rows per retention `DELETE` (default 5,000).
     pub retention_batch: u32,
+    /// On PostgreSQL, run `VACUUM` on the outbox table during housekeeping once it holds more
+    /// than this many dead tuples (default 50,000; `None` leaves it to autovacuum). A queue
+    /// table turns over its whole content constantly; when autovacuum is off or behind, the
+    /// dead tuples of published rows would otherwise pile up in the table and its indexes and
+    /// slow every claim. Needs the table owner's rights; without them it logs and carries on.
+    pub vacuum_threshold: Option<u64>,
 }
 
 impl Default for RelayConfig {
@@ -68,6 +75,7 @@ impl Default for RelayConfig {
             keep_published: Duration::ZERO,
             housekeeping_interval: Duration::from_secs(1),
             retention_batch: 5_000,
+            vacuum_threshold: Some(50_000),
         }
     }
 }
@@ -90,6 +98,42 @@ pub struct RoundReport {
     pub lost_claims: usize,
 }
 
+/// Running totals of one relay, readable while it runs (for dashboards and rates).
+#[derive(Debug, Clone, Default)]
+pub struct RelayStats {
+    published: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    dead_lettered: Arc<AtomicU64>,
+}
+
+impl RelayStats {
+    /// Rows published since the relay was created.
+    pub fn published(&self) -> u64 {
+        self.published.load(Ordering::Relaxed)
+    }
+
+    /// Failed publish attempts since the relay was created.
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Rows dead-lettered since the relay was created.
+    pub fn dead_lettered(&self) -> u64 {
+        self.dead_lettered.load(Ordering::Relaxed)
+    }
+
+    fn add(&self, report: &RoundReport) {
+        self.published
+            .fetch_add(report.published as u64, Ordering::Relaxed);
+        self.failed.fetch_add(
+            (report.retrying + report.dead_lettered) as u64,
+            Ordering::Relaxed,
+        );
+        self.dead_lettered
+            .fetch_add(report.dead_lettered as u64, Ordering::Relaxed);
+    }
+}
+
 /// Publishes outbox rows to a [`Publisher`], at least once and in order per key.
 ///
 /// Run many relays against one PostgreSQL outbox; see the crate documentation for how they
@@ -102,6 +146,7 @@ pub struct Relay<P> {
     clock: SharedClock,
     rng: Mutex<StdRng>,
     metrics: RelayMetrics,
+    stats: RelayStats,
 }
 
 impl<P: Publisher> Relay<P> {
@@ -116,6 +161,7 @@ impl<P: Publisher> Relay<P> {
             clock: Arc::new(SystemClock),
             rng: Mutex::new(onephase_core::rand::make_rng()),
             metrics,
+            stats: RelayStats::default(),
         }
     }
 
@@ -129,6 +175,11 @@ impl<P: Publisher> Relay<P> {
     pub fn with_seed(mut self, seed: u64) -> Self {
         self.rng = Mutex::new(StdRng::seed_from_u64(seed));
         self
+    }
+
+    /// A handle on this relay's running totals.
+    pub fn stats(&self) -> RelayStats {
+        self.stats.clone()
     }
 
     /// This relay's id: the `claimed_by` of the rows it holds.
@@ -238,6 +289,7 @@ impl<P: Publisher> Relay<P> {
             report.held_back = held_back.len();
         }
         self.metrics.round(&report, started.elapsed());
+        self.stats.add(&report);
         Ok(report)
     }
 
@@ -405,6 +457,16 @@ impl<P: Publisher> Relay<P> {
             && let Err(e) = self.prune().await
         {
             tracing::warn!(error = %e, "outbox retention pass failed");
+        }
+        if let Some(threshold) = self.config.vacuum_threshold {
+            match Sql::new(&self.store).vacuum_if_needed(threshold).await {
+                Ok(Some(dead)) => {
+                    self.metrics.vacuumed();
+                    tracing::debug!(dead, "vacuumed the outbox table");
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "vacuuming the outbox table failed"),
+            }
         }
         match Sql::new(&self.store).status(self.clock.now()).await {
             Ok(status) => self.metrics.status(&status),

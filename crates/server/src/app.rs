@@ -21,10 +21,11 @@ use utoipa_axum::routes;
 
 use crate::auth::{Tokens, require_token};
 use crate::config::ServerConfig;
-use crate::dashboard::{self, Panel, ServerPanel};
+use crate::dashboard::{self, OutboxPanel, Panel, ServerPanel};
 use crate::health;
 use crate::metrics::{prometheus, track_http};
 use crate::openapi::ApiDoc;
+use crate::outbox::OutboxService;
 use crate::problem::{PROBLEM_JSON, Problem};
 use crate::v1;
 
@@ -40,11 +41,18 @@ struct StateInner {
     clock: SharedClock,
     started: Instant,
     panels: Vec<Arc<dyn Panel>>,
+    outbox: OutboxService,
 }
 
 impl AppState {
     /// State over an open, migrated `store`.
-    pub fn new(store: Store, tokens: Tokens, config: ServerConfig, clock: SharedClock) -> Self {
+    pub fn new(
+        store: Store,
+        tokens: Tokens,
+        config: ServerConfig,
+        clock: SharedClock,
+        outbox: OutboxService,
+    ) -> Self {
         let started = clock.monotonic();
         Self(Arc::new(StateInner {
             store,
@@ -52,8 +60,14 @@ impl AppState {
             config,
             clock,
             started,
-            panels: vec![Arc::new(ServerPanel)],
+            panels: vec![Arc::new(ServerPanel), Arc::new(OutboxPanel)],
+            outbox,
         }))
+    }
+
+    /// The embedded log and the configured outbox relays.
+    pub fn outbox(&self) -> &OutboxService {
+        &self.0.outbox
     }
 
     /// The store.

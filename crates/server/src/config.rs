@@ -17,6 +17,13 @@
 //! name = "deploy-bot"
 //! role = "client"                    # or "admin"
 //! sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+//!
+//! [[outbox.relay]]                   # relay an application's outbox table to a sink
+//! name = "orders"
+//! source = "postgres://app@db/orders"  # default: the server's own store
+//! sink = "nats://127.0.0.1:4222"     # log | nats:// | amqp:// | redis:// | kafka://
+//! batch_size = 500                   # optional
+//! max_attempts = 12                  # optional
 //! ```
 //!
 //! Unknown keys are errors, so that a typo cannot silently leave a setting at its default.
@@ -28,6 +35,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::ConfiguredToken;
+use crate::outbox::RelaySettings;
 
 /// The default listen address: loopback only, so a fresh start exposes nothing.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
@@ -86,6 +94,15 @@ struct FileConfig {
     shutdown_grace_secs: Option<u64>,
     #[serde(default)]
     auth: FileAuth,
+    #[serde(default)]
+    outbox: FileOutbox,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileOutbox {
+    #[serde(default)]
+    relay: Vec<RelaySettings>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -143,6 +160,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Tokens defined by hash in the configuration file.
     pub tokens: Vec<ConfiguredToken>,
+    /// Outbox relays to run.
+    pub outbox_relays: Vec<RelaySettings>,
 }
 
 impl Default for ServerConfig {
@@ -155,6 +174,7 @@ impl Default for ServerConfig {
             log_format: LogFormat::Text,
             shutdown_grace: Duration::from_secs(30),
             tokens: Vec::new(),
+            outbox_relays: Vec::new(),
         }
     }
 }
@@ -194,6 +214,21 @@ impl ServerConfig {
                 message: "must be at least 1 byte".to_owned(),
             });
         }
+        let mut names = std::collections::HashSet::new();
+        for relay in &file_config.outbox.relay {
+            if !names.insert(relay.name.as_str()) {
+                return Err(ConfigError::Invalid {
+                    key: "outbox.relay.name",
+                    message: format!("{:?} names two relays; names must be unique", relay.name),
+                });
+            }
+            crate::outbox::SinkKind::parse(&relay.sink).map_err(|message| {
+                ConfigError::Invalid {
+                    key: "outbox.relay.sink",
+                    message,
+                }
+            })?;
+        }
         Ok(Self {
             listen,
             store: overrides
@@ -211,6 +246,7 @@ impl ServerConfig {
                 .or(file_config.shutdown_grace_secs)
                 .map_or(defaults.shutdown_grace, Duration::from_secs),
             tokens: file_config.auth.tokens,
+            outbox_relays: file_config.outbox.relay,
         })
     }
 }

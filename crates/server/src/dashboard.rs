@@ -57,6 +57,56 @@ impl Panel for ServerPanel {
     }
 }
 
+/// The outbox panel: per configured relay, its lag, backlog, dead letters and publish rate.
+pub struct OutboxPanel;
+
+impl Panel for OutboxPanel {
+    fn title(&self) -> &str {
+        "Outbox"
+    }
+
+    fn render<'a>(
+        &'a self,
+        state: &'a AppState,
+    ) -> Pin<Box<dyn Future<Output = Markup> + Send + 'a>> {
+        Box::pin(async move {
+            let sources = state.outbox().sources();
+            let mut rows = Vec::with_capacity(sources.len());
+            for source in sources {
+                let status =
+                    tokio::time::timeout(Duration::from_secs(1), source.admin.status()).await;
+                rows.push((source, status, source.published_rate()));
+            }
+            html! {
+                @if rows.is_empty() {
+                    p { "No relays configured. Add " code { "[[outbox.relay]]" } " to the configuration file; "
+                        code { "POST /v1/outbox/{topic}" } " appends to the embedded log either way." }
+                } @else {
+                    table {
+                        tr { th { "Relay" } th { "Sink" } th { "Lag" } th { "Pending" } th { "Dead" } th { "Published/s" } th { "Published" } }
+                        @for (source, status, rate) in &rows {
+                            tr {
+                                td { (source.name) }
+                                td { code { (source.sink) } }
+                                @match status {
+                                    Ok(Ok(status)) => {
+                                        td { (status.oldest_pending_age.map_or("0 s".to_owned(), |d| format!("{:.1} s", d.as_secs_f64()))) }
+                                        td { (status.pending) }
+                                        td class=(if status.dead > 0 { "bad" } else { "ok" }) { (status.dead) }
+                                    }
+                                    _ => { td class="bad" colspan="3" { "the source database does not answer" } }
+                                }
+                                td { (rate.map_or("-".to_owned(), |r| format!("{r:.0}"))) }
+                                td { (source.stats.published()) }
+                            }
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
 fn format_uptime(d: Duration) -> String {
     let s = d.as_secs();
     match s {

@@ -34,6 +34,7 @@ pub mod health;
 pub mod json;
 pub mod metrics;
 pub mod openapi;
+pub mod outbox;
 pub mod problem;
 mod serve;
 pub mod v1;

@@ -21,6 +21,7 @@ use crate::problem::Problem;
     tags(
         (name = "health", description = "Liveness and readiness"),
         (name = "auth", description = "API tokens"),
+        (name = "outbox", description = "The embedded log, outbox relays, dead letters"),
     )
 )]
 pub struct ApiDoc;

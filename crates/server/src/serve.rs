@@ -13,15 +13,20 @@ use tokio::net::TcpListener;
 use crate::app::{AppState, router};
 use crate::auth::{AuthError, Tokens, generate_token};
 use crate::config::ServerConfig;
+use crate::outbox::{OutboxService, OutboxStartError};
 
 /// Every component's migrations, in dependency order. `onephase migrate` and `onephase serve`
 /// apply these.
 pub fn migrations() -> Vec<Migrations> {
-    vec![Migrations::new(
-        "server",
-        sqlx::migrate!("migrations/sqlite"),
-        sqlx::migrate!("migrations/postgres"),
-    )]
+    vec![
+        Migrations::new(
+            "server",
+            sqlx::migrate!("migrations/sqlite"),
+            sqlx::migrate!("migrations/postgres"),
+        ),
+        onephase_outbox::migrations(),
+        onephase_broker::log::migrations(),
+    ]
 }
 
 /// Why the server could not start or stopped with an error.
@@ -45,6 +50,9 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// An outbox relay could not start.
+    #[error(transparent)]
+    Outbox(#[from] OutboxStartError),
     /// Serving failed.
     #[error("serving HTTP failed: {0}")]
     Serve(#[source] std::io::Error),
@@ -56,6 +64,7 @@ impl Classify for ServerError {
             ServerError::Store(e) => e.kind(),
             ServerError::Auth(e) => e.kind(),
             ServerError::Bind { .. } => ErrorKind::Unavailable,
+            ServerError::Outbox(_) => ErrorKind::Unavailable,
             ServerError::Serve(_) => ErrorKind::Internal,
         }
     }
@@ -89,7 +98,8 @@ impl Server {
                     addr: config.listen,
                     source,
                 })?;
-        let state = AppState::new(store, tokens, config, clock);
+        let outbox = OutboxService::open(&store, &config.outbox_relays).await?;
+        let state = AppState::new(store, tokens, config, clock, outbox);
         let router = router(state.clone());
         Ok(Self {
             state,
@@ -132,6 +142,8 @@ impl Server {
             })
             .into_future();
         let mut server = tokio::spawn(server);
+        let (stop_relays, relays_stopped) = tokio::sync::watch::channel(false);
+        let relays = self.state.outbox().spawn(relays_stopped);
         tracing::info!(%addr, store = %self.state.store().url(), "onephase listening on http://{addr}");
 
         let finished = tokio::select! {
@@ -158,6 +170,10 @@ impl Server {
                 }
             }
         };
+        let _ = stop_relays.send(true);
+        for relay in relays {
+            let _ = relay.await;
+        }
         self.state.store().close().await;
         match result {
             Ok(Ok(())) => {

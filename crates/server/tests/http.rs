@@ -534,3 +534,331 @@ async fn a_taken_listen_address_is_a_clear_error() -> anyhow::Result<()> {
     ensure!(err.to_string().contains("--listen"), "{err}");
     Ok(())
 }
+
+fn with_log_relay(db: &TestDb) -> ServerConfig {
+    ServerConfig {
+        outbox_relays: vec![onephase_server::outbox::RelaySettings {
+            name: "self".to_owned(),
+            source: None,
+            sink: "log".to_owned(),
+            batch_size: None,
+            max_attempts: Some(1),
+        }],
+        ..config_for(db)
+    }
+}
+
+async fn wait_for_records(
+    http: &reqwest::Client,
+    server: &Running,
+    topic: &str,
+    count: usize,
+) -> anyhow::Result<Vec<Value>> {
+    for _ in 0..200 {
+        let records: Vec<Value> = http
+            .get(server.url(&format!("/v1/outbox/{topic}")))
+            .bearer_auth(server.admin())
+            .send()
+            .await?
+            .json()
+            .await?;
+        if records.len() >= count {
+            return Ok(records);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("{topic} did not reach {count} records")
+}
+
+#[tokio::test]
+async fn outbox_api_appends_reads_relays_and_manages_dead_rows() -> anyhow::Result<()> {
+    for db in TestDb::all().await {
+        let server = Running::start(with_log_relay(&db)).await?;
+        let http = reqwest::Client::new();
+
+        // Append, idempotently on the id, and read back.
+        let id = uuid::Uuid::now_v7();
+        let event = json!({"key": "order-42", "payload": {"order": 42}, "headers": {"correlation-id": "req-1"}, "id": id});
+        let mut positions = Vec::new();
+        for _ in 0..2 {
+            let response = http
+                .post(server.url("/v1/outbox/orders.created"))
+                .bearer_auth(server.admin())
+                .json(&event)
+                .send()
+                .await?;
+            ensure!(
+                response.status() == StatusCode::CREATED,
+                "{}",
+                response.status()
+            );
+            let body: Value = response.json().await?;
+            positions.push(body["position"].as_i64().context("position")?);
+        }
+        ensure!(
+            positions == [1, 1],
+            "a repeated id was appended twice: {positions:?}"
+        );
+        let records = wait_for_records(&http, &server, "orders.created", 1).await?;
+        ensure!(records.len() == 1, "{records:?}");
+        ensure!(records[0]["payload"] == json!({"order": 42}) && records[0]["key"] == "order-42");
+        ensure!(records[0]["headers"]["correlation-id"] == "req-1");
+
+        // A row written to the server's own outbox by plain SQL is relayed to the log.
+        let store = onephase_store::Store::connect(db.url()).await?;
+        let relayed = uuid::Uuid::now_v7();
+        let bad = uuid::Uuid::now_v7();
+        for (id, topic) in [(relayed, "relayed.events"), (bad, "not a topic")] {
+            match store.db() {
+                onephase_store::Db::Postgres(pool) => {
+                    sqlx::query("INSERT INTO onephase_outbox (id, topic, key, payload) VALUES ($1, $2, 'k', 'x')")
+                        .bind(id)
+                        .bind(topic)
+                        .execute(pool)
+                        .await?;
+                }
+                onephase_store::Db::Sqlite(s) => {
+                    sqlx::query("INSERT INTO onephase_outbox (id, topic, key, payload) VALUES (?1, ?2, 'k2', 'x')")
+                        .bind(id.to_string())
+                        .bind(topic)
+                        .execute(s.writer())
+                        .await?;
+                }
+            }
+        }
+        let relayed_records = wait_for_records(&http, &server, "relayed.events", 1).await?;
+        ensure!(relayed_records[0]["id"] == relayed.to_string());
+        ensure!(
+            relayed_records[0]["payload_base64"] == "eA==",
+            "{relayed_records:?}"
+        );
+
+        // The row with an invalid topic is dead-lettered, visible, retryable, discardable.
+        let mut dead = Vec::new();
+        for _ in 0..100 {
+            dead = http
+                .get(server.url("/v1/relays/self/dead"))
+                .bearer_auth(server.admin())
+                .send()
+                .await?
+                .json::<Vec<Value>>()
+                .await?;
+            if !dead.is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        ensure!(
+            dead.len() == 1 && dead[0]["id"] == bad.to_string(),
+            "{dead:?}"
+        );
+        ensure!(
+            dead[0]["last_error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("topic"),
+            "{dead:?}"
+        );
+        let relays: Vec<Value> = http
+            .get(server.url("/v1/relays"))
+            .bearer_auth(server.admin())
+            .send()
+            .await?
+            .json()
+            .await?;
+        ensure!(
+            relays.len() == 1 && relays[0]["name"] == "self" && relays[0]["dead"] == 1,
+            "{relays:?}"
+        );
+        ensure!(
+            relays[0]["published_total"].as_u64().unwrap_or_default() >= 1,
+            "{relays:?}"
+        );
+
+        let client_token = http
+            .post(server.url("/v1/tokens"))
+            .bearer_auth(server.admin())
+            .json(&json!({"name": "svc"}))
+            .send()
+            .await?
+            .json::<Value>()
+            .await?["token"]
+            .as_str()
+            .context("token")?
+            .to_owned();
+        let retry = server.url(&format!("/v1/relays/self/dead/{bad}/retry"));
+        problem(
+            http.post(&retry).bearer_auth(&client_token).send().await?,
+            StatusCode::FORBIDDEN,
+        )
+        .await?;
+        let response = http.post(&retry).bearer_auth(server.admin()).send().await?;
+        ensure!(
+            response.status() == StatusCode::NO_CONTENT,
+            "{}",
+            response.status()
+        );
+        let unknown = server.url(&format!(
+            "/v1/relays/self/dead/{}/retry",
+            uuid::Uuid::now_v7()
+        ));
+        problem(
+            http.post(&unknown)
+                .bearer_auth(server.admin())
+                .send()
+                .await?,
+            StatusCode::NOT_FOUND,
+        )
+        .await?;
+        problem(
+            http.post(server.url("/v1/relays/self/dead/not-a-uuid/retry"))
+                .bearer_auth(server.admin())
+                .send()
+                .await?,
+            StatusCode::BAD_REQUEST,
+        )
+        .await?;
+        problem(
+            http.get(server.url("/v1/relays/nope/dead"))
+                .bearer_auth(server.admin())
+                .send()
+                .await?,
+            StatusCode::NOT_FOUND,
+        )
+        .await?;
+        // Dead again after its one attempt; then discarded for good.
+        for _ in 0..100 {
+            let response = http
+                .delete(server.url(&format!("/v1/relays/self/dead/{bad}")))
+                .bearer_auth(server.admin())
+                .send()
+                .await?;
+            if response.status() == StatusCode::NO_CONTENT {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let status: Vec<Value> = http
+            .get(server.url("/v1/relays"))
+            .bearer_auth(server.admin())
+            .send()
+            .await?
+            .json()
+            .await?;
+        ensure!(
+            status[0]["dead"] == 0 && status[0]["pending"] == 0,
+            "{status:?}"
+        );
+
+        let page = http.get(server.url("/")).send().await?.text().await?;
+        ensure!(
+            page.contains("Outbox") && page.contains("self"),
+            "the dashboard has no outbox panel"
+        );
+        store.close().await;
+        server.stop().await?;
+        db.close().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_outbox_appends_get_a_problem_and_append_nothing() -> anyhow::Result<()> {
+    let db = TestDb::sqlite().await?;
+    let server = Running::start(config_for(&db)).await?;
+    let http = reqwest::Client::new();
+    let post = |topic: &str, body: Value| {
+        http.post(server.url(&format!("/v1/outbox/{topic}")))
+            .bearer_auth(server.admin())
+            .json(&body)
+    };
+    let cases = [
+        (
+            "bad%20topic",
+            json!({"payload": 1}),
+            StatusCode::BAD_REQUEST,
+            "topic",
+        ),
+        (
+            "a..b",
+            json!({"payload": 1}),
+            StatusCode::BAD_REQUEST,
+            "segment",
+        ),
+        (
+            "t",
+            json!({"payload": 1, "key": ""}),
+            StatusCode::BAD_REQUEST,
+            "key",
+        ),
+        (
+            "t",
+            json!({"payload": 1, "headers": {"x": "caf\u{e9}"}}),
+            StatusCode::BAD_REQUEST,
+            "printable",
+        ),
+        (
+            "t",
+            json!({"payload": 1, "id": "00000000-0000-0000-0000-000000000000"}),
+            StatusCode::BAD_REQUEST,
+            "nil",
+        ),
+        (
+            "t",
+            json!({"payload": 1, "colour": "red"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "colour",
+        ),
+        (
+            "t",
+            json!({"key": "k"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "payload",
+        ),
+    ];
+    for (topic, body, status, mentions) in cases {
+        let doc = problem(post(topic, body.clone()).send().await?, status).await?;
+        let detail = doc["detail"].as_str().unwrap_or_default();
+        ensure!(
+            detail.contains(mentions),
+            "{body}: {detail:?} does not mention {mentions:?}"
+        );
+    }
+    let huge = json!({"payload": "x".repeat(1024 * 1024 + 1)});
+    problem(post("t", huge).send().await?, StatusCode::PAYLOAD_TOO_LARGE).await?;
+    let malformed = http
+        .post(server.url("/v1/outbox/t"))
+        .bearer_auth(server.admin())
+        .header("content-type", "application/json")
+        .body("{\"payload\": ")
+        .send()
+        .await?;
+    problem(malformed, StatusCode::BAD_REQUEST).await?;
+    problem(
+        http.get(server.url("/v1/outbox/t?limit=0"))
+            .bearer_auth(server.admin())
+            .send()
+            .await?,
+        StatusCode::BAD_REQUEST,
+    )
+    .await?;
+    let records: Vec<Value> = http
+        .get(server.url("/v1/outbox/t"))
+        .bearer_auth(server.admin())
+        .send()
+        .await?
+        .json()
+        .await?;
+    ensure!(records.is_empty(), "bad input was appended: {records:?}");
+    problem(
+        http.post(server.url("/v1/outbox/t"))
+            .json(&json!({"payload": 1}))
+            .send()
+            .await?,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await?;
+    server.stop().await?;
+    db.close().await?;
+    Ok(())
+}

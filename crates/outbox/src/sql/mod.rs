@@ -157,6 +157,20 @@ impl<'a> Sql<'a> {
         }
     }
 
+    /// PostgreSQL: vacuums the outbox when its dead tuples exceed `threshold`. SQLite has no
+    /// dead tuples (freed pages are reused), so nothing to do.
+    pub(crate) async fn vacuum_if_needed(
+        &self,
+        threshold: u64,
+    ) -> Result<Option<i64>, sqlx::Error> {
+        match self.db {
+            Db::Postgres(pool) => {
+                postgres::vacuum_if_needed(pool, i64::try_from(threshold).unwrap_or(i64::MAX)).await
+            }
+            Db::Sqlite(_) => Ok(None),
+        }
+    }
+
     pub(crate) async fn status(&self, now: OffsetDateTime) -> Result<OutboxStatus, sqlx::Error> {
         match self.db {
             Db::Postgres(pool) => postgres::status(pool).await,

@@ -236,3 +236,26 @@ pub(super) async fn discard(pool: &PgPool, ids: &[Uuid]) -> Result<u64, sqlx::Er
             .rows_affected(),
     )
 }
+
+/// Vacuums the outbox table when PostgreSQL counts more than `threshold` dead tuples in it;
+/// returns the count that triggered it. `SKIP_LOCKED`: when another relay is already
+/// vacuuming, this one does not wait.
+pub(super) async fn vacuum_if_needed(
+    pool: &PgPool,
+    threshold: i64,
+) -> Result<Option<i64>, sqlx::Error> {
+    let dead: Option<i64> = sqlx::query_scalar(
+        "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'onephase_outbox'::regclass",
+    )
+    .fetch_optional(pool)
+    .await?;
+    match dead {
+        Some(dead) if dead > threshold => {
+            sqlx::query("VACUUM (SKIP_LOCKED, ANALYZE) onephase_outbox")
+                .execute(pool)
+                .await?;
+            Ok(Some(dead))
+        }
+        _ => Ok(None),
+    }
+}

@@ -1,6 +1,7 @@
 //! The authenticated JSON API under `/v1`. One module per capability; each contributes its
 //! routes (with their OpenAPI description) through [`routes()`].
 
+mod outbox;
 mod tokens;
 mod whoami;
 
@@ -9,6 +10,7 @@ use utoipa_axum::routes;
 
 use crate::app::AppState;
 
+pub use outbox::{AppendEvent, Appended, DeadRowView, LogRecordView, RelayStatus};
 pub use tokens::{CreateToken, CreatedToken};
 pub use whoami::Whoami;
 
@@ -18,4 +20,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(whoami::whoami))
         .routes(routes!(tokens::create_token, tokens::list_tokens))
         .routes(routes!(tokens::revoke_token))
+        .routes(routes!(outbox::append, outbox::read))
+        .routes(routes!(outbox::relays))
+        .routes(routes!(outbox::dead))
+        .routes(routes!(outbox::retry))
+        .routes(routes!(outbox::discard))
 }

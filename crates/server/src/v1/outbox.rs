@@ -1,0 +1,405 @@
+//! `/v1/outbox`: append to and read the embedded log; `/v1/relays`: the configured outbox
+//! relays, their dead letters and retries.
+
+use std::collections::BTreeMap;
+
+use axum::Extension;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use onephase_core::{Envelope, MessageId};
+use onephase_outbox::{DEFAULT_MAX_PAYLOAD, OutboxError};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::app::AppState;
+use crate::auth::Caller;
+use crate::json::ApiJson;
+use crate::outbox::OutboxSource;
+use crate::problem::Problem;
+
+/// An event to append to the embedded log.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppendEvent {
+    /// Partition key: events with the same key keep their order. Omit for unordered events.
+    #[schema(example = "order-42")]
+    pub key: Option<String>,
+    /// The event body, any JSON value; stored as its compact JSON text.
+    #[schema(value_type = Object, example = json!({"order": 42}))]
+    pub payload: serde_json::Value,
+    /// Headers: lowercase names to printable-ASCII values.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// The message id (a UUID; v7 recommended). Appending an id already in the topic returns
+    /// the existing record's position: retries are safe. Generated when omitted.
+    pub id: Option<Uuid>,
+}
+
+/// Where an event landed.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Appended {
+    /// The message id.
+    pub id: Uuid,
+    /// The topic.
+    pub topic: String,
+    /// The record's position in the topic.
+    pub position: i64,
+}
+
+/// One record of the embedded log.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LogRecordView {
+    /// Position in the topic.
+    pub position: i64,
+    /// The message id.
+    pub id: Uuid,
+    /// The key, if any.
+    pub key: Option<String>,
+    /// Headers.
+    pub headers: BTreeMap<String, String>,
+    /// The payload, when it is JSON.
+    #[schema(value_type = Option<Object>)]
+    pub payload: Option<serde_json::Value>,
+    /// The payload in base64, when it is not JSON.
+    pub payload_base64: Option<String>,
+    /// When the event was created.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// When the log accepted it.
+    #[serde(with = "time::serde::rfc3339")]
+    pub appended_at: OffsetDateTime,
+}
+
+/// Paging through a topic or a dead-letter list.
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct Page {
+    /// Return entries after this position (a log position, or a dead row's `seq`).
+    #[serde(default)]
+    pub after: i64,
+    /// At most this many (1 to 1000, default 100).
+    #[serde(default = "default_limit")]
+    pub limit: u32,
+}
+
+fn default_limit() -> u32 {
+    100
+}
+
+impl Page {
+    fn checked(&self) -> Result<u32, Problem> {
+        if (1..=1000).contains(&self.limit) {
+            Ok(self.limit)
+        } else {
+            Err(Problem::from_kind(
+                onephase_core::ErrorKind::InvalidInput,
+                format!("limit {} is out of range: use 1 to 1000", self.limit),
+            ))
+        }
+    }
+}
+
+/// One configured relay and its outbox.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RelayStatus {
+    /// The relay's name.
+    pub name: String,
+    /// Where it publishes.
+    pub sink: String,
+    /// Rows waiting to be published.
+    pub pending: i64,
+    /// Rows dead-lettered.
+    pub dead: i64,
+    /// Age of the oldest pending row, in seconds: the relay's lag.
+    pub oldest_pending_seconds: Option<f64>,
+    /// Rows this server's relay published since it started.
+    pub published_total: u64,
+    /// Failed publish attempts since it started.
+    pub failed_total: u64,
+}
+
+/// A dead-lettered outbox row.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeadRowView {
+    /// Position in the outbox (page with `after`).
+    pub seq: i64,
+    /// The message id.
+    pub id: Uuid,
+    /// The topic.
+    pub topic: String,
+    /// The key, if any.
+    pub key: Option<String>,
+    /// Publish attempts made.
+    pub attempts: i32,
+    /// The last error.
+    pub last_error: Option<String>,
+    /// When it was enqueued.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// When it was dead-lettered.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub dead_at: Option<OffsetDateTime>,
+}
+
+fn outbox_problem(e: &OutboxError) -> Problem {
+    Problem::from_error(e)
+}
+
+fn broker_problem(e: &onephase_broker::BrokerError) -> Problem {
+    Problem::from_error(e)
+}
+
+fn source<'a>(state: &'a AppState, name: &str) -> Result<&'a OutboxSource, Problem> {
+    state.outbox().source(name).ok_or_else(|| {
+        Problem::from_kind(
+            onephase_core::ErrorKind::NotFound,
+            format!("no relay named {name:?}; GET /v1/relays lists them"),
+        )
+    })
+}
+
+/// The outbox of relay `name`, for an admin caller only.
+fn admin_of<'a>(
+    state: &'a AppState,
+    caller: &Caller,
+    name: &str,
+) -> Result<&'a onephase_outbox::OutboxAdmin, Problem> {
+    caller
+        .require_admin()
+        .map_err(|e| Problem::from_error(&e))?;
+    Ok(&source(state, name)?.admin)
+}
+
+/// Append an event to the embedded log.
+#[utoipa::path(
+    post,
+    path = "/v1/outbox/{topic}",
+    tag = "outbox",
+    security(("bearer" = [])),
+    params(("topic" = String, Path, description = "Letters, digits, '.', '_' and '-'; at most 249 characters")),
+    request_body = AppendEvent,
+    responses(
+        (status = 201, description = "Appended (or already there, for a repeated id)", body = Appended),
+        (status = 400, description = "Invalid topic, key, header or malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body or payload too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "JSON of the wrong shape", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn append(
+    State(state): State<AppState>,
+    Path(topic): Path<String>,
+    ApiJson(event): ApiJson<AppendEvent>,
+) -> Result<Response, Problem> {
+    let payload = serde_json::to_vec(&event.payload)
+        .map_err(|e| Problem::from_kind(onephase_core::ErrorKind::InvalidInput, e.to_string()))?;
+    if payload.len() > DEFAULT_MAX_PAYLOAD {
+        return Err(outbox_problem(&OutboxError::PayloadTooLarge {
+            size: payload.len(),
+            limit: DEFAULT_MAX_PAYLOAD,
+        }));
+    }
+    let mut builder = Envelope::builder(topic, payload).created_at(state.clock().now());
+    if let Some(key) = event.key {
+        builder = builder.key(key);
+    }
+    for (name, value) in event.headers {
+        builder = builder.header(name, value);
+    }
+    if let Some(id) = event.id {
+        builder = builder
+            .id(MessageId::from_uuid(id).map_err(|e| outbox_problem(&OutboxError::Invalid(e)))?);
+    }
+    let envelope = builder
+        .build()
+        .map_err(|e| outbox_problem(&OutboxError::Invalid(e)))?;
+    let positions = state
+        .outbox()
+        .log()
+        .append(std::slice::from_ref(&envelope))
+        .await
+        .map_err(|e| broker_problem(&e))?;
+    let position = positions.first().copied().unwrap_or_default();
+    let body = Appended {
+        id: envelope.id().as_uuid(),
+        topic: envelope.topic().to_owned(),
+        position,
+    };
+    Ok((StatusCode::CREATED, ApiJson(body)).into_response())
+}
+
+/// Read a topic of the embedded log, in order.
+#[utoipa::path(
+    get,
+    path = "/v1/outbox/{topic}",
+    tag = "outbox",
+    security(("bearer" = [])),
+    params(("topic" = String, Path, description = "The topic"), Page),
+    responses(
+        (status = 200, description = "Records after `after`, oldest first", body = Vec<LogRecordView>),
+        (status = 400, description = "Invalid paging", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn read(
+    State(state): State<AppState>,
+    Path(topic): Path<String>,
+    Query(page): Query<Page>,
+) -> Result<ApiJson<Vec<LogRecordView>>, Problem> {
+    let limit = page.checked()?;
+    let records = state
+        .outbox()
+        .log()
+        .read(&topic, page.after, limit)
+        .await
+        .map_err(|e| broker_problem(&e))?;
+    Ok(ApiJson(
+        records
+            .into_iter()
+            .map(|r| {
+                let bytes = r.envelope.payload();
+                let json = serde_json::from_slice::<serde_json::Value>(bytes).ok();
+                let base64 = json
+                    .is_none()
+                    .then(|| base64::engine::general_purpose::STANDARD.encode(bytes));
+                LogRecordView {
+                    position: r.position,
+                    id: r.envelope.id().as_uuid(),
+                    key: r.envelope.key().map(str::to_owned),
+                    headers: r.envelope.headers().clone(),
+                    payload: json,
+                    payload_base64: base64,
+                    created_at: r.envelope.created_at(),
+                    appended_at: r.appended_at,
+                }
+            })
+            .collect(),
+    ))
+}
+
+/// The configured outbox relays: lag, backlog, dead letters.
+#[utoipa::path(
+    get,
+    path = "/v1/relays",
+    tag = "outbox",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every configured relay", body = Vec<RelayStatus>),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A source database does not answer", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn relays(State(state): State<AppState>) -> Result<ApiJson<Vec<RelayStatus>>, Problem> {
+    let mut out = Vec::new();
+    for s in state.outbox().sources() {
+        let status = s.admin.status().await.map_err(|e| outbox_problem(&e))?;
+        out.push(RelayStatus {
+            name: s.name.clone(),
+            sink: s.sink.clone(),
+            pending: status.pending,
+            dead: status.dead,
+            oldest_pending_seconds: status.oldest_pending_age.map(|d| d.as_secs_f64()),
+            published_total: s.stats.published(),
+            failed_total: s.stats.failed(),
+        });
+    }
+    Ok(ApiJson(out))
+}
+
+/// Dead-lettered rows of one relay's outbox, oldest first.
+#[utoipa::path(
+    get,
+    path = "/v1/relays/{name}/dead",
+    tag = "outbox",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "The relay"), Page),
+    responses(
+        (status = 200, description = "Dead rows after `after`", body = Vec<DeadRowView>),
+        (status = 400, description = "Invalid paging", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such relay", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn dead(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(page): Query<Page>,
+) -> Result<ApiJson<Vec<DeadRowView>>, Problem> {
+    let limit = page.checked()?;
+    let rows = source(&state, &name)?
+        .admin
+        .dead(page.after, limit)
+        .await
+        .map_err(|e| outbox_problem(&e))?;
+    Ok(ApiJson(
+        rows.into_iter()
+            .map(|d| DeadRowView {
+                seq: d.seq,
+                id: d.id,
+                topic: d.topic,
+                key: d.key,
+                attempts: d.attempts,
+                last_error: d.last_error,
+                created_at: d.created_at,
+                dead_at: d.dead_at,
+            })
+            .collect(),
+    ))
+}
+
+/// Return a dead-lettered row to pending with a fresh attempt count (admin only).
+#[utoipa::path(
+    post,
+    path = "/v1/relays/{name}/dead/{id}/retry",
+    tag = "outbox",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "The relay"), ("id" = Uuid, Path, description = "The row's message id")),
+    responses(
+        (status = 204, description = "Pending again"),
+        (status = 400, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such relay, or no dead row with this id", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn retry(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((name, id)): Path<(String, Uuid)>,
+) -> Result<StatusCode, Problem> {
+    let admin = admin_of(&state, &caller, &name)?;
+    admin.retry(id).await.map_err(|e| outbox_problem(&e))?;
+    tracing::info!(relay = %name, %id, by = %caller.name, "dead outbox row returned to pending");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Delete a dead-lettered row for good, releasing the rows of its key behind it (admin only).
+#[utoipa::path(
+    delete,
+    path = "/v1/relays/{name}/dead/{id}",
+    tag = "outbox",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "The relay"), ("id" = Uuid, Path, description = "The row's message id")),
+    responses(
+        (status = 204, description = "Discarded"),
+        (status = 400, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such relay, or no dead row with this id", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn discard(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((name, id)): Path<(String, Uuid)>,
+) -> Result<StatusCode, Problem> {
+    let admin = admin_of(&state, &caller, &name)?;
+    admin.discard(id).await.map_err(|e| outbox_problem(&e))?;
+    tracing::warn!(relay = %name, %id, by = %caller.name, "dead outbox row discarded");
+    Ok(StatusCode::NO_CONTENT)
+}
