@@ -512,3 +512,24 @@ async fn the_inbox_applies_a_redelivered_message_once() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn inbox_rows_are_pruned_by_age_in_bounded_batches() -> anyhow::Result<()> {
+    for db in TestDb::all().await {
+        let store = migrated(&db).await?;
+        create_effects(&store).await?;
+        let events = workload("pruned", 3, 1);
+        let log = EmbeddedLog::new(store.clone());
+        log.append(&events).await?;
+        let mut sub = log.subscribe("pruned", "g").await?;
+        consume_and_apply(&mut sub, &store, &events, Duration::from_secs(10)).await?;
+        drop(sub);
+        ensure!(onephase_outbox::Inbox::prune(&store, Duration::from_secs(3600), 10).await? == 0);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        ensure!(onephase_outbox::Inbox::prune(&store, Duration::ZERO, 2).await? == 2);
+        ensure!(onephase_outbox::Inbox::prune(&store, Duration::ZERO, 2).await? == 1);
+        ensure!(onephase_outbox::Inbox::prune(&store, Duration::ZERO, 2).await? == 0);
+        db.close().await?;
+    }
+    Ok(())
+}
