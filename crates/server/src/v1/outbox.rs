@@ -26,17 +26,40 @@ use crate::problem::Problem;
 #[serde(deny_unknown_fields)]
 pub struct AppendEvent {
     /// Partition key: events with the same key keep their order. Omit for unordered events.
-    #[schema(example = "order-42")]
+    #[schema(example = "order-42", min_length = 1, max_length = 1024)]
     pub key: Option<String>,
     /// The event body, any JSON value; stored as its compact JSON text.
-    #[schema(value_type = Object, example = json!({"order": 42}))]
+    #[schema(value_type = Value, example = json!({"order": 42}))]
     pub payload: serde_json::Value,
-    /// Headers: lowercase names to printable-ASCII values.
+    /// Headers: names of letters, digits, `.`, `_` and `-` (stored lowercase) to printable-ASCII
+    /// values.
     #[serde(default)]
+    #[schema(schema_with = headers_schema)]
     pub headers: BTreeMap<String, String>,
     /// The message id (a UUID; v7 recommended). Appending an id already in the topic returns
     /// the existing record's position: retries are safe. Generated when omitted.
     pub id: Option<Uuid>,
+}
+
+/// The header rules of [`onephase_core::limits`], as a JSON Schema.
+fn headers_schema() -> utoipa::openapi::schema::Object {
+    use onephase_core::limits::{MAX_HEADER_NAME_LEN, MAX_HEADER_VALUE_LEN, MAX_HEADERS};
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .max_properties(Some(MAX_HEADERS))
+        .property_names(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(format!("^[A-Za-z0-9._-]{{1,{MAX_HEADER_NAME_LEN}}}$"))),
+        ))
+        .additional_properties(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .max_length(Some(MAX_HEADER_VALUE_LEN))
+                .pattern(Some("^[\\t\\x20-\\x7e]*$")),
+        ))
+        .build()
 }
 
 /// Where an event landed.
@@ -62,7 +85,7 @@ pub struct LogRecordView {
     /// Headers.
     pub headers: BTreeMap<String, String>,
     /// The payload, when it is JSON.
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<Value>)]
     pub payload: Option<serde_json::Value>,
     /// The payload in base64, when it is not JSON.
     pub payload_base64: Option<String>,
@@ -76,6 +99,7 @@ pub struct LogRecordView {
 
 /// Paging through a topic or a dead-letter list.
 #[derive(Debug, Clone, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct Page {
     /// Return entries after this position (a log position, or a dead row's `seq`).
@@ -83,6 +107,7 @@ pub struct Page {
     pub after: i64,
     /// At most this many (1 to 1000, default 100).
     #[serde(default = "default_limit")]
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: u32,
 }
 
@@ -180,7 +205,8 @@ fn admin_of<'a>(
     path = "/v1/outbox/{topic}",
     tag = "outbox",
     security(("bearer" = [])),
-    params(("topic" = String, Path, description = "Letters, digits, '.', '_' and '-'; at most 249 characters")),
+    params(("topic" = String, Path, description = "Letters, digits, '.', '_' and '-'; at most 249 characters; dots separate non-empty names",
+            pattern = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$", max_length = 249)),
     request_body = AppendEvent,
     responses(
         (status = 201, description = "Appended (or already there, for a repeated id)", body = Appended),
@@ -239,7 +265,7 @@ pub async fn append(
     path = "/v1/outbox/{topic}",
     tag = "outbox",
     security(("bearer" = [])),
-    params(("topic" = String, Path, description = "The topic"), Page),
+    params(("topic" = String, Path, description = "The topic", pattern = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$", max_length = 249), Page),
     responses(
         (status = 200, description = "Records after `after`, oldest first", body = Vec<LogRecordView>),
         (status = 400, description = "Invalid paging", body = Problem, content_type = "application/problem+json"),
@@ -252,6 +278,11 @@ pub async fn read(
     Query(page): Query<Page>,
 ) -> Result<ApiJson<Vec<LogRecordView>>, Problem> {
     let limit = page.checked()?;
+    // The same rule as for appending: a name no envelope can have is an error, not an empty
+    // topic.
+    Envelope::builder(topic.as_str(), "")
+        .build()
+        .map_err(|e| outbox_problem(&OutboxError::Invalid(e)))?;
     let records = state
         .outbox()
         .log()
