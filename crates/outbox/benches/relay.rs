@@ -297,9 +297,10 @@ async fn main() -> AnyResult<()> {
     let mut relay_nats_1000 = 0.0;
     for (relays, batch, rows) in [
         (1, 1, small / 5),
+        (4, 1, small / 5),
         (1, 100, big),
-        (1, 1000, big),
         (4, 100, big),
+        (1, 1000, big),
         (4, 1000, big),
     ] {
         let eps = drain(&store, nats_pub.clone(), relays, batch, rows, &topic).await?;
@@ -335,7 +336,9 @@ async fn main() -> AnyResult<()> {
         );
         for (relays, batch, rows) in [
             (1, 1, small / 5),
+            (4, 1, small / 5),
             (1, 100, big),
+            (4, 100, big),
             (1, 1000, big),
             (4, 1000, big),
         ] {
