@@ -183,8 +183,9 @@ impl OutboxSource {
     }
 }
 
-/// A relay waiting to be spawned, with the store it reads.
-type PendingRelay = (Relay<Box<dyn Publisher>>, Store);
+/// A relay waiting to be spawned, with its source store when that is not the server's own
+/// (closed when the relay stops).
+type PendingRelay = (Relay<Box<dyn Publisher>>, Option<Store>);
 
 /// The outbox side of the server: the embedded log and the configured relays.
 #[derive(Clone)]
@@ -236,7 +237,8 @@ impl OutboxService {
                 stats: relay.stats(),
                 rate: Arc::default(),
             });
-            relays.push((relay, source));
+            let own = s.source.as_ref().map(|_| source);
+            relays.push((relay, own));
         }
         Ok(Self {
             log,
@@ -269,7 +271,7 @@ impl OutboxService {
         };
         relays
             .into_iter()
-            .map(|(relay, _source)| {
+            .map(|(relay, own_source)| {
                 let mut stop = stop.clone();
                 tokio::spawn(async move {
                     relay
@@ -277,6 +279,10 @@ impl OutboxService {
                             let _ = stop.wait_for(|s| *s).await;
                         })
                         .await;
+                    drop(relay);
+                    if let Some(source) = own_source {
+                        source.close().await;
+                    }
                 })
             })
             .collect()
