@@ -361,7 +361,8 @@ impl<P: Publisher> Relay<P> {
 
     /// Runs rounds until `shutdown` completes, waking on `NOTIFY` (PostgreSQL), on
     /// [`enqueue`](crate::enqueue) in this process, or every poll interval. Database and
-    /// broker errors are logged and retried; only `shutdown` ends the loop.
+    /// broker errors are logged and retried; only `shutdown` ends the loop, after the round
+    /// in progress (bounded by the publisher's timeouts) has been recorded.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let poll = self.config.poll_interval.unwrap_or(match self.store.db() {
@@ -377,11 +378,12 @@ impl<P: Publisher> Relay<P> {
                 self.housekeeping().await;
                 last_housekeeping = Some(std::time::Instant::now());
             }
-            let round = tokio::select! {
-                biased;
-                () = &mut shutdown => return,
-                round = self.run_once() => round,
-            };
+            // A round in hand is finished before shutdown is looked at, so that a graceful stop
+            // does not leave claimed rows waiting out their claim timeout.
+            let round = self.run_once().await;
+            if futures::FutureExt::now_or_never(shutdown.as_mut()).is_some() {
+                return;
+            }
             let wait = match round {
                 Ok(report) => {
                     errors = 0;

@@ -170,9 +170,16 @@ impl Server {
                 }
             }
         };
+        // Relays finish the round in hand; one stuck on an unresponsive broker is abandoned
+        // after the grace period (its rows come back when their claims expire).
         let _ = stop_relays.send(true);
-        for relay in relays {
-            let _ = relay.await;
+        let aborts: Vec<_> = relays.iter().map(|r| r.abort_handle()).collect();
+        if tokio::time::timeout(grace, futures::future::join_all(relays))
+            .await
+            .is_err()
+        {
+            tracing::warn!("an outbox relay did not stop within the grace period; abandoning it");
+            aborts.iter().for_each(tokio::task::AbortHandle::abort);
         }
         self.state.store().close().await;
         match result {
