@@ -204,13 +204,29 @@ impl EmbeddedLog {
         Ok(positions)
     }
 
-    /// Up to `limit` records of `topic` after position `after`, in order.
+    /// Up to `limit` records of `topic` after position `after`, in order. Fails if any of
+    /// them is not a valid envelope (possible only if the table was edited by hand).
     pub async fn read(
         &self,
         topic: &str,
         after: i64,
         limit: u32,
     ) -> Result<Vec<LogRecord>, BrokerError> {
+        self.read_each(topic, after, limit)
+            .await?
+            .into_iter()
+            .map(|(_, record)| record)
+            .collect()
+    }
+
+    /// Like [`read`](Self::read), with each record's position beside its own result, so that
+    /// one bad record does not hide the others.
+    async fn read_each(
+        &self,
+        topic: &str,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, Result<LogRecord, BrokerError>)>, BrokerError> {
         let rows = match self.store.db() {
             Db::Postgres(pool) => sqlx::query(
                 "SELECT position, id::text AS id, key, payload, headers::text AS headers, \
@@ -269,7 +285,10 @@ impl EmbeddedLog {
             .collect::<Result<Vec<_>, _>>()
             .map_err(db_error)?,
         };
-        rows.into_iter().map(|raw| raw.into_record(topic)).collect()
+        Ok(rows
+            .into_iter()
+            .map(|raw| (raw.position, raw.into_record(topic)))
+            .collect())
     }
 
     /// The position group `group` has committed on `topic` (0 before its first commit).
@@ -440,7 +459,7 @@ pub struct LogSubscriber {
     topic: String,
     group: String,
     cursor: i64,
-    buffered: VecDeque<LogRecord>,
+    buffered: VecDeque<(i64, Result<LogRecord, BrokerError>)>,
     acks: Arc<Mutex<AckTracker>>,
     listener: Option<PgListener>,
 }
@@ -480,19 +499,26 @@ impl Subscriber for LogSubscriber {
     fn next(&mut self) -> BoxFuture<'_, Result<Delivery, BrokerError>> {
         async move {
             loop {
-                if let Some(record) = self.buffered.pop_front() {
-                    self.cursor = record.position;
+                if let Some((position, record)) = self.buffered.pop_front() {
+                    self.cursor = position;
                     if let Ok(mut acks) = self.acks.lock() {
-                        acks.delivered(record.position);
+                        acks.delivered(position);
                     }
                     let acker = LogAck {
                         log: self.log.clone(),
                         topic: self.topic.clone(),
                         group: self.group.clone(),
-                        position: record.position,
+                        position,
                         acks: Arc::clone(&self.acks),
                     };
-                    return Ok(Delivery::new(record.envelope, false, Box::new(acker)));
+                    return match record {
+                        Ok(record) => Ok(Delivery::new(record.envelope, false, Box::new(acker))),
+                        Err(e) => {
+                            // Not deliverable: acknowledge it so the group moves past it.
+                            Box::new(acker).ack().await?;
+                            Err(e)
+                        }
+                    };
                 }
                 // Register for the in-process signal before reading, so an append between the
                 // read and the wait is not missed.
@@ -500,7 +526,7 @@ impl Subscriber for LogSubscriber {
                 let appended = signal.notified();
                 tokio::pin!(appended);
                 appended.as_mut().enable();
-                let records = self.log.read(&self.topic, self.cursor, 256).await?;
+                let records = self.log.read_each(&self.topic, self.cursor, 256).await?;
                 if records.is_empty() {
                     self.wait_for_more(appended).await;
                 }

@@ -77,3 +77,36 @@ async fn a_slow_append_is_never_skipped_by_a_reader() -> anyhow::Result<()> {
     db.close().await?;
     Ok(())
 }
+
+/// A record that is not a valid envelope (the table edited by hand) is reported once, with
+/// where it is, and passed over: the group moves on to the next record.
+#[tokio::test]
+async fn a_corrupt_record_is_reported_and_passed_over() -> anyhow::Result<()> {
+    let db = TestDb::sqlite().await?;
+    let store = db.store().clone();
+    store.migrate(&[log::migrations()]).await?;
+    let log = EmbeddedLog::new(store.clone());
+    let good = Envelope::builder("t", "good").build()?;
+    log.append(&[Envelope::builder("t", "bad").build()?, good.clone()])
+        .await?;
+    let sqlite = store.as_sqlite().context("sqlite")?;
+    sqlx::query("UPDATE onephase_log_records SET headers = 'not json' WHERE position = 1")
+        .execute(sqlite.writer())
+        .await?;
+
+    let mut reader = log.subscribe("t", "g").await?;
+    let err = reader.next().await.expect_err("the corrupt record");
+    ensure!(
+        err.kind() == onephase_core::ErrorKind::InvalidInput && err.message().contains("t@1"),
+        "{err}"
+    );
+    let delivery = reader.next().await?;
+    ensure!(delivery.envelope().id() == good.id());
+    delivery.ack().await?;
+    ensure!(
+        log.committed("t", "g").await? == 2,
+        "the group did not move past the bad record"
+    );
+    db.close().await?;
+    Ok(())
+}
