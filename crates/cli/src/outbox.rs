@@ -69,6 +69,15 @@ pub enum OutboxCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Delete a dead-lettered row for good, releasing the rows of its key (admin token).
+    Discard {
+        /// The relay's name.
+        relay: String,
+        /// The row's message id.
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
 }
 
 struct Client {
@@ -251,6 +260,15 @@ pub async fn run(command: OutboxCommand) -> anyhow::Result<()> {
                 )
                 .await?;
             println!("{id}: pending again on relay {relay}");
+        }
+        OutboxCommand::Discard { relay, id, server } => {
+            Client::new(&server)
+                .send(
+                    reqwest::Method::DELETE,
+                    &format!("/v1/relays/{relay}/dead/{id}"),
+                )
+                .await?;
+            println!("{id}: discarded from relay {relay}");
         }
     }
     Ok(())

@@ -333,6 +333,23 @@ async fn outbox_commands_talk_to_a_running_server() -> anyhow::Result<()> {
         "{}",
         String::from_utf8_lossy(&retried.stderr)
     );
+    // With one attempt allowed it is dead again at once; then it is discarded for good.
+    let mut discarded = false;
+    for _ in 0..100 {
+        if client(&["discard", "app", &bad.to_string()])
+            .await?
+            .status
+            .success()
+        {
+            discarded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ensure!(discarded, "the retried row never became discardable");
+    let dead = client(&["dead", "app", "--json"]).await?;
+    let rows: Value = serde_json::from_slice(&dead.stdout)?;
+    ensure!(rows.as_array().is_some_and(Vec::is_empty), "{rows}");
     // An unknown relay and a bad token are clear errors with a non-zero exit.
     let unknown = client(&["dead", "nope"]).await?;
     let stderr = String::from_utf8_lossy(&unknown.stderr);
