@@ -31,6 +31,10 @@ pub struct RelaySettings {
     /// Attempts before a row is dead-lettered (default 12).
     #[serde(default)]
     pub max_attempts: Option<u32>,
+    /// Seconds a relay's claim on its rows lasts (default 30): how long the rows of a relay
+    /// that died wait before another relay takes them.
+    #[serde(default)]
+    pub claim_timeout_secs: Option<u64>,
 }
 
 /// What a sink URL names, before connecting.
@@ -227,6 +231,9 @@ impl OutboxService {
                     source: s.name.clone(),
                     batch_size: s.batch_size.unwrap_or(defaults.batch_size),
                     max_attempts: s.max_attempts.unwrap_or(defaults.max_attempts),
+                    claim_timeout: s
+                        .claim_timeout_secs
+                        .map_or(defaults.claim_timeout, std::time::Duration::from_secs),
                     ..defaults
                 },
             );

@@ -543,6 +543,7 @@ fn with_log_relay(db: &TestDb) -> ServerConfig {
             sink: "log".to_owned(),
             batch_size: None,
             max_attempts: Some(1),
+            claim_timeout_secs: None,
         }],
         ..config_for(db)
     }

@@ -1,91 +1,55 @@
-//! Fault test: a relay process publishing a steady stream is killed with SIGKILL at random
-//! moments and restarted. Afterwards every event was published at least once, each key's
-//! events arrived in order, and a consumer using the inbox applied every event exactly once.
-//!
-//! The relay runs in a child process: this same test binary, re-run with `--ignored --exact
-//! crash_child_relay` and told what to do through `ONEPHASE_CRASH_*` variables.
+//! Fault test: `onephase serve` relaying an application's PostgreSQL outbox to a broker is
+//! killed with SIGKILL at random moments while events stream in, and restarted. Afterwards
+//! every event was published at least once, each key's events arrived in order, and a consumer
+//! using the inbox applied every event exactly once.
 
+#[path = "../../outbox/tests/common/mod.rs"]
 mod common;
 
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use common::*;
 use onephase_core::rand::RngExt;
-use onephase_outbox::{OutboxAdmin, Relay, RelayConfig};
-use onephase_store::Store;
+use onephase_outbox::OutboxAdmin;
 use onephase_testkit::{Engine, TestDb, engine_url};
+use tokio::process::{Child, Command};
 use uuid::Uuid;
 
+const BIN: &str = env!("CARGO_BIN_EXE_onephase");
 const EVENTS: usize = 20_000;
 const KEYS: usize = 500;
 const KILLS: usize = 10;
 
-/// Which broker the child relay publishes to.
-#[derive(Clone, Copy, Debug)]
-enum Sink {
-    Nats,
-    #[cfg(feature = "kafka-tests")]
-    Kafka,
+/// Writes a configuration that relays `source` to `sink`, with a short claim timeout so the
+/// rows a killed server held come back quickly.
+fn write_config(dir: &Path, source: &str, sink: &str) -> anyhow::Result<std::path::PathBuf> {
+    let path = dir.join("onephase.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "store = \"sqlite://{}\"\n\n[[outbox.relay]]\nname = \"app\"\nsource = \"{source}\"\n\
+             sink = \"{sink}\"\nbatch_size = 200\nclaim_timeout_secs = 2\n",
+            dir.join("onephase.db").display()
+        ),
+    )?;
+    Ok(path)
 }
 
-impl Sink {
-    fn name(self) -> &'static str {
-        match self {
-            Sink::Nats => "nats",
-            #[cfg(feature = "kafka-tests")]
-            Sink::Kafka => "kafka",
-        }
-    }
-}
-
-fn child_config() -> RelayConfig {
-    RelayConfig {
-        batch_size: 200,
-        // Short, so the rows a killed relay held come back quickly.
-        claim_timeout: Duration::from_secs(2),
-        poll_interval: Some(Duration::from_millis(50)),
-        ..RelayConfig::default()
-    }
-}
-
-/// The relay process. Ignored so that it runs only when a crash test starts it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "started by the crash tests as a child process"]
-async fn crash_child_relay() -> anyhow::Result<()> {
-    let url = std::env::var("ONEPHASE_CRASH_DB")?;
-    let sink = std::env::var("ONEPHASE_CRASH_SINK")?;
-    let target = std::env::var("ONEPHASE_CRASH_TARGET")?;
-    let store = Store::connect(&url).await?;
-    let forever = std::future::pending::<()>();
-    match sink.as_str() {
-        "nats" => {
-            let publisher = onephase_broker::nats::NatsPublisher::connect(&target).await?;
-            Relay::new(store, publisher, child_config())
-                .run(forever)
-                .await;
-        }
-        #[cfg(feature = "kafka-tests")]
-        "kafka" => {
-            let publisher =
-                onephase_broker::kafka::KafkaPublisher::connect(&target, Duration::from_secs(30))?;
-            Relay::new(store, publisher, child_config())
-                .run(forever)
-                .await;
-        }
-        other => anyhow::bail!("unknown sink {other}"),
-    }
-    Ok(())
-}
-
-fn spawn_child(db_url: &str, sink: Sink, target: &str) -> anyhow::Result<tokio::process::Child> {
-    let exe = std::env::current_exe()?;
-    Ok(tokio::process::Command::new(exe)
-        .args(["crash_child_relay", "--exact", "--ignored", "--nocapture"])
-        .env("ONEPHASE_CRASH_DB", db_url)
-        .env("ONEPHASE_CRASH_SINK", sink.name())
-        .env("ONEPHASE_CRASH_TARGET", target)
+fn spawn_server(config: &Path) -> anyhow::Result<Child> {
+    Ok(Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log",
+            "warn",
+            "--config",
+        ])
+        .arg(config)
+        .env_remove("ONEPHASE_STORE")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
@@ -94,8 +58,7 @@ fn spawn_child(db_url: &str, sink: Sink, target: &str) -> anyhow::Result<tokio::
 
 async fn crash_and_restart(
     db: TestDb,
-    sink: Sink,
-    target: &str,
+    sink: &str,
     mut sub: Box<dyn onephase_broker::Subscriber>,
     topic: &str,
 ) -> anyhow::Result<()> {
@@ -103,6 +66,8 @@ async fn crash_and_restart(
     store.migrate(&[onephase_outbox::migrations()]).await?;
     create_effects(&store).await?;
     let events = workload(topic, EVENTS, KEYS);
+    let dir = tempfile::tempdir()?;
+    let config = write_config(dir.path(), db.url(), sink)?;
 
     // A steady stream: one writer, 50 events per transaction, paced so it spans the kills.
     let writer = {
@@ -127,15 +92,15 @@ async fn crash_and_restart(
     let pool = store.as_postgres().context("a PostgreSQL store")?.clone();
     let mut mid_batch = 0;
     for kill in 0..KILLS {
-        let mut child = spawn_child(db.url(), sink, target)?;
+        let mut server = spawn_server(&config)?;
         let alive_ms = onephase_core::rand::rng().random_range(300..1500_u64);
         tokio::time::sleep(Duration::from_millis(alive_ms)).await;
         ensure!(
-            child.try_wait()?.is_none(),
-            "the relay exited by itself before kill {kill}"
+            server.try_wait()?.is_none(),
+            "the server exited by itself before kill {kill}"
         );
-        child.start_kill()?; // SIGKILL
-        child.wait().await?;
+        server.start_kill()?; // SIGKILL
+        server.wait().await?;
         // Rows still claimed by the dead relay: it was killed mid-batch.
         let held: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM onephase_outbox WHERE claimed_by IS NOT NULL AND claimed_until > now()",
@@ -149,8 +114,8 @@ async fn crash_and_restart(
     eprintln!("{mid_batch} of {KILLS} kills left a claimed batch behind");
     let status = OutboxAdmin::new(store.clone()).status().await?;
     eprintln!("after {KILLS} kills: {status:?}");
-    // The last relay runs until the consumer has everything.
-    let mut last = spawn_child(db.url(), sink, target)?;
+    // The last server runs until the consumer has everything.
+    let mut last = spawn_server(&config)?;
     writer.await??;
     let consumed = consumer.await??;
     last.start_kill()?;
@@ -165,7 +130,7 @@ async fn crash_and_restart(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn relay_killed_ten_times_postgres_to_nats() -> anyhow::Result<()> {
+async fn server_killed_ten_times_relaying_postgres_to_nats() -> anyhow::Result<()> {
     use onephase_broker::nats::{NatsPublisher, NatsSubscriber, NatsSubscription};
     let Some(db) = TestDb::postgres().await else {
         return Ok(());
@@ -190,7 +155,7 @@ async fn relay_killed_ten_times_postgres_to_nats() -> anyhow::Result<()> {
         },
     )
     .await?;
-    crash_and_restart(db, Sink::Nats, &nats, Box::new(sub), &topic).await?;
+    crash_and_restart(db, &nats, Box::new(sub), &topic).await?;
     publisher
         .jetstream()
         .delete_stream(&stream)
@@ -199,9 +164,9 @@ async fn relay_killed_ten_times_postgres_to_nats() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[cfg(feature = "kafka-tests")]
+#[cfg(feature = "kafka")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn relay_killed_ten_times_postgres_to_kafka() -> anyhow::Result<()> {
+async fn server_killed_ten_times_relaying_postgres_to_kafka() -> anyhow::Result<()> {
     use onephase_broker::kafka::{KafkaPublisher, KafkaSubscriber};
     let Some(db) = TestDb::postgres().await else {
         return Ok(());
@@ -214,11 +179,11 @@ async fn relay_killed_ten_times_postgres_to_kafka() -> anyhow::Result<()> {
         .ensure_topic(&topic, 8)
         .await?;
     let sub = KafkaSubscriber::subscribe(&brokers, &format!("{topic}.checker"), &[topic.as_str()])?;
-    crash_and_restart(db, Sink::Kafka, &brokers, Box::new(sub), &topic).await
+    crash_and_restart(db, &format!("kafka://{brokers}"), Box::new(sub), &topic).await
 }
 
-#[cfg(not(feature = "kafka-tests"))]
+#[cfg(not(feature = "kafka"))]
 #[test]
-fn relay_killed_ten_times_postgres_to_kafka() {
-    onephase_testkit::engine_not_built(Engine::Kafka, "onephase-outbox", "kafka-tests");
+fn server_killed_ten_times_relaying_postgres_to_kafka() {
+    onephase_testkit::engine_not_built(Engine::Kafka, "onephase (cli)", "kafka");
 }
