@@ -1,6 +1,6 @@
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use onephase_core::Envelope;
+use onephase_core::{Envelope, MessageId};
 use sqlx::{PgConnection, Postgres, Sqlite, SqliteConnection, Transaction};
 
 use crate::OutboxError;
@@ -14,6 +14,13 @@ pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
 pub trait OutboxConnection: sealed::Sealed + Send {
     #[doc(hidden)]
     fn insert<'a>(&'a mut self, envelope: &'a Envelope) -> BoxFuture<'a, Result<(), sqlx::Error>>;
+
+    #[doc(hidden)]
+    fn record_inbox<'a>(
+        &'a mut self,
+        consumer: &'a str,
+        id: MessageId,
+    ) -> BoxFuture<'a, Result<bool, sqlx::Error>>;
 }
 
 mod sealed {
@@ -35,7 +42,7 @@ mod sealed {
 ///
 /// ```no_run
 /// # async fn demo(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
-/// use onephase_core::Envelope;
+/// use onephase_core::{Envelope, MessageId};
 ///
 /// let mut tx = pool.begin().await?;
 /// sqlx::query("INSERT INTO orders (id, total) VALUES ($1, $2)")
@@ -119,26 +126,28 @@ fn insert_sqlite<'a>(
     .boxed()
 }
 
-impl OutboxConnection for PgConnection {
-    fn insert<'a>(&'a mut self, e: &'a Envelope) -> BoxFuture<'a, Result<(), sqlx::Error>> {
-        insert_pg(self, e)
-    }
+/// Both backends' statements, for each connection and transaction type of that backend.
+macro_rules! outbox_connection {
+    ($($ty:ty => $insert:ident, $record:ident;)*) => {$(
+        impl OutboxConnection for $ty {
+            fn insert<'a>(&'a mut self, e: &'a Envelope) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+                $insert(self, e)
+            }
+
+            fn record_inbox<'a>(
+                &'a mut self,
+                consumer: &'a str,
+                id: MessageId,
+            ) -> BoxFuture<'a, Result<bool, sqlx::Error>> {
+                crate::inbox::$record(self, consumer, id)
+            }
+        }
+    )*};
 }
 
-impl OutboxConnection for SqliteConnection {
-    fn insert<'a>(&'a mut self, e: &'a Envelope) -> BoxFuture<'a, Result<(), sqlx::Error>> {
-        insert_sqlite(self, e)
-    }
-}
-
-impl OutboxConnection for Transaction<'_, Postgres> {
-    fn insert<'a>(&'a mut self, e: &'a Envelope) -> BoxFuture<'a, Result<(), sqlx::Error>> {
-        insert_pg(self, e)
-    }
-}
-
-impl OutboxConnection for Transaction<'_, Sqlite> {
-    fn insert<'a>(&'a mut self, e: &'a Envelope) -> BoxFuture<'a, Result<(), sqlx::Error>> {
-        insert_sqlite(self, e)
-    }
+outbox_connection! {
+    PgConnection => insert_pg, record_pg;
+    SqliteConnection => insert_sqlite, record_sqlite;
+    Transaction<'_, Postgres> => insert_pg, record_pg;
+    Transaction<'_, Sqlite> => insert_sqlite, record_sqlite;
 }

@@ -2,24 +2,19 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use onephase_core::{Envelope, MessageId};
 use onephase_store::Store;
-use sqlx::{PgConnection, Postgres, Sqlite, SqliteConnection, Transaction};
+use sqlx::{PgConnection, SqliteConnection};
 use std::time::Duration;
 
 use crate::OutboxError;
 use crate::sql::Sql;
 
-/// A connection or transaction the inbox can record in: PostgreSQL or SQLite, a bare
-/// connection or a [`Transaction`]. Sealed; implemented for sqlx's types.
-pub trait InboxConnection: crate::enqueue::OutboxConnection {
-    #[doc(hidden)]
-    fn record<'a>(
-        &'a mut self,
-        consumer: &'a str,
-        id: MessageId,
-    ) -> BoxFuture<'a, Result<bool, sqlx::Error>>;
-}
+/// A connection or transaction the inbox can record in: the same types as
+/// [`OutboxConnection`](crate::OutboxConnection), which it is implemented for.
+pub trait InboxConnection: crate::enqueue::OutboxConnection {}
 
-fn record_pg<'a>(
+impl<C: crate::enqueue::OutboxConnection + ?Sized> InboxConnection for C {}
+
+pub(crate) fn record_pg<'a>(
     conn: &'a mut PgConnection,
     consumer: &'a str,
     id: MessageId,
@@ -39,7 +34,7 @@ fn record_pg<'a>(
     .boxed()
 }
 
-fn record_sqlite<'a>(
+pub(crate) fn record_sqlite<'a>(
     conn: &'a mut SqliteConnection,
     consumer: &'a str,
     id: MessageId,
@@ -57,46 +52,6 @@ fn record_sqlite<'a>(
         Ok(inserted == 1)
     }
     .boxed()
-}
-
-impl InboxConnection for PgConnection {
-    fn record<'a>(
-        &'a mut self,
-        c: &'a str,
-        id: MessageId,
-    ) -> BoxFuture<'a, Result<bool, sqlx::Error>> {
-        record_pg(self, c, id)
-    }
-}
-
-impl InboxConnection for SqliteConnection {
-    fn record<'a>(
-        &'a mut self,
-        c: &'a str,
-        id: MessageId,
-    ) -> BoxFuture<'a, Result<bool, sqlx::Error>> {
-        record_sqlite(self, c, id)
-    }
-}
-
-impl InboxConnection for Transaction<'_, Postgres> {
-    fn record<'a>(
-        &'a mut self,
-        c: &'a str,
-        id: MessageId,
-    ) -> BoxFuture<'a, Result<bool, sqlx::Error>> {
-        record_pg(self, c, id)
-    }
-}
-
-impl InboxConnection for Transaction<'_, Sqlite> {
-    fn record<'a>(
-        &'a mut self,
-        c: &'a str,
-        id: MessageId,
-    ) -> BoxFuture<'a, Result<bool, sqlx::Error>> {
-        record_sqlite(self, c, id)
-    }
 }
 
 /// What [`Inbox::process`] did with a message.
@@ -138,7 +93,7 @@ impl Inbox {
         tx: &mut C,
         id: MessageId,
     ) -> Result<bool, OutboxError> {
-        Ok(tx.record(&self.consumer, id).await?)
+        Ok(tx.record_inbox(&self.consumer, id).await?)
     }
 
     /// Runs `handler` in `tx` if `envelope`'s id is new to this consumer, and records the id.

@@ -214,8 +214,8 @@ impl<P: Publisher> Relay<P> {
 
         // Rows that cannot become envelopes fail for good, without a publish attempt.
         let mut valid = Vec::with_capacity(rows.len());
-        for row in rows {
-            match self.envelope(&row) {
+        for mut row in rows {
+            match self.envelope(&mut row) {
                 Ok(envelope) => valid.push((row, envelope)),
                 Err(e) => {
                     if let Some(key) = &row.key {
@@ -237,9 +237,9 @@ impl<P: Publisher> Relay<P> {
             if wave.is_empty() {
                 continue;
             }
-            let envelopes: Vec<Envelope> = wave.iter().map(|(_, e)| e.clone()).collect();
+            let (rows, envelopes): (Vec<Row>, Vec<Envelope>) = wave.into_iter().unzip();
             let results = self.publisher.publish(&envelopes).await;
-            for ((row, _), result) in wave.into_iter().zip(results) {
+            for (row, result) in rows.into_iter().zip(results) {
                 match result {
                     Ok(()) => published.push(row.seq),
                     Err(e) => {
@@ -293,7 +293,9 @@ impl<P: Publisher> Relay<P> {
         Ok(report)
     }
 
-    fn envelope(&self, row: &Row) -> Result<Envelope, OutboxError> {
+    /// The row as an envelope. Takes the row's topic and payload (the row keeps its seq, key
+    /// and attempts, which is all the bookkeeping needs), so nothing is copied.
+    fn envelope(&self, row: &mut Row) -> Result<Envelope, OutboxError> {
         if row.payload.len() > self.config.max_payload {
             return Err(OutboxError::PayloadTooLarge {
                 size: row.payload.len(),
@@ -309,7 +311,9 @@ impl<P: Publisher> Relay<P> {
                 format!("must be a JSON object of string values: {e}"),
             )
         })?;
-        let mut builder = Envelope::builder(row.topic.clone(), Bytes::from(row.payload.clone()))
+        let topic = std::mem::take(&mut row.topic);
+        let payload = Bytes::from(std::mem::take(&mut row.payload));
+        let mut builder = Envelope::builder(topic, payload)
             .id(MessageId::from_uuid(id)?)
             .created_at(row.created_at);
         if let Some(key) = &row.key {
