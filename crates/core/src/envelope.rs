@@ -231,7 +231,9 @@ impl EnvelopeBuilder {
     }
 }
 
-fn validate_topic(topic: &str) -> Result<(), ValidationError> {
+/// Checks a topic name against the rules every [`Envelope`] obeys, for code that takes a topic
+/// without building an envelope (reading a topic, subscribing).
+pub fn validate_topic(topic: &str) -> Result<(), ValidationError> {
     use limits::MAX_TOPIC_LEN;
     if topic.is_empty() {
         return Err(ValidationError::new("topic", "must not be empty"));

@@ -38,7 +38,7 @@ mod id;
 
 pub use backoff::{Backoff, BackoffSchedule, InvalidBackoff, Jitter};
 pub use clock::{Clock, ManualClock, SharedClock, Sleep, SystemClock};
-pub use envelope::{Envelope, EnvelopeBuilder, limits};
+pub use envelope::{Envelope, EnvelopeBuilder, limits, validate_topic};
 pub use error::{Classify, ErrorKind, ValidationError};
 pub use id::MessageId;
 

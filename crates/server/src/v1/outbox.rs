@@ -278,11 +278,8 @@ pub async fn read(
     Query(page): Query<Page>,
 ) -> Result<ApiJson<Vec<LogRecordView>>, Problem> {
     let limit = page.checked()?;
-    // The same rule as for appending: a name no envelope can have is an error, not an empty
-    // topic.
-    Envelope::builder(topic.as_str(), "")
-        .build()
-        .map_err(|e| outbox_problem(&OutboxError::Invalid(e)))?;
+    // A name no envelope can have is an error, not an empty topic.
+    onephase_core::validate_topic(&topic).map_err(|e| outbox_problem(&OutboxError::Invalid(e)))?;
     let records = state
         .outbox()
         .log()
