@@ -3,7 +3,9 @@
 //! `serve`, `migrate` and `token` work on a store directly. Later operational commands
 //! (`outbox status`, `saga list`, ...) are HTTP clients of a running server.
 
+mod client;
 mod outbox;
+mod saga;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -44,6 +46,9 @@ enum Command {
     /// Operate a running server's outbox: status, tail, dead, retry.
     #[command(subcommand)]
     Outbox(outbox::OutboxCommand),
+    /// Operate a running server's sagas: register, start, list, show, retry, resolve, abort.
+    #[command(subcommand)]
+    Saga(saga::SagaCommand),
     /// Create, list and revoke API tokens in the store.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -170,6 +175,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Outbox(command) => outbox::run(command).await,
+        Command::Saga(command) => saga::run(command).await,
         Command::Migrate(MigrateArgs {
             store,
             outbox: None,
@@ -290,4 +296,14 @@ async fn open_tokens(
     let store = Store::connect(&config.store).await?;
     store.migrate(&migrations()).await?;
     Ok(Tokens::new(store, config.tokens)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
 }

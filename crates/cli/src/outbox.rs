@@ -1,31 +1,8 @@
 //! `onephase outbox ...`: operate a running server's outbox over its HTTP API.
 
-use clap::{Args, Subcommand};
-use serde_json::Value;
+use clap::Subcommand;
 
-/// Where the server is and how to authenticate.
-#[derive(Debug, Args)]
-pub struct ServerArgs {
-    /// The server's base URL.
-    #[arg(
-        long,
-        env = "ONEPHASE_SERVER",
-        default_value = "http://127.0.0.1:7700",
-        value_name = "URL"
-    )]
-    server: String,
-    /// An API token (see `onephase token create`).
-    #[arg(
-        long,
-        env = "ONEPHASE_TOKEN",
-        value_name = "TOKEN",
-        hide_env_values = true
-    )]
-    token: String,
-    /// Print the server's JSON instead of a table.
-    #[arg(long)]
-    json: bool,
-}
+use crate::client::{Client, ServerArgs, print};
 
 #[derive(Debug, Subcommand)]
 pub enum OutboxCommand {
@@ -78,109 +55,6 @@ pub enum OutboxCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
-}
-
-struct Client {
-    http: reqwest::Client,
-    base: String,
-    token: String,
-}
-
-impl Client {
-    fn new(args: &ServerArgs) -> Self {
-        Self {
-            http: reqwest::Client::new(),
-            base: args.server.trim_end_matches('/').to_owned(),
-            token: args.token.clone(),
-        }
-    }
-
-    async fn send(&self, method: reqwest::Method, path: &str) -> anyhow::Result<Option<Value>> {
-        let url = format!("{}{path}", self.base);
-        let response = self
-            .http
-            .request(method, &url)
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot reach the server at {}: {e}", self.base))?;
-        let status = response.status();
-        let text = response.text().await?;
-        if !status.is_success() {
-            let problem: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-            let detail = problem["detail"].as_str().unwrap_or(text.as_str());
-            anyhow::bail!(
-                "{} ({status}): {detail}",
-                problem["title"].as_str().unwrap_or("request failed")
-            );
-        }
-        if text.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(serde_json::from_str(&text)?))
-    }
-}
-
-fn cell(v: &Value) -> String {
-    match v {
-        Value::Null => "-".to_owned(),
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n
-            .as_f64()
-            .filter(|f| f.fract() != 0.0)
-            .map_or(n.to_string(), |f| format!("{f:.1}")),
-        other => other.to_string(),
-    }
-}
-
-fn table(rows: &[Value], columns: &[(&str, &str)]) {
-    let mut lines: Vec<Vec<String>> = vec![
-        columns
-            .iter()
-            .map(|(title, _)| (*title).to_owned())
-            .collect(),
-    ];
-    for row in rows {
-        lines.push(
-            columns
-                .iter()
-                .map(|(_, field)| cell(&row[*field]))
-                .collect(),
-        );
-    }
-    let widths: Vec<usize> = (0..columns.len())
-        .map(|i| {
-            lines
-                .iter()
-                .map(|l| l[i].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    for line in lines {
-        let padded: Vec<String> = line
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", padded.join("  ").trim_end());
-    }
-}
-
-fn print(json: bool, value: &Value, columns: &[(&str, &str)]) {
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(value).unwrap_or_default()
-        );
-    } else {
-        let rows = value.as_array().cloned().unwrap_or_default();
-        if rows.is_empty() {
-            println!("(none)");
-        } else {
-            table(&rows, columns);
-        }
-    }
 }
 
 /// Runs one `outbox` subcommand.

@@ -1,5 +1,8 @@
 //! The `onephase` binary as a user runs it: in an empty directory, with no settings.
 
+#[path = "../../saga/tests/common/mod.rs"]
+mod participants;
+
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -369,6 +372,141 @@ async fn outbox_commands_talk_to_a_running_server() -> anyhow::Result<()> {
         .output()
         .await?;
     ensure!(!unauthorized.status.success(), "a wrong token was accepted");
+    ensure!(server.terminate().await?.success());
+    Ok(())
+}
+
+#[tokio::test]
+async fn saga_commands_talk_to_a_running_server() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let parts = participants::Participants::start().await?;
+    std::fs::write(
+        dir.path().join("order.json"),
+        participants::order_definition(&parts.base(), 1, 2000),
+    )?;
+    let server = serve(dir.path(), &[]).await?;
+    let token = server.token.clone().context("bootstrap token")?;
+    let saga = |args: Vec<String>| {
+        let (base, token) = (server.base.clone(), token.clone());
+        let dir = dir.path().to_owned();
+        async move {
+            let output = Command::new(BIN)
+                .arg("saga")
+                .args(&args)
+                .current_dir(dir)
+                .env("ONEPHASE_SERVER", base)
+                .env("ONEPHASE_TOKEN", token)
+                .output()
+                .await?;
+            anyhow::Ok(output)
+        }
+    };
+    let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+
+    let registered = saga(args(&["register", "order.json"])).await?;
+    ensure!(
+        registered.status.success() && text(&registered).contains("registered"),
+        "{}",
+        text(&registered)
+    );
+    let input = participants::order_input(7, Some("ship"), Some("reserve"), &[], 0).to_string();
+    let started = saga(args(&[
+        "start",
+        "order",
+        "--input",
+        &input,
+        "--idempotency-key",
+        "o-7",
+        "--json",
+    ]))
+    .await?;
+    ensure!(started.status.success(), "{}", text(&started));
+    let started: Value = serde_json::from_slice(&started.stdout)?;
+    let id = started["id"].as_str().context("id")?.to_owned();
+    let mismatch = saga(args(&[
+        "start",
+        "order",
+        "--input",
+        "{}",
+        "--idempotency-key",
+        "o-7",
+    ]))
+    .await?;
+    ensure!(!mismatch.status.success(), "{}", text(&mismatch));
+    let unknown = saga(args(&["start", "nope"])).await?;
+    ensure!(
+        !unknown.status.success() && text(&unknown).contains("no saga"),
+        "{}",
+        text(&unknown)
+    );
+
+    // The run parks waiting for an operator; `list --state needs-operator` shows it.
+    let mut listed = String::new();
+    for _ in 0..1200 {
+        let out = saga(args(&["list", "--state", "needs-operator"])).await?;
+        listed = text(&out);
+        if listed.contains(&id) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    ensure!(
+        listed.contains(&id) && listed.contains("needs_operator"),
+        "{listed}"
+    );
+    let shown = saga(args(&["show", &id])).await?;
+    let shown = text(&shown);
+    ensure!(
+        shown.contains("run_needs_operator") && shown.contains("compensation"),
+        "{shown}"
+    );
+    let retried = saga(args(&["retry", &id, "--note", "inventory redeployed"])).await?;
+    ensure!(retried.status.success(), "{}", text(&retried));
+    // It fails again (the plan says forever); resolve it by hand.
+    let mut resolved = None;
+    for _ in 0..1200 {
+        let out = saga(args(&[
+            "resolve",
+            &id,
+            "reserve",
+            "--note",
+            "released in the admin UI",
+        ]))
+        .await?;
+        if out.status.success() {
+            resolved = Some(out);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let resolved = resolved.context("the retried run never parked again")?;
+    ensure!(text(&resolved).contains("resolved"), "{}", text(&resolved));
+    let mut state = String::new();
+    for _ in 0..1200 {
+        let out = saga(args(&["show", &id, "--json"])).await?;
+        let run: Value = serde_json::from_slice(&out.stdout)?;
+        state = run["state"].as_str().unwrap_or_default().to_owned();
+        if state == "compensated" {
+            let history = run["history"].to_string();
+            ensure!(history.contains("released in the admin UI"), "{history}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    ensure!(state == "compensated", "{state}");
+    let abort = saga(args(&["abort", &id, "--note", "too late"])).await?;
+    ensure!(
+        !abort.status.success() && text(&abort).contains("not needs_operator"),
+        "{}",
+        text(&abort)
+    );
     ensure!(server.terminate().await?.success());
     Ok(())
 }

@@ -35,6 +35,7 @@ mod envelope;
 mod error;
 pub mod headers;
 mod id;
+pub mod json;
 
 pub use backoff::{Backoff, BackoffSchedule, InvalidBackoff, Jitter};
 pub use clock::{Clock, ManualClock, SharedClock, Sleep, SystemClock};

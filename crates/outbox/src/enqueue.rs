@@ -13,7 +13,10 @@ pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
 /// connection or a [`Transaction`]. Sealed; implemented for sqlx's types.
 pub trait OutboxConnection: sealed::Sealed + Send {
     #[doc(hidden)]
-    fn insert<'a>(&'a mut self, envelope: &'a Envelope) -> BoxFuture<'a, Result<(), sqlx::Error>>;
+    fn insert<'a>(
+        &'a mut self,
+        envelopes: &'a [Envelope],
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>>;
 
     #[doc(hidden)]
     fn record_inbox<'a>(
@@ -68,60 +71,87 @@ pub async fn enqueue_with_limit<C: OutboxConnection + ?Sized>(
     envelope: &Envelope,
     max_payload: usize,
 ) -> Result<(), OutboxError> {
-    let size = envelope.payload().len();
-    if size > max_payload {
+    enqueue_all_with_limit(tx, std::slice::from_ref(envelope), max_payload).await
+}
+
+/// [`enqueue`] for several envelopes, in one statement per thousand: cheaper than one
+/// [`enqueue`] each when a transaction emits several events. All or nothing: if one is over
+/// the payload limit, none is written.
+pub async fn enqueue_all<C: OutboxConnection + ?Sized>(
+    tx: &mut C,
+    envelopes: &[Envelope],
+) -> Result<(), OutboxError> {
+    enqueue_all_with_limit(tx, envelopes, DEFAULT_MAX_PAYLOAD).await
+}
+
+/// [`enqueue_all`] with a payload limit of `max_payload` bytes.
+pub async fn enqueue_all_with_limit<C: OutboxConnection + ?Sized>(
+    tx: &mut C,
+    envelopes: &[Envelope],
+    max_payload: usize,
+) -> Result<(), OutboxError> {
+    if let Some(size) = envelopes
+        .iter()
+        .map(|e| e.payload().len())
+        .find(|size| *size > max_payload)
+    {
         return Err(OutboxError::PayloadTooLarge {
             size,
             limit: max_payload,
         });
     }
-    tx.insert(envelope).await?;
-    crate::wake::enqueued();
+    for chunk in envelopes.chunks(1000) {
+        tx.insert(chunk).await?;
+    }
+    if !envelopes.is_empty() {
+        crate::wake::enqueued();
+    }
     Ok(())
 }
 
 fn insert_pg<'a>(
     conn: &'a mut PgConnection,
-    e: &'a Envelope,
+    envelopes: &'a [Envelope],
 ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
     async move {
-        sqlx::query(
-            "INSERT INTO onephase_outbox (id, topic, key, payload, headers, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(e.id().as_uuid())
-        .bind(e.topic())
-        .bind(e.key())
-        .bind(e.payload().as_ref())
-        .bind(sqlx::types::Json(e.headers()))
-        .bind(e.created_at())
-        .execute(conn)
-        .await
-        .map(drop)
+        let mut query = sqlx::QueryBuilder::<Postgres>::new(
+            "INSERT INTO onephase_outbox (id, topic, key, payload, headers, created_at) ",
+        );
+        query.push_values(envelopes, |mut row, e| {
+            row.push_bind(e.id().as_uuid())
+                .push_bind(e.topic())
+                .push_bind(e.key())
+                .push_bind(e.payload().as_ref())
+                .push_bind(sqlx::types::Json(e.headers()))
+                .push_bind(e.created_at());
+        });
+        query.build().execute(conn).await.map(drop)
     }
     .boxed()
 }
 
 fn insert_sqlite<'a>(
     conn: &'a mut SqliteConnection,
-    e: &'a Envelope,
+    envelopes: &'a [Envelope],
 ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
     async move {
-        let headers =
-            serde_json::to_string(e.headers()).map_err(|err| sqlx::Error::Encode(Box::new(err)))?;
-        sqlx::query(
-            "INSERT INTO onephase_outbox (id, topic, key, payload, headers, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )
-        .bind(e.id().to_string())
-        .bind(e.topic())
-        .bind(e.key())
-        .bind(e.payload().as_ref())
-        .bind(headers)
-        .bind(onephase_broker::wire::format_time(e.created_at()))
-        .execute(conn)
-        .await
-        .map(drop)
+        let headers = envelopes
+            .iter()
+            .map(|e| serde_json::to_string(e.headers()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| sqlx::Error::Encode(Box::new(err)))?;
+        let mut query = sqlx::QueryBuilder::<Sqlite>::new(
+            "INSERT INTO onephase_outbox (id, topic, key, payload, headers, created_at) ",
+        );
+        query.push_values(envelopes.iter().zip(headers), |mut row, (e, headers)| {
+            row.push_bind(e.id().to_string())
+                .push_bind(e.topic())
+                .push_bind(e.key())
+                .push_bind(e.payload().as_ref())
+                .push_bind(headers)
+                .push_bind(onephase_broker::wire::format_time(e.created_at()));
+        });
+        query.build().execute(conn).await.map(drop)
     }
     .boxed()
 }
@@ -130,7 +160,10 @@ fn insert_sqlite<'a>(
 macro_rules! outbox_connection {
     ($($ty:ty => $insert:ident, $record:ident;)*) => {$(
         impl OutboxConnection for $ty {
-            fn insert<'a>(&'a mut self, e: &'a Envelope) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+            fn insert<'a>(
+                &'a mut self,
+                e: &'a [Envelope],
+            ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
                 $insert(self, e)
             }
 

@@ -75,7 +75,10 @@ mod wake;
 
 use onephase_store::{Migrations, sqlx};
 
-pub use enqueue::{DEFAULT_MAX_PAYLOAD, OutboxConnection, enqueue, enqueue_with_limit};
+pub use enqueue::{
+    DEFAULT_MAX_PAYLOAD, OutboxConnection, enqueue, enqueue_all, enqueue_all_with_limit,
+    enqueue_with_limit,
+};
 pub use error::OutboxError;
 pub use inbox::{Inbox, InboxConnection, Processed};
 pub use operator::OutboxAdmin;

@@ -324,6 +324,27 @@ async fn oversized_payloads_are_refused_at_enqueue_and_nothing_is_written() -> a
         ensure!(err.kind() == ErrorKind::TooLarge);
         let status = OutboxAdmin::new(store.clone()).status().await?;
         ensure!(status.pending == 1, "{status:?}");
+        // A batch is all or nothing: one oversized envelope keeps the others out too.
+        let batch = [small.clone(), big.clone()];
+        let fine: Vec<Envelope> = (0..3)
+            .map(|i| Envelope::builder("t", format!("{i}")).build())
+            .collect::<Result<_, _>>()?;
+        match store.db() {
+            Db::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                ensure!(onephase_outbox::enqueue_all(&mut tx, &batch).await.is_err());
+                onephase_outbox::enqueue_all(&mut tx, &fine).await?;
+                tx.commit().await?;
+            }
+            Db::Sqlite(s) => {
+                let mut tx = s.writer().begin().await?;
+                ensure!(onephase_outbox::enqueue_all(&mut tx, &batch).await.is_err());
+                onephase_outbox::enqueue_all(&mut tx, &fine).await?;
+                tx.commit().await?;
+            }
+        }
+        let status = OutboxAdmin::new(store.clone()).status().await?;
+        ensure!(status.pending == 4, "{status:?}");
         db.close().await?;
     }
     Ok(())

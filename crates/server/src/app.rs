@@ -21,12 +21,13 @@ use utoipa_axum::routes;
 
 use crate::auth::{Tokens, require_token};
 use crate::config::ServerConfig;
-use crate::dashboard::{self, OutboxPanel, Panel, ServerPanel};
+use crate::dashboard::{self, OutboxPanel, Panel, SagaPanel, ServerPanel};
 use crate::health;
 use crate::metrics::{prometheus, track_http};
 use crate::openapi::ApiDoc;
 use crate::outbox::OutboxService;
 use crate::problem::{PROBLEM_JSON, Problem};
+use crate::saga::SagaService;
 use crate::v1;
 
 /// What every handler can reach: the store, the token registry, the clock, the dashboard's
@@ -42,6 +43,7 @@ struct StateInner {
     started: Instant,
     panels: Vec<Arc<dyn Panel>>,
     outbox: OutboxService,
+    saga: SagaService,
 }
 
 impl AppState {
@@ -52,6 +54,7 @@ impl AppState {
         config: ServerConfig,
         clock: SharedClock,
         outbox: OutboxService,
+        saga: SagaService,
     ) -> Self {
         let started = clock.monotonic();
         Self(Arc::new(StateInner {
@@ -60,14 +63,24 @@ impl AppState {
             config,
             clock,
             started,
-            panels: vec![Arc::new(ServerPanel), Arc::new(OutboxPanel)],
+            panels: vec![
+                Arc::new(ServerPanel),
+                Arc::new(OutboxPanel),
+                Arc::new(SagaPanel),
+            ],
             outbox,
+            saga,
         }))
     }
 
     /// The embedded log and the configured outbox relays.
     pub fn outbox(&self) -> &OutboxService {
         &self.0.outbox
+    }
+
+    /// The saga orchestrator.
+    pub fn saga(&self) -> &SagaService {
+        &self.0.saga
     }
 
     /// The store.

@@ -24,6 +24,13 @@
 //! sink = "nats://127.0.0.1:4222"     # log | nats:// | amqp:// | redis:// | kafka://
 //! batch_size = 500                   # optional
 //! max_attempts = 12                  # optional
+//!
+//! [saga]                             # the saga orchestrator (all optional)
+//! orchestrator = true                # run it in this server
+//! events_topic = "onephase.saga"     # outbox topic of run transitions ("" = none)
+//! concurrency = 64                   # runs driven at once
+//! lease_margin_secs = 10             # how long a dead server's runs wait for another
+//! poll_interval_ms = 50
 //! ```
 //!
 //! Unknown keys are errors, so that a typo cannot silently leave a setting at its default.
@@ -36,6 +43,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::ConfiguredToken;
 use crate::outbox::RelaySettings;
+use crate::saga::SagaSettings;
 
 /// The default listen address: loopback only, so a fresh start exposes nothing.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
@@ -96,6 +104,8 @@ struct FileConfig {
     auth: FileAuth,
     #[serde(default)]
     outbox: FileOutbox,
+    #[serde(default)]
+    saga: SagaSettings,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -162,6 +172,8 @@ pub struct ServerConfig {
     pub tokens: Vec<ConfiguredToken>,
     /// Outbox relays to run.
     pub outbox_relays: Vec<RelaySettings>,
+    /// The `[saga]` table.
+    pub saga: SagaSettings,
 }
 
 impl Default for ServerConfig {
@@ -175,6 +187,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(30),
             tokens: Vec::new(),
             outbox_relays: Vec::new(),
+            saga: SagaSettings::default(),
         }
     }
 }
@@ -247,6 +260,7 @@ impl ServerConfig {
                 .map_or(defaults.shutdown_grace, Duration::from_secs),
             tokens: file_config.auth.tokens,
             outbox_relays: file_config.outbox.relay,
+            saga: file_config.saga,
         })
     }
 }

@@ -107,6 +107,60 @@ impl Panel for OutboxPanel {
     }
 }
 
+/// The saga panel: runs by state, and the runs waiting for an operator first.
+pub struct SagaPanel;
+
+impl Panel for SagaPanel {
+    fn title(&self) -> &str {
+        "Sagas"
+    }
+
+    fn render<'a>(
+        &'a self,
+        state: &'a AppState,
+    ) -> Pin<Box<dyn Future<Output = Markup> + Send + 'a>> {
+        Box::pin(async move {
+            let admin = state.saga().orchestrator().admin();
+            let second = Duration::from_secs(1);
+            let counts = tokio::time::timeout(second, admin.counts()).await;
+            let parked = tokio::time::timeout(
+                second,
+                admin.list(&onephase_saga::RunFilter {
+                    state: Some(onephase_saga::RunState::NeedsOperator),
+                    limit: 10,
+                    ..Default::default()
+                }),
+            )
+            .await;
+            let (Ok(Ok(counts)), Ok(Ok(parked))) = (counts, parked) else {
+                return html! { p.bad { "the store does not answer" } };
+            };
+            html! {
+                @if !parked.is_empty() {
+                    p.bad { "Waiting for an operator (" code { "onephase saga show <id>" } "):" }
+                    table {
+                        tr { th { "Run" } th { "Saga" } th { "Why" } }
+                        @for run in &parked {
+                            tr {
+                                td { code { (run.id) } }
+                                td { (run.saga) " v" (run.version) }
+                                td { (run.error.as_deref().unwrap_or("")) }
+                            }
+                        }
+                    }
+                }
+                dl {
+                    @for run_state in onephase_saga::RunState::ALL {
+                        @let n = counts.get(&run_state).copied().unwrap_or(0);
+                        dt { (run_state.as_str().replace('_', " ")) }
+                        dd class=(if run_state == onephase_saga::RunState::NeedsOperator && n > 0 { "bad" } else { "" }) { (n) }
+                    }
+                }
+            }
+        })
+    }
+}
+
 fn format_uptime(d: Duration) -> String {
     let s = d.as_secs();
     match s {

@@ -13,7 +13,8 @@ use crate::problem::Problem;
 /// A JSON request body (and, as a response, a JSON body).
 ///
 /// Rejections become problem documents: a missing or wrong `Content-Type` is 415, a body that
-/// is not JSON is 400, JSON of the wrong shape is 422 with serde's description of the field,
+/// is not JSON is 400, JSON of the wrong shape (or not an object) is 422 with serde's
+/// description of the field,
 /// and a body over the server's limit is 413.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ApiJson<T>(pub T);
@@ -27,11 +28,31 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let path = req.uri().path().to_owned();
-        match axum::Json::<T>::from_request(req, state).await {
+        let mut value = match axum::Json::<serde_json::Value>::from_request(req, state).await {
+            Ok(axum::Json(value)) => value,
+            Err(rejection) => return Err(problem_for(rejection).with_instance(path)),
+        };
+        // Every request body is an object; serde would otherwise read a struct from an array.
+        if !value.is_object() {
+            return Err(invalid_body("the body must be a JSON object").with_instance(path));
+        }
+        onephase_core::json::integers_from_whole_floats(&mut value);
+        // Through bytes again so that a shape error names the field's path.
+        let bytes = serde_json::to_vec(&value).unwrap_or_default();
+        match axum::Json::<T>::from_bytes(&bytes) {
             Ok(axum::Json(value)) => Ok(Self(value)),
             Err(rejection) => Err(problem_for(rejection).with_instance(path)),
         }
     }
+}
+
+fn invalid_body(detail: &str) -> Problem {
+    Problem::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid-body",
+        "Invalid body",
+        format!("the JSON does not match the expected shape: {detail}"),
+    )
 }
 
 fn problem_for(rejection: JsonRejection) -> Problem {
@@ -48,15 +69,7 @@ fn problem_for(rejection: JsonRejection) -> Problem {
             "Malformed JSON",
             format!("the body is not valid JSON: {}", source_text(&e)),
         ),
-        JsonRejection::JsonDataError(e) => Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid-body",
-            "Invalid body",
-            format!(
-                "the JSON does not match the expected shape: {}",
-                source_text(&e)
-            ),
-        ),
+        JsonRejection::JsonDataError(e) => invalid_body(&source_text(&e)),
         JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             Problem::new(
                 StatusCode::PAYLOAD_TOO_LARGE,

@@ -36,6 +36,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod outbox;
 pub mod problem;
+pub mod saga;
 mod serve;
 pub mod v1;
 

@@ -22,6 +22,7 @@ use crate::problem::Problem;
         (name = "health", description = "Liveness and readiness"),
         (name = "auth", description = "API tokens"),
         (name = "outbox", description = "The embedded log, outbox relays, dead letters"),
+        (name = "saga", description = "Saga definitions, runs and operator actions"),
     )
 )]
 pub struct ApiDoc;

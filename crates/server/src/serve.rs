@@ -14,6 +14,7 @@ use crate::app::{AppState, router};
 use crate::auth::{AuthError, Tokens, generate_token};
 use crate::config::ServerConfig;
 use crate::outbox::{OutboxService, OutboxStartError};
+use crate::saga::SagaService;
 
 /// Every component's migrations, in dependency order. `onephase migrate` and `onephase serve`
 /// apply these.
@@ -26,6 +27,7 @@ pub fn migrations() -> Vec<Migrations> {
         ),
         onephase_outbox::migrations(),
         onephase_broker::log::migrations(),
+        onephase_saga::migrations(),
     ]
 }
 
@@ -99,7 +101,8 @@ impl Server {
                     source,
                 })?;
         let outbox = OutboxService::open(&store, &config.outbox_relays).await?;
-        let state = AppState::new(store, tokens, config, clock, outbox);
+        let saga = SagaService::new(&store, &config.saga, &config.outbox_relays);
+        let state = AppState::new(store, tokens, config, clock, outbox, saga);
         let router = router(state.clone());
         Ok(Self {
             state,
@@ -143,7 +146,8 @@ impl Server {
             .into_future();
         let mut server = tokio::spawn(server);
         let (stop_relays, relays_stopped) = tokio::sync::watch::channel(false);
-        let relays = self.state.outbox().spawn(relays_stopped);
+        let mut relays = self.state.outbox().spawn(relays_stopped.clone());
+        relays.extend(self.state.saga().spawn(relays_stopped));
         tracing::info!(%addr, store = %self.state.store().url(), "onephase listening on http://{addr}");
 
         let finished = tokio::select! {
@@ -170,15 +174,18 @@ impl Server {
                 }
             }
         };
-        // Relays finish the round in hand; one stuck on an unresponsive broker is abandoned
-        // after the grace period (its rows come back when their claims expire).
+        // Relays finish the round in hand and the orchestrator records the outcomes of the calls
+        // in flight; one stuck is abandoned after the grace period (its rows and runs come back
+        // when their claims expire).
         let _ = stop_relays.send(true);
         let aborts: Vec<_> = relays.iter().map(|r| r.abort_handle()).collect();
         if tokio::time::timeout(grace, futures::future::join_all(relays))
             .await
             .is_err()
         {
-            tracing::warn!("an outbox relay did not stop within the grace period; abandoning it");
+            tracing::warn!(
+                "an outbox relay or the saga orchestrator did not stop within the grace period; abandoning it"
+            );
             aborts.iter().for_each(tokio::task::AbortHandle::abort);
         }
         self.state.store().close().await;

@@ -1,6 +1,10 @@
 //! The server over real HTTP, on a real store: every backend the environment offers.
 
+#[path = "../../saga/tests/common/mod.rs"]
+mod participants;
+
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use onephase_server::auth::{ConfiguredToken, Role, hash_token};
@@ -861,5 +865,342 @@ async fn bad_outbox_appends_get_a_problem_and_append_nothing() -> anyhow::Result
     .await?;
     server.stop().await?;
     db.close().await?;
+    Ok(())
+}
+
+/// Waits until the run is in a terminal state or waits for an operator.
+async fn settled_run(http: &reqwest::Client, server: &Running, id: &str) -> anyhow::Result<Value> {
+    let mut last = Value::Null;
+    // Generous: under the full suite two cores run every test at once.
+    for _ in 0..2400 {
+        let run: Value = http
+            .get(server.url(&format!("/v1/saga-runs/{id}")))
+            .bearer_auth(server.admin())
+            .send()
+            .await?
+            .json()
+            .await?;
+        if !matches!(run["state"].as_str(), Some("running" | "compensating")) {
+            return Ok(run);
+        }
+        last = run;
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    anyhow::bail!("run {id} did not settle within 60 s: {last}")
+}
+
+#[tokio::test]
+async fn sagas_are_registered_started_inspected_and_operated_over_http() -> anyhow::Result<()> {
+    for db in TestDb::all().await {
+        let server = Running::start(config_for(&db)).await?;
+        let http = reqwest::Client::new();
+        let parts = participants::Participants::start().await?;
+        let definition = participants::order_definition(&parts.base(), 1, 2000);
+
+        // Registration: admin only, JSON or TOML, immutable versions, clear errors.
+        let client_token: Value = http
+            .post(server.url("/v1/tokens"))
+            .bearer_auth(server.admin())
+            .json(&json!({"name": "shop"}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let client_token = client_token["token"].as_str().context("token")?.to_owned();
+        let register = |token: &str, body: String, content_type: &str| {
+            http.post(server.url("/v1/sagas"))
+                .bearer_auth(token)
+                .header("content-type", content_type)
+                .body(body)
+                .send()
+        };
+        problem(
+            register(&client_token, definition.clone(), "application/json").await?,
+            StatusCode::FORBIDDEN,
+        )
+        .await?;
+        let created = register(server.admin(), definition.clone(), "application/json").await?;
+        ensure!(created.status() == StatusCode::CREATED);
+        let again = register(server.admin(), definition.clone(), "application/json").await?;
+        ensure!(again.status() == StatusCode::OK, "same document: no-op");
+        let changed = definition.replace("/shipping/", "/courier/");
+        let conflict = problem(
+            register(server.admin(), changed, "application/json").await?,
+            StatusCode::CONFLICT,
+        )
+        .await?;
+        ensure!(
+            conflict["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("version 2")),
+            "{conflict}"
+        );
+        let invalid = definition.replace("\"pivot\"", "\"compensatable\"");
+        let invalid = problem(
+            register(server.admin(), invalid, "application/json").await?,
+            StatusCode::BAD_REQUEST,
+        )
+        .await?;
+        ensure!(
+            invalid["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("ship")),
+            "{invalid}"
+        );
+        problem(
+            register(server.admin(), "{".into(), "application/json").await?,
+            StatusCode::BAD_REQUEST,
+        )
+        .await?;
+        problem(
+            register(server.admin(), definition.clone(), "text/plain").await?,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        )
+        .await?;
+        let toml = "name = \"ping\"\nversion = 1\n[[steps]]\nname = \"ping\"\nkind = \"pivot\"\n\
+                    action = { method = \"POST\", url = \"http://127.0.0.1:9/ping\" }\n";
+        let toml_created = register(server.admin(), toml.into(), "application/toml").await?;
+        ensure!(toml_created.status() == StatusCode::CREATED);
+        let listed: Value = http
+            .get(server.url("/v1/sagas"))
+            .bearer_auth(&client_token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        ensure!(listed.as_array().is_some_and(|l| l.len() == 2), "{listed}");
+        let doc: Value = http
+            .get(server.url("/v1/sagas/order"))
+            .bearer_auth(&client_token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        ensure!(
+            doc["version"] == 1 && doc["definition"]["steps"].is_array(),
+            "{doc}"
+        );
+        problem(
+            http.get(server.url("/v1/sagas/nope"))
+                .bearer_auth(&client_token)
+                .send()
+                .await?,
+            StatusCode::NOT_FOUND,
+        )
+        .await?;
+
+        // Starting: idempotent by key; mismatches, unknown sagas and thin inputs start nothing.
+        let runs_url = server.url("/v1/sagas/order/runs");
+        let start = |input: Value, key: &str| {
+            http.post(&runs_url)
+                .bearer_auth(&client_token)
+                .header("Idempotency-Key", key)
+                .json(&json!({"input": input}))
+                .send()
+        };
+        let stuck_input = participants::order_input(1, Some("ship"), Some("reserve"), &[], 0);
+        let first = start(stuck_input.clone(), "o-1").await?;
+        ensure!(first.status() == StatusCode::CREATED);
+        let first: Value = first.json().await?;
+        let replay = start(stuck_input.clone(), "o-1").await?;
+        ensure!(replay.status() == StatusCode::OK);
+        let replay: Value = replay.json().await?;
+        ensure!(
+            replay["id"] == first["id"] && replay["created"] == false,
+            "{replay}"
+        );
+        problem(
+            start(participants::order_input(2, None, None, &[], 0), "o-1").await?,
+            StatusCode::CONFLICT,
+        )
+        .await?;
+        let thin = problem(
+            start(json!({"order": 3}), "o-3").await?,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .await?;
+        ensure!(
+            thin["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("input.")),
+            "{thin}"
+        );
+        problem(
+            http.post(server.url("/v1/sagas/nope/runs"))
+                .bearer_auth(&client_token)
+                .json(&json!({"input": {}}))
+                .send()
+                .await?,
+            StatusCode::NOT_FOUND,
+        )
+        .await?;
+        problem(
+            http.post(&runs_url)
+                .bearer_auth(&client_token)
+                .header("Idempotency-Key", "x".repeat(256))
+                .json(&json!({"input": {}}))
+                .send()
+                .await?,
+            StatusCode::BAD_REQUEST,
+        )
+        .await?;
+        // A body must be an object: serde would read a struct from an array.
+        problem(
+            http.post(&runs_url)
+                .bearer_auth(&client_token)
+                .json(&json!([{"order": 1}, null]))
+                .send()
+                .await?,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .await?;
+        let ok = start(participants::order_input(4, None, None, &[], 0), "o-4").await?;
+        ensure!(ok.status() == StatusCode::CREATED);
+        let ok: Value = ok.json().await?;
+
+        // The runs settle: one completed, one waiting for an operator.
+        let id = first["id"].as_str().context("id")?;
+        let parked = settled_run(&http, &server, id).await?;
+        ensure!(parked["state"] == "needs_operator", "{parked}");
+        let done = settled_run(&http, &server, ok["id"].as_str().context("id")?).await?;
+        ensure!(done["state"] == "completed", "{done}");
+        let listed: Value = http
+            .get(server.url("/v1/saga-runs?state=needs-operator"))
+            .bearer_auth(&client_token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        ensure!(listed.as_array().is_some_and(|l| l.len() == 1), "{listed}");
+        let all: Value = http
+            .get(server.url("/v1/saga-runs?saga=order"))
+            .bearer_auth(&client_token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        ensure!(
+            all.as_array().is_some_and(|l| l.len() == 2),
+            "only two runs started: {all}"
+        );
+        problem(
+            http.get(server.url("/v1/saga-runs?state=sleeping"))
+                .bearer_auth(&client_token)
+                .send()
+                .await?,
+            StatusCode::BAD_REQUEST,
+        )
+        .await?;
+        problem(
+            http.get(server.url("/v1/saga-runs/not-a-uuid"))
+                .bearer_auth(&client_token)
+                .send()
+                .await?,
+            StatusCode::BAD_REQUEST,
+        )
+        .await?;
+        problem(
+            http.get(server.url(&format!("/v1/saga-runs/{}", uuid::Uuid::now_v7())))
+                .bearer_auth(&client_token)
+                .send()
+                .await?,
+            StatusCode::NOT_FOUND,
+        )
+        .await?;
+
+        // Operator actions: admin only, audited with the token's name.
+        let act = |path: String, token: String, note: &str| {
+            http.post(server.url(&path))
+                .bearer_auth(token)
+                .json(&json!({"note": note}))
+                .send()
+        };
+        problem(
+            act(
+                format!("/v1/saga-runs/{id}/retry"),
+                client_token.clone(),
+                "x",
+            )
+            .await?,
+            StatusCode::FORBIDDEN,
+        )
+        .await?;
+        problem(
+            act(
+                format!("/v1/saga-runs/{id}/retry"),
+                server.admin().into(),
+                "",
+            )
+            .await?,
+            StatusCode::BAD_REQUEST,
+        )
+        .await?;
+        let retried = act(
+            format!("/v1/saga-runs/{id}/retry"),
+            server.admin().into(),
+            "inventory fixed",
+        )
+        .await?;
+        ensure!(retried.status() == StatusCode::OK);
+        let parked = settled_run(&http, &server, id).await?;
+        ensure!(
+            parked["state"] == "needs_operator",
+            "still failing: {parked}"
+        );
+        problem(
+            act(
+                format!("/v1/saga-runs/{id}/steps/ship/resolve"),
+                server.admin().into(),
+                "x",
+            )
+            .await?,
+            StatusCode::NOT_FOUND,
+        )
+        .await?;
+        let resolved = act(
+            format!("/v1/saga-runs/{id}/steps/reserve/resolve"),
+            server.admin().into(),
+            "released by hand",
+        )
+        .await?;
+        ensure!(resolved.status() == StatusCode::OK);
+        let finished = settled_run(&http, &server, id).await?;
+        ensure!(finished["state"] == "compensated", "{finished}");
+        let history = finished["history"].as_array().context("history")?;
+        ensure!(
+            history.iter().any(|h| h["event"] == "operator_resolve"
+                && h["actor"] == "admin"
+                && h["detail"] == "released by hand"),
+            "{finished}"
+        );
+        problem(
+            act(
+                format!("/v1/saga-runs/{id}/abort"),
+                server.admin().into(),
+                "late",
+            )
+            .await?,
+            StatusCode::CONFLICT,
+        )
+        .await?;
+
+        let html = http.get(server.url("/")).send().await?.text().await?;
+        ensure!(
+            html.contains("<h2>Sagas</h2>") && html.contains("compensated"),
+            "{html}"
+        );
+        let metrics = http
+            .get(server.url("/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        ensure!(
+            metrics.contains("onephase_saga_step_attempts_total"),
+            "{metrics}"
+        );
+        server.stop().await?;
+        db.close().await?;
+    }
     Ok(())
 }

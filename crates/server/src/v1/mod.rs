@@ -2,6 +2,7 @@
 //! routes (with their OpenAPI description) through [`routes()`].
 
 mod outbox;
+mod saga;
 mod tokens;
 mod whoami;
 
@@ -11,6 +12,10 @@ use utoipa_axum::routes;
 use crate::app::AppState;
 
 pub use outbox::{AppendEvent, Appended, DeadRowView, LogRecordView, RelayStatus};
+pub use saga::{
+    DefinitionDocument, DefinitionView, OperatorNote, RegisteredView, RunDetailView, RunView,
+    StartRun, StartedView,
+};
 pub use tokens::{CreateToken, CreatedToken};
 pub use whoami::Whoami;
 
@@ -25,4 +30,12 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(outbox::dead))
         .routes(routes!(outbox::retry))
         .routes(routes!(outbox::discard))
+        .routes(routes!(saga::register, saga::definitions))
+        .routes(routes!(saga::definition))
+        .routes(routes!(saga::start))
+        .routes(routes!(saga::runs))
+        .routes(routes!(saga::run))
+        .routes(routes!(saga::retry))
+        .routes(routes!(saga::resolve))
+        .routes(routes!(saga::abort))
 }

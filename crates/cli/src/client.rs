@@ -1,0 +1,176 @@
+//! The HTTP client the operational subcommands share: where the server is, how to
+//! authenticate, and how to print its answers.
+
+use clap::Args;
+use serde_json::Value;
+
+/// Where the server is and how to authenticate.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// The server's base URL.
+    #[arg(
+        long,
+        env = "ONEPHASE_SERVER",
+        default_value = "http://127.0.0.1:7700",
+        value_name = "URL"
+    )]
+    pub server: String,
+    /// An API token (see `onephase token create`).
+    #[arg(
+        long,
+        env = "ONEPHASE_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: String,
+    /// Print the server's JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// An HTTP client of the server's API that turns problem documents into errors.
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    /// A client for `args`.
+    pub fn new(args: &ServerArgs) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            base: args.server.trim_end_matches('/').to_owned(),
+            token: args.token.clone(),
+        }
+    }
+
+    /// Sends a request without a body; returns the JSON answer, if any.
+    pub async fn send(&self, method: reqwest::Method, path: &str) -> anyhow::Result<Option<Value>> {
+        self.send_body(method, path, None, &[]).await
+    }
+
+    /// Sends JSON.
+    pub async fn send_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &Value,
+    ) -> anyhow::Result<Option<Value>> {
+        self.send_json_with(method, path, body, &[]).await
+    }
+
+    /// Sends JSON with extra headers.
+    pub async fn send_json_with(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Option<Value>> {
+        let bytes = serde_json::to_vec(body)?;
+        self.send_body(method, path, Some(("application/json", bytes)), headers)
+            .await
+    }
+
+    /// Sends a body of the given content type.
+    pub async fn send_body(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Option<Value>> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.http.request(method, &url).bearer_auth(&self.token);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some((content_type, bytes)) = body {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .body(bytes);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach the server at {}: {e}", self.base))?;
+        let status = response.status();
+        let text = response.text().await?;
+        if !status.is_success() {
+            let problem: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            let detail = problem["detail"].as_str().unwrap_or(text.as_str());
+            anyhow::bail!(
+                "{} ({status}): {detail}",
+                problem["title"].as_str().unwrap_or("request failed")
+            );
+        }
+        if text.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(serde_json::from_str(&text)?))
+    }
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n
+            .as_f64()
+            .filter(|f| f.fract() != 0.0)
+            .map_or(n.to_string(), |f| format!("{f:.1}")),
+        other => other.to_string(),
+    }
+}
+
+fn table(rows: &[Value], columns: &[(&str, &str)]) {
+    let mut lines: Vec<Vec<String>> = vec![
+        columns
+            .iter()
+            .map(|(title, _)| (*title).to_owned())
+            .collect(),
+    ];
+    for row in rows {
+        lines.push(
+            columns
+                .iter()
+                .map(|(_, field)| cell(&row[*field]))
+                .collect(),
+        );
+    }
+    let widths: Vec<usize> = (0..columns.len())
+        .map(|i| {
+            lines
+                .iter()
+                .map(|l| l[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for line in lines {
+        let padded: Vec<String> = line
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    }
+}
+
+/// Prints `value` as pretty JSON, or as a table of `columns` (title, field).
+pub fn print(json: bool, value: &Value, columns: &[(&str, &str)]) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        );
+    } else {
+        let rows = value.as_array().cloned().unwrap_or_default();
+        if rows.is_empty() {
+            println!("(none)");
+        } else {
+            table(&rows, columns);
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! `onephase saga ...`: register definitions, start runs, and operate runs over a running
+//! server's HTTP API.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Subcommand;
+use serde_json::{Value, json};
+
+use crate::client::{Client, ServerArgs, print};
+
+#[derive(Debug, Subcommand)]
+pub enum SagaCommand {
+    /// Register a definition from a JSON or TOML file (admin token).
+    Register {
+        /// The definition file (`.toml` is sent as TOML, anything else as JSON).
+        file: PathBuf,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Start a run.
+    Start {
+        /// The saga's name.
+        saga: String,
+        /// The input, as JSON.
+        #[arg(long, default_value = "{}")]
+        input: String,
+        /// Starting again with the same key returns the same run.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// The definition version (default: the latest).
+        #[arg(long, value_name = "VERSION")]
+        saga_version: Option<u32>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Runs, newest first; `--state needs-operator` shows the ones waiting for you.
+    List {
+        /// Only runs in this state (running, compensating, completed, compensated,
+        /// needs-operator, aborted).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only runs of this saga.
+        #[arg(long)]
+        saga: Option<String>,
+        /// At most this many (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// One run: its steps and its history.
+    Show {
+        /// The run's id.
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Try a parked run's failed compensation again (admin token).
+    Retry {
+        /// The run's id.
+        id: String,
+        /// Why (kept in the run's history with your token's name).
+        #[arg(long)]
+        note: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Mark a parked run's failed step as resolved by hand (admin token).
+    Resolve {
+        /// The run's id.
+        id: String,
+        /// The step whose compensation (or retriable action) failed.
+        step: String,
+        /// What you did by hand (kept in the run's history with your token's name).
+        #[arg(long)]
+        note: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Give up on a parked run's compensation; the run ends aborted (admin token).
+    Abort {
+        /// The run's id.
+        id: String,
+        /// Why (kept in the run's history with your token's name).
+        #[arg(long)]
+        note: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+fn encode(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+const RUN_COLUMNS: &[(&str, &str)] = &[
+    ("ID", "id"),
+    ("SAGA", "saga"),
+    ("V", "version"),
+    ("STATE", "state"),
+    ("CREATED", "created_at"),
+    ("ERROR", "error"),
+];
+
+fn print_run(json: bool, run: &Value) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(run).unwrap_or_default());
+        return;
+    }
+    println!(
+        "run {} ({} v{}): {}",
+        run["id"].as_str().unwrap_or("?"),
+        run["saga"].as_str().unwrap_or("?"),
+        run["version"],
+        run["state"].as_str().unwrap_or("?")
+    );
+    if let Some(error) = run["error"].as_str() {
+        println!("error: {error}");
+    }
+    println!();
+    print(
+        false,
+        &run["steps"],
+        &[
+            ("STEP", "step"),
+            ("PHASE", "phase"),
+            ("STATUS", "status"),
+            ("ATTEMPTS", "attempts"),
+            ("LAST ERROR", "last_error"),
+        ],
+    );
+    println!();
+    print(
+        false,
+        &run["history"],
+        &[
+            ("AT", "at"),
+            ("EVENT", "event"),
+            ("STEP", "step"),
+            ("PHASE", "phase"),
+            ("ATTEMPT", "attempt"),
+            ("MS", "elapsed_ms"),
+            ("BY", "actor"),
+            ("DETAIL", "detail"),
+        ],
+    );
+}
+
+/// Runs one `saga` subcommand.
+pub async fn run(command: SagaCommand) -> anyhow::Result<()> {
+    match command {
+        SagaCommand::Register { file, server } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let toml = file.extension().is_some_and(|e| e == "toml");
+            let content_type = if toml {
+                "application/toml"
+            } else {
+                "application/json"
+            };
+            let answer = Client::new(&server)
+                .send_body(
+                    reqwest::Method::POST,
+                    "/v1/sagas",
+                    Some((content_type, bytes)),
+                    &[],
+                )
+                .await?
+                .unwrap_or_default();
+            if server.json {
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+            } else {
+                let verb = if answer["created"] == json!(true) {
+                    "registered"
+                } else {
+                    "already registered (same document)"
+                };
+                println!("{} version {}: {verb}", answer["name"], answer["version"]);
+            }
+        }
+        SagaCommand::Start {
+            saga,
+            input,
+            idempotency_key,
+            saga_version,
+            server,
+        } => {
+            let input: Value = serde_json::from_str(&input).context("--input is not valid JSON")?;
+            let body = json!({"input": input, "version": saga_version});
+            let headers: Vec<(&str, &str)> = idempotency_key
+                .as_deref()
+                .map(|k| ("Idempotency-Key", k))
+                .into_iter()
+                .collect();
+            let answer = Client::new(&server)
+                .send_json_with(
+                    reqwest::Method::POST,
+                    &format!("/v1/sagas/{}/runs", encode(&saga)),
+                    &body,
+                    &headers,
+                )
+                .await?
+                .unwrap_or_default();
+            if server.json {
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+            } else {
+                let how = if answer["created"] == json!(true) {
+                    "started"
+                } else {
+                    "already started by this idempotency key"
+                };
+                println!(
+                    "{}: {how} (version {}, {})",
+                    answer["id"].as_str().unwrap_or("?"),
+                    answer["version"],
+                    answer["state"].as_str().unwrap_or("?")
+                );
+            }
+        }
+        SagaCommand::List {
+            state,
+            saga,
+            limit,
+            server,
+        } => {
+            let mut path = format!("/v1/saga-runs?limit={limit}");
+            if let Some(state) = state {
+                path.push_str(&format!("&state={}", encode(&state)));
+            }
+            if let Some(saga) = saga {
+                path.push_str(&format!("&saga={}", encode(&saga)));
+            }
+            let value = Client::new(&server)
+                .send(reqwest::Method::GET, &path)
+                .await?
+                .unwrap_or_default();
+            print(server.json, &value, RUN_COLUMNS);
+        }
+        SagaCommand::Show { id, server } => {
+            let run = Client::new(&server)
+                .send(
+                    reqwest::Method::GET,
+                    &format!("/v1/saga-runs/{}", encode(&id)),
+                )
+                .await?
+                .unwrap_or_default();
+            print_run(server.json, &run);
+        }
+        SagaCommand::Retry { id, note, server } => {
+            let run = Client::new(&server)
+                .send_json(
+                    reqwest::Method::POST,
+                    &format!("/v1/saga-runs/{}/retry", encode(&id)),
+                    &json!({"note": note}),
+                )
+                .await?
+                .unwrap_or_default();
+            println!("{id}: {} again", run["state"].as_str().unwrap_or("?"));
+        }
+        SagaCommand::Resolve {
+            id,
+            step,
+            note,
+            server,
+        } => {
+            let run = Client::new(&server)
+                .send_json(
+                    reqwest::Method::POST,
+                    &format!(
+                        "/v1/saga-runs/{}/steps/{}/resolve",
+                        encode(&id),
+                        encode(&step)
+                    ),
+                    &json!({"note": note}),
+                )
+                .await?
+                .unwrap_or_default();
+            println!(
+                "{id}: step {step} resolved by hand; the run is {}",
+                run["state"].as_str().unwrap_or("?")
+            );
+        }
+        SagaCommand::Abort { id, note, server } => {
+            Client::new(&server)
+                .send_json(
+                    reqwest::Method::POST,
+                    &format!("/v1/saga-runs/{}/abort", encode(&id)),
+                    &json!({"note": note}),
+                )
+                .await?;
+            println!("{id}: aborted");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,591 @@
+//! Sagas as data: a JSON or TOML document whose actions and compensations are HTTP calls.
+//!
+//! ```
+//! use onephase_saga::SagaSpec;
+//!
+//! let spec = SagaSpec::from_json(r#"{
+//!   "name": "order", "version": 1,
+//!   "steps": [
+//!     {"name": "reserve", "kind": "compensatable",
+//!      "action": {"method": "POST", "url": "http://inventory/reservations",
+//!                 "body": {"sku": "{{input.sku}}", "qty": "{{input.qty}}"}},
+//!      "compensation": {"method": "DELETE",
+//!                       "url": "http://inventory/reservations/{{steps.reserve.output.id}}"}},
+//!     {"name": "charge", "kind": "pivot",
+//!      "action": {"method": "POST", "url": "http://payments/charges",
+//!                 "body": {"amount": "{{input.amount}}"}, "timeout_ms": 2000}}
+//!   ]
+//! }"#)?;
+//! let definition = spec.compile(&reqwest::Client::new())?;
+//! assert_eq!(definition.version(), 1);
+//! # Ok::<(), onephase_saga::DefinitionError>(())
+//! ```
+//!
+//! Each step invocation sends `Idempotency-Key: <run-id>/<step>/<action|compensation>` (plus
+//! `Onephase-Saga-Run`, `Onephase-Saga-Step` and `Onephase-Attempt`). The response status
+//! decides the outcome: `success` statuses (default `2xx`) store the response body (JSON, or
+//! text) as the step's output; `retry` statuses (default 408, 425, 429 and `5xx`), connection
+//! errors and timeouts are retried; every other status is a refusal (`fail`).
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use onephase_core::{Backoff, Jitter};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::definition::{Definition, DefinitionError, Policy, StepDef, StepKind};
+use crate::invoke::{Call, Invoke, StepError};
+use crate::template::{BodyTemplate, Ref, Template};
+
+/// Largest response body kept as a step's output.
+const MAX_OUTPUT: usize = 1024 * 1024;
+
+/// A definition document, parsed but not yet compiled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SagaSpec {
+    raw: Value,
+    doc: SpecDoc,
+    stages: Vec<Vec<StepSpec>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpecDoc {
+    name: String,
+    version: u32,
+    #[serde(default)]
+    defaults: Option<Defaults>,
+    steps: Vec<Value>,
+}
+
+/// Saga-wide defaults for every call.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Defaults {
+    timeout_ms: Option<u64>,
+    action_max_attempts: Option<Attempts>,
+    compensation_max_attempts: Option<Attempts>,
+    backoff_base_ms: Option<u64>,
+    backoff_cap_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+enum Attempts {
+    Count(u32),
+    Unlimited(Unlimited),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Unlimited {
+    Unlimited,
+}
+
+impl Attempts {
+    fn get(self) -> Option<u32> {
+        match self {
+            Attempts::Count(n) => Some(n),
+            Attempts::Unlimited(_) => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StepSpec {
+    name: String,
+    kind: StepKind,
+    action: CallSpec,
+    #[serde(default)]
+    compensation: Option<CallSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallSpec {
+    method: String,
+    url: String,
+    #[serde(default)]
+    headers: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    body: Option<Value>,
+    timeout_ms: Option<u64>,
+    max_attempts: Option<Attempts>,
+    backoff_base_ms: Option<u64>,
+    backoff_cap_ms: Option<u64>,
+    success: Option<Vec<StatusPattern>>,
+    retry: Option<Vec<StatusPattern>>,
+    fail: Option<Vec<StatusPattern>>,
+}
+
+/// A status code (`409`) or a class (`"4xx"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum StatusPattern {
+    Code(u16),
+    Class(u16),
+}
+
+impl<'de> Deserialize<'de> for StatusPattern {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u16),
+            S(String),
+        }
+        let bad = || {
+            serde::de::Error::custom(
+                "a status is a code from 100 to 599 or a class \"1xx\" to \"5xx\"",
+            )
+        };
+        match Raw::deserialize(d)? {
+            Raw::N(n) if (100..=599).contains(&n) => Ok(StatusPattern::Code(n)),
+            Raw::S(s) => match s.as_bytes() {
+                [c @ b'1'..=b'5', b'x' | b'X', b'x' | b'X'] => {
+                    Ok(StatusPattern::Class(u16::from(c - b'0')))
+                }
+                _ => Err(bad()),
+            },
+            Raw::N(_) => Err(bad()),
+        }
+    }
+}
+
+impl StatusPattern {
+    fn matches(self, status: u16) -> bool {
+        match self {
+            StatusPattern::Code(c) => c == status,
+            StatusPattern::Class(c) => status / 100 == c,
+        }
+    }
+}
+
+fn spec_error(name: Option<&str>, message: impl Into<String>) -> DefinitionError {
+    DefinitionError::new(name, message)
+}
+
+impl SagaSpec {
+    /// Parses a JSON document.
+    pub fn from_json(text: &str) -> Result<Self, DefinitionError> {
+        let raw: Value = serde_json::from_str(text)
+            .map_err(|e| spec_error(None, format!("not valid JSON: {e}")))?;
+        Self::from_value(raw)
+    }
+
+    /// Parses a TOML document (steps as `[[steps]]`, a parallel group as
+    /// `[[steps]]` with `parallel = [...]`).
+    pub fn from_toml(text: &str) -> Result<Self, DefinitionError> {
+        let raw: toml::Value =
+            toml::from_str(text).map_err(|e| spec_error(None, format!("not valid TOML: {e}")))?;
+        let raw = serde_json::to_value(raw)
+            .map_err(|e| spec_error(None, format!("TOML not representable as JSON: {e}")))?;
+        Self::from_value(raw)
+    }
+
+    /// Parses an already decoded document.
+    pub fn from_value(mut raw: Value) -> Result<Self, DefinitionError> {
+        onephase_core::json::integers_from_whole_floats(&mut raw);
+        let doc: SpecDoc = serde_json::from_value(raw.clone())
+            .map_err(|e| spec_error(raw_name(&raw), e.to_string()))?;
+        let name = Some(doc.name.as_str());
+        let mut stages = Vec::new();
+        for (i, entry) in doc.steps.iter().enumerate() {
+            let stage = match entry.get("parallel") {
+                Some(group) => {
+                    if entry.as_object().is_some_and(|o| o.len() > 1) {
+                        return Err(spec_error(
+                            name,
+                            format!("steps[{i}]: a parallel group has only the field `parallel`"),
+                        ));
+                    }
+                    let steps: Vec<Value> = serde_json::from_value(group.clone())
+                        .map_err(|e| spec_error(name, format!("steps[{i}].parallel: {e}")))?;
+                    steps
+                        .into_iter()
+                        .enumerate()
+                        .map(|(j, s)| {
+                            serde_json::from_value::<StepSpec>(s).map_err(|e| {
+                                spec_error(name, format!("steps[{i}].parallel[{j}]: {e}"))
+                            })
+                        })
+                        .collect::<Result<Vec<_>, _>>()?
+                }
+                None => vec![
+                    serde_json::from_value::<StepSpec>(entry.clone())
+                        .map_err(|e| spec_error(name, format!("steps[{i}]: {e}")))?,
+                ],
+            };
+            stages.push(stage);
+        }
+        Ok(Self { raw, doc, stages })
+    }
+
+    /// The saga's name.
+    pub fn name(&self) -> &str {
+        &self.doc.name
+    }
+
+    /// Its version.
+    pub fn version(&self) -> u32 {
+        self.doc.version
+    }
+
+    /// The document as JSON (TOML documents converted).
+    pub fn to_value(&self) -> &Value {
+        &self.raw
+    }
+
+    /// SHA-256 of the document's canonical JSON (keys sorted): two registrations of one
+    /// version must have the same digest.
+    pub fn digest(&self) -> String {
+        hex::encode(Sha256::digest(self.raw.to_string().as_bytes()))
+    }
+
+    /// Validates the whole definition (step kinds and order, templates and what they refer
+    /// to, statuses, limits) and builds it, its calls made with `client`.
+    pub fn compile(&self, client: &reqwest::Client) -> Result<Definition, DefinitionError> {
+        let name = self.doc.name.as_str();
+        let err = |m: String| spec_error(Some(name), m);
+        let d = self.doc.defaults.clone().unwrap_or_default();
+        check_ms(
+            "defaults",
+            &[d.timeout_ms, d.backoff_base_ms, d.backoff_cap_ms],
+        )
+        .map_err(&err)?;
+        let base = Duration::from_millis(d.backoff_base_ms.unwrap_or(100));
+        let cap = Duration::from_millis(d.backoff_cap_ms.unwrap_or(30_000));
+        let mut required_input: Vec<Vec<String>> = Vec::new();
+        let mut stages = Vec::new();
+        let stage_of: BTreeMap<&str, usize> = self
+            .stages
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| s.iter().map(move |st| (st.name.as_str(), i)))
+            .collect();
+        for (i, stage) in self.stages.iter().enumerate() {
+            let mut defs = Vec::new();
+            for step in stage {
+                let action_default = Policy {
+                    timeout: Duration::from_millis(d.timeout_ms.unwrap_or(30_000)),
+                    max_attempts: match (step.kind, d.action_max_attempts) {
+                        (_, Some(a)) if step.kind != StepKind::Retriable => a.get(),
+                        (StepKind::Retriable, _) => None,
+                        _ => Some(5),
+                    },
+                    backoff: backoff(base, cap).map_err(|m| err(format!("defaults: {m}")))?,
+                };
+                let compensation_default = Policy {
+                    max_attempts: d.compensation_max_attempts.map_or(Some(10), Attempts::get),
+                    ..action_default
+                };
+                let mut compile_call = |spec: &CallSpec, phase: &str, default: Policy| {
+                    let at = format!("step {:?} {phase}", step.name);
+                    check_ms(
+                        &at,
+                        &[spec.timeout_ms, spec.backoff_base_ms, spec.backoff_cap_ms],
+                    )
+                    .map_err(&err)?;
+                    let call = HttpCall::compile(spec, client.clone())
+                        .map_err(|m| err(format!("{at}: {m}")))?;
+                    for r in call.refs() {
+                        match r {
+                            Ref::Input(path) if !required_input.contains(path) => {
+                                required_input.push(path.clone());
+                            }
+                            Ref::Step(other, _) => {
+                                let Some(&j) = stage_of.get(other.as_str()) else {
+                                    return Err(err(format!(
+                                        "{at}: template reads steps.{other}, but there is no step {other:?}"
+                                    )));
+                                };
+                                let own = other == &step.name && phase == "compensation";
+                                if j >= i && !own {
+                                    return Err(err(format!(
+                                        "{at}: template reads the output of step {other:?}, which has not run yet at this point (only earlier stages{} can be read)",
+                                        if phase == "compensation" {
+                                            " and the step's own action"
+                                        } else {
+                                            ""
+                                        }
+                                    )));
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                    let policy = Policy {
+                        timeout: spec
+                            .timeout_ms
+                            .map_or(default.timeout, Duration::from_millis),
+                        max_attempts: spec
+                            .max_attempts
+                            .map_or(default.max_attempts, Attempts::get),
+                        backoff: backoff(
+                            spec.backoff_base_ms.map_or(base, Duration::from_millis),
+                            spec.backoff_cap_ms.map_or(cap, Duration::from_millis),
+                        )
+                        .map_err(|m| err(format!("{at}: {m}")))?,
+                    };
+                    Ok::<_, DefinitionError>((call, policy))
+                };
+                let (action, action_policy) = compile_call(&step.action, "action", action_default)?;
+                let (compensation, compensation_policy) = match &step.compensation {
+                    Some(c) => {
+                        let (call, policy) = compile_call(c, "compensation", compensation_default)?;
+                        (Some(std::sync::Arc::new(call) as _), policy)
+                    }
+                    None => (None, compensation_default),
+                };
+                defs.push(StepDef {
+                    name: step.name.as_str().into(),
+                    kind: step.kind,
+                    action: std::sync::Arc::new(action),
+                    action_policy,
+                    compensation,
+                    compensation_policy,
+                });
+            }
+            stages.push(defs);
+        }
+        Definition::new(name, self.doc.version, stages, required_input)
+    }
+}
+
+/// Longest timeout or backoff a definition may set: one day.
+const MAX_MS: u64 = 86_400_000;
+
+fn raw_name(raw: &Value) -> Option<&str> {
+    raw.get("name").and_then(Value::as_str)
+}
+
+fn check_ms(at: &str, values: &[Option<u64>]) -> Result<(), String> {
+    match values.iter().flatten().find(|v| **v == 0 || **v > MAX_MS) {
+        Some(v) => Err(format!(
+            "{at}: {v} ms is out of range: timeouts and backoffs are 1 to {MAX_MS} ms (one day)"
+        )),
+        None => Ok(()),
+    }
+}
+
+fn backoff(base: Duration, cap: Duration) -> Result<Backoff, String> {
+    Backoff::new(base, cap, Jitter::Full).map_err(|e| e.to_string())
+}
+
+/// An HTTP action or compensation.
+#[derive(Debug, Clone)]
+pub struct HttpCall {
+    method: reqwest::Method,
+    url: Template,
+    headers: Vec<(reqwest::header::HeaderName, Template)>,
+    body: Option<BodyTemplate>,
+    success: Vec<StatusPattern>,
+    retry: Vec<StatusPattern>,
+    /// Explicit refusals; they win over the default classes they fall in.
+    fail: Vec<StatusPattern>,
+    client: reqwest::Client,
+}
+
+impl HttpCall {
+    fn compile(spec: &CallSpec, client: reqwest::Client) -> Result<Self, String> {
+        let method = match spec.method.to_ascii_uppercase().as_str() {
+            m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE") => {
+                reqwest::Method::from_bytes(m.as_bytes()).map_err(|e| e.to_string())?
+            }
+            other => {
+                return Err(format!(
+                    "method {other:?} is not GET, POST, PUT, PATCH or DELETE"
+                ));
+            }
+        };
+        if !(spec.url.starts_with("http://") || spec.url.starts_with("https://")) {
+            return Err(format!(
+                "url {:?} must start with http:// or https:// (placeholders may follow the host)",
+                spec.url
+            ));
+        }
+        let url = Template::parse(&spec.url)?;
+        match reqwest::Url::parse(&url.skeleton()) {
+            Ok(parsed) if parsed.host_str().is_some_and(|h| !h.is_empty()) => {}
+            Ok(_) => return Err(format!("url {:?} has no host", spec.url)),
+            Err(e) => return Err(format!("url {:?} is not a valid URL: {e}", spec.url)),
+        }
+        let mut headers = Vec::new();
+        for (name, value) in spec.headers.iter().flatten() {
+            let header = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("header name {name:?} is not a valid HTTP header name"))?;
+            if header == "idempotency-key" || name.to_ascii_lowercase().starts_with("onephase-") {
+                return Err(format!(
+                    "header {name:?} is set by the orchestrator and cannot be templated"
+                ));
+            }
+            headers.push((header, Template::parse(value)?));
+        }
+        let body = spec.body.as_ref().map(BodyTemplate::parse).transpose()?;
+        if spec.timeout_ms == Some(0) {
+            return Err("timeout_ms must be above zero".into());
+        }
+        let success = spec
+            .success
+            .clone()
+            .unwrap_or(vec![StatusPattern::Class(2)]);
+        let retry = spec.retry.clone().unwrap_or(vec![
+            StatusPattern::Code(408),
+            StatusPattern::Code(425),
+            StatusPattern::Code(429),
+            StatusPattern::Class(5),
+        ]);
+        let fail = spec.fail.clone().unwrap_or_default();
+        // A status in two lists would be ambiguous.
+        for code in 100..=599 {
+            let lists: Vec<&str> = [("success", &success), ("retry", &retry), ("fail", &fail)]
+                .iter()
+                .filter(|(_, l)| l.iter().any(|p| p.matches(code)))
+                .map(|(n, _)| *n)
+                .collect();
+            let user_given = |n: &str| match n {
+                "success" => spec.success.is_some(),
+                "retry" => spec.retry.is_some(),
+                _ => spec.fail.is_some(),
+            };
+            if lists.len() > 1 && lists.iter().all(|n| user_given(n)) {
+                return Err(format!(
+                    "status {code} is in both `{}` and `{}`",
+                    lists[0], lists[1]
+                ));
+            }
+        }
+        let mut seen = HashSet::new();
+        for (h, _) in &headers {
+            if !seen.insert(h.clone()) {
+                return Err(format!("header {h} is given twice"));
+            }
+        }
+        Ok(Self {
+            method,
+            url,
+            headers,
+            body,
+            success,
+            retry,
+            fail,
+            client,
+        })
+    }
+
+    fn refs(&self) -> Vec<&Ref> {
+        let mut refs: Vec<&Ref> = self.url.refs().collect();
+        refs.extend(self.headers.iter().flat_map(|(_, t)| t.refs()));
+        if let Some(b) = &self.body {
+            refs.extend(b.refs());
+        }
+        refs
+    }
+
+    fn classify(&self, status: u16) -> Outcome {
+        if self.fail.iter().any(|p| p.matches(status)) {
+            Outcome::Fail
+        } else if self.success.iter().any(|p| p.matches(status)) {
+            Outcome::Success
+        } else if self.retry.iter().any(|p| p.matches(status)) {
+            Outcome::Retry
+        } else {
+            Outcome::Fail
+        }
+    }
+
+    async fn perform(self, call: Call) -> Result<Value, StepError> {
+        // A template that cannot be rendered sends nothing: a definite failure.
+        let url = self
+            .url
+            .render(&call, true)
+            .map_err(|e| StepError::fail(format!("url: {e}")))?;
+        let mut request = self
+            .client
+            .request(self.method.clone(), &url)
+            .header("Idempotency-Key", &call.idempotency_key)
+            .header("Onephase-Saga-Run", call.run_id.to_string())
+            .header("Onephase-Saga-Step", &*call.step)
+            .header("Onephase-Attempt", call.attempt.to_string());
+        for (name, template) in &self.headers {
+            let value = template
+                .render(&call, false)
+                .map_err(|e| StepError::fail(format!("header {name}: {e}")))?;
+            request = request.header(name, value);
+        }
+        if let Some(body) = &self.body {
+            let body = body
+                .render(&call)
+                .map_err(|e| StepError::fail(format!("body: {e}")))?;
+            request = request.json(&body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| StepError::retry(format!("{} {url}: {}", self.method, error_chain(&e))))?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.map_err(|e| {
+            StepError::retry(format!("{} {url}: reading the response: {e}", self.method))
+        })?;
+        let output = if bytes.is_empty() || bytes.len() > MAX_OUTPUT {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        let describe = || {
+            let body = match &output {
+                Value::Null => String::new(),
+                Value::String(s) => format!(": {}", truncate(s, 300)),
+                v => format!(": {}", truncate(&v.to_string(), 300)),
+            };
+            format!("{} {url} answered {status}{body}", self.method)
+        };
+        match self.classify(status) {
+            Outcome::Success => Ok(output),
+            Outcome::Retry => Err(StepError::retry(describe())),
+            Outcome::Fail => Err(StepError::fail(describe())),
+        }
+    }
+}
+
+enum Outcome {
+    Success,
+    Retry,
+    Fail,
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+impl Invoke for HttpCall {
+    fn invoke(&self, call: Call) -> BoxFuture<'static, Result<Value, StepError>> {
+        self.clone().perform(call).boxed()
+    }
+}
+
+/// Serialize the document back (used when storing it).
+impl Serialize for SagaSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.raw.serialize(s)
+    }
+}

@@ -1,0 +1,895 @@
+//! The orchestrator: starts runs, claims due ones, drives each through its steps, and commits
+//! every transition before the next call.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use onephase_core::rand::SeedableRng;
+use onephase_core::rand::rngs::StdRng;
+use onephase_core::{Clock, SharedClock, SystemClock};
+use onephase_store::{Db, Store};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use sqlx::postgres::PgListener;
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use crate::admin::SagaAdmin;
+use crate::definition::Definition;
+use crate::http::SagaSpec;
+use crate::invoke::{Call, Phase, StepError};
+use crate::sql::{DefinitionInfo, Event, GroupCommit, Guard, NewRun, RunWrite, Sql, Transition};
+use crate::state::{self, Next, RunRecord, RunState, StepStatus};
+use crate::{SagaError, metrics};
+
+/// How an [`Orchestrator`] works.
+#[derive(Debug, Clone)]
+pub struct OrchestratorConfig {
+    /// Runs driven at once by this orchestrator (default 64).
+    pub concurrency: usize,
+    /// How often to look for due runs when nothing wakes it (default 50 ms on SQLite, 500 ms
+    /// on PostgreSQL, which also wakes on `NOTIFY` when a run starts).
+    pub poll_interval: Option<Duration>,
+    /// A claim lasts for the longest timeout of the calls in flight plus this margin (default
+    /// 10 s). Another orchestrator takes a run over only after its claim lapsed, so a call is
+    /// never made by two orchestrators at once; a crashed orchestrator's runs wait this long.
+    pub lease_margin: Duration,
+    /// Outbox topic for every transition (default `onephase.saga`); `None` emits nothing.
+    pub events_topic: Option<String>,
+    /// Also run sagas whose definitions are stored in the database (registered with
+    /// [`Orchestrator::register_spec`], by this process or another). Default false.
+    pub stored_definitions: bool,
+}
+
+impl Default for OrchestratorConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 64,
+            poll_interval: None,
+            lease_margin: Duration::from_secs(10),
+            events_topic: Some("onephase.saga".to_owned()),
+            stored_definitions: false,
+        }
+    }
+}
+
+/// A run to start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartRequest {
+    /// The saga's name.
+    pub saga: String,
+    /// The definition version; the latest when `None`.
+    pub version: Option<u32>,
+    /// The run's input, available to every step.
+    pub input: Value,
+    /// Starting twice with the same key (per saga) starts one run; the second start returns
+    /// it. Reusing a key with another input is refused.
+    pub idempotency_key: Option<String>,
+}
+
+impl StartRequest {
+    /// A start of the latest version of `saga` with `input`.
+    pub fn new(saga: impl Into<String>, input: Value) -> Self {
+        Self {
+            saga: saga.into(),
+            version: None,
+            input,
+            idempotency_key: None,
+        }
+    }
+
+    /// With an idempotency key.
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// On a given version.
+    pub fn version(mut self, version: u32) -> Self {
+        self.version = Some(version);
+        self
+    }
+}
+
+/// A started (or already started) run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Started {
+    /// The run's id.
+    pub id: Uuid,
+    /// The version it runs on.
+    pub version: u32,
+    /// False when the idempotency key had already started this run.
+    pub created: bool,
+    /// Its state now.
+    pub state: RunState,
+}
+
+/// Whether a stored definition was new.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Registered {
+    /// The saga.
+    pub name: String,
+    /// The version.
+    pub version: u32,
+    /// False when the same document was already registered under this version.
+    pub created: bool,
+}
+
+/// Counters since the orchestrator was created.
+#[derive(Debug, Clone, Default)]
+pub struct OrchestratorStats {
+    writes: Arc<AtomicU64>,
+    commits: Arc<AtomicU64>,
+    finished: Arc<AtomicU64>,
+    attempts: Arc<AtomicU64>,
+}
+
+impl OrchestratorStats {
+    /// Durable writes: starts, claims and transitions, each of which a naive orchestrator
+    /// would commit on its own.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+
+    /// Database transactions committed for them: fewer than [`writes`](Self::writes) on
+    /// SQLite, where transitions queued together share a commit.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Runs that reached a terminal state or needs-operator here.
+    pub fn finished(&self) -> u64 {
+        self.finished.load(Ordering::Relaxed)
+    }
+
+    /// Step attempts made.
+    pub fn attempts(&self) -> u64 {
+        self.attempts.load(Ordering::Relaxed)
+    }
+}
+
+/// Starts and drives saga runs. Cheap to clone; clones share everything.
+///
+/// Several orchestrators (in one process or many) can share a store: each claims due runs
+/// for a lease, and every write checks that the claim is still its own. One whose process
+/// dies leaves its runs claimed until the lease lapses; then another takes them over and
+/// treats the attempt in flight as failed with an unknown outcome (retried under the same
+/// idempotency key).
+#[derive(Clone)]
+pub struct Orchestrator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    config: OrchestratorConfig,
+    id: Uuid,
+    clock: SharedClock,
+    rng: Mutex<StdRng>,
+    definitions: RwLock<HashMap<(String, u32), Arc<Definition>>>,
+    http: reqwest::Client,
+    wake: Notify,
+    stopping: AtomicBool,
+    stats: OrchestratorStats,
+    /// SQLite's group commit, started on the first transition.
+    group_commit: std::sync::OnceLock<GroupCommit>,
+}
+
+impl OrchestratorStats {
+    /// A write committed on its own.
+    fn wrote(&self, n: u64) {
+        self.writes.fetch_add(n, Ordering::Relaxed);
+        self.commits.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+impl std::fmt::Debug for Orchestrator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Orchestrator")
+            .field("id", &self.inner.id)
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Orchestrator {
+    /// An orchestrator over `store`, which must hold the saga and outbox tables
+    /// ([`crate::migrations`] and `onephase_outbox::migrations`).
+    pub fn new(store: Store, config: OrchestratorConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                config,
+                id: Uuid::now_v7(),
+                clock: Arc::new(SystemClock),
+                rng: Mutex::new(onephase_core::rand::make_rng()),
+                definitions: RwLock::new(HashMap::new()),
+                http: reqwest::Client::new(),
+                wake: Notify::new(),
+                stopping: AtomicBool::new(false),
+                stats: OrchestratorStats::default(),
+                group_commit: std::sync::OnceLock::new(),
+            }),
+        }
+    }
+
+    fn inner_mut(&mut self) -> &mut Inner {
+        Arc::get_mut(&mut self.inner).expect("configure an orchestrator before cloning it")
+    }
+
+    /// Reads time from `clock` (backoffs, leases, history). Call before cloning.
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.inner_mut().clock = clock;
+        self
+    }
+
+    /// Seeds the backoff jitter, for reproducible tests. Call before cloning.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.inner_mut().rng = Mutex::new(StdRng::seed_from_u64(seed));
+        self
+    }
+
+    /// This orchestrator's id, as written in `claimed_by`.
+    pub fn id(&self) -> Uuid {
+        self.inner.id
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> OrchestratorStats {
+        self.inner.stats.clone()
+    }
+
+    /// Operator actions and queries over the same store.
+    pub fn admin(&self) -> SagaAdmin {
+        SagaAdmin::new(
+            self.inner.store.clone(),
+            self.inner.config.events_topic.clone(),
+            self.inner.clock.clone(),
+        )
+    }
+
+    /// Makes a Rust definition runnable here. Every orchestrator that may claim its runs must
+    /// register it (same name and version, same steps). A (name, version) registers once:
+    /// change a saga by registering a new version, so that runs in flight finish on theirs.
+    pub fn register(&self, definition: Definition) -> Result<(), SagaError> {
+        let key = (definition.name.to_string(), definition.version);
+        let mut map = self
+            .inner
+            .definitions
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if map.contains_key(&key) {
+            return Err(SagaError::VersionConflict {
+                next: map
+                    .keys()
+                    .filter(|(n, _)| *n == key.0)
+                    .map(|(_, v)| *v)
+                    .max()
+                    .unwrap_or(key.1)
+                    + 1,
+                name: key.0,
+                version: key.1,
+            });
+        }
+        map.insert(key, Arc::new(definition));
+        Ok(())
+    }
+
+    /// Validates an HTTP definition and stores it, so that every orchestrator with
+    /// [`OrchestratorConfig::stored_definitions`] can run it. Registering the same document
+    /// again is a no-op; a different document under an existing version is refused.
+    pub async fn register_spec(&self, spec: &SagaSpec) -> Result<Registered, SagaError> {
+        let definition = spec.compile(&self.inner.http)?;
+        let info = DefinitionInfo {
+            name: spec.name().to_owned(),
+            version: spec.version(),
+            digest: spec.digest(),
+            created_at: self.inner.clock.now(),
+        };
+        let sql = Sql::new(&self.inner.store);
+        let existing = sql.insert_definition(&info, spec.to_value()).await?;
+        self.inner.stats.wrote(1);
+        match existing {
+            Some(digest) if digest != info.digest => {
+                let latest = sql
+                    .definition(&info.name, None)
+                    .await?
+                    .map_or(info.version, |(v, _)| v);
+                Err(SagaError::VersionConflict {
+                    name: info.name,
+                    version: info.version,
+                    next: latest + 1,
+                })
+            }
+            existing => {
+                self.inner
+                    .definitions
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert((info.name.clone(), info.version), Arc::new(definition));
+                Ok(Registered {
+                    name: info.name,
+                    version: info.version,
+                    created: existing.is_none(),
+                })
+            }
+        }
+    }
+
+    /// Stored definitions' metadata.
+    pub async fn stored_definitions(&self) -> Result<Vec<DefinitionInfo>, SagaError> {
+        Ok(Sql::new(&self.inner.store).definitions().await?)
+    }
+
+    /// The stored document of `name` at `version` (or its latest).
+    pub async fn stored_definition(
+        &self,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<(u32, Value), SagaError> {
+        let unknown = || SagaError::UnknownSaga {
+            name: name.to_owned(),
+            version,
+        };
+        if version.is_some_and(|v| i32::try_from(v).is_err()) {
+            return Err(unknown());
+        }
+        Sql::new(&self.inner.store)
+            .definition(name, version)
+            .await?
+            .ok_or_else(unknown)
+    }
+
+    /// Starts a run, or returns the one its idempotency key already started. Checks, before
+    /// writing anything, that the saga (and version) exists and that the input holds every
+    /// value the definition's templates read.
+    pub async fn start(&self, request: StartRequest) -> Result<Started, SagaError> {
+        let definition = self
+            .inner
+            .resolve(&request.saga, request.version)
+            .await?
+            .ok_or_else(|| SagaError::UnknownSaga {
+                name: request.saga.clone(),
+                version: request.version,
+            })?;
+        if let Some(key) = &request.idempotency_key
+            && (key.is_empty() || key.len() > 255)
+        {
+            return Err(SagaError::InvalidInput(
+                "an idempotency key is 1 to 255 characters".into(),
+            ));
+        }
+        definition
+            .check_input(&request.input)
+            .map_err(SagaError::InvalidInput)?;
+        let digest = hex::encode(Sha256::digest(request.input.to_string().as_bytes()));
+        let now = self.inner.clock.now();
+        let run = NewRun {
+            id: Uuid::now_v7(),
+            saga: request.saga.clone(),
+            version: definition.version,
+            input: request.input,
+            key: request.idempotency_key.clone(),
+            digest: digest.clone(),
+            now,
+        };
+        let record = RunRecord {
+            id: run.id,
+            saga: definition.name.clone(),
+            version: definition.version,
+            state: RunState::Running,
+            input: Arc::new(Value::Null),
+            error: None,
+            steps: Default::default(),
+        };
+        let event = Event::new(&record, "run_started", now);
+        let sql = Sql::new(&self.inner.store);
+        let topic = self.inner.config.events_topic.as_deref();
+        match sql.start(&run, &event, topic).await? {
+            None => {
+                self.inner.stats.wrote(1);
+                metrics::started(&definition.name);
+                self.inner.wake.notify_one();
+                Ok(Started {
+                    id: run.id,
+                    version: definition.version,
+                    created: true,
+                    state: RunState::Running,
+                })
+            }
+            Some(existing) => {
+                let key = request.idempotency_key.unwrap_or_default();
+                if existing.digest != digest {
+                    return Err(SagaError::IdempotencyConflict {
+                        key,
+                        run: existing.id,
+                        what: "input",
+                    });
+                }
+                if request.version.is_some_and(|v| v != existing.version) {
+                    return Err(SagaError::IdempotencyConflict {
+                        key,
+                        run: existing.id,
+                        what: "version",
+                    });
+                }
+                Ok(Started {
+                    id: existing.id,
+                    version: existing.version,
+                    created: false,
+                    state: existing.state,
+                })
+            }
+        }
+    }
+
+    /// Claims due runs (up to the concurrency), drives each until it finishes or waits, and
+    /// returns how many it claimed.
+    pub async fn run_once(&self) -> Result<usize, SagaError> {
+        let runs = self.inner.claim(self.inner.config.concurrency).await?;
+        let n = runs.len();
+        futures::future::join_all(runs.into_iter().map(|r| self.inner.clone().drive(r))).await;
+        Ok(n)
+    }
+
+    /// Drives runs until `shutdown` completes, then lets the calls in flight finish and
+    /// records their outcomes (bounded by the steps' timeouts) before returning.
+    pub async fn run(&self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let inner = &self.inner;
+        let poll = inner
+            .config
+            .poll_interval
+            .unwrap_or(match inner.store.db() {
+                Db::Postgres(_) => Duration::from_millis(500),
+                Db::Sqlite(_) => Duration::from_millis(50),
+            });
+        let mut listener = inner.listen().await;
+        let mut tasks: JoinSet<()> = JoinSet::new();
+        let mut errors = 0_u32;
+        // Once a quarter of the slots are free: one claim per several finished runs rather
+        // than one per run, which matters on SQLite's single writer.
+        let refill = (inner.config.concurrency / 4).max(1);
+        let mut claim_now = true;
+        let mut counted: Option<Instant> = None;
+        loop {
+            if counted.is_none_or(|at| at.elapsed() >= Duration::from_secs(15)) {
+                // Keeps the onephase_saga_runs{state} gauge current.
+                if let Err(e) = self.admin().counts().await {
+                    tracing::warn!(error = %e, "counting saga runs by state failed");
+                }
+                counted = Some(Instant::now());
+            }
+            while tasks.try_join_next().is_some() {}
+            let free = inner.config.concurrency.saturating_sub(tasks.len());
+            let mut wait = poll;
+            if free > 0 && claim_now {
+                match inner.claim(free).await {
+                    Ok(runs) => {
+                        errors = 0;
+                        let full = runs.len() == free;
+                        for run in runs {
+                            tasks.spawn(inner.clone().drive(run));
+                        }
+                        if full {
+                            wait = Duration::ZERO;
+                        }
+                    }
+                    Err(e) => {
+                        errors = errors.saturating_add(1);
+                        metrics::round_error();
+                        tracing::error!(orchestrator = %inner.id, error = %e, "claiming saga runs failed; retrying");
+                        wait = Duration::from_millis(100 << errors.min(6));
+                    }
+                }
+            }
+            let sleep = inner.clock.sleep(wait);
+            let worth_a_claim = |tasks: &JoinSet<()>| {
+                tasks.is_empty() || inner.config.concurrency.saturating_sub(tasks.len()) >= refill
+            };
+            claim_now = tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => worth_a_claim(&tasks),
+                () = inner.wake.notified() => worth_a_claim(&tasks),
+                notification = recv(&mut listener) => {
+                    if notification.is_err() {
+                        listener = None;
+                    }
+                    worth_a_claim(&tasks)
+                }
+                () = sleep => {
+                    if listener.is_none() {
+                        listener = inner.listen().await;
+                    }
+                    true
+                }
+            };
+        }
+        inner.stopping.store(true, Ordering::SeqCst);
+        while tasks.join_next().await.is_some() {}
+        inner.stopping.store(false, Ordering::SeqCst);
+    }
+}
+
+async fn recv(listener: &mut Option<PgListener>) -> Result<(), sqlx::Error> {
+    match listener {
+        Some(l) => l.recv().await.map(|_| ()),
+        None => std::future::pending().await,
+    }
+}
+
+impl Inner {
+    async fn listen(&self) -> Option<PgListener> {
+        let Db::Postgres(pool) = self.store.db() else {
+            return None;
+        };
+        let connect = async {
+            let mut listener = PgListener::connect_with(pool).await?;
+            listener.listen("onephase_saga").await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        match connect.await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot LISTEN for new saga runs; polling");
+                None
+            }
+        }
+    }
+
+    fn names(&self) -> Vec<String> {
+        let map = self.definitions.read().unwrap_or_else(|e| e.into_inner());
+        let mut names: Vec<String> = map.keys().map(|(n, _)| n.clone()).collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// The definition of `name` at `version` (or its latest), from memory or, with stored
+    /// definitions, from the database.
+    async fn resolve(
+        &self,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Option<Arc<Definition>>, SagaError> {
+        // Versions are stored as 32-bit integers; a larger one cannot exist.
+        if version.is_some_and(|v| i32::try_from(v).is_err()) {
+            return Ok(None);
+        }
+        let in_memory = {
+            let map = self.definitions.read().unwrap_or_else(|e| e.into_inner());
+            match version {
+                Some(v) => map.get(&(name.to_owned(), v)).cloned(),
+                None => map
+                    .iter()
+                    .filter(|((n, _), _)| n == name)
+                    .max_by_key(|((_, v), _)| *v)
+                    .map(|(_, d)| d.clone()),
+            }
+        };
+        if !self.config.stored_definitions {
+            return Ok(in_memory);
+        }
+        if let (Some(d), Some(_)) = (&in_memory, version) {
+            return Ok(Some(d.clone()));
+        }
+        let sql = Sql::new(&self.store);
+        let Some((stored_version, document)) = sql.definition(name, version).await? else {
+            return Ok(in_memory);
+        };
+        if let Some(d) = in_memory.filter(|d| d.version >= stored_version) {
+            return Ok(Some(d));
+        }
+        let spec = SagaSpec::from_value(document)?;
+        let definition = Arc::new(spec.compile(&self.http)?);
+        self.definitions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((name.to_owned(), stored_version), definition.clone());
+        Ok(Some(definition))
+    }
+
+    async fn claim(&self, limit: usize) -> Result<Vec<RunRecord>, SagaError> {
+        let now = self.clock.now();
+        // Long enough to load the definition and record the first attempt's start, which
+        // extends it to cover the call.
+        let lease = now + self.config.lease_margin;
+        let runs = Sql::new(&self.store)
+            .claim(
+                self.id,
+                u32::try_from(limit).unwrap_or(u32::MAX),
+                &self.names(),
+                self.config.stored_definitions,
+                lease,
+                now,
+            )
+            .await?;
+        if !runs.is_empty() {
+            self.stats.wrote(1);
+        }
+        Ok(runs)
+    }
+
+    fn backoff(&self, policy: &crate::definition::Policy, attempt: u32) -> Duration {
+        match self.rng.lock() {
+            Ok(mut rng) => policy
+                .backoff
+                .delay(attempt.saturating_sub(1), None, &mut *rng),
+            Err(_) => policy.backoff.ceiling(attempt),
+        }
+    }
+
+    async fn commit(&self, transition: Transition) -> Result<bool, SagaError> {
+        let id = transition.run.id;
+        let topic = self.config.events_topic.as_deref();
+        let guard = Guard::Claim(self.id);
+        let written = match self.store.db() {
+            Db::Sqlite(s) => {
+                let group = self.group_commit.get_or_init(|| {
+                    GroupCommit::spawn(s.writer().clone(), self.stats.commits.clone())
+                });
+                let written = group.write(guard, transition, topic).await?;
+                self.stats.writes.fetch_add(1, Ordering::Relaxed);
+                written
+            }
+            Db::Postgres(_) => {
+                let written = Sql::new(&self.store)
+                    .write(guard, &transition, topic)
+                    .await?;
+                self.stats.wrote(1);
+                written
+            }
+        };
+        if !written {
+            metrics::lost_claim();
+            tracing::warn!(run = %id, orchestrator = %self.id,
+                "saga run was taken over by another orchestrator (this one's claim lapsed); leaving it");
+        }
+        Ok(written)
+    }
+
+    async fn drive(self: Arc<Self>, run: RunRecord) {
+        let id = run.id;
+        if let Err(e) = self.drive_inner(run).await {
+            metrics::round_error();
+            // Hand the run back for a retry in a second rather than after the whole lease; if
+            // the database is what failed, the lease still brings it back.
+            let due = self.clock.now() + Duration::from_secs(1);
+            let released = Sql::new(&self.store).release(id, self.id, due).await;
+            tracing::error!(run = %id, error = %e, released = released.is_ok(),
+                "driving a saga run failed; it is retried in a second, or when its claim lapses");
+        }
+    }
+
+    async fn drive_inner(&self, mut run: RunRecord) -> Result<(), SagaError> {
+        let Some(definition) = self.resolve(&run.saga, Some(run.version)).await? else {
+            // Another orchestrator may know this version; let the claim lapse for it.
+            tracing::warn!(run = %run.id, saga = %run.saga, version = run.version,
+                "no definition for this saga version here; leaving the run for an orchestrator that has it");
+            return Ok(());
+        };
+        let mut steps = Vec::new();
+        let mut events = Vec::new();
+        let now = self.clock.now();
+        // An attempt recorded as started whose outcome was never recorded: its orchestrator
+        // died or lost the claim mid-call. The participant may or may not have applied it.
+        let interrupted: Vec<(String, Phase)> = run
+            .steps
+            .iter()
+            .filter(|(_, r)| r.status == StepStatus::Started)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (name, phase) in interrupted {
+            let Some((_, def)) = definition.step(&name) else {
+                continue;
+            };
+            let policy = *def.policy(phase);
+            let mut record = run.step(&name, phase);
+            let message = format!(
+                "attempt {} was interrupted (its orchestrator stopped before recording the outcome, which is unknown)",
+                record.attempts
+            );
+            let delay = self.backoff(&policy, record.attempts);
+            state::finish(
+                &mut record,
+                &policy,
+                Err(StepError::Retry(message.clone())),
+                delay,
+                now,
+            );
+            let mut event = Event::new(&run, outcome_event(&record), now);
+            event.step = Some(name.clone());
+            event.phase = Some(phase);
+            event.attempt = Some(record.attempts);
+            event.detail = Some(message);
+            events.push(event);
+            run.steps.insert((name.clone(), phase), record.clone());
+            steps.push((name, phase, record));
+        }
+        loop {
+            let now = self.clock.now();
+            match state::next(&definition, &run, now) {
+                Next::Become(state, reason) => {
+                    run.state = state;
+                    if reason.is_some() {
+                        run.error = reason.clone();
+                    }
+                    let mut event = Event::new(&run, become_event(state), now);
+                    event.detail = reason;
+                    events.push(event);
+                    if state != RunState::Compensating && state != RunState::Running {
+                        self.stats.finished.fetch_add(1, Ordering::Relaxed);
+                        metrics::finished(&run.saga, state);
+                    }
+                }
+                Next::Start(invocations) if !self.stopping.load(Ordering::SeqCst) => {
+                    let mut longest = Duration::ZERO;
+                    let mut calls = Vec::new();
+                    let outputs = Arc::new(run.outputs());
+                    for (name, phase) in invocations {
+                        let Some((_, def)) = definition.step(&name) else {
+                            continue;
+                        };
+                        let Some(invoker) = def.invoker(phase).cloned() else {
+                            continue;
+                        };
+                        let policy = *def.policy(phase);
+                        longest = longest.max(policy.timeout);
+                        let mut record = run.step(&name, phase);
+                        state::start(&mut record, now);
+                        let mut event = Event::new(&run, "step_started", now);
+                        event.step = Some(name.to_string());
+                        event.phase = Some(phase);
+                        event.attempt = Some(record.attempts);
+                        events.push(event);
+                        let call = Call {
+                            run_id: run.id,
+                            saga: run.saga.clone(),
+                            version: run.version,
+                            step: name.clone(),
+                            phase,
+                            attempt: record.attempts,
+                            idempotency_key: Call::key_for(run.id, &name, phase),
+                            input: run.input.clone(),
+                            outputs: outputs.clone(),
+                        };
+                        run.steps.insert((name.to_string(), phase), record.clone());
+                        steps.push((name.to_string(), phase, record));
+                        calls.push((name, phase, policy, invoker, call));
+                    }
+                    let transition = Transition {
+                        run: self.write_of(
+                            &run,
+                            now,
+                            Some(now + longest + self.config.lease_margin),
+                        ),
+                        steps: std::mem::take(&mut steps),
+                        events: std::mem::take(&mut events),
+                    };
+                    if !self.commit(transition).await? {
+                        return Ok(());
+                    }
+                    let results = futures::future::join_all(calls.into_iter().map(
+                        |(name, phase, policy, invoker, call)| {
+                            let saga = run.saga.clone();
+                            async move {
+                                let started = Instant::now();
+                                let attempt = call.attempt;
+                                let result = match tokio::time::timeout(
+                                    policy.timeout,
+                                    AssertUnwindSafe(invoker.invoke(call)).catch_unwind(),
+                                )
+                                .await
+                                {
+                                    Ok(Ok(result)) => result,
+                                    Ok(Err(_)) => Err(StepError::retry(format!(
+                                        "the {phase} of step {name:?} panicked"
+                                    ))),
+                                    Err(_) => Err(StepError::retry(format!(
+                                        "no answer within the {} ms timeout",
+                                        policy.timeout.as_millis()
+                                    ))),
+                                };
+                                let elapsed = started.elapsed();
+                                metrics::attempt(&saga, &name, phase, &result, elapsed);
+                                (name, phase, policy, attempt, result, elapsed)
+                            }
+                        },
+                    ))
+                    .await;
+                    let now = self.clock.now();
+                    for (name, phase, policy, attempt, result, elapsed) in results {
+                        self.stats.attempts.fetch_add(1, Ordering::Relaxed);
+                        let mut record = run.step(&name, phase);
+                        let detail = result.as_ref().err().map(ToString::to_string);
+                        let delay = self.backoff(&policy, record.attempts);
+                        state::finish(&mut record, &policy, result, delay, now);
+                        let mut event = Event::new(&run, outcome_event(&record), now);
+                        event.step = Some(name.to_string());
+                        event.phase = Some(phase);
+                        event.attempt = Some(attempt);
+                        event.elapsed_ms =
+                            Some(i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX));
+                        event.detail = detail;
+                        events.push(event);
+                        run.steps.insert((name.to_string(), phase), record.clone());
+                        steps.push((name.to_string(), phase, record));
+                    }
+                }
+                Next::Start(_) => {
+                    // Stopping: record what is done and hand the run back, due now.
+                    let transition = Transition {
+                        run: self.write_of(&run, now, None),
+                        steps,
+                        events,
+                    };
+                    self.commit(transition).await?;
+                    return Ok(());
+                }
+                Next::Wait(at) => {
+                    let mut write = self.write_of(&run, now, None);
+                    write.due_at = at;
+                    self.commit(Transition {
+                        run: write,
+                        steps,
+                        events,
+                    })
+                    .await?;
+                    return Ok(());
+                }
+                Next::Idle => {
+                    self.commit(Transition {
+                        run: self.write_of(&run, now, None),
+                        steps,
+                        events,
+                    })
+                    .await?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn write_of(
+        &self,
+        run: &RunRecord,
+        now: OffsetDateTime,
+        lease: Option<OffsetDateTime>,
+    ) -> RunWrite {
+        RunWrite {
+            id: run.id,
+            state: run.state,
+            error: run.error.clone(),
+            due_at: now,
+            lease,
+            now,
+        }
+    }
+}
+
+fn outcome_event(record: &state::StepRecord) -> &'static str {
+    match record.status {
+        StepStatus::Succeeded => "step_succeeded",
+        StepStatus::RetryWait => "step_retrying",
+        _ => "step_failed",
+    }
+}
+
+pub(crate) fn become_event(state: RunState) -> &'static str {
+    match state {
+        RunState::Running => "run_resumed",
+        RunState::Compensating => "run_compensating",
+        RunState::Completed => "run_completed",
+        RunState::Compensated => "run_compensated",
+        RunState::NeedsOperator => "run_needs_operator",
+        RunState::Aborted => "run_aborted",
+    }
+}

@@ -1,0 +1,403 @@
+//! The saga tables' SQL, once per backend. Both modules offer the same functions; [`Sql`]
+//! dispatches on the store.
+
+mod batch;
+mod postgres;
+mod sqlite;
+
+pub(crate) use batch::GroupCommit;
+
+use std::collections::BTreeMap;
+
+use onephase_core::Envelope;
+use onephase_store::{Db, Store};
+use serde::Serialize;
+use serde_json::Value;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::invoke::Phase;
+use crate::state::{RunRecord, RunState, StepRecord, StepStatus};
+
+/// A stored definition's metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DefinitionInfo {
+    /// The saga's name.
+    pub name: String,
+    /// The version.
+    pub version: u32,
+    /// SHA-256 of the canonical document.
+    pub digest: String,
+    /// When it was registered.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// A run, without its steps.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunSummary {
+    /// The run's id.
+    pub id: Uuid,
+    /// The saga's name.
+    pub saga: String,
+    /// The definition version it runs on.
+    pub version: u32,
+    /// Where it stands.
+    pub state: RunState,
+    /// Why it compensates or waits for an operator.
+    pub error: Option<String>,
+    /// The key it was started with, if any.
+    pub idempotency_key: Option<String>,
+    /// When it started.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Its last transition.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    /// When it reached a terminal state.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+}
+
+/// One action or compensation of a run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepView {
+    /// The step.
+    pub step: String,
+    /// Action or compensation.
+    pub phase: Phase,
+    /// Where it stands.
+    pub status: StepStatus,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The participant's answer, once it succeeded.
+    pub output: Option<Value>,
+    /// The last error.
+    pub last_error: Option<String>,
+    /// First attempt.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+    /// Success or final failure.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+    /// When the next attempt is due, while backing off.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub due_at: Option<OffsetDateTime>,
+}
+
+/// One entry of a run's history: a transition or an operator action.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HistoryEntry {
+    /// Order within the store.
+    pub seq: i64,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// What: `run_started`, `step_started`, `step_succeeded`, `step_retrying`, `step_failed`,
+    /// `run_compensating`, `run_completed`, `run_compensated`, `run_needs_operator`,
+    /// `operator_retry`, `operator_resolve`, `run_aborted`.
+    pub event: String,
+    /// The step, for step events.
+    pub step: Option<String>,
+    /// Action or compensation, for step events.
+    pub phase: Option<Phase>,
+    /// The attempt, for step events.
+    pub attempt: Option<u32>,
+    /// How long the attempt took, for outcomes.
+    pub elapsed_ms: Option<i64>,
+    /// The error, the reason, or the operator's note.
+    pub detail: Option<String>,
+    /// The operator, for operator actions.
+    pub actor: Option<String>,
+}
+
+/// A run with its steps and history.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunDetail {
+    /// The run.
+    #[serde(flatten)]
+    pub run: RunSummary,
+    /// The input it was started with.
+    pub input: Value,
+    /// Every action and compensation attempted so far.
+    pub steps: Vec<StepView>,
+    /// Every transition, oldest first.
+    pub history: Vec<HistoryEntry>,
+}
+
+/// Which runs to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunFilter {
+    /// Only runs in this state.
+    pub state: Option<RunState>,
+    /// Only runs of this saga.
+    pub saga: Option<String>,
+    /// Runs created before this run (paging, newest first).
+    pub before: Option<Uuid>,
+    /// At most this many (default 100).
+    pub limit: u32,
+}
+
+/// A run being started.
+#[derive(Debug, Clone)]
+pub(crate) struct NewRun {
+    pub id: Uuid,
+    pub saga: String,
+    pub version: u32,
+    pub input: Value,
+    pub key: Option<String>,
+    pub digest: String,
+    pub now: OffsetDateTime,
+}
+
+/// A run that already holds an idempotency key.
+#[derive(Debug, Clone)]
+pub(crate) struct ExistingRun {
+    pub id: Uuid,
+    pub version: u32,
+    pub digest: String,
+    pub state: RunState,
+}
+
+/// What a write must still find true to go ahead.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Guard {
+    /// The run is still claimed by this orchestrator.
+    Claim(Uuid),
+    /// The run is (still) in this state; the caller holds its row lock.
+    State(RunState),
+}
+
+/// A run's new state.
+#[derive(Debug, Clone)]
+pub(crate) struct RunWrite {
+    pub id: Uuid,
+    pub state: RunState,
+    pub error: Option<String>,
+    pub due_at: OffsetDateTime,
+    /// Keep the claim until this time; `None` releases it.
+    pub lease: Option<OffsetDateTime>,
+    pub now: OffsetDateTime,
+}
+
+/// One history entry to write (and to publish through the outbox).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Event {
+    pub run_id: Uuid,
+    pub saga: String,
+    pub version: u32,
+    pub state: RunState,
+    pub event: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub elapsed_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+impl Event {
+    pub(crate) fn new(run: &RunRecord, event: &'static str, at: OffsetDateTime) -> Self {
+        Self {
+            run_id: run.id,
+            saga: run.saga.to_string(),
+            version: run.version,
+            state: run.state,
+            event,
+            step: None,
+            phase: None,
+            attempt: None,
+            elapsed_ms: None,
+            detail: None,
+            actor: None,
+            at,
+        }
+    }
+
+    /// The outbox envelope announcing this event on `topic`, keyed by run so that a run's
+    /// events keep their order.
+    pub(crate) fn envelope(&self, topic: &str) -> Result<Envelope, onephase_core::ValidationError> {
+        let payload = serde_json::to_vec(self).unwrap_or_default();
+        Envelope::builder(topic.to_owned(), payload)
+            .key(self.run_id.to_string())
+            .header("content-type", "application/json")
+            .created_at(self.at)
+            .build()
+    }
+}
+
+/// Everything one transition writes, in one transaction.
+#[derive(Debug, Clone)]
+pub(crate) struct Transition {
+    pub run: RunWrite,
+    pub steps: Vec<(String, Phase, StepRecord)>,
+    pub events: Vec<Event>,
+}
+
+pub(crate) struct Sql<'a> {
+    db: Db<'a>,
+}
+
+impl<'a> Sql<'a> {
+    pub(crate) fn new(store: &'a Store) -> Self {
+        Self { db: store.db() }
+    }
+
+    /// Stores a definition; returns the digest already stored under (name, version) if one
+    /// was (and stores nothing then).
+    pub(crate) async fn insert_definition(
+        &self,
+        info: &DefinitionInfo,
+        document: &Value,
+    ) -> Result<Option<String>, sqlx::Error> {
+        match self.db {
+            Db::Postgres(pool) => postgres::insert_definition(pool, info, document).await,
+            Db::Sqlite(s) => sqlite::insert_definition(s.writer(), info, document).await,
+        }
+    }
+
+    /// The document of `name` at `version`, or at its latest version.
+    pub(crate) async fn definition(
+        &self,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Option<(u32, Value)>, sqlx::Error> {
+        match self.db {
+            Db::Postgres(pool) => postgres::definition(pool, name, version).await,
+            Db::Sqlite(s) => sqlite::definition(s.reader(), name, version).await,
+        }
+    }
+
+    pub(crate) async fn definitions(&self) -> Result<Vec<DefinitionInfo>, sqlx::Error> {
+        match self.db {
+            Db::Postgres(pool) => postgres::definitions(pool).await,
+            Db::Sqlite(s) => sqlite::definitions(s.reader()).await,
+        }
+    }
+
+    /// Inserts a run with its first history entry and event; or returns the run that already
+    /// holds its idempotency key.
+    pub(crate) async fn start(
+        &self,
+        run: &NewRun,
+        event: &Event,
+        topic: Option<&str>,
+    ) -> Result<Option<ExistingRun>, crate::SagaError> {
+        match self.db {
+            Db::Postgres(pool) => postgres::start(pool, run, event, topic).await,
+            Db::Sqlite(s) => sqlite::start(s.writer(), run, event, topic).await,
+        }
+    }
+
+    /// Claims up to `limit` due runs of the named sagas (and of stored definitions when
+    /// `stored`), with their steps.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn claim(
+        &self,
+        me: Uuid,
+        limit: u32,
+        names: &[String],
+        stored: bool,
+        lease: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<Vec<RunRecord>, sqlx::Error> {
+        match self.db {
+            Db::Postgres(pool) => postgres::claim(pool, me, limit, names, stored, lease, now).await,
+            Db::Sqlite(s) => sqlite::claim(s.writer(), me, limit, names, stored, lease, now).await,
+        }
+    }
+
+    /// Hands a run claimed by `me` back, due at `due_at`; what was committed stays (an attempt
+    /// recorded as started is then taken for interrupted).
+    pub(crate) async fn release(
+        &self,
+        id: Uuid,
+        me: Uuid,
+        due_at: OffsetDateTime,
+    ) -> Result<u64, sqlx::Error> {
+        match self.db {
+            Db::Postgres(pool) => postgres::release(pool, id, me, due_at).await,
+            Db::Sqlite(s) => sqlite::release(s.writer(), id, me, due_at).await,
+        }
+    }
+
+    /// Writes a transition if `guard` still holds; returns whether it did.
+    pub(crate) async fn write(
+        &self,
+        guard: Guard,
+        transition: &Transition,
+        topic: Option<&str>,
+    ) -> Result<bool, crate::SagaError> {
+        match self.db {
+            Db::Postgres(pool) => postgres::write(pool, guard, transition, topic).await,
+            Db::Sqlite(s) => sqlite::write(s.writer(), guard, transition, topic).await,
+        }
+    }
+
+    /// Loads a run, applies `change` to it and writes the result, all in one transaction
+    /// holding the run's row; `change` returns `None` to write nothing.
+    pub(crate) async fn modify<F>(
+        &self,
+        id: Uuid,
+        topic: Option<&str>,
+        change: F,
+    ) -> Result<Option<RunRecord>, crate::SagaError>
+    where
+        F: FnOnce(RunRecord) -> Result<Transition, crate::SagaError> + Send,
+    {
+        match self.db {
+            Db::Postgres(pool) => postgres::modify(pool, id, topic, change).await,
+            Db::Sqlite(s) => sqlite::modify(s.writer(), id, topic, change).await,
+        }
+    }
+
+    pub(crate) async fn list(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, sqlx::Error> {
+        match self.db {
+            Db::Postgres(pool) => postgres::list(pool, filter).await,
+            Db::Sqlite(s) => sqlite::list(s.reader(), filter).await,
+        }
+    }
+
+    pub(crate) async fn detail(&self, id: Uuid) -> Result<Option<RunDetail>, sqlx::Error> {
+        match self.db {
+            Db::Postgres(pool) => postgres::detail(pool, id).await,
+            Db::Sqlite(s) => sqlite::detail(s.reader(), id).await,
+        }
+    }
+
+    pub(crate) async fn counts(&self) -> Result<BTreeMap<String, i64>, sqlx::Error> {
+        match self.db {
+            Db::Postgres(pool) => postgres::counts(pool).await,
+            Db::Sqlite(s) => sqlite::counts(s.reader()).await,
+        }
+    }
+}
+
+pub(crate) fn parse_state(s: &str) -> Result<RunState, sqlx::Error> {
+    RunState::parse(s).ok_or_else(|| sqlx::Error::Decode(format!("unknown run state {s:?}").into()))
+}
+
+pub(crate) fn parse_status(s: &str) -> Result<StepStatus, sqlx::Error> {
+    StepStatus::parse(s)
+        .ok_or_else(|| sqlx::Error::Decode(format!("unknown step status {s:?}").into()))
+}
+
+pub(crate) fn parse_phase(s: &str) -> Result<Phase, sqlx::Error> {
+    Phase::parse(s).ok_or_else(|| sqlx::Error::Decode(format!("unknown phase {s:?}").into()))
+}
+
+pub(crate) fn to_u32(v: i32) -> u32 {
+    u32::try_from(v).unwrap_or(0)
+}
+
+pub(crate) fn to_i32(v: u32) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}

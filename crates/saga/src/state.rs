@@ -1,0 +1,686 @@
+//! The saga state machine, as pure functions of a run's recorded state: what to do next, and
+//! how an invocation's outcome changes a step. The orchestrator persists what these decide.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::definition::{Definition, Policy, StepKind};
+use crate::invoke::{Phase, StepError};
+
+/// Where a run stands.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// Executing actions.
+    Running,
+    /// An action failed; undoing the steps that may have taken effect, in reverse.
+    Compensating,
+    /// Every action succeeded. Terminal.
+    Completed,
+    /// Every needed compensation succeeded (or was resolved by an operator). Terminal.
+    Compensated,
+    /// A compensation (or a retriable step after the pivot) failed for good; waiting for an
+    /// operator to retry it, resolve it by hand, or abort.
+    NeedsOperator,
+    /// An operator aborted the compensation. Terminal.
+    Aborted,
+}
+
+impl RunState {
+    /// All states, in display order.
+    pub const ALL: [RunState; 6] = [
+        RunState::NeedsOperator,
+        RunState::Running,
+        RunState::Compensating,
+        RunState::Completed,
+        RunState::Compensated,
+        RunState::Aborted,
+    ];
+
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Compensating => "compensating",
+            RunState::Completed => "completed",
+            RunState::Compensated => "compensated",
+            RunState::NeedsOperator => "needs_operator",
+            RunState::Aborted => "aborted",
+        }
+    }
+
+    /// Reads a stored name (`needs-operator` is accepted for `needs_operator`).
+    pub fn parse(s: &str) -> Option<Self> {
+        RunState::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s || r.as_str().replace('_', "-") == s)
+    }
+
+    /// Whether nothing more will happen without an operator.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            RunState::Completed | RunState::Compensated | RunState::Aborted
+        )
+    }
+}
+
+impl fmt::Display for RunState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where one action or compensation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    /// Not attempted yet.
+    Pending,
+    /// An attempt was recorded as started and its outcome is not recorded: in flight, or its
+    /// orchestrator died.
+    Started,
+    /// The last attempt failed transiently; the next is due at `due_at`.
+    RetryWait,
+    /// Done.
+    Succeeded,
+    /// Failed for good: refused by the participant, or out of attempts.
+    Failed,
+    /// Marked resolved by an operator.
+    Resolved,
+}
+
+impl StepStatus {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Pending => "pending",
+            StepStatus::Started => "started",
+            StepStatus::RetryWait => "retry_wait",
+            StepStatus::Succeeded => "succeeded",
+            StepStatus::Failed => "failed",
+            StepStatus::Resolved => "resolved",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        [
+            StepStatus::Pending,
+            StepStatus::Started,
+            StepStatus::RetryWait,
+            StepStatus::Succeeded,
+            StepStatus::Failed,
+            StepStatus::Resolved,
+        ]
+        .into_iter()
+        .find(|x| x.as_str() == s)
+    }
+
+    fn is_done(self) -> bool {
+        matches!(self, StepStatus::Succeeded | StepStatus::Resolved)
+    }
+}
+
+/// The recorded state of one action or compensation.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct StepRecord {
+    pub status: StepStatus,
+    pub attempts: u32,
+    /// Attempts made before the last operator retry; the limit counts from here.
+    pub retry_base: u32,
+    /// The participant refused: the action applied nothing and needs no compensation.
+    pub definite: bool,
+    pub due_at: Option<OffsetDateTime>,
+    pub output: Option<Value>,
+    pub last_error: Option<String>,
+    pub started_at: Option<OffsetDateTime>,
+    pub finished_at: Option<OffsetDateTime>,
+}
+
+impl Default for StepRecord {
+    fn default() -> Self {
+        Self {
+            status: StepStatus::Pending,
+            attempts: 0,
+            retry_base: 0,
+            definite: false,
+            due_at: None,
+            output: None,
+            last_error: None,
+            started_at: None,
+            finished_at: None,
+        }
+    }
+}
+
+impl StepRecord {
+    /// Whether the action may have taken effect at the participant, so that it must be
+    /// compensated: it succeeded, or an attempt was made whose effect is unknown.
+    pub(crate) fn may_have_applied(&self) -> bool {
+        match self.status {
+            StepStatus::Succeeded | StepStatus::Resolved => true,
+            StepStatus::Pending => false,
+            StepStatus::Failed => !self.definite,
+            StepStatus::Started | StepStatus::RetryWait => self.attempts > 0,
+        }
+    }
+}
+
+/// A run as the orchestrator holds it while driving it.
+#[derive(Debug, Clone)]
+pub(crate) struct RunRecord {
+    pub id: Uuid,
+    pub saga: Arc<str>,
+    pub version: u32,
+    pub state: RunState,
+    pub input: Arc<Value>,
+    pub error: Option<String>,
+    pub steps: BTreeMap<(String, Phase), StepRecord>,
+}
+
+impl RunRecord {
+    pub(crate) fn step(&self, step: &str, phase: Phase) -> StepRecord {
+        self.steps
+            .get(&(step.to_owned(), phase))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn outputs(&self) -> BTreeMap<String, Value> {
+        self.steps
+            .iter()
+            .filter(|((_, phase), r)| *phase == Phase::Action && r.status.is_done())
+            .map(|((name, _), r)| (name.clone(), r.output.clone().unwrap_or(Value::Null)))
+            .collect()
+    }
+}
+
+/// What the orchestrator should do with a run now.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Next {
+    /// Start an attempt of each of these invocations, in parallel.
+    Start(Vec<(Arc<str>, Phase)>),
+    /// Nothing is due before this time.
+    Wait(OffsetDateTime),
+    /// Move the run to this state, for this reason.
+    Become(RunState, Option<String>),
+    /// Terminal or parked: nothing to do.
+    Idle,
+}
+
+/// Decides the next move of `run` under `definition`.
+pub(crate) fn next(definition: &Definition, run: &RunRecord, now: OffsetDateTime) -> Next {
+    match run.state {
+        RunState::Running => forward(definition, run, now),
+        RunState::Compensating => backward(definition, run, now),
+        _ => Next::Idle,
+    }
+}
+
+fn forward(definition: &Definition, run: &RunRecord, now: OffsetDateTime) -> Next {
+    for stage in &definition.stages {
+        let records: Vec<_> = stage
+            .iter()
+            .map(|s| (s, run.step(&s.name, Phase::Action)))
+            .collect();
+        if records.iter().all(|(_, r)| r.status.is_done()) {
+            continue;
+        }
+        if let Some((step, r)) = records.iter().find(|(_, r)| r.status == StepStatus::Failed) {
+            let error = r.last_error.clone().unwrap_or_default();
+            return if step.kind == StepKind::Retriable {
+                Next::Become(
+                    RunState::NeedsOperator,
+                    Some(format!(
+                        "retriable step {:?} failed after the pivot and the saga cannot go back: {error}",
+                        step.name
+                    )),
+                )
+            } else {
+                Next::Become(
+                    RunState::Compensating,
+                    Some(format!("step {:?} failed: {error}", step.name)),
+                )
+            };
+        }
+        return due_or_wait(
+            records
+                .iter()
+                .map(|(s, r)| (s.name.clone(), Phase::Action, r)),
+            now,
+        );
+    }
+    Next::Become(RunState::Completed, None)
+}
+
+fn backward(definition: &Definition, run: &RunRecord, now: OffsetDateTime) -> Next {
+    for stage in definition.stages.iter().rev() {
+        let records: Vec<_> = stage
+            .iter()
+            .filter(|s| s.kind == StepKind::Compensatable)
+            .filter(|s| run.step(&s.name, Phase::Action).may_have_applied())
+            .map(|s| (s, run.step(&s.name, Phase::Compensation)))
+            .collect();
+        if records.iter().all(|(_, r)| r.status.is_done()) {
+            continue;
+        }
+        if let Some((step, r)) = records.iter().find(|(_, r)| r.status == StepStatus::Failed) {
+            return Next::Become(
+                RunState::NeedsOperator,
+                Some(format!(
+                    "compensation of step {:?} failed after {} attempt(s): {}",
+                    step.name,
+                    r.attempts,
+                    r.last_error.as_deref().unwrap_or("")
+                )),
+            );
+        }
+        return due_or_wait(
+            records
+                .iter()
+                .map(|(s, r)| (s.name.clone(), Phase::Compensation, r)),
+            now,
+        );
+    }
+    Next::Become(RunState::Compensated, None)
+}
+
+fn due_or_wait<'a>(
+    records: impl Iterator<Item = (Arc<str>, Phase, &'a StepRecord)>,
+    now: OffsetDateTime,
+) -> Next {
+    let mut due = Vec::new();
+    let mut earliest: Option<OffsetDateTime> = None;
+    for (name, phase, r) in records {
+        match r.status {
+            StepStatus::Pending => due.push((name, phase)),
+            StepStatus::RetryWait | StepStatus::Started => match r.due_at {
+                Some(at) if at > now => earliest = Some(earliest.map_or(at, |e| e.min(at))),
+                _ => due.push((name, phase)),
+            },
+            _ => {}
+        }
+    }
+    if due.is_empty() {
+        Next::Wait(earliest.unwrap_or(now))
+    } else {
+        Next::Start(due)
+    }
+}
+
+/// Records the start of an attempt.
+pub(crate) fn start(record: &mut StepRecord, now: OffsetDateTime) {
+    record.status = StepStatus::Started;
+    record.attempts += 1;
+    record.due_at = None;
+    if record.started_at.is_none() {
+        record.started_at = Some(now);
+    }
+}
+
+/// Records an attempt's outcome; `retry_in` is the backoff before the next attempt.
+pub(crate) fn finish(
+    record: &mut StepRecord,
+    policy: &Policy,
+    outcome: Result<Value, StepError>,
+    retry_in: Duration,
+    now: OffsetDateTime,
+) {
+    match outcome {
+        Ok(output) => {
+            record.status = StepStatus::Succeeded;
+            record.output = Some(output);
+            record.finished_at = Some(now);
+        }
+        Err(StepError::Fail(message)) => {
+            record.status = StepStatus::Failed;
+            record.definite = true;
+            record.last_error = Some(message);
+            record.finished_at = Some(now);
+        }
+        Err(StepError::Retry(message)) => {
+            if let Some(max) = policy
+                .max_attempts
+                .filter(|max| record.attempts - record.retry_base.min(record.attempts) >= *max)
+            {
+                record.status = StepStatus::Failed;
+                record.definite = false;
+                record.last_error = Some(format!(
+                    "{message} (attempt {} of {max}; giving up)",
+                    record.attempts
+                ));
+                record.finished_at = Some(now);
+            } else {
+                record.status = StepStatus::RetryWait;
+                record.last_error = Some(message);
+                record.due_at = Some(now + retry_in);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::builder::{Saga, step};
+    use crate::invoke::Call;
+
+    async fn ok(_: Call) -> Result<Value, StepError> {
+        Ok(Value::Null)
+    }
+
+    fn order() -> Definition {
+        Saga::builder("order", 1)
+            .step(step::compensatable("reserve", ok, ok))
+            .parallel([
+                step::compensatable("charge", ok, ok),
+                step::compensatable("points", ok, ok),
+            ])
+            .pivot(step::pivot("ship", ok))
+            .retriable(step::retriable("email", ok))
+            .build()
+            .expect("valid")
+    }
+
+    fn run() -> RunRecord {
+        RunRecord {
+            id: Uuid::nil(),
+            saga: "order".into(),
+            version: 1,
+            state: RunState::Running,
+            input: Arc::new(json!({})),
+            error: None,
+            steps: BTreeMap::new(),
+        }
+    }
+
+    fn set(run: &mut RunRecord, step: &str, phase: Phase, status: StepStatus, definite: bool) {
+        run.steps.insert(
+            (step.to_owned(), phase),
+            StepRecord {
+                status,
+                attempts: 1,
+                definite,
+                ..StepRecord::default()
+            },
+        );
+    }
+
+    fn names(next: &Next) -> Vec<String> {
+        match next {
+            Next::Start(v) => v.iter().map(|(n, p)| format!("{n}/{p}")).collect(),
+            other => panic!("expected Start, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn forward_runs_stages_in_order_and_groups_together() {
+        let d = order();
+        let now = OffsetDateTime::UNIX_EPOCH;
+        let mut r = run();
+        assert_eq!(names(&next(&d, &r, now)), ["reserve/action"]);
+        set(
+            &mut r,
+            "reserve",
+            Phase::Action,
+            StepStatus::Succeeded,
+            false,
+        );
+        assert_eq!(
+            names(&next(&d, &r, now)),
+            ["charge/action", "points/action"]
+        );
+        set(
+            &mut r,
+            "charge",
+            Phase::Action,
+            StepStatus::Succeeded,
+            false,
+        );
+        set(
+            &mut r,
+            "points",
+            Phase::Action,
+            StepStatus::Succeeded,
+            false,
+        );
+        set(&mut r, "ship", Phase::Action, StepStatus::Succeeded, false);
+        set(&mut r, "email", Phase::Action, StepStatus::Succeeded, false);
+        assert_eq!(next(&d, &r, now), Next::Become(RunState::Completed, None));
+    }
+
+    #[test]
+    fn failure_compensates_in_reverse_only_what_may_have_applied() {
+        let d = order();
+        let now = OffsetDateTime::UNIX_EPOCH;
+        let mut r = run();
+        set(
+            &mut r,
+            "reserve",
+            Phase::Action,
+            StepStatus::Succeeded,
+            false,
+        );
+        set(&mut r, "charge", Phase::Action, StepStatus::Failed, false); // unknown effect
+        set(&mut r, "points", Phase::Action, StepStatus::Failed, true); // refused
+        assert!(matches!(
+            next(&d, &r, now),
+            Next::Become(RunState::Compensating, Some(_))
+        ));
+        r.state = RunState::Compensating;
+        assert_eq!(names(&next(&d, &r, now)), ["charge/compensation"]);
+        set(
+            &mut r,
+            "charge",
+            Phase::Compensation,
+            StepStatus::Succeeded,
+            false,
+        );
+        assert_eq!(names(&next(&d, &r, now)), ["reserve/compensation"]);
+        set(
+            &mut r,
+            "reserve",
+            Phase::Compensation,
+            StepStatus::Failed,
+            false,
+        );
+        assert!(matches!(
+            next(&d, &r, now),
+            Next::Become(RunState::NeedsOperator, Some(_))
+        ));
+        set(
+            &mut r,
+            "reserve",
+            Phase::Compensation,
+            StepStatus::Resolved,
+            false,
+        );
+        assert_eq!(next(&d, &r, now), Next::Become(RunState::Compensated, None));
+    }
+
+    #[test]
+    fn retriable_failure_after_the_pivot_parks() {
+        let d = order();
+        let now = OffsetDateTime::UNIX_EPOCH;
+        let mut r = run();
+        for s in ["reserve", "charge", "points", "ship"] {
+            set(&mut r, s, Phase::Action, StepStatus::Succeeded, false);
+        }
+        set(&mut r, "email", Phase::Action, StepStatus::Failed, true);
+        assert!(matches!(
+            next(&d, &r, now),
+            Next::Become(RunState::NeedsOperator, Some(_))
+        ));
+    }
+
+    #[test]
+    fn backoff_waits_and_attempt_limit_fails() {
+        let now = OffsetDateTime::UNIX_EPOCH;
+        let policy = Policy {
+            max_attempts: Some(2),
+            ..Policy::action()
+        };
+        let mut rec = StepRecord::default();
+        start(&mut rec, now);
+        finish(
+            &mut rec,
+            &policy,
+            Err(StepError::retry("503")),
+            Duration::from_secs(1),
+            now,
+        );
+        assert_eq!(rec.status, StepStatus::RetryWait);
+        let d = order();
+        let mut r = run();
+        r.steps
+            .insert(("reserve".into(), Phase::Action), rec.clone());
+        assert_eq!(next(&d, &r, now), Next::Wait(now + Duration::from_secs(1)));
+        start(&mut rec, now);
+        finish(
+            &mut rec,
+            &policy,
+            Err(StepError::retry("503")),
+            Duration::from_secs(1),
+            now,
+        );
+        assert_eq!(rec.status, StepStatus::Failed);
+        assert!(rec.may_have_applied());
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    //! The state machine simulated with random outcomes: every run ends, compensations undo
+    //! exactly what may have happened, in reverse stage order.
+
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+    use crate::builder::{Saga, step};
+    use crate::invoke::Call;
+
+    async fn ok(_: Call) -> Result<Value, StepError> {
+        Ok(Value::Null)
+    }
+
+    fn saga() -> Definition {
+        let limited = |s: crate::builder::Compensatable| s.max_attempts(Some(3));
+        Saga::builder("p", 1)
+            .step(limited(step::compensatable("a", ok, ok)))
+            .parallel([
+                limited(step::compensatable("b", ok, ok)),
+                limited(step::compensatable("c", ok, ok)),
+            ])
+            .pivot(step::pivot("d", ok).max_attempts(Some(3)))
+            .retriable(step::retriable("e", ok).max_attempts(Some(3)))
+            .build()
+            .expect("valid")
+    }
+
+    fn outcome(code: u8) -> Result<Value, StepError> {
+        match code % 4 {
+            0 | 1 => Ok(json!(1)),
+            2 => Err(StepError::retry("503")),
+            _ => Err(StepError::fail("422")),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn runs_end_and_compensate_in_reverse(codes in proptest::collection::vec(0_u8..8, 1..200)) {
+            let d = saga();
+            let mut run = RunRecord {
+                id: Uuid::nil(),
+                saga: "p".into(),
+                version: 1,
+                state: RunState::Running,
+                input: Arc::new(Value::Null),
+                error: None,
+                steps: BTreeMap::new(),
+            };
+            let mut now = OffsetDateTime::UNIX_EPOCH;
+            let mut codes = codes.into_iter().cycle();
+            let mut compensated: Vec<String> = Vec::new();
+            let mut moves = 0;
+            loop {
+                moves += 1;
+                prop_assert!(moves < 500, "the run does not end");
+                match next(&d, &run, now) {
+                    Next::Become(state, _) => run.state = state,
+                    Next::Wait(at) => now = at,
+                    Next::Idle => break,
+                    Next::Start(invocations) => {
+                        for (name, phase) in invocations {
+                            let (_, def) = d.step(&name).expect("known step");
+                            let mut rec = run.step(&name, phase);
+                            start(&mut rec, now);
+                            let code = codes.next().unwrap_or(0);
+                            // Compensations fail only transiently, so runs can end compensated.
+                            let result = match phase {
+                                Phase::Compensation if code % 4 == 3 => Ok(json!(1)),
+                                _ => outcome(code),
+                            };
+                            finish(&mut rec, def.policy(phase), result, Duration::from_secs(1), now);
+                            if phase == Phase::Compensation && rec.status == StepStatus::Succeeded {
+                                compensated.push(name.to_string());
+                            }
+                            run.steps.insert((name.to_string(), phase), rec);
+                        }
+                    }
+                }
+            }
+            let action = |s: &str| run.step(s, Phase::Action);
+            match run.state {
+                RunState::Completed => {
+                    for s in ["a", "b", "c", "d", "e"] {
+                        prop_assert_eq!(action(s).status, StepStatus::Succeeded);
+                    }
+                    prop_assert!(compensated.is_empty());
+                }
+                RunState::Compensated | RunState::NeedsOperator => {
+                    // Only compensatable steps that may have applied, each once, later stages first.
+                    let stage = |s: &str| match s { "a" => 0, _ => 1 };
+                    for pair in compensated.windows(2) {
+                        prop_assert!(stage(&pair[0]) >= stage(&pair[1]), "order {:?}", compensated);
+                    }
+                    for s in &compensated {
+                        prop_assert!(action(s).may_have_applied(), "{} compensated needlessly", s);
+                    }
+                    let mut unique = compensated.clone();
+                    unique.dedup();
+                    prop_assert_eq!(unique.len(), compensated.len());
+                    if run.state == RunState::Compensated {
+                        for s in ["a", "b", "c"] {
+                            prop_assert_eq!(
+                                action(s).may_have_applied(),
+                                compensated.iter().any(|c| c == s),
+                                "{} applied but not compensated", s
+                            );
+                        }
+                        prop_assert!(!action("e").may_have_applied(), "past the pivot but compensated");
+                    } else {
+                        // Parked: a compensation ran out of attempts, or a retriable step was
+                        // refused after the pivot.
+                        let stuck = ["a", "b", "c"]
+                            .iter()
+                            .any(|s| run.step(s, Phase::Compensation).status == StepStatus::Failed);
+                        let refused = action("d").status == StepStatus::Succeeded
+                            && action("e").status == StepStatus::Failed;
+                        prop_assert!(stuck != refused, "parked for no reason, or two");
+                    }
+                }
+                other => prop_assert!(false, "ended {other}"),
+            }
+        }
+    }
+}

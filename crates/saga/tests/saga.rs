@@ -1,0 +1,850 @@
+//! Sagas against real stores and real HTTP participants: the worked order example, operator
+//! actions, versions, idempotent starts, bad input, takeover after a crash mid-call, and two
+//! orchestrators sharing one PostgreSQL.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use common::*;
+use onephase_core::{Classify, ErrorKind};
+use onephase_saga::{
+    Audit, Call, Orchestrator, OrchestratorConfig, RunFilter, RunState, SagaError, SagaSpec,
+    StartRequest, StepError, StepStatus, step,
+};
+use onephase_store::{Db, Store};
+use onephase_testkit::TestDb;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+async fn migrated(db: &TestDb) -> anyhow::Result<Store> {
+    let store = db.store().clone();
+    store
+        .migrate(&[onephase_outbox::migrations(), onephase_saga::migrations()])
+        .await?;
+    Ok(store)
+}
+
+fn config() -> OrchestratorConfig {
+    OrchestratorConfig {
+        poll_interval: Some(Duration::from_millis(10)),
+        lease_margin: Duration::from_millis(500),
+        stored_definitions: true,
+        ..OrchestratorConfig::default()
+    }
+}
+
+/// Drives until no run is running or compensating.
+async fn settle(orchestrator: &Orchestrator, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        orchestrator.run_once().await?;
+        let counts = orchestrator.admin().counts().await?;
+        let active = counts.get(&RunState::Running).copied().unwrap_or(0)
+            + counts.get(&RunState::Compensating).copied().unwrap_or(0);
+        if active == 0 {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "runs still active after {within:?}: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn count(store: &Store, sql: &str) -> anyhow::Result<i64> {
+    let sql = sqlx::AssertSqlSafe(sql.to_owned());
+    Ok(match store.db() {
+        Db::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await?,
+        Db::Sqlite(s) => sqlx::query_scalar(sql).fetch_one(s.reader()).await?,
+    })
+}
+
+async fn order_saga(store: &Store, participants: &Participants) -> anyhow::Result<Orchestrator> {
+    let orchestrator = Orchestrator::new(store.clone(), config()).with_seed(7);
+    let spec = SagaSpec::from_json(&order_definition(&participants.base(), 1, 2000))?;
+    orchestrator.register_spec(&spec).await?;
+    Ok(orchestrator)
+}
+
+#[tokio::test]
+async fn shipment_failure_compensates_in_reverse_and_the_books_balance() -> anyhow::Result<()> {
+    for db in TestDb::all().await {
+        let store = migrated(&db).await?;
+        let participants = Participants::start().await?;
+        let orchestrator = order_saga(&store, &participants).await?;
+        let failed = orchestrator
+            .start(StartRequest::new(
+                "order",
+                order_input(1, Some("ship"), None, &[("charge", "action", 1)], 0),
+            ))
+            .await?;
+        let shipped = orchestrator
+            .start(StartRequest::new(
+                "order",
+                order_input(2, None, None, &[], 0),
+            ))
+            .await?;
+        settle(&orchestrator, Duration::from_secs(20)).await?;
+
+        let admin = orchestrator.admin();
+        let run = admin.show(failed.id).await?;
+        ensure!(
+            run.run.state == RunState::Compensated,
+            "{}: {:?}",
+            db.url(),
+            run
+        );
+        ensure!(
+            run.run.error.as_deref().is_some_and(|e| e.contains("ship")),
+            "the error names the failed step: {:?}",
+            run.run.error
+        );
+        let done = admin.show(shipped.id).await?;
+        ensure!(done.run.state == RunState::Completed, "{done:?}");
+
+        {
+            let books = participants.books();
+            let net = books.net();
+            for service in ["inventory", "payment", "shipping"] {
+                ensure!(
+                    net.get(&(service.to_owned(), 1)).copied().unwrap_or(0) == 0,
+                    "order 1 must balance at {service}: {net:?}"
+                );
+            }
+            ensure!(net.get(&("inventory".to_owned(), 2)) == Some(&2), "{net:?}");
+            ensure!(
+                net.get(&("payment".to_owned(), 2)) == Some(&1999),
+                "{net:?}"
+            );
+            ensure!(net.get(&("shipping".to_owned(), 2)) == Some(&1), "{net:?}");
+            // Reverse order: the refund (charge's compensation) before the release (reserve's).
+            let seq = |op: &str| {
+                books
+                    .applied
+                    .values()
+                    .find(|e| e.order == 1 && e.op == op)
+                    .map(|e| e.seq)
+            };
+            let (refund, release) = (seq("refund"), seq("release"));
+            ensure!(
+                refund.is_some() && release.is_some() && refund < release,
+                "refund {refund:?} must come before release {release:?}"
+            );
+            ensure!(books.overlaps.is_empty() && books.repeated_attempts.is_empty());
+        }
+
+        // The history tells the story, and every transition went to the outbox in order.
+        let events: Vec<&str> = run.history.iter().map(|h| h.event.as_str()).collect();
+        ensure!(events.first() == Some(&"run_started"), "{events:?}");
+        ensure!(events.last() == Some(&"run_compensated"), "{events:?}");
+        ensure!(
+            events.contains(&"step_retrying"),
+            "charge failed once: {events:?}"
+        );
+        ensure!(events.contains(&"run_compensating"), "{events:?}");
+        let outbox = count(
+            &store,
+            &format!(
+                "SELECT count(*) FROM onephase_outbox WHERE topic = 'onephase.saga' AND key = '{}'",
+                failed.id
+            ),
+        )
+        .await?;
+        ensure!(
+            outbox == i64::try_from(run.history.len())?,
+            "{outbox} outbox events for {} history entries",
+            run.history.len()
+        );
+        let timed = run
+            .history
+            .iter()
+            .filter(|h| h.event == "step_succeeded")
+            .all(|h| h.elapsed_ms.is_some());
+        ensure!(timed, "outcomes carry their timing");
+        db.close().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_compensation_that_keeps_failing_waits_for_an_operator() -> anyhow::Result<()> {
+    for db in TestDb::all().await {
+        let store = migrated(&db).await?;
+        let participants = Participants::start().await?;
+        let orchestrator = order_saga(&store, &participants).await?;
+        let admin = orchestrator.admin();
+        let start = |order: i64| {
+            StartRequest::new(
+                "order",
+                order_input(order, Some("ship"), Some("reserve"), &[], 0),
+            )
+        };
+        let stuck = orchestrator.start(start(1)).await?;
+        let aborted = orchestrator.start(start(2)).await?;
+        settle(&orchestrator, Duration::from_secs(20)).await?;
+
+        let run = admin.show(stuck.id).await?;
+        ensure!(run.run.state == RunState::NeedsOperator, "{run:?}");
+        let release = run
+            .steps
+            .iter()
+            .find(|s| s.step == "reserve" && s.phase == onephase_saga::Phase::Compensation)
+            .context("the release was attempted")?;
+        ensure!(
+            release.status == StepStatus::Failed && release.attempts == 6,
+            "{release:?}"
+        );
+        let retries = run
+            .history
+            .iter()
+            .filter(|h| h.event == "step_retrying" && h.step.as_deref() == Some("reserve"))
+            .count();
+        ensure!(retries == 5, "the error history is kept: {retries} retries");
+        // The refund went through; only the release is stuck.
+        ensure!(participants.books().net().get(&("payment".into(), 1)) == Some(&0));
+
+        // Listed first for an operator.
+        let parked = admin
+            .list(&RunFilter {
+                state: Some(RunState::NeedsOperator),
+                ..RunFilter::default()
+            })
+            .await?;
+        ensure!(parked.len() == 2, "{parked:?}");
+
+        // Retry: it fails six more times and parks again.
+        let audit = Audit::new("alice", "inventory service redeployed");
+        admin.retry(stuck.id, &audit).await?;
+        settle(&orchestrator, Duration::from_secs(20)).await?;
+        let run = admin.show(stuck.id).await?;
+        ensure!(run.run.state == RunState::NeedsOperator, "{:?}", run.run);
+        let release = run
+            .steps
+            .iter()
+            .find(|s| s.step == "reserve" && s.phase == onephase_saga::Phase::Compensation)
+            .context("release")?;
+        ensure!(release.attempts == 12, "a fresh budget of 6: {release:?}");
+
+        // Resolve by hand: the run finishes compensated, with the audit trail.
+        let bad_step = admin
+            .resolve(stuck.id, "ship", &Audit::new("alice", "x"))
+            .await
+            .expect_err("ship has no failed compensation");
+        ensure!(bad_step.kind() == ErrorKind::NotFound, "{bad_step}");
+        let no_note = admin
+            .resolve(stuck.id, "reserve", &Audit::new("alice", " "))
+            .await
+            .expect_err("a note is required");
+        ensure!(no_note.kind() == ErrorKind::InvalidInput, "{no_note}");
+        admin
+            .resolve(
+                stuck.id,
+                "reserve",
+                &Audit::new("alice", "released reservation 1 by hand in the admin UI"),
+            )
+            .await?;
+        settle(&orchestrator, Duration::from_secs(20)).await?;
+        let run = admin.show(stuck.id).await?;
+        ensure!(run.run.state == RunState::Compensated, "{:?}", run.run);
+        let audit_entries: Vec<_> = run
+            .history
+            .iter()
+            .filter(|h| h.actor.is_some())
+            .map(|h| (h.event.as_str(), h.actor.as_deref(), h.detail.as_deref()))
+            .collect();
+        ensure!(
+            audit_entries.contains(&(
+                "operator_resolve",
+                Some("alice"),
+                Some("released reservation 1 by hand in the admin UI")
+            )),
+            "{audit_entries:?}"
+        );
+        ensure!(audit_entries.iter().any(|e| e.0 == "operator_retry"));
+
+        // Abort ends the other run; acting on a run that is not parked is refused.
+        admin
+            .abort(aborted.id, &Audit::new("bob", "written off"))
+            .await?;
+        let run = admin.show(aborted.id).await?;
+        ensure!(run.run.state == RunState::Aborted && run.run.finished_at.is_some());
+        let again = admin
+            .retry(aborted.id, &Audit::new("bob", "again"))
+            .await
+            .expect_err("not parked");
+        ensure!(matches!(again, SagaError::NotParked { .. }), "{again}");
+        let unknown = admin
+            .retry(Uuid::now_v7(), &Audit::new("bob", "?"))
+            .await
+            .expect_err("unknown run");
+        ensure!(unknown.kind() == ErrorKind::NotFound, "{unknown}");
+        db.close().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn starts_are_idempotent_and_bad_input_starts_nothing() -> anyhow::Result<()> {
+    for db in TestDb::all().await {
+        let store = migrated(&db).await?;
+        let participants = Participants::start().await?;
+        let orchestrator = order_saga(&store, &participants).await?;
+        let input = order_input(1, None, None, &[], 0);
+        let first = orchestrator
+            .start(StartRequest::new("order", input.clone()).idempotency_key("order-1"))
+            .await?;
+        let second = orchestrator
+            .start(StartRequest::new("order", input.clone()).idempotency_key("order-1"))
+            .await?;
+        ensure!(first.created && !second.created && first.id == second.id);
+
+        let mismatch = orchestrator
+            .start(
+                StartRequest::new("order", order_input(9, None, None, &[], 0))
+                    .idempotency_key("order-1"),
+            )
+            .await
+            .expect_err("another input under the same key");
+        ensure!(
+            mismatch.kind() == ErrorKind::Conflict && mismatch.to_string().contains("order-1"),
+            "{mismatch}"
+        );
+        let unknown = orchestrator
+            .start(StartRequest::new("nope", json!({})))
+            .await
+            .expect_err("unknown saga");
+        ensure!(unknown.kind() == ErrorKind::NotFound, "{unknown}");
+        let unknown_version = orchestrator
+            .start(StartRequest::new("order", input.clone()).version(9))
+            .await
+            .expect_err("unknown version");
+        ensure!(
+            unknown_version.kind() == ErrorKind::NotFound,
+            "{unknown_version}"
+        );
+        let missing = orchestrator
+            .start(StartRequest::new("order", json!({"order": 1})))
+            .await
+            .expect_err("input without the fields the templates read");
+        ensure!(
+            missing.kind() == ErrorKind::InvalidInput
+                && missing.to_string().contains("input.amount.reserve"),
+            "{missing}"
+        );
+        let runs = count(&store, "SELECT count(*) FROM onephase_saga_runs").await?;
+        ensure!(runs == 1, "only the first start created a run: {runs}");
+        db.close().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn invalid_definitions_are_refused_with_the_rule_they_break() -> anyhow::Result<()> {
+    let call = json!({"method": "POST", "url": "http://127.0.0.1:9/x"});
+    let step = |name: &str, kind: &str, compensation: bool| {
+        let mut s = json!({"name": name, "kind": kind, "action": call});
+        if compensation {
+            s["compensation"] = call.clone();
+        }
+        s
+    };
+    let doc = |steps: Value| json!({"name": "order", "version": 1, "steps": steps}).to_string();
+    let cases = [
+        (
+            doc(json!([
+                step("ship", "pivot", false),
+                step("reserve", "compensatable", true)
+            ])),
+            "comes after the pivot",
+        ),
+        (
+            doc(json!([step("ship", "pivot", true)])),
+            "has a compensation",
+        ),
+        (
+            doc(json!([step("reserve", "compensatable", false)])),
+            "has no compensation",
+        ),
+        (
+            doc(json!([
+                step("a", "pivot", false),
+                step("b", "pivot", false)
+            ])),
+            "at most one pivot",
+        ),
+        (
+            doc(json!([
+                step("a", "retriable", false),
+                step("b", "pivot", false)
+            ])),
+            "after another pivot or a retriable step",
+        ),
+        (
+            doc(json!([
+                step("a", "compensatable", true),
+                step("a", "compensatable", true)
+            ])),
+            "used twice",
+        ),
+        (
+            doc(
+                json!([{"parallel": [step("a", "compensatable", true), step("b", "pivot", false)]}]),
+            ),
+            "mixes",
+        ),
+        (doc(json!([])), "at least one step"),
+        (
+            doc(json!([{"name": "a", "kind": "pivot",
+                        "action": {"method": "POST", "url": "http://x/{{steps.b.output.id}}"}},
+                       step("b", "retriable", false)])),
+            "has not run yet",
+        ),
+        (
+            doc(json!([{"name": "a", "kind": "pivot",
+                        "action": {"method": "POST", "url": "http://x/{{nothing}}"}}])),
+            "is not input",
+        ),
+        (
+            doc(json!([{"name": "a", "kind": "pivot",
+                        "action": {"method": "POST", "url": "http://x", "success": [200], "retry": [200]}}])),
+            "in both",
+        ),
+        (
+            doc(json!([{"name": "a", "kind": "pivot",
+                        "action": {"method": "POST", "url": "http://x", "retry": ["6xx"]}}])),
+            "class",
+        ),
+        (
+            doc(json!([{"name": "a", "kind": "pivot",
+                        "action": {"method": "BREW", "url": "http://x"}}])),
+            "method",
+        ),
+        (
+            doc(
+                json!([{"name": "a", "kind": "pivot", "action": {"method": "GET", "url": "ftp://x"}}]),
+            ),
+            "http://",
+        ),
+        (
+            doc(json!([{"name": "a", "kind": "pivot", "action": call, "retries": 3}])),
+            "unknown field",
+        ),
+        (doc(json!([step("bad name", "pivot", false)])), "step name"),
+        (
+            "{\"name\": \"order\", \"version\": 0, \"steps\": []}".to_owned(),
+            "version",
+        ),
+        ("{not json".to_owned(), "not valid JSON"),
+    ];
+    let db = TestDb::sqlite().await?;
+    let store = migrated(&db).await?;
+    let orchestrator = Orchestrator::new(store.clone(), config());
+    for (document, expected) in &cases {
+        let error = match SagaSpec::from_json(document) {
+            Err(e) => SagaError::from(e),
+            Ok(spec) => orchestrator
+                .register_spec(&spec)
+                .await
+                .expect_err("invalid definition registered"),
+        };
+        ensure!(
+            error.to_string().contains(expected) && error.kind() == ErrorKind::InvalidInput,
+            "{document}: expected {expected:?} in {error}"
+        );
+    }
+    ensure!(orchestrator.stored_definitions().await?.is_empty());
+
+    // TOML works too, with the same rules.
+    let toml = r#"
+        name = "order"
+        version = 1
+        [[steps]]
+        name = "reserve"
+        kind = "compensatable"
+        action = { method = "POST", url = "http://127.0.0.1:9/reserve" }
+        compensation = { method = "POST", url = "http://127.0.0.1:9/release" }
+        [[steps]]
+        parallel = [
+          { name = "charge", kind = "compensatable", action = { method = "POST", url = "http://127.0.0.1:9/c" }, compensation = { method = "POST", url = "http://127.0.0.1:9/r" } },
+          { name = "points", kind = "compensatable", action = { method = "POST", url = "http://127.0.0.1:9/p" }, compensation = { method = "POST", url = "http://127.0.0.1:9/u" } },
+        ]
+        [[steps]]
+        name = "ship"
+        kind = "pivot"
+        action = { method = "POST", url = "http://127.0.0.1:9/ship" }
+    "#;
+    let spec = SagaSpec::from_toml(toml)?;
+    ensure!(orchestrator.register_spec(&spec).await?.created);
+    ensure!(
+        !orchestrator.register_spec(&spec).await?.created,
+        "same document again: no-op"
+    );
+    let changed = SagaSpec::from_toml(&toml.replace("/ship", "/send"))?;
+    let conflict = orchestrator
+        .register_spec(&changed)
+        .await
+        .expect_err("another document under version 1");
+    ensure!(
+        matches!(conflict, SagaError::VersionConflict { next: 2, .. }),
+        "{conflict}"
+    );
+    db.close().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_run_finishes_on_the_version_it_started_with() -> anyhow::Result<()> {
+    for db in TestDb::all().await {
+        let store = migrated(&db).await?;
+        let participants = Participants::start().await?;
+        let orchestrator = order_saga(&store, &participants).await?;
+        let old = orchestrator
+            .start(StartRequest::new(
+                "order",
+                order_input(1, None, None, &[], 0),
+            ))
+            .await?;
+        // Version 2 ships through another service path; version 1's run must not use it.
+        let v2 = order_definition(&participants.base(), 2, 2000).replace("/shipping/", "/courier/");
+        orchestrator
+            .register_spec(&SagaSpec::from_json(&v2)?)
+            .await?;
+        let new = orchestrator
+            .start(StartRequest::new(
+                "order",
+                order_input(2, None, None, &[], 0),
+            ))
+            .await?;
+        ensure!(old.version == 1 && new.version == 2);
+        settle(&orchestrator, Duration::from_secs(20)).await?;
+        let net = participants.books().net();
+        ensure!(net.get(&("shipping".to_owned(), 1)) == Some(&1), "{net:?}");
+        ensure!(net.get(&("courier".to_owned(), 2)) == Some(&1), "{net:?}");
+        ensure!(!net.contains_key(&("courier".to_owned(), 1)), "{net:?}");
+        db.close().await?;
+    }
+    Ok(())
+}
+
+/// An orchestrator dies mid-call (its future is dropped while the participant holds the
+/// request); after its lease lapses another takes over and repeats the attempt under the same
+/// idempotency key, counted as a new attempt.
+#[tokio::test]
+async fn a_crashed_orchestrators_run_is_taken_over_with_the_same_key() -> anyhow::Result<()> {
+    for db in TestDb::all().await {
+        let store = migrated(&db).await?;
+        let calls: Arc<std::sync::Mutex<Vec<(String, u32)>>> = Arc::default();
+        let first_call = Arc::new(AtomicU32::new(0));
+        let action = {
+            let calls = calls.clone();
+            let first_call = first_call.clone();
+            move |call: Call| {
+                let calls = calls.clone();
+                let first_call = first_call.clone();
+                async move {
+                    calls
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((call.idempotency_key.clone(), call.attempt));
+                    if first_call.fetch_add(1, Ordering::SeqCst) == 0 {
+                        // The first attempt hangs, as if the process froze mid-call.
+                        std::future::pending::<()>().await;
+                    }
+                    Ok::<Value, StepError>(json!({"ok": true}))
+                }
+            }
+        };
+        let definition = || {
+            onephase_saga::Saga::builder("crash", 1)
+                .step(step::compensatable(
+                    "reserve",
+                    action.clone(),
+                    |_: Call| async { Ok(Value::Null) },
+                ))
+                .pivot(
+                    step::pivot("ship", |_: Call| async { Ok(json!(1)) })
+                        .timeout(Duration::from_secs(1)),
+                )
+                .build()
+        };
+        let config = OrchestratorConfig {
+            lease_margin: Duration::from_millis(300),
+            ..config()
+        };
+        let a = Orchestrator::new(store.clone(), config.clone());
+        a.register(definition()?)?;
+        let b = Orchestrator::new(store.clone(), config);
+        b.register(definition()?)?;
+        let run = a
+            .start(StartRequest::new("crash", json!({})).idempotency_key("k"))
+            .await?;
+        // A claims and calls; we "kill" it by dropping its future mid-call.
+        let killed = tokio::time::timeout(Duration::from_millis(300), a.run_once()).await;
+        ensure!(killed.is_err(), "the first attempt hangs");
+        let detail = a.admin().show(run.id).await?;
+        let reserve = &detail.steps[0];
+        ensure!(
+            reserve.status == StepStatus::Started && reserve.attempts == 1,
+            "the start was committed before the call: {reserve:?}"
+        );
+        // B cannot take it while A's lease (30 s action timeout + margin) holds.
+        ensure!(b.run_once().await? == 0, "B must not claim a leased run");
+        // Expire the lease as time would: move claimed_until into the past.
+        match store.db() {
+            Db::Postgres(pool) => {
+                sqlx::query(
+                    "UPDATE onephase_saga_runs SET claimed_until = now() - interval '1 second'",
+                )
+                .execute(pool)
+                .await?;
+            }
+            Db::Sqlite(s) => {
+                sqlx::query("UPDATE onephase_saga_runs SET claimed_until = 0")
+                    .execute(s.writer())
+                    .await?;
+            }
+        }
+        settle(&b, Duration::from_secs(10)).await?;
+        let detail = b.admin().show(run.id).await?;
+        ensure!(detail.run.state == RunState::Completed, "{:?}", detail.run);
+        let calls = calls.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let key = format!("{}/reserve/action", run.id);
+        ensure!(
+            calls == vec![(key.clone(), 1), (key, 2)],
+            "same key, next attempt: {calls:?}"
+        );
+        ensure!(
+            detail.history.iter().any(|h| h
+                .detail
+                .as_deref()
+                .is_some_and(|d| d.contains("interrupted"))),
+            "the interrupted attempt is in the history"
+        );
+        db.close().await?;
+    }
+    Ok(())
+}
+
+/// Two orchestrators on one PostgreSQL, each with its own pool, share 300 runs with slow and
+/// flaky participants: no invocation is ever in flight twice, no (key, attempt) is made twice,
+/// every run ends as its plan says, and both did work.
+#[tokio::test]
+async fn two_orchestrators_never_run_the_same_attempt_concurrently() -> anyhow::Result<()> {
+    let Some(db) = TestDb::postgres().await else {
+        return Ok(());
+    };
+    let store = migrated(&db).await?;
+    let participants = Participants::start().await?;
+    let a = order_saga(&store, &participants).await?;
+    let second_store = Store::connect(db.url()).await?;
+    let b = Orchestrator::new(
+        second_store.clone(),
+        OrchestratorConfig {
+            concurrency: 32,
+            ..config()
+        },
+    );
+    let mut expected = HashMap::new();
+    let mut rng = 0x5eed_u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % 100
+    };
+    for order in 0..300 {
+        let refuse = match next() {
+            0..10 => Some("ship"),
+            10..15 => Some("charge"),
+            _ => None,
+        };
+        let flaky = [
+            ("charge", "action", u32::from(next() < 20)),
+            ("reserve", "compensation", u32::from(next() < 30) * 2),
+        ];
+        let delay = next() % 15;
+        let run = a
+            .start(StartRequest::new(
+                "order",
+                order_input(order, refuse, None, &flaky, delay),
+            ))
+            .await?;
+        expected.insert(run.id, expected_state(refuse, None));
+    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let run = |o: Orchestrator| {
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move {
+            o.run(async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+            .await;
+        })
+    };
+    let (ta, tb) = (run(a.clone()), run(b.clone()));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let counts = a.admin().counts().await?;
+        let active = counts.get(&RunState::Running).copied().unwrap_or(0)
+            + counts.get(&RunState::Compensating).copied().unwrap_or(0);
+        if active == 0 {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "still active: {counts:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop.send(true);
+    ta.await?;
+    tb.await?;
+    {
+        let books = participants.books();
+        ensure!(
+            books.overlaps.is_empty(),
+            "{} invocations were in flight twice, e.g. {:?}",
+            books.overlaps.len(),
+            books.overlaps.iter().take(3).collect::<Vec<_>>()
+        );
+        ensure!(
+            books.repeated_attempts.is_empty(),
+            "{} attempts were made twice, e.g. {:?}",
+            books.repeated_attempts.len(),
+            books.repeated_attempts.iter().take(3).collect::<Vec<_>>()
+        );
+    }
+    for (id, want) in &expected {
+        let state = a.admin().show(*id).await?.run.state;
+        ensure!(state == *want, "run {id}: {state} but expected {want}");
+    }
+    ensure!(
+        a.stats().attempts() > 100 && b.stats().attempts() > 100,
+        "both worked: {} and {} attempts",
+        a.stats().attempts(),
+        b.stats().attempts()
+    );
+    second_store.close().await;
+    db.close().await?;
+    Ok(())
+}
+
+fn expected_state(refuse: Option<&str>, stuck: Option<&str>) -> RunState {
+    match expected(refuse, stuck) {
+        Expect::Completed => RunState::Completed,
+        Expect::Compensated => RunState::Compensated,
+        Expect::NeedsOperator => RunState::NeedsOperator,
+    }
+}
+
+/// A Rust saga with a parallel group and a retriable step: a refusal in the group compensates
+/// the group's other step and then the first; a refused retriable step after the pivot parks
+/// the run, and resolving it by hand completes the run.
+#[tokio::test]
+async fn parallel_groups_and_retriable_steps_in_rust() -> anyhow::Result<()> {
+    for db in TestDb::all().await {
+        let store = migrated(&db).await?;
+        let log: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+        let record = |label: &'static str, refuse_when: &'static str| {
+            let log = log.clone();
+            move |call: Call| {
+                let log = log.clone();
+                async move {
+                    log.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(format!("{label}:{}", call.input["order"]));
+                    if call.input["refuse"] == refuse_when {
+                        return Err(StepError::fail(format!("{label} refused")));
+                    }
+                    Ok::<Value, StepError>(json!({"by": label}))
+                }
+            }
+        };
+        let orchestrator = Orchestrator::new(store.clone(), config());
+        orchestrator.register(
+            onephase_saga::Saga::builder("grouped", 1)
+                .step(step::compensatable(
+                    "a",
+                    record("a", "-"),
+                    record("undo-a", "-"),
+                ))
+                .parallel([
+                    step::compensatable("b", record("b", "-"), record("undo-b", "-")),
+                    step::compensatable("c", record("c", "c"), record("undo-c", "-")),
+                ])
+                .pivot(step::pivot("d", record("d", "-")))
+                .retriable(step::retriable("e", record("e", "e")).max_attempts(Some(2)))
+                .build()?,
+        )?;
+        let in_group = orchestrator
+            .start(StartRequest::new(
+                "grouped",
+                json!({"order": 1, "refuse": "c"}),
+            ))
+            .await?;
+        let after_pivot = orchestrator
+            .start(StartRequest::new(
+                "grouped",
+                json!({"order": 2, "refuse": "e"}),
+            ))
+            .await?;
+        settle(&orchestrator, Duration::from_secs(20)).await?;
+        let admin = orchestrator.admin();
+        ensure!(admin.show(in_group.id).await?.run.state == RunState::Compensated);
+        let calls: Vec<String> = log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|c| c.ends_with(":1"))
+            .cloned()
+            .collect();
+        let position = |label: &str| calls.iter().position(|c| c == &format!("{label}:1"));
+        ensure!(
+            position("undo-c").is_none(),
+            "a refused step is not compensated: {calls:?}"
+        );
+        ensure!(position("d").is_none(), "the pivot never ran: {calls:?}");
+        ensure!(
+            position("undo-b").is_some() && position("undo-b") < position("undo-a"),
+            "the group is undone before the step before it: {calls:?}"
+        );
+
+        let parked = admin.show(after_pivot.id).await?;
+        ensure!(
+            parked.run.state == RunState::NeedsOperator,
+            "{:?}",
+            parked.run
+        );
+        ensure!(
+            parked
+                .run
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("cannot go back")),
+            "{:?}",
+            parked.run.error
+        );
+        admin
+            .resolve(
+                after_pivot.id,
+                "e",
+                &Audit::new("carol", "sent the e-mail by hand"),
+            )
+            .await?;
+        settle(&orchestrator, Duration::from_secs(20)).await?;
+        let done = admin.show(after_pivot.id).await?;
+        ensure!(done.run.state == RunState::Completed, "{:?}", done.run);
+        let compensations = log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|c| c.ends_with(":2") && c.starts_with("undo"))
+            .count();
+        ensure!(compensations == 0, "nothing is compensated past the pivot");
+        db.close().await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,862 @@
+//! `/v1/sagas`: register HTTP saga definitions and start runs; `/v1/saga-runs`: list and
+//! inspect runs, and the operator actions on runs waiting for one.
+
+use axum::Extension;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use onephase_core::ErrorKind;
+use onephase_saga::{
+    Audit, RunDetail, RunFilter, RunState, RunSummary, SagaError, SagaSpec, StartRequest,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use time::OffsetDateTime;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::app::AppState;
+use crate::auth::Caller;
+use crate::json::ApiJson;
+use crate::problem::Problem;
+
+fn problem(e: &SagaError) -> Problem {
+    Problem::from_error(e)
+}
+
+fn admin_only(caller: &Caller) -> Result<(), Problem> {
+    caller.require_admin().map_err(|e| Problem::from_error(&e))
+}
+
+/// A registered definition.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RegisteredView {
+    /// The saga's name.
+    pub name: String,
+    /// The version.
+    pub version: u32,
+    /// False when this exact document was already registered under this version.
+    pub created: bool,
+}
+
+/// A stored definition's metadata.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DefinitionView {
+    /// The saga's name.
+    pub name: String,
+    /// The version.
+    pub version: u32,
+    /// SHA-256 of the canonical JSON document.
+    pub digest: String,
+    /// When it was registered.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// A stored definition document.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DefinitionDocument {
+    /// The saga's name.
+    pub name: String,
+    /// The version.
+    pub version: u32,
+    /// The document as registered (TOML converted to JSON).
+    #[schema(value_type = Object)]
+    pub definition: Value,
+}
+
+/// A run to start.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartRun {
+    /// The run's input: any JSON value; the definition's templates read it as `input.*`.
+    #[schema(value_type = Value)]
+    pub input: Value,
+    /// The definition version; the latest when omitted.
+    #[schema(minimum = 1, maximum = 2_147_483_647)]
+    pub version: Option<u32>,
+}
+
+/// A started run.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StartedView {
+    /// The run's id.
+    pub id: Uuid,
+    /// The version it runs on.
+    pub version: u32,
+    /// False when the idempotency key had already started it.
+    pub created: bool,
+    /// Its state now.
+    #[schema(value_type = String, example = "running")]
+    pub state: RunState,
+}
+
+/// A run without its steps.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RunView {
+    /// The run's id.
+    pub id: Uuid,
+    /// The saga.
+    pub saga: String,
+    /// The definition version it runs on.
+    pub version: u32,
+    /// running, compensating, completed, compensated, needs_operator or aborted.
+    #[schema(value_type = String, example = "needs_operator")]
+    pub state: RunState,
+    /// Why it compensates or waits for an operator.
+    pub error: Option<String>,
+    /// The idempotency key it was started with.
+    pub idempotency_key: Option<String>,
+    /// When it started.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Its last transition.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    /// When it ended.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+}
+
+impl From<RunSummary> for RunView {
+    fn from(r: RunSummary) -> Self {
+        Self {
+            id: r.id,
+            saga: r.saga,
+            version: r.version,
+            state: r.state,
+            error: r.error,
+            idempotency_key: r.idempotency_key,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            finished_at: r.finished_at,
+        }
+    }
+}
+
+/// A run with its steps and history (see the saga docs for the fields).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RunDetailView {
+    /// The run.
+    #[serde(flatten)]
+    pub run: RunView,
+    /// Its input.
+    #[schema(value_type = Value)]
+    pub input: Value,
+    /// Each action and compensation attempted: step, phase, status, attempts, output,
+    /// last_error, started_at, finished_at, due_at.
+    #[schema(value_type = Vec<Object>)]
+    pub steps: Vec<Value>,
+    /// Every transition and operator action, oldest first: seq, at, event, step, phase,
+    /// attempt, elapsed_ms, detail, actor.
+    #[schema(value_type = Vec<Object>)]
+    pub history: Vec<Value>,
+}
+
+impl From<RunDetail> for RunDetailView {
+    fn from(d: RunDetail) -> Self {
+        Self {
+            run: d.run.into(),
+            input: d.input,
+            steps: d
+                .steps
+                .iter()
+                .filter_map(|s| serde_json::to_value(s).ok())
+                .collect(),
+            history: d
+                .history
+                .iter()
+                .filter_map(|h| serde_json::to_value(h).ok())
+                .collect(),
+        }
+    }
+}
+
+/// Which runs to list.
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct RunQuery {
+    /// Only runs in this state: running, compensating, completed, compensated,
+    /// needs_operator (or needs-operator) or aborted.
+    #[param(
+        pattern = "^(running|compensating|completed|compensated|needs_operator|needs-operator|aborted)$"
+    )]
+    pub state: Option<String>,
+    /// Only runs of this saga.
+    pub saga: Option<String>,
+    /// Runs started before this run (paging; newest first).
+    pub before: Option<Uuid>,
+    /// At most this many (1 to 1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+}
+
+/// Why an operator acts; kept in the run's history with the token's name.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorNote {
+    /// What was done, or why: not blank.
+    #[schema(min_length = 1, max_length = 4096, pattern = r"\S")]
+    pub note: String,
+}
+
+/// A saga definition document, as JSON Schema can state it. The server also checks what it
+/// cannot: steps in the order compensatable, pivot, retriable; a compensation exactly on the
+/// compensatable steps; unique step names; templates that read only earlier steps.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct SagaDocument {
+    /// The saga's name.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,128}$")]
+    name: String,
+    /// The version: each (name, version) holds one document forever.
+    #[schema(minimum = 1, maximum = 2_147_483_647)]
+    version: u32,
+    /// Defaults for every call.
+    defaults: Option<DefaultsDocument>,
+    /// Stages in order: a step, or a parallel group of steps of one kind.
+    #[schema(min_items = 1)]
+    steps: Vec<StageDocument>,
+}
+
+/// Defaults for every call of a definition.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct DefaultsDocument {
+    /// Per attempt (default 30000).
+    #[schema(minimum = 1, maximum = 86_400_000)]
+    timeout_ms: Option<u64>,
+    /// Attempts of an action (default 5; retriable steps: unlimited).
+    #[schema(schema_with = attempts_schema)]
+    action_max_attempts: Option<Value>,
+    /// Attempts of a compensation before the run waits for an operator (default 10).
+    #[schema(schema_with = attempts_schema)]
+    compensation_max_attempts: Option<Value>,
+    /// First backoff (default 100).
+    #[schema(minimum = 1, maximum = 86_400_000)]
+    backoff_base_ms: Option<u64>,
+    /// Largest backoff (default 30000).
+    #[schema(minimum = 1, maximum = 86_400_000)]
+    backoff_cap_ms: Option<u64>,
+}
+
+/// A stage: one step, or `{"parallel": [steps]}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum StageDocument {
+    /// One step.
+    Step(Box<StepDocument>),
+    /// Steps of one kind run at once.
+    Parallel(ParallelDocument),
+}
+
+/// A parallel group.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct ParallelDocument {
+    /// The steps.
+    #[schema(min_items = 1)]
+    parallel: Vec<StepDocument>,
+}
+
+/// Richardson's step kinds.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KindDocument {
+    /// Has a compensation; before the pivot.
+    Compensatable,
+    /// The go/no-go step; no compensation.
+    Pivot,
+    /// After the pivot; no compensation.
+    Retriable,
+}
+
+/// One step.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct StepDocument {
+    /// Part of idempotency keys.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
+    name: String,
+    /// Its kind.
+    kind: KindDocument,
+    /// The action.
+    action: CallDocument,
+    /// The compensation: required for compensatable steps, refused for the others.
+    compensation: Option<CallDocument>,
+}
+
+/// HTTP methods a step may use.
+#[derive(Debug, Deserialize, ToSchema)]
+#[allow(clippy::upper_case_acronyms)]
+pub enum MethodDocument {
+    /// GET
+    GET,
+    /// POST
+    POST,
+    /// PUT
+    PUT,
+    /// PATCH
+    PATCH,
+    /// DELETE
+    DELETE,
+}
+
+/// An HTTP call; strings may hold `{{ path }}` placeholders.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct CallDocument {
+    /// The method.
+    method: MethodDocument,
+    /// An http:// or https:// URL; `{{ path }}` placeholders may stand in its path and query.
+    #[schema(
+        pattern = r"^https?://[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,4})?(/([A-Za-z0-9._~!$&'()*+,;=:@%/?#-]|\{\{ ?input(\.[A-Za-z0-9_-]+)* ?\}\})*)?$"
+    )]
+    url: String,
+    /// Extra headers (not `Idempotency-Key` or `Onephase-*`, which the orchestrator sets).
+    #[schema(schema_with = call_headers_schema)]
+    headers: Option<std::collections::BTreeMap<String, String>>,
+    /// A JSON body template: any JSON value.
+    #[schema(value_type = Option<Value>)]
+    body: Option<Value>,
+    /// Per attempt.
+    #[schema(minimum = 1, maximum = 86_400_000)]
+    timeout_ms: Option<u64>,
+    /// A number, or "unlimited".
+    #[schema(schema_with = attempts_schema)]
+    max_attempts: Option<Value>,
+    /// First backoff.
+    #[schema(minimum = 1, maximum = 86_400_000)]
+    backoff_base_ms: Option<u64>,
+    /// Largest backoff.
+    #[schema(minimum = 1, maximum = 86_400_000)]
+    backoff_cap_ms: Option<u64>,
+    /// Statuses (100 to 599, or "2xx"-style classes) that mean success; default ["2xx"].
+    #[schema(schema_with = statuses_schema)]
+    success: Option<Vec<Value>>,
+    /// Statuses that mean try again; default [408, 425, 429, "5xx"].
+    #[schema(schema_with = statuses_schema)]
+    retry: Option<Vec<Value>>,
+    /// Statuses that mean refused (applied nothing); they win over the defaults.
+    #[schema(schema_with = statuses_schema)]
+    fail: Option<Vec<Value>>,
+}
+
+/// A positive count or `"unlimited"`, or null.
+fn attempts_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+    let one_of = OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(1))
+                .maximum(Some(i64::from(i32::MAX))),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["unlimited"])),
+        )
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .build();
+    Schema::OneOf(one_of)
+}
+
+/// A list of status codes (100 to 599) and classes ("1xx" to "5xx"), or null.
+fn statuses_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{
+        ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type,
+    };
+    let status = OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(100))
+                .maximum(Some(599)),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[1-5][xX][xX]$")),
+        );
+    Schema::Array(
+        ArrayBuilder::new()
+            .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+            .items(status)
+            .build(),
+    )
+}
+
+/// HTTP header names (RFC 9110 tokens) to values of visible ASCII, spaces and tabs.
+fn call_headers_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::SchemaType::from_iter([
+            Type::Object,
+            Type::Null,
+        ]))
+        .property_names(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")),
+        ))
+        .additional_properties(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[\\t\\x20-\\x7e]*$")),
+        ))
+        .build()
+}
+
+fn is_toml(headers: &HeaderMap) -> Option<bool> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "application/json" => Some(false),
+        "application/toml" | "text/toml" => Some(true),
+        _ => None,
+    }
+}
+
+/// Register a saga definition (admin).
+///
+/// The body is the definition, as JSON (`Content-Type: application/json`) or TOML
+/// (`application/toml`). Each (name, version) holds one document forever: registering the
+/// same document again is a no-op, a different one is refused.
+#[utoipa::path(
+    post,
+    path = "/v1/sagas",
+    tag = "saga",
+    security(("bearer" = [])),
+    request_body(content = SagaDocument, description = "The definition (see docs/saga.md); TOML with the same shape as `application/toml`", content_type = "application/json"),
+    responses(
+        (status = 201, description = "Registered", body = RegisteredView),
+        (status = 200, description = "Already registered with this exact document", body = RegisteredView),
+        (status = 400, description = "Invalid definition, or not valid JSON/TOML", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "This version holds another document", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Neither JSON nor TOML", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn register(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    admin_only(&caller)?;
+    let toml = is_toml(&headers).ok_or_else(|| {
+        Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported media type",
+            "send the definition as `Content-Type: application/json` or `application/toml`",
+        )
+    })?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| Problem::from_kind(ErrorKind::InvalidInput, "the body is not UTF-8"))?;
+    let spec = if toml {
+        SagaSpec::from_toml(text)
+    } else {
+        SagaSpec::from_json(text)
+    }
+    .map_err(|e| problem(&SagaError::from(e)))?;
+    let registered = state
+        .saga()
+        .orchestrator()
+        .register_spec(&spec)
+        .await
+        .map_err(|e| problem(&e))?;
+    let status = if registered.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let view = RegisteredView {
+        name: registered.name,
+        version: registered.version,
+        created: registered.created,
+    };
+    Ok((status, ApiJson(view)).into_response())
+}
+
+/// List registered saga definitions.
+#[utoipa::path(
+    get,
+    path = "/v1/sagas",
+    tag = "saga",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every (name, version)", body = Vec<DefinitionView>),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn definitions(
+    State(state): State<AppState>,
+) -> Result<ApiJson<Vec<DefinitionView>>, Problem> {
+    let list = state
+        .saga()
+        .orchestrator()
+        .stored_definitions()
+        .await
+        .map_err(|e| problem(&e))?;
+    Ok(ApiJson(
+        list.into_iter()
+            .map(|d| DefinitionView {
+                name: d.name,
+                version: d.version,
+                digest: d.digest,
+                created_at: d.created_at,
+            })
+            .collect(),
+    ))
+}
+
+/// Which version of a definition.
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct VersionQuery {
+    /// The version; the latest when omitted.
+    #[param(minimum = 1, maximum = 2_147_483_647)]
+    pub version: Option<u32>,
+}
+
+/// Read a definition (its latest version, or `?version=`).
+#[utoipa::path(
+    get,
+    path = "/v1/sagas/{name}",
+    tag = "saga",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "The saga's name"), VersionQuery),
+    responses(
+        (status = 200, description = "The document", body = DefinitionDocument),
+        (status = 400, description = "Invalid version", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such saga or version", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn definition(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(query): Query<VersionQuery>,
+) -> Result<ApiJson<DefinitionDocument>, Problem> {
+    let (version, definition) = state
+        .saga()
+        .orchestrator()
+        .stored_definition(&name, query.version)
+        .await
+        .map_err(|e| problem(&e))?;
+    Ok(ApiJson(DefinitionDocument {
+        name,
+        version,
+        definition,
+    }))
+}
+
+/// Start a run of a saga.
+#[utoipa::path(
+    post,
+    path = "/v1/sagas/{name}/runs",
+    tag = "saga",
+    security(("bearer" = [])),
+    params(
+        ("name" = String, Path, description = "The saga's name"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Starting again with the same key (per saga) returns the run it started; another input or version under the key is refused with 409",
+         min_length = 1, max_length = 255, pattern = r"^[\x21-\x7e]+$"),
+    ),
+    request_body = StartRun,
+    responses(
+        (status = 201, description = "Started", body = StartedView),
+        (status = 200, description = "The idempotency key had already started this run", body = StartedView),
+        (status = 400, description = "Malformed JSON, or an Idempotency-Key that is not 1 to 255 visible ASCII characters", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such saga or version", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The idempotency key started a run with another input or version", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The input lacks a value the definition reads, or JSON of the wrong shape", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn start(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<StartRun>,
+) -> Result<Response, Problem> {
+    let key = match headers.get("idempotency-key") {
+        Some(v) => {
+            let key = v
+                .to_str()
+                .ok()
+                .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
+                .ok_or_else(|| {
+                    Problem::from_kind(
+                        ErrorKind::InvalidInput,
+                        "the Idempotency-Key header must be 1 to 255 visible ASCII characters",
+                    )
+                })?;
+            Some(key.to_owned())
+        }
+        None => None,
+    };
+    let request = StartRequest {
+        saga: name,
+        version: body.version,
+        input: body.input,
+        idempotency_key: key,
+    };
+    let started = state
+        .saga()
+        .orchestrator()
+        .start(request)
+        .await
+        .map_err(|e| match e {
+            // The input is well-formed JSON that does not fit the definition.
+            SagaError::InvalidInput(_) => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-input",
+                "Invalid input",
+                e.to_string(),
+            ),
+            e => problem(&e),
+        })?;
+    let status = if started.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let view = StartedView {
+        id: started.id,
+        version: started.version,
+        created: started.created,
+        state: started.state,
+    };
+    Ok((status, ApiJson(view)).into_response())
+}
+
+/// List runs, newest first (filter by state and saga).
+#[utoipa::path(
+    get,
+    path = "/v1/saga-runs",
+    tag = "saga",
+    security(("bearer" = [])),
+    params(RunQuery),
+    responses(
+        (status = 200, description = "Runs, newest first", body = Vec<RunView>),
+        (status = 400, description = "Unknown state or invalid paging", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn runs(
+    State(state): State<AppState>,
+    Query(query): Query<RunQuery>,
+) -> Result<ApiJson<Vec<RunView>>, Problem> {
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(Problem::from_kind(
+            ErrorKind::InvalidInput,
+            format!("limit {limit} is out of range: use 1 to 1000"),
+        ));
+    }
+    let run_state = match query.state.as_deref() {
+        Some(s) => Some(RunState::parse(s).ok_or_else(|| {
+            Problem::from_kind(
+                ErrorKind::InvalidInput,
+                format!(
+                    "unknown state {s:?}: use running, compensating, completed, compensated, needs_operator or aborted"
+                ),
+            )
+        })?),
+        None => None,
+    };
+    let filter = RunFilter {
+        state: run_state,
+        saga: query.saga,
+        before: query.before,
+        limit,
+    };
+    let runs = state
+        .saga()
+        .orchestrator()
+        .admin()
+        .list(&filter)
+        .await
+        .map_err(|e| problem(&e))?;
+    Ok(ApiJson(runs.into_iter().map(RunView::from).collect()))
+}
+
+/// One run with its steps and history.
+#[utoipa::path(
+    get,
+    path = "/v1/saga-runs/{id}",
+    tag = "saga",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The run's id")),
+    responses(
+        (status = 200, description = "The run", body = RunDetailView),
+        (status = 400, description = "Not a UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such run", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn run(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+) -> Result<ApiJson<RunDetailView>, Problem> {
+    let detail = state
+        .saga()
+        .orchestrator()
+        .admin()
+        .show(id)
+        .await
+        .map_err(|e| problem(&e))?;
+    Ok(ApiJson(detail.into()))
+}
+
+/// What every operator action can answer besides its result.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum OperatorErrors {
+    /// Empty note, or not a UUID.
+    #[response(status = 400, content_type = "application/problem+json")]
+    BadRequest(Problem),
+    /// Missing or invalid token.
+    #[response(status = 401, content_type = "application/problem+json")]
+    Unauthenticated(Problem),
+    /// Not an admin token.
+    #[response(status = 403, content_type = "application/problem+json")]
+    Forbidden(Problem),
+    /// No such run, or (resolve) no failed step of that name.
+    #[response(status = 404, content_type = "application/problem+json")]
+    NotFound(Problem),
+    /// The run is not waiting for an operator.
+    #[response(status = 409, content_type = "application/problem+json")]
+    NotParked(Problem),
+    /// Body is not JSON.
+    #[response(status = 415, content_type = "application/problem+json")]
+    NotJson(Problem),
+    /// JSON of the wrong shape.
+    #[response(status = 422, content_type = "application/problem+json")]
+    WrongShape(Problem),
+}
+
+async fn operator_action(
+    state: &AppState,
+    caller: &Caller,
+    id: Uuid,
+    run: impl AsyncFnOnce(onephase_saga::SagaAdmin, Audit) -> Result<(), SagaError>,
+    note: String,
+) -> Result<ApiJson<RunDetailView>, Problem> {
+    admin_only(caller)?;
+    let admin = state.saga().orchestrator().admin();
+    run(admin.clone(), Audit::new(caller.name.clone(), note))
+        .await
+        .map_err(|e| problem(&e))?;
+    let detail = admin.show(id).await.map_err(|e| problem(&e))?;
+    Ok(ApiJson(detail.into()))
+}
+
+/// Retry the failed compensation of a run waiting for an operator (admin).
+#[utoipa::path(
+    post,
+    path = "/v1/saga-runs/{id}/retry",
+    tag = "saga",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The run's id")),
+    request_body = OperatorNote,
+    responses(
+        (status = 200, description = "The run, back to compensating (or running)", body = RunDetailView),
+        OperatorErrors,
+    )
+)]
+pub async fn retry(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<Uuid>,
+    ApiJson(body): ApiJson<OperatorNote>,
+) -> Result<ApiJson<RunDetailView>, Problem> {
+    operator_action(
+        &state,
+        &caller,
+        id,
+        async move |admin, audit| admin.retry(id, &audit).await,
+        body.note,
+    )
+    .await
+}
+
+/// Mark a failed step of a run waiting for an operator as resolved by hand (admin).
+#[utoipa::path(
+    post,
+    path = "/v1/saga-runs/{id}/steps/{step}/resolve",
+    tag = "saga",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The run's id"), ("step" = String, Path, description = "The step whose compensation (or retriable action) failed")),
+    request_body = OperatorNote,
+    responses(
+        (status = 200, description = "The run, going on", body = RunDetailView),
+        OperatorErrors,
+    )
+)]
+pub async fn resolve(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((id, step)): Path<(Uuid, String)>,
+    ApiJson(body): ApiJson<OperatorNote>,
+) -> Result<ApiJson<RunDetailView>, Problem> {
+    operator_action(
+        &state,
+        &caller,
+        id,
+        async move |admin, audit| admin.resolve(id, &step, &audit).await,
+        body.note,
+    )
+    .await
+}
+
+/// Abort the compensation of a run waiting for an operator; it ends `aborted` (admin).
+#[utoipa::path(
+    post,
+    path = "/v1/saga-runs/{id}/abort",
+    tag = "saga",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The run's id")),
+    request_body = OperatorNote,
+    responses(
+        (status = 200, description = "The run, aborted", body = RunDetailView),
+        OperatorErrors,
+    )
+)]
+pub async fn abort(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<Uuid>,
+    ApiJson(body): ApiJson<OperatorNote>,
+) -> Result<ApiJson<RunDetailView>, Problem> {
+    operator_action(
+        &state,
+        &caller,
+        id,
+        async move |admin, audit| admin.abort(id, &audit).await,
+        body.note,
+    )
+    .await
+}
