@@ -132,7 +132,22 @@ impl Inbox {
         E: From<OutboxError>,
         F: for<'c> FnOnce(&'c mut C) -> BoxFuture<'c, Result<T, E>>,
     {
-        if !self.record(tx, envelope.id()).await? {
+        self.process_id(tx, envelope.id(), handler).await
+    }
+
+    /// [`process`](Self::process) for a message known by its id alone (a webhook's, say).
+    pub async fn process_id<C, T, E, F>(
+        &self,
+        tx: &mut C,
+        id: MessageId,
+        handler: F,
+    ) -> Result<Processed<T>, E>
+    where
+        C: InboxConnection + ?Sized,
+        E: From<OutboxError>,
+        F: for<'c> FnOnce(&'c mut C) -> BoxFuture<'c, Result<T, E>>,
+    {
+        if !self.record(tx, id).await? {
             return Ok(Processed::Duplicate);
         }
         handler(tx).await.map(Processed::Applied)
