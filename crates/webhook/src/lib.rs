@@ -13,9 +13,12 @@
 //!   de-duplicates on `webhook-id` through the inbox in the receiver's own transaction.
 //! - [`destination`]: the address policy and the delivery client that enforces it after DNS
 //!   resolution, with redirects off.
+//! - [`policy`]: the retry schedule with jitter, and what each answer means (delivered, gone,
+//!   retry, retry after what the endpoint asked, slow down).
 //!
 //! [Standard Webhooks]: https://www.standardwebhooks.com/
 
 pub mod destination;
+pub mod policy;
 pub mod receiver;
 pub mod signature;
