@@ -81,14 +81,29 @@ impl SagaAdmin {
             .ok_or(SagaError::UnknownRun(id))
     }
 
-    /// How many runs are in each state (and sets the `onephase_saga_runs` gauge).
+    /// How many runs are in each state (and sets the `onephase_saga_runs` gauge). Reads every
+    /// run; see [`active_counts`](Self::active_counts) for the cheap part.
     pub async fn counts(&self) -> Result<BTreeMap<RunState, i64>, SagaError> {
-        let raw = Sql::new(&self.store).counts().await?;
+        self.count(false).await
+    }
+
+    /// How many runs are running, compensating or waiting for an operator (and sets those
+    /// states' `onephase_saga_runs` gauges): the states runs leave, so the count stays small
+    /// however many runs have finished.
+    pub async fn active_counts(&self) -> Result<BTreeMap<RunState, i64>, SagaError> {
+        self.count(true).await
+    }
+
+    async fn count(&self, active_only: bool) -> Result<BTreeMap<RunState, i64>, SagaError> {
+        let raw = Sql::new(&self.store).counts(active_only).await?;
         let counts = raw
             .into_iter()
             .filter_map(|(s, n)| RunState::parse(&s).map(|s| (s, n)))
             .collect();
-        metrics::runs(&counts);
+        let states = RunState::ALL
+            .into_iter()
+            .filter(|s| !active_only || !s.is_terminal());
+        metrics::runs(states, &counts);
         Ok(counts)
     }
 

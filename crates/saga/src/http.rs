@@ -189,7 +189,8 @@ impl SagaSpec {
 
     /// Parses an already decoded document.
     pub fn from_value(mut raw: Value) -> Result<Self, DefinitionError> {
-        onephase_core::json::integers_from_whole_floats(&mut raw);
+        // Call bodies are passed to participants as written.
+        onephase_core::json::integers_from_whole_floats(&mut raw, &["body"]);
         let doc: SpecDoc = serde_json::from_value(raw.clone())
             .map_err(|e| spec_error(raw_name(&raw), e.to_string()))?;
         let name = Some(doc.name.as_str());
@@ -587,5 +588,29 @@ impl Invoke for HttpCall {
 impl Serialize for SagaSpec {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         self.raw.serialize(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::SagaSpec;
+
+    #[test]
+    fn whole_floats_read_as_integers_except_in_call_bodies() {
+        let spec = SagaSpec::from_value(json!({
+            "name": "s", "version": 2.0,
+            "steps": [{"name": "a", "kind": "pivot",
+                       "action": {"method": "POST", "url": "http://x/a", "timeout_ms": 1000.0,
+                                  "body": {"price": 2.0}}}]
+        }))
+        .expect("2.0 is version 2");
+        assert_eq!(spec.version(), 2);
+        assert_eq!(
+            spec.to_value()["steps"][0]["action"]["body"],
+            json!({"price": 2.0}),
+            "a body is sent as written"
+        );
     }
 }

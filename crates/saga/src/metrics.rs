@@ -52,9 +52,12 @@ pub(crate) fn operator_action(action: &'static str) {
     counter!("onephase_saga_operator_actions_total", "action" => action).increment(1);
 }
 
-/// Sets `onephase_saga_runs{state}` from a count by state.
-pub(crate) fn runs(counts: &std::collections::BTreeMap<RunState, i64>) {
-    for state in RunState::ALL {
+/// Sets `onephase_saga_runs{state}` for `states` from a count by state.
+pub(crate) fn runs(
+    states: impl Iterator<Item = RunState>,
+    counts: &std::collections::BTreeMap<RunState, i64>,
+) {
+    for state in states {
         #[allow(clippy::cast_precision_loss)]
         let n = counts.get(&state).copied().unwrap_or(0) as f64;
         gauge!("onephase_saga_runs", "state" => state.as_str()).set(n);

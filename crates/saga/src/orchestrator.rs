@@ -461,8 +461,8 @@ impl Orchestrator {
         let mut counted: Option<Instant> = None;
         loop {
             if counted.is_none_or(|at| at.elapsed() >= Duration::from_secs(15)) {
-                // Keeps the onephase_saga_runs{state} gauge current.
-                if let Err(e) = self.admin().counts().await {
+                // Keeps the onephase_saga_runs gauge of the active states current.
+                if let Err(e) = self.admin().active_counts().await {
                     tracing::warn!(error = %e, "counting saga runs by state failed");
                 }
                 counted = Some(Instant::now());

@@ -217,6 +217,11 @@ async fn a_compensation_that_keeps_failing_waits_for_an_operator() -> anyhow::Re
             })
             .await?;
         ensure!(parked.len() == 2, "{parked:?}");
+        let active = admin.active_counts().await?;
+        ensure!(
+            active.get(&RunState::NeedsOperator) == Some(&2) && active.len() == 1,
+            "only the states runs leave are counted: {active:?}"
+        );
 
         // Retry: it fails six more times and parks again.
         let audit = Audit::new("alice", "inventory service redeployed");

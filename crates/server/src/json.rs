@@ -33,16 +33,18 @@ where
             Err(rejection) => return Err(problem_for(rejection).with_instance(path)),
         };
         // Every request body is an object; serde would otherwise read a struct from an array.
-        if !value.is_object() {
+        let serde_json::Value::Object(fields) = &mut value else {
             return Err(invalid_body("the body must be a JSON object").with_instance(path));
-        }
-        onephase_core::json::integers_from_whole_floats(&mut value);
-        // Through bytes again so that a shape error names the field's path.
-        let bytes = serde_json::to_vec(&value).unwrap_or_default();
-        match axum::Json::<T>::from_bytes(&bytes) {
-            Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(problem_for(rejection).with_instance(path)),
-        }
+        };
+        // Whole floats read as integers in the body's own fields only: nested values
+        // (a payload, a saga's input) are the caller's data and are kept as written.
+        fields
+            .values_mut()
+            .filter(|v| v.is_number())
+            .for_each(|v| onephase_core::json::integers_from_whole_floats(v, &[]));
+        serde_path_to_error::deserialize(value)
+            .map(Self)
+            .map_err(|e| invalid_body(&e.to_string()).with_instance(path))
     }
 }
 

@@ -583,7 +583,8 @@ async fn outbox_api_appends_reads_relays_and_manages_dead_rows() -> anyhow::Resu
 
         // Append, idempotently on the id, and read back.
         let id = uuid::Uuid::now_v7();
-        let event = json!({"key": "order-42", "payload": {"order": 42}, "headers": {"correlation-id": "req-1"}, "id": id});
+        // `2.0` stays a float: the server never rewrites a payload.
+        let event = json!({"key": "order-42", "payload": {"order": 42, "price": 2.0}, "headers": {"correlation-id": "req-1"}, "id": id});
         let mut positions = Vec::new();
         for _ in 0..2 {
             let response = http
@@ -606,7 +607,11 @@ async fn outbox_api_appends_reads_relays_and_manages_dead_rows() -> anyhow::Resu
         );
         let records = wait_for_records(&http, &server, "orders.created", 1).await?;
         ensure!(records.len() == 1, "{records:?}");
-        ensure!(records[0]["payload"] == json!({"order": 42}) && records[0]["key"] == "order-42");
+        ensure!(
+            records[0]["payload"] == json!({"order": 42, "price": 2.0})
+                && records[0]["key"] == "order-42",
+            "{records:?}"
+        );
         ensure!(records[0]["headers"]["correlation-id"] == "req-1");
 
         // A row written to the server's own outbox by plain SQL is relayed to the log.

@@ -373,10 +373,15 @@ impl<'a> Sql<'a> {
         }
     }
 
-    pub(crate) async fn counts(&self) -> Result<BTreeMap<String, i64>, sqlx::Error> {
+    /// Runs per state; with `active_only`, only the states a run leaves (running, compensating,
+    /// needs_operator), which the state index answers without reading every finished run.
+    pub(crate) async fn counts(
+        &self,
+        active_only: bool,
+    ) -> Result<BTreeMap<String, i64>, sqlx::Error> {
         match self.db {
-            Db::Postgres(pool) => postgres::counts(pool).await,
-            Db::Sqlite(s) => sqlite::counts(s.reader()).await,
+            Db::Postgres(pool) => postgres::counts(pool, active_only).await,
+            Db::Sqlite(s) => sqlite::counts(s.reader(), active_only).await,
         }
     }
 }

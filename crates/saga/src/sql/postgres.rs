@@ -486,11 +486,19 @@ pub(super) async fn detail(pool: &PgPool, id: Uuid) -> Result<Option<RunDetail>,
     }))
 }
 
-pub(super) async fn counts(pool: &PgPool) -> Result<BTreeMap<String, i64>, sqlx::Error> {
-    sqlx::query("SELECT state, count(*) AS n FROM onephase_saga_runs GROUP BY state")
-        .fetch_all(pool)
-        .await?
-        .iter()
-        .map(|r| Ok((r.try_get("state")?, r.try_get("n")?)))
-        .collect()
+pub(super) async fn counts(
+    pool: &PgPool,
+    active_only: bool,
+) -> Result<BTreeMap<String, i64>, sqlx::Error> {
+    sqlx::query(
+        "SELECT state, count(*) AS n FROM onephase_saga_runs \
+         WHERE NOT $1 OR state IN ('running', 'compensating', 'needs_operator') \
+         GROUP BY state",
+    )
+    .bind(active_only)
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|r| Ok((r.try_get("state")?, r.try_get("n")?)))
+    .collect()
 }
