@@ -49,6 +49,12 @@ pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(5 * 60);
 #[error("invalid webhook key: {0}")]
 pub struct KeyError(String);
 
+impl KeyError {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
 impl onephase_core::Classify for KeyError {
     fn kind(&self) -> onephase_core::ErrorKind {
         onephase_core::ErrorKind::InvalidInput
@@ -210,6 +216,17 @@ pub enum VerifyKey {
     Secret(Secret),
     /// `v1a`.
     Public(PublicKey),
+}
+
+impl VerifyKey {
+    /// Reads `whsec_...` (v1) or `whpk_...` (v1a).
+    pub fn parse(text: &str) -> Result<Self, KeyError> {
+        if text.trim().starts_with("whpk_") {
+            PublicKey::parse(text).map(Self::Public)
+        } else {
+            Secret::parse(text).map(Self::Secret)
+        }
+    }
 }
 
 impl From<Secret> for VerifyKey {

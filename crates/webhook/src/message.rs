@@ -1,0 +1,241 @@
+//! Sending: a message is written, with one pending delivery per matching endpoint, in the
+//! caller's transaction.
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+use sqlx::{PgConnection, Postgres, Sqlite, SqliteConnection, Transaction};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::WebhookError;
+use crate::endpoint::{DEFAULT_APP, validate_app, validate_event_type};
+use crate::sql::{self, PreparedMessage, Written};
+
+/// The largest message body (the JSON endpoints receive) accepted by default: 256 KiB.
+pub const DEFAULT_MAX_BODY: usize = 256 * 1024;
+
+/// A message to send.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewMessage {
+    /// The application whose endpoints receive it (default `default`).
+    #[serde(default)]
+    pub app: Option<String>,
+    /// Its type, like `invoice.paid`; endpoints filter on it.
+    pub event_type: String,
+    /// The event's data, sent as the body's `data`.
+    pub payload: Value,
+    /// Messages with the same key reach an ordered endpoint one after another.
+    #[serde(default)]
+    pub partition_key: Option<String>,
+    /// Sending again with the same key (and the same message) creates nothing new.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+impl NewMessage {
+    /// A message of the default application.
+    pub fn new(event_type: impl Into<String>, payload: Value) -> Self {
+        Self {
+            app: None,
+            event_type: event_type.into(),
+            payload,
+            partition_key: None,
+            idempotency_key: None,
+        }
+    }
+
+    /// With an ordering key.
+    pub fn partition_key(mut self, key: impl Into<String>) -> Self {
+        self.partition_key = Some(key.into());
+        self
+    }
+
+    /// With an idempotency key.
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// For another application.
+    pub fn app(mut self, app: impl Into<String>) -> Self {
+        self.app = Some(app.into());
+        self
+    }
+
+    fn prepare(
+        &self,
+        now: OffsetDateTime,
+        max_body: usize,
+    ) -> Result<PreparedMessage, WebhookError> {
+        let app = self.app.as_deref().unwrap_or(DEFAULT_APP);
+        validate_app(app)?;
+        validate_event_type(&self.event_type)?;
+        for (name, value) in [
+            ("partition_key", &self.partition_key),
+            ("idempotency_key", &self.idempotency_key),
+        ] {
+            if value
+                .as_ref()
+                .is_some_and(|v| v.is_empty() || v.len() > 256)
+            {
+                return Err(WebhookError::invalid(format!("{name} is 1 to 256 bytes")));
+            }
+        }
+        let timestamp = now
+            .format(&Rfc3339)
+            .map_err(|e| WebhookError::invalid(format!("time: {e}")))?;
+        let body = serde_json::to_string(&serde_json::json!({
+            "type": self.event_type,
+            "timestamp": timestamp,
+            "data": self.payload,
+        }))
+        .map_err(|e| WebhookError::invalid(format!("payload: {e}")))?;
+        if body.len() > max_body {
+            return Err(WebhookError::TooLarge {
+                size: body.len(),
+                limit: max_body,
+            });
+        }
+        Ok(PreparedMessage {
+            id: format!("msg_{}", uuid::Uuid::now_v7().simple()),
+            app: app.to_owned(),
+            event_type: self.event_type.clone(),
+            partition_key: self.partition_key.clone(),
+            idempotency_key: self.idempotency_key.clone(),
+            digest: self.digest(),
+            body,
+            created_at_ms: sql::ms(now),
+        })
+    }
+
+    /// What tells a repeat of this message from another message under the same key.
+    fn digest(&self) -> String {
+        let mut hash = Sha256::new();
+        for part in [
+            self.event_type.as_str(),
+            self.partition_key.as_deref().unwrap_or("\u{0}"),
+            &self.payload.to_string(),
+        ] {
+            hash.update((part.len() as u64).to_be_bytes());
+            hash.update(part.as_bytes());
+        }
+        hex::encode(hash.finalize())
+    }
+}
+
+/// What [`send`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Sent {
+    /// The message's id (`msg_...`), the `webhook-id` every endpoint receives.
+    pub id: String,
+    /// How many endpoints it goes to (0 for a repeat).
+    pub endpoints: u32,
+    /// Whether the idempotency key named an existing message, which is what `id` is.
+    pub duplicate: bool,
+}
+
+/// A connection or transaction a message can be written with: PostgreSQL or SQLite, a bare
+/// connection or a [`Transaction`]. Sealed; implemented for sqlx's types.
+pub trait WebhookConnection: sealed::Sealed + Send {
+    #[doc(hidden)]
+    fn write<'a>(
+        &'a mut self,
+        m: &'a PreparedMessage,
+    ) -> BoxFuture<'a, Result<Written, sqlx::Error>>;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for sqlx::PgConnection {}
+    impl Sealed for sqlx::SqliteConnection {}
+    impl Sealed for sqlx::Transaction<'_, sqlx::Postgres> {}
+    impl Sealed for sqlx::Transaction<'_, sqlx::Sqlite> {}
+}
+
+macro_rules! webhook_connection {
+    ($($ty:ty => $write:path;)*) => {$(
+        impl WebhookConnection for $ty {
+            fn write<'a>(
+                &'a mut self,
+                m: &'a PreparedMessage,
+            ) -> BoxFuture<'a, Result<Written, sqlx::Error>> {
+                $write(self, m)
+            }
+        }
+    )*};
+}
+
+webhook_connection! {
+    PgConnection => sql::write_pg;
+    SqliteConnection => sql::write_sqlite;
+    Transaction<'_, Postgres> => sql::write_pg;
+    Transaction<'_, Sqlite> => sql::write_sqlite;
+}
+
+/// Writes `message` as part of the caller's transaction, with one pending delivery to each
+/// enabled endpoint of its application whose filter accepts its type. It is delivered only
+/// if the transaction commits; a running [`Dispatcher`](crate::Dispatcher) in this process is
+/// woken, others find it on their next poll.
+///
+/// With an idempotency key already used in this application: the same message returns the
+/// first one's id (`duplicate`), a different one fails with [`WebhookError::KeyReused`].
+/// Keys are kept as long as the message is.
+///
+/// ```
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use onephase_store::Store;
+/// use onephase_webhook::{NewMessage, send};
+///
+/// let store = Store::connect("sqlite::memory:").await?;
+/// store.migrate(&[onephase_outbox::migrations(), onephase_webhook::migrations()]).await?;
+/// let pool = store.as_sqlite().expect("sqlite").writer();
+/// let mut tx = pool.begin().await?;
+/// // ... the business change, in the same transaction ...
+/// let message = NewMessage::new("invoice.paid", serde_json::json!({"invoice": 42}))
+///     .idempotency_key("invoice-42-paid");
+/// let sent = send(&mut tx, &message, time::OffsetDateTime::now_utc()).await?;
+/// tx.commit().await?;
+/// assert!(sent.id.starts_with("msg_"));
+/// # Ok(()) }
+/// ```
+pub async fn send<C: WebhookConnection + ?Sized>(
+    conn: &mut C,
+    message: &NewMessage,
+    now: OffsetDateTime,
+) -> Result<Sent, WebhookError> {
+    send_with_limit(conn, message, now, DEFAULT_MAX_BODY).await
+}
+
+/// [`send`] with a body limit of `max_body` bytes.
+pub async fn send_with_limit<C: WebhookConnection + ?Sized>(
+    conn: &mut C,
+    message: &NewMessage,
+    now: OffsetDateTime,
+    max_body: usize,
+) -> Result<Sent, WebhookError> {
+    let prepared = message.prepare(now, max_body)?;
+    match conn.write(&prepared).await? {
+        Written::New { endpoints } => {
+            if endpoints > 0 {
+                crate::dispatcher::wake();
+            }
+            Ok(Sent {
+                id: prepared.id,
+                endpoints,
+                duplicate: false,
+            })
+        }
+        Written::Existing { id, digest } if digest == prepared.digest => Ok(Sent {
+            id,
+            endpoints: 0,
+            duplicate: true,
+        }),
+        Written::Existing { id, .. } => Err(WebhookError::KeyReused {
+            key: prepared.idempotency_key.unwrap_or_default(),
+            message: id,
+        }),
+    }
+}

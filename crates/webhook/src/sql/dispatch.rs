@@ -1,0 +1,507 @@
+//! The delivery side: fan-out on send (in the caller's transaction), claims, and the record of
+//! attempts.
+
+use std::collections::{BTreeMap, HashMap};
+
+use futures::FutureExt as _;
+use futures::future::BoxFuture;
+use onephase_core::Envelope;
+use onephase_store::Store;
+use serde::Serialize;
+use sqlx::{PgConnection, SqliteConnection};
+
+use super::on_store;
+use crate::WebhookError;
+use crate::endpoint::accepts;
+
+/// A message ready to be written.
+#[derive(Debug, Clone)]
+pub struct PreparedMessage {
+    pub id: String,
+    pub app: String,
+    pub event_type: String,
+    pub partition_key: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub digest: String,
+    pub body: String,
+    pub created_at_ms: i64,
+}
+
+/// What writing a message did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Written {
+    /// Written, with a delivery to each of these endpoints.
+    New { endpoints: u32 },
+    /// The idempotency key is held by this message, whose request had this digest.
+    Existing { id: String, digest: String },
+}
+
+const FAN_OUT_PG: &str = "INSERT INTO onephase_webhook_deliveries \
+     (message_id, endpoint_id, partition_key, next_at_ms, updated_at_ms) \
+     SELECT $1, e, $2, $3, $3 FROM jsonb_array_elements_text($4::jsonb) AS e";
+const FAN_OUT_SQLITE: &str = "INSERT INTO onephase_webhook_deliveries \
+     (message_id, endpoint_id, partition_key, next_at_ms, updated_at_ms) \
+     SELECT $1, value, $2, $3, $3 FROM json_each($4)";
+
+/// The same statements on either backend's connection.
+macro_rules! write_message {
+    ($conn:expr, $m:expr, $fan_out:expr) => {{
+        let conn = $conn;
+        let m: &PreparedMessage = $m;
+        let inserted = sqlx::query(
+            "INSERT INTO onephase_webhook_messages (id, app, event_type, partition_key, \
+             idempotency_key, digest, body, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (app, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
+        )
+        .bind(&m.id)
+        .bind(&m.app)
+        .bind(&m.event_type)
+        .bind(&m.partition_key)
+        .bind(&m.idempotency_key)
+        .bind(&m.digest)
+        .bind(&m.body)
+        .bind(m.created_at_ms)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            let (id, digest): (String, String) = sqlx::query_as(
+                "SELECT id, digest FROM onephase_webhook_messages \
+                 WHERE app = $1 AND idempotency_key = $2",
+            )
+            .bind(&m.app)
+            .bind(&m.idempotency_key)
+            .fetch_one(&mut *conn)
+            .await?;
+            return Ok(Written::Existing { id, digest });
+        }
+        let endpoints: Vec<(String, Option<String>)> = sqlx::query_as(
+            "SELECT id, event_types FROM onephase_webhook_endpoints \
+             WHERE app = $1 AND disabled_at_ms IS NULL",
+        )
+        .bind(&m.app)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut matching = Vec::new();
+        for (id, filter) in endpoints {
+            let filter: Option<Vec<String>> = filter
+                .as_deref()
+                .map(serde_json::from_str)
+                .transpose()
+                .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+            if accepts(filter.as_deref(), &m.event_type) {
+                matching.push(id);
+            }
+        }
+        if !matching.is_empty() {
+            let ids =
+                serde_json::to_string(&matching).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+            sqlx::query($fan_out)
+                .bind(&m.id)
+                .bind(&m.partition_key)
+                .bind(m.created_at_ms)
+                .bind(ids)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(Written::New {
+            endpoints: u32::try_from(matching.len()).unwrap_or(u32::MAX),
+        })
+    }};
+}
+
+pub(crate) fn write_pg<'a>(
+    conn: &'a mut PgConnection,
+    m: &'a PreparedMessage,
+) -> BoxFuture<'a, Result<Written, sqlx::Error>> {
+    async move { write_message!(conn, m, FAN_OUT_PG) }.boxed()
+}
+
+pub(crate) fn write_sqlite<'a>(
+    conn: &'a mut SqliteConnection,
+    m: &'a PreparedMessage,
+) -> BoxFuture<'a, Result<Written, sqlx::Error>> {
+    async move { write_message!(conn, m, FAN_OUT_SQLITE) }.boxed()
+}
+
+/// A delivery taken for an attempt, with what sending it needs.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct Claimed {
+    pub id: i64,
+    pub endpoint_id: String,
+    pub message_id: String,
+    /// Attempts before this one.
+    pub attempts: i32,
+    pub url: String,
+    pub keys: String,
+    pub rate_limit: Option<i32>,
+    pub rate_tat_us: i64,
+    pub body: String,
+}
+
+fn claim_sql(pg: bool) -> String {
+    let least = if pg { "LEAST" } else { "min" };
+    format!(
+        "WITH busy AS ( \
+           SELECT endpoint_id, COUNT(*) AS n FROM onephase_webhook_deliveries \
+           WHERE status = 'pending' AND locked_until_ms > $1 GROUP BY endpoint_id \
+         ), due AS ( \
+           SELECT d.id, d.endpoint_id, d.message_id, d.attempts, \
+             ROW_NUMBER() OVER (PARTITION BY d.endpoint_id ORDER BY d.id) AS rn, \
+             (CASE WHEN e.slow_until_ms > $1 THEN {least}(e.slow_limit, e.max_concurrency) \
+               ELSE e.max_concurrency END) - COALESCE(b.n, 0) AS room \
+           FROM onephase_webhook_deliveries d \
+           JOIN onephase_webhook_endpoints e ON e.id = d.endpoint_id \
+           LEFT JOIN busy b ON b.endpoint_id = d.endpoint_id \
+           WHERE d.status = 'pending' AND d.next_at_ms <= $1 AND d.locked_until_ms <= $1 \
+             AND e.disabled_at_ms IS NULL \
+             AND (e.ordered = {false} OR d.partition_key IS NULL OR NOT EXISTS ( \
+               SELECT 1 FROM onephase_webhook_deliveries p \
+               WHERE p.endpoint_id = d.endpoint_id AND p.partition_key = d.partition_key \
+                 AND p.status = 'pending' AND p.id < d.id)) \
+         ) \
+         SELECT due.id, due.endpoint_id, due.message_id, due.attempts, e.url, e.keys, \
+           e.rate_limit, e.rate_tat_us, m.body \
+         FROM due \
+         JOIN onephase_webhook_endpoints e ON e.id = due.endpoint_id \
+         JOIN onephase_webhook_messages m ON m.id = due.message_id \
+         WHERE due.rn <= due.room ORDER BY due.rn, due.id LIMIT $2",
+        false = if pg { "FALSE" } else { "0" },
+    )
+}
+
+/// Takes up to `limit` due deliveries: at most each endpoint's free concurrency, within its
+/// rate, and for ordered endpoints only the oldest pending delivery of each partition key.
+/// Each taken row's attempt count goes up and it is locked until `lease_ms`.
+pub(crate) async fn claim(
+    store: &Store,
+    now_ms: i64,
+    now_us: i64,
+    lease_ms: i64,
+    limit: u32,
+) -> Result<Vec<Claimed>, sqlx::Error> {
+    on_store!(store.db(), pool, pg => {
+        let mut tx = pool.begin().await?;
+        if pg {
+            // One claimer at a time across servers, so that concurrency and rate limits
+            // count every server's attempts.
+            sqlx::query("SELECT pg_advisory_xact_lock(7415612901)").execute(&mut *tx).await?;
+        }
+        let candidates: Vec<Claimed> = sqlx::query_as(sqlx::AssertSqlSafe(claim_sql(pg)))
+            .bind(now_ms)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await?;
+        if candidates.is_empty() {
+            return Ok(candidates);
+        }
+        let (taken, tats) = within_rate(candidates, now_us);
+        let ids: Vec<i64> = taken.iter().map(|c| c.id).collect();
+        let ids = serde_json::to_string(&ids).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        let update = if pg {
+            "UPDATE onephase_webhook_deliveries SET attempts = attempts + 1, locked_until_ms = $2 \
+             WHERE id IN (SELECT jsonb_array_elements_text($1::jsonb)::bigint) \
+             AND status = 'pending' AND locked_until_ms <= $3 RETURNING id"
+        } else {
+            "UPDATE onephase_webhook_deliveries SET attempts = attempts + 1, locked_until_ms = $2 \
+             WHERE id IN (SELECT value FROM json_each($1)) \
+             AND status = 'pending' AND locked_until_ms <= $3 RETURNING id"
+        };
+        let locked: Vec<i64> = sqlx::query_scalar(update)
+            .bind(ids)
+            .bind(lease_ms)
+            .bind(now_ms)
+            .fetch_all(&mut *tx)
+            .await?;
+        for (endpoint, tat) in tats {
+            sqlx::query("UPDATE onephase_webhook_endpoints SET rate_tat_us = $2 WHERE id = $1")
+                .bind(endpoint)
+                .bind(tat)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        let locked: std::collections::HashSet<i64> = locked.into_iter().collect();
+        Ok(taken.into_iter().filter(|c| locked.contains(&c.id)).collect())
+    })
+}
+
+/// Keeps the candidates each endpoint's rate admits now (GCRA: one attempt per `1/rate`
+/// seconds, bursts of up to one second's worth), and the endpoints' new arrival times.
+fn within_rate(candidates: Vec<Claimed>, now_us: i64) -> (Vec<Claimed>, BTreeMap<String, i64>) {
+    let mut tats: BTreeMap<String, i64> = BTreeMap::new();
+    let mut taken = Vec::with_capacity(candidates.len());
+    for c in candidates {
+        let Some(rate) = c.rate_limit.filter(|r| *r > 0) else {
+            taken.push(c);
+            continue;
+        };
+        let interval = 1_000_000 / i64::from(rate);
+        let tat = tats
+            .get(&c.endpoint_id)
+            .copied()
+            .unwrap_or(c.rate_tat_us)
+            .max(now_us);
+        if tat + interval - now_us > 1_000_000 {
+            continue;
+        }
+        tats.insert(c.endpoint_id.clone(), tat + interval);
+        taken.push(c);
+    }
+    (taken, tats)
+}
+
+/// How an attempt ended, for the delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Outcome {
+    Delivered,
+    Retry,
+    Dead,
+    Gone,
+}
+
+/// One finished attempt, to record.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Finished {
+    pub delivery_id: i64,
+    pub message_id: String,
+    pub endpoint_id: String,
+    pub url: String,
+    pub attempt: i32,
+    pub at_ms: i64,
+    pub outcome: Outcome,
+    /// The delivery's status after this attempt.
+    pub status: &'static str,
+    pub next_at_ms: i64,
+    pub status_code: Option<i32>,
+    pub latency_ms: i64,
+    pub response: Option<String>,
+    pub error: Option<String>,
+    /// The endpoint asked to be called less (429, 502, 503, 504) until this time.
+    #[serde(skip)]
+    pub slow_until_ms: Option<i64>,
+}
+
+const RECORD_ATTEMPTS_PG: &str = "INSERT INTO onephase_webhook_attempts (delivery_id, \
+     message_id, endpoint_id, attempt, at_ms, outcome, status_code, latency_ms, response, error) \
+     SELECT r.delivery_id, r.message_id, r.endpoint_id, r.attempt, r.at_ms, r.outcome, \
+       r.status_code, r.latency_ms, r.response, r.error \
+     FROM jsonb_to_recordset($1::jsonb) AS r(delivery_id bigint, message_id text, \
+       endpoint_id text, attempt int, at_ms bigint, outcome text, status_code int, \
+       latency_ms bigint, response text, error text)";
+const RECORD_ATTEMPTS_SQLITE: &str = "INSERT INTO onephase_webhook_attempts (delivery_id, \
+     message_id, endpoint_id, attempt, at_ms, outcome, status_code, latency_ms, response, error) \
+     SELECT value ->> 'delivery_id', value ->> 'message_id', value ->> 'endpoint_id', \
+       value ->> 'attempt', value ->> 'at_ms', value ->> 'outcome', value ->> 'status_code', \
+       value ->> 'latency_ms', value ->> 'response', value ->> 'error' FROM json_each($1)";
+
+/// Delivered sticks even over a dead row (the endpoint did take it); other outcomes apply only
+/// while this attempt's claim is the row's latest.
+const RECORD_DELIVERIES_PG: &str = "UPDATE onephase_webhook_deliveries AS d SET \
+     status = r.status, next_at_ms = r.next_at_ms, locked_until_ms = 0, last_error = r.error, \
+     updated_at_ms = r.at_ms \
+     FROM jsonb_to_recordset($1::jsonb) AS r(delivery_id bigint, attempt int, status text, \
+       next_at_ms bigint, error text, at_ms bigint) \
+     WHERE d.id = r.delivery_id AND ((r.status = 'delivered' AND d.status <> 'delivered') \
+       OR (r.status <> 'delivered' AND d.status = 'pending' AND d.attempts = r.attempt))";
+const RECORD_DELIVERIES_SQLITE: &str = "UPDATE onephase_webhook_deliveries AS d SET \
+     status = r.status, next_at_ms = r.next_at_ms, locked_until_ms = 0, last_error = r.error, \
+     updated_at_ms = r.at_ms \
+     FROM (SELECT value ->> 'delivery_id' AS delivery_id, value ->> 'attempt' AS attempt, \
+       value ->> 'status' AS status, value ->> 'next_at_ms' AS next_at_ms, \
+       value ->> 'error' AS error, value ->> 'at_ms' AS at_ms FROM json_each($1)) AS r \
+     WHERE d.id = r.delivery_id AND ((r.status = 'delivered' AND d.status <> 'delivered') \
+       OR (r.status <> 'delivered' AND d.status = 'pending' AND d.attempts = r.attempt))";
+
+/// What the record does to the endpoints, besides the deliveries.
+#[derive(Debug, Clone)]
+pub(crate) struct EndpointRules {
+    /// Disable an endpoint whose attempts all failed for this long (milliseconds).
+    pub disable_after_ms: i64,
+    /// Announce disabled endpoints on this outbox topic.
+    pub events_topic: Option<String>,
+}
+
+/// An endpoint the record disabled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct Disabled {
+    pub endpoint_id: String,
+    pub url: String,
+    pub reason: String,
+    pub at_ms: i64,
+    /// Pending deliveries moved to the dead letters.
+    pub dead_lettered: u64,
+}
+
+/// Records finished attempts in one transaction: the attempts, the deliveries' new states, and
+/// the endpoints' health (failing since, slowed down, disabled on 410 or after failing for
+/// `rules.disable_after_ms`).
+pub(crate) async fn record(
+    store: &Store,
+    finished: &[Finished],
+    rules: &EndpointRules,
+    now_ms: i64,
+) -> Result<Vec<Disabled>, WebhookError> {
+    if finished.is_empty() {
+        return Ok(Vec::new());
+    }
+    let json = serde_json::to_string(finished).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let health = health(finished);
+    on_store!(store.db(), pool, pg => {
+        let mut tx = pool.begin().await?;
+        let (attempts_sql, deliveries_sql) = if pg {
+            (RECORD_ATTEMPTS_PG, RECORD_DELIVERIES_PG)
+        } else {
+            (RECORD_ATTEMPTS_SQLITE, RECORD_DELIVERIES_SQLITE)
+        };
+        sqlx::query(attempts_sql).bind(&json).execute(&mut *tx).await?;
+        sqlx::query(deliveries_sql).bind(&json).execute(&mut *tx).await?;
+        let mut disabled = Vec::new();
+        for (endpoint, h) in &health {
+            if let Some(until) = h.slow_until_ms {
+                let sql = if pg {
+                    "UPDATE onephase_webhook_endpoints SET slow_limit = CASE \
+                     WHEN slow_until_ms > $2 THEN GREATEST(1, slow_limit / 2) \
+                     ELSE GREATEST(1, max_concurrency / 2) END, \
+                     slow_until_ms = GREATEST(slow_until_ms, $3) WHERE id = $1"
+                } else {
+                    "UPDATE onephase_webhook_endpoints SET slow_limit = CASE \
+                     WHEN slow_until_ms > $2 THEN max(1, slow_limit / 2) \
+                     ELSE max(1, max_concurrency / 2) END, \
+                     slow_until_ms = max(slow_until_ms, $3) WHERE id = $1"
+                };
+                sqlx::query(sql).bind(endpoint).bind(now_ms).bind(until).execute(&mut *tx).await?;
+            }
+            let reason = match h.state {
+                Health::Gone => Some(format!("the endpoint answered 410 Gone ({})", h.url)),
+                Health::Healthy => {
+                    sqlx::query(
+                        "UPDATE onephase_webhook_endpoints SET failing_since_ms = NULL \
+                         WHERE id = $1 AND failing_since_ms IS NOT NULL",
+                    )
+                    .bind(endpoint)
+                    .execute(&mut *tx)
+                    .await?;
+                    None
+                }
+                Health::Failing { since_ms } => {
+                    let failing: Option<Option<i64>> = sqlx::query_scalar(
+                        "UPDATE onephase_webhook_endpoints \
+                         SET failing_since_ms = COALESCE(failing_since_ms, $2) \
+                         WHERE id = $1 AND disabled_at_ms IS NULL RETURNING failing_since_ms",
+                    )
+                    .bind(endpoint)
+                    .bind(since_ms)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    match failing.flatten() {
+                        Some(since) if now_ms - since >= rules.disable_after_ms => Some(format!(
+                            "every attempt failed for {} s (since {})",
+                            (now_ms - since) / 1000,
+                            super::from_ms(since)
+                        )),
+                        _ => None,
+                    }
+                }
+            };
+            let Some(reason) = reason else { continue };
+            let updated = sqlx::query(
+                "UPDATE onephase_webhook_endpoints SET disabled_at_ms = $2, disabled_reason = $3, \
+                 updated_at_ms = $2 WHERE id = $1 AND disabled_at_ms IS NULL",
+            )
+            .bind(endpoint)
+            .bind(now_ms)
+            .bind(&reason)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if updated == 0 {
+                continue;
+            }
+            let dead_lettered = sqlx::query(
+                "UPDATE onephase_webhook_deliveries SET status = 'dead', locked_until_ms = 0, \
+                 last_error = $2, updated_at_ms = $3 WHERE endpoint_id = $1 AND status = 'pending'",
+            )
+            .bind(endpoint)
+            .bind(format!("endpoint disabled: {reason}"))
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            let event = Disabled {
+                endpoint_id: endpoint.clone(),
+                url: h.url.clone(),
+                reason,
+                at_ms: now_ms,
+                dead_lettered,
+            };
+            if let Some(topic) = &rules.events_topic {
+                onephase_outbox::enqueue(&mut *tx, &disabled_envelope(topic, &event)?).await?;
+            }
+            disabled.push(event);
+        }
+        tx.commit().await?;
+        Ok(disabled)
+    })
+}
+
+fn disabled_envelope(topic: &str, event: &Disabled) -> Result<Envelope, WebhookError> {
+    #[derive(Serialize)]
+    struct Event<'a> {
+        event: &'static str,
+        #[serde(flatten)]
+        disabled: &'a Disabled,
+    }
+    let payload = serde_json::to_vec(&Event {
+        event: "endpoint_disabled",
+        disabled: event,
+    })
+    .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    Envelope::builder(topic.to_owned(), payload)
+        .key(event.endpoint_id.clone())
+        .header("content-type", "application/json")
+        .build()
+        .map_err(|e| WebhookError::invalid(format!("events_topic: {e}")))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Health {
+    Healthy,
+    Failing { since_ms: i64 },
+    Gone,
+}
+
+struct EndpointHealth {
+    url: String,
+    state: Health,
+    slow_until_ms: Option<i64>,
+}
+
+/// Each endpoint's health after these attempts, taken in the order they ended: a 410 disables
+/// it whatever came after; otherwise the latest attempt says whether it is failing, and since
+/// the first failure after its latest success.
+fn health(finished: &[Finished]) -> HashMap<String, EndpointHealth> {
+    let mut sorted: Vec<&Finished> = finished.iter().collect();
+    sorted.sort_by_key(|f| f.at_ms);
+    let mut health: HashMap<String, EndpointHealth> = HashMap::new();
+    for f in sorted {
+        let h = health
+            .entry(f.endpoint_id.clone())
+            .or_insert_with(|| EndpointHealth {
+                url: f.url.clone(),
+                state: Health::Healthy,
+                slow_until_ms: None,
+            });
+        if let Some(until) = f.slow_until_ms {
+            h.slow_until_ms = Some(h.slow_until_ms.map_or(until, |u| u.max(until)));
+        }
+        h.state = match (h.state, f.outcome) {
+            (Health::Gone, _) | (_, Outcome::Gone) => Health::Gone,
+            (_, Outcome::Delivered) => Health::Healthy,
+            (Health::Failing { since_ms }, _) => Health::Failing { since_ms },
+            (Health::Healthy, _) => Health::Failing { since_ms: f.at_ms },
+        };
+    }
+    health
+}
