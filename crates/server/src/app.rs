@@ -21,7 +21,7 @@ use utoipa_axum::routes;
 
 use crate::auth::{Tokens, require_token};
 use crate::config::ServerConfig;
-use crate::dashboard::{self, OutboxPanel, Panel, SagaPanel, ServerPanel};
+use crate::dashboard::{self, OutboxPanel, Panel, SagaPanel, ServerPanel, WebhookPanel};
 use crate::health;
 use crate::metrics::{prometheus, track_http};
 use crate::openapi::ApiDoc;
@@ -29,6 +29,7 @@ use crate::outbox::OutboxService;
 use crate::problem::{PROBLEM_JSON, Problem};
 use crate::saga::SagaService;
 use crate::v1;
+use crate::webhook::WebhookService;
 
 /// What every handler can reach: the store, the token registry, the clock, the dashboard's
 /// panels. Cheap to clone.
@@ -44,6 +45,7 @@ struct StateInner {
     panels: Vec<Arc<dyn Panel>>,
     outbox: OutboxService,
     saga: SagaService,
+    webhook: WebhookService,
 }
 
 impl AppState {
@@ -55,6 +57,7 @@ impl AppState {
         clock: SharedClock,
         outbox: OutboxService,
         saga: SagaService,
+        webhook: WebhookService,
     ) -> Self {
         let started = clock.monotonic();
         Self(Arc::new(StateInner {
@@ -67,9 +70,11 @@ impl AppState {
                 Arc::new(ServerPanel),
                 Arc::new(OutboxPanel),
                 Arc::new(SagaPanel),
+                Arc::new(WebhookPanel),
             ],
             outbox,
             saga,
+            webhook,
         }))
     }
 
@@ -81,6 +86,11 @@ impl AppState {
     /// The saga orchestrator.
     pub fn saga(&self) -> &SagaService {
         &self.0.saga
+    }
+
+    /// Webhook endpoints, sending and the dispatcher.
+    pub fn webhook(&self) -> &WebhookService {
+        &self.0.webhook
     }
 
     /// The store.

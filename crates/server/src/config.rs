@@ -31,6 +31,20 @@
 //! concurrency = 64                   # runs driven at once
 //! lease_margin_secs = 10             # how long a dead server's runs wait for another
 //! poll_interval_ms = 50
+//!
+//! [webhook]                          # webhook delivery (all optional)
+//! dispatcher = true                  # deliver from this server
+//! allow_networks = ["127.0.0.0/8"]   # internal networks endpoints may be in (default none)
+//! events_topic = "onephase.webhook"  # outbox topic of endpoint_disabled events ("" = none)
+//! schedule_secs = [0, 5, 300, 1800, 7200, 18000, 36000, 36000]
+//! jitter = 0.2
+//! attempt_timeout_secs = 15
+//! lease_margin_secs = 15             # how long a dead server's deliveries wait for another
+//! max_retry_after_secs = 3600        # the longest Retry-After honoured
+//! disable_after_secs = 432000        # disable an endpoint failing this long
+//! max_in_flight = 256
+//! poll_interval_ms = 250
+//! max_body_bytes = 262144
 //! ```
 //!
 //! Unknown keys are errors, so that a typo cannot silently leave a setting at its default.
@@ -44,6 +58,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::ConfiguredToken;
 use crate::outbox::RelaySettings;
 use crate::saga::SagaSettings;
+use crate::webhook::WebhookSettings;
 
 /// The default listen address: loopback only, so a fresh start exposes nothing.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
@@ -106,6 +121,8 @@ struct FileConfig {
     outbox: FileOutbox,
     #[serde(default)]
     saga: SagaSettings,
+    #[serde(default)]
+    webhook: WebhookSettings,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -174,6 +191,8 @@ pub struct ServerConfig {
     pub outbox_relays: Vec<RelaySettings>,
     /// The `[saga]` table.
     pub saga: SagaSettings,
+    /// The `[webhook]` table.
+    pub webhook: WebhookSettings,
 }
 
 impl Default for ServerConfig {
@@ -188,6 +207,7 @@ impl Default for ServerConfig {
             tokens: Vec::new(),
             outbox_relays: Vec::new(),
             saga: SagaSettings::default(),
+            webhook: WebhookSettings::default(),
         }
     }
 }
@@ -242,6 +262,7 @@ impl ServerConfig {
                 }
             })?;
         }
+        file_config.webhook.validate(&file_config.outbox.relay)?;
         Ok(Self {
             listen,
             store: overrides
@@ -261,6 +282,7 @@ impl ServerConfig {
             tokens: file_config.auth.tokens,
             outbox_relays: file_config.outbox.relay,
             saga: file_config.saga,
+            webhook: file_config.webhook,
         })
     }
 }

@@ -161,6 +161,61 @@ impl Panel for SagaPanel {
     }
 }
 
+/// The webhook panel: per endpoint over the last hour, success rate and latency; disabled
+/// endpoints and dead letters stand out.
+pub struct WebhookPanel;
+
+impl Panel for WebhookPanel {
+    fn title(&self) -> &str {
+        "Webhooks"
+    }
+
+    fn render<'a>(
+        &'a self,
+        state: &'a AppState,
+    ) -> Pin<Box<dyn Future<Output = Markup> + Send + 'a>> {
+        Box::pin(async move {
+            let stats = tokio::time::timeout(
+                Duration::from_secs(1),
+                state.webhook().webhooks().stats(Duration::from_secs(3600)),
+            )
+            .await;
+            let Ok(Ok(stats)) = stats else {
+                return html! { p.bad { "the store does not answer" } };
+            };
+            if stats.is_empty() {
+                return html! { p { "No endpoints yet: " code { "onephase webhook endpoints create <url>" } } };
+            }
+            let dead: i64 = stats.iter().map(|e| e.dead).sum();
+            html! {
+                @if dead > 0 {
+                    p.bad { (dead) " dead letters (" code { "onephase webhook dead" } ", then " code { "onephase webhook replay" } ")" }
+                }
+                table {
+                    tr { th { "Endpoint (last hour)" } th { "OK" } th { "Latency" } th { "Pending" } th { "Dead" } }
+                    @for e in stats.iter().take(20) {
+                        tr {
+                            td {
+                                code { (e.endpoint_id) } br;
+                                (e.url)
+                                @if !e.enabled { " " span.bad { "disabled" } }
+                            }
+                            td class=(if e.success_rate.is_some_and(|r| r < 0.9) { "bad" } else { "ok" }) {
+                                (e.success_rate.map_or("-".to_owned(), |r| format!("{:.1}%", r * 100.0)))
+                                " of " (e.attempts)
+                            }
+                            td { (e.mean_latency_ms.map_or("-".to_owned(), |ms| format!("{ms:.0} ms avg"))) }
+                            td { (e.pending) }
+                            td class=(if e.dead > 0 { "bad" } else { "" }) { (e.dead) }
+                        }
+                    }
+                }
+                @if stats.len() > 20 { p { (stats.len() - 20) " more endpoints: " code { "onephase webhook endpoints list" } } }
+            }
+        })
+    }
+}
+
 fn format_uptime(d: Duration) -> String {
     let s = d.as_secs();
     match s {

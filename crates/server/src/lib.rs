@@ -39,6 +39,7 @@ pub mod problem;
 pub mod saga;
 mod serve;
 pub mod v1;
+pub mod webhook;
 
 pub use app::{AppState, router};
 pub use config::{ConfigOverrides, LogFormat, ServerConfig};

@@ -23,6 +23,7 @@ use crate::problem::Problem;
         (name = "auth", description = "API tokens"),
         (name = "outbox", description = "The embedded log, outbox relays, dead letters"),
         (name = "saga", description = "Saga definitions, runs and operator actions"),
+        (name = "webhook", description = "Webhook endpoints, messages, attempts, dead letters and replay"),
     )
 )]
 pub struct ApiDoc;

@@ -15,6 +15,7 @@ use crate::auth::{AuthError, Tokens, generate_token};
 use crate::config::ServerConfig;
 use crate::outbox::{OutboxService, OutboxStartError};
 use crate::saga::SagaService;
+use crate::webhook::WebhookService;
 
 /// Every component's migrations, in dependency order. `onephase migrate` and `onephase serve`
 /// apply these.
@@ -28,6 +29,7 @@ pub fn migrations() -> Vec<Migrations> {
         onephase_outbox::migrations(),
         onephase_broker::log::migrations(),
         onephase_saga::migrations(),
+        onephase_webhook::migrations(),
     ]
 }
 
@@ -55,6 +57,9 @@ pub enum ServerError {
     /// An outbox relay could not start.
     #[error(transparent)]
     Outbox(#[from] OutboxStartError),
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// Serving failed.
     #[error("serving HTTP failed: {0}")]
     Serve(#[source] std::io::Error),
@@ -66,6 +71,7 @@ impl Classify for ServerError {
             ServerError::Store(e) => e.kind(),
             ServerError::Auth(e) => e.kind(),
             ServerError::Bind { .. } => ErrorKind::Unavailable,
+            ServerError::Config(_) => ErrorKind::InvalidInput,
             ServerError::Outbox(_) => ErrorKind::Unavailable,
             ServerError::Serve(_) => ErrorKind::Internal,
         }
@@ -102,7 +108,8 @@ impl Server {
                 })?;
         let outbox = OutboxService::open(&store, &config.outbox_relays).await?;
         let saga = SagaService::new(&store, &config.saga, &config.outbox_relays);
-        let state = AppState::new(store, tokens, config, clock, outbox, saga);
+        let webhook = WebhookService::new(&store, &config.webhook, &config.outbox_relays)?;
+        let state = AppState::new(store, tokens, config, clock, outbox, saga, webhook);
         let router = router(state.clone());
         Ok(Self {
             state,
@@ -147,7 +154,8 @@ impl Server {
         let mut server = tokio::spawn(server);
         let (stop_relays, relays_stopped) = tokio::sync::watch::channel(false);
         let mut relays = self.state.outbox().spawn(relays_stopped.clone());
-        relays.extend(self.state.saga().spawn(relays_stopped));
+        relays.extend(self.state.saga().spawn(relays_stopped.clone()));
+        relays.extend(self.state.webhook().spawn(relays_stopped));
         tracing::info!(%addr, store = %self.state.store().url(), "onephase listening on http://{addr}");
 
         let finished = tokio::select! {
@@ -184,7 +192,7 @@ impl Server {
             .is_err()
         {
             tracing::warn!(
-                "an outbox relay or the saga orchestrator did not stop within the grace period; abandoning it"
+                "an outbox relay, the saga orchestrator or the webhook dispatcher did not stop within the grace period; abandoning it"
             );
             aborts.iter().for_each(tokio::task::AbortHandle::abort);
         }

@@ -2,6 +2,8 @@
 
 #[path = "../../saga/tests/common/mod.rs"]
 mod participants;
+#[path = "../../webhook/tests/common/mod.rs"]
+mod receiver;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -1207,5 +1209,396 @@ async fn sagas_are_registered_started_inspected_and_operated_over_http() -> anyh
         server.stop().await?;
         db.close().await?;
     }
+    Ok(())
+}
+
+fn with_webhooks(db: &TestDb, schedule_secs: Vec<u64>) -> ServerConfig {
+    let mut config = config_for(db);
+    config.webhook = onephase_server::webhook::WebhookSettings {
+        allow_networks: vec!["127.0.0.0/8".into()],
+        schedule_secs: Some(schedule_secs),
+        jitter: Some(0.0),
+        attempt_timeout_secs: Some(5),
+        poll_interval_ms: Some(20),
+        ..Default::default()
+    };
+    config
+}
+
+async fn client_token(http: &reqwest::Client, server: &Running) -> anyhow::Result<String> {
+    let created: Value = http
+        .post(server.url("/v1/tokens"))
+        .bearer_auth(server.admin())
+        .json(&json!({"name": "sender"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(created["token"].as_str().context("a token")?.to_owned())
+}
+
+/// Polls the message until no delivery is pending.
+async fn settled_message(
+    http: &reqwest::Client,
+    server: &Running,
+    id: &str,
+) -> anyhow::Result<Value> {
+    let mut last = Value::Null;
+    for _ in 0..2400 {
+        let message: Value = http
+            .get(server.url(&format!("/v1/webhooks/messages/{id}")))
+            .bearer_auth(server.admin())
+            .send()
+            .await?
+            .json()
+            .await?;
+        let deliveries = message["deliveries"].as_array().context("deliveries")?;
+        if deliveries.iter().all(|d| d["status"] != "pending") {
+            return Ok(message);
+        }
+        last = message;
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    anyhow::bail!("message {id} still pending after 60 s: {last}")
+}
+
+#[tokio::test]
+async fn webhooks_are_sent_delivered_and_operated_over_http() -> anyhow::Result<()> {
+    for db in TestDb::all().await {
+        let server = Running::start(with_webhooks(&db, vec![0])).await?;
+        let http = reqwest::Client::new();
+        let client = client_token(&http, &server).await?;
+        let rx = receiver::TestReceiver::start().await;
+        rx.script(|path, _| receiver::Answer::status(if path == "down" { 500 } else { 200 }));
+
+        // Endpoints are an admin's business.
+        let spec = json!({"url": rx.url("ok"), "event_types": ["invoice.paid"]});
+        let refused = http
+            .post(server.url("/v1/webhooks/endpoints"))
+            .bearer_auth(&client)
+            .json(&spec)
+            .send()
+            .await?;
+        problem(refused, StatusCode::FORBIDDEN).await?;
+        let created = http
+            .post(server.url("/v1/webhooks/endpoints"))
+            .bearer_auth(server.admin())
+            .json(&spec)
+            .send()
+            .await?;
+        ensure!(created.status() == StatusCode::CREATED);
+        let ok: Value = created.json().await?;
+        let ok_id = ok["id"].as_str().context("an id")?.to_owned();
+        let down: Value = http
+            .post(server.url("/v1/webhooks/endpoints"))
+            .bearer_auth(server.admin())
+            .json(&json!({"url": rx.url("down")}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let down_id = down["id"].as_str().context("an id")?.to_owned();
+        let keys: Value = http
+            .get(server.url(&format!("/v1/webhooks/endpoints/{ok_id}/keys")))
+            .bearer_auth(server.admin())
+            .send()
+            .await?
+            .json()
+            .await?;
+        let secret = keys[0]["key"].as_str().context("a key")?.to_owned();
+
+        // Send with an idempotency key: once, again, and reused for another message.
+        let send = |body: Value, key: &'static str| {
+            http.post(server.url("/v1/webhooks/messages"))
+                .bearer_auth(&client)
+                .header("idempotency-key", key)
+                .json(&body)
+                .send()
+        };
+        let body = json!({"event_type": "invoice.paid", "payload": {"invoice": 7, "amount": 1.0}});
+        let first = send(body.clone(), "inv-7").await?;
+        ensure!(first.status() == StatusCode::CREATED);
+        let first: Value = first.json().await?;
+        ensure!(first["endpoints"] == 2, "{first}");
+        let again = send(body, "inv-7").await?;
+        ensure!(again.status() == StatusCode::OK);
+        let again: Value = again.json().await?;
+        ensure!(again["id"] == first["id"] && again["duplicate"] == true);
+        let reused = send(json!({"event_type": "invoice.paid", "payload": 8}), "inv-7").await?;
+        problem(reused, StatusCode::CONFLICT).await?;
+
+        let id = first["id"].as_str().context("an id")?.to_owned();
+        let message = settled_message(&http, &server, &id).await?;
+        let statuses: Vec<(String, String)> = message["deliveries"]
+            .as_array()
+            .context("deliveries")?
+            .iter()
+            .map(|d| {
+                (
+                    d["endpoint_id"].as_str().unwrap_or("").to_owned(),
+                    d["status"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect();
+        ensure!(
+            statuses.contains(&(ok_id.clone(), "delivered".into())),
+            "{statuses:?}"
+        );
+        ensure!(
+            statuses.contains(&(down_id.clone(), "dead".into())),
+            "{statuses:?}"
+        );
+        // The payload arrives as written, signed with the endpoint's key.
+        let arrived = rx.arrivals_at("ok");
+        ensure!(arrived.len() == 1);
+        let a = &arrived[0];
+        let verifier = onephase_webhook::signature::Verifier::new(vec![
+            onephase_webhook::signature::VerifyKey::parse(&secret)?,
+        ]);
+        verifier.verify_at(
+            &a.id(),
+            &receiver::header(&a.headers, "webhook-timestamp"),
+            &receiver::header(&a.headers, "webhook-signature"),
+            &a.body,
+            time::OffsetDateTime::now_utc().unix_timestamp(),
+        )?;
+        let delivered: Value = serde_json::from_slice(&a.body)?;
+        ensure!(
+            delivered["data"] == json!({"invoice": 7, "amount": 1.0}),
+            "{delivered}"
+        );
+
+        let attempts: Value = http
+            .get(server.url(&format!("/v1/webhooks/attempts?message_id={id}")))
+            .bearer_auth(&client)
+            .send()
+            .await?
+            .json()
+            .await?;
+        ensure!(
+            attempts.as_array().is_some_and(|a| a.len() == 2),
+            "{attempts}"
+        );
+        let dead: Value = http
+            .get(server.url("/v1/webhooks/dead-letters"))
+            .bearer_auth(&client)
+            .send()
+            .await?
+            .json()
+            .await?;
+        ensure!(dead[0]["endpoint_id"] == down_id.as_str(), "{dead}");
+
+        // The endpoint recovers; replay its dead letters.
+        rx.script(|_, _| receiver::Answer::status(200));
+        let replayed: Value = http
+            .post(server.url("/v1/webhooks/replay"))
+            .bearer_auth(server.admin())
+            .json(&json!({"endpoint_id": down_id}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        ensure!(replayed["replayed"] == 1, "{replayed}");
+        let message = settled_message(&http, &server, &id).await?;
+        ensure!(
+            message["deliveries"]
+                .as_array()
+                .is_some_and(|d| d.iter().all(|d| d["status"] == "delivered")),
+            "{message}"
+        );
+
+        // Disable, rotate, patch, stats, dashboard, delete.
+        let disabled: Value = http
+            .post(server.url(&format!("/v1/webhooks/endpoints/{down_id}/disable")))
+            .bearer_auth(server.admin())
+            .json(&json!({"reason": "maintenance"}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        ensure!(disabled["enabled"] == false && disabled["disabled_reason"] == "maintenance");
+        let rotated = http
+            .post(server.url(&format!("/v1/webhooks/endpoints/{ok_id}/keys/rotate")))
+            .bearer_auth(server.admin())
+            .json(&json!({"overlap_secs": 60}))
+            .send()
+            .await?;
+        ensure!(rotated.status() == StatusCode::OK);
+        let patched: Value = http
+            .patch(server.url(&format!("/v1/webhooks/endpoints/{ok_id}")))
+            .bearer_auth(server.admin())
+            .json(&json!({"event_types": null, "max_concurrency": 3, "ordered": true}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        ensure!(
+            patched["event_types"].is_null()
+                && patched["max_concurrency"] == 3
+                && patched["keys"].as_array().is_some_and(|k| k.len() == 2),
+            "{patched}"
+        );
+        let stats: Value = http
+            .get(server.url("/v1/webhooks/stats"))
+            .bearer_auth(&client)
+            .send()
+            .await?
+            .json()
+            .await?;
+        ensure!(stats.as_array().is_some_and(|s| s.len() == 2), "{stats}");
+        let page = http.get(server.url("/")).send().await?.text().await?;
+        ensure!(page.contains("Webhooks") && page.contains(&ok_id));
+        let deleted = http
+            .delete(server.url(&format!("/v1/webhooks/endpoints/{down_id}")))
+            .bearer_auth(server.admin())
+            .send()
+            .await?;
+        ensure!(deleted.status() == StatusCode::NO_CONTENT);
+        server.stop().await?;
+        db.close().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_webhook_requests_get_problems_and_change_nothing() -> anyhow::Result<()> {
+    let db = TestDb::sqlite().await?;
+    // No allow-list: internal addresses are refused.
+    let server = Running::start(config_for(&db)).await?;
+    let http = reqwest::Client::new();
+    let admin = server.admin().to_owned();
+    let endpoints = server.url("/v1/webhooks/endpoints");
+    let post = |url: String, body: &'static str| {
+        http.post(url)
+            .bearer_auth(&admin)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    for (body, status) in [
+        ("{", StatusCode::BAD_REQUEST),
+        ("[]", StatusCode::UNPROCESSABLE_ENTITY),
+        (
+            r#"{"url": "http://example.com", "colour": "red"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (r#"{"url": "ftp://example.com/x"}"#, StatusCode::BAD_REQUEST),
+        (
+            r#"{"url": "http://127.0.0.1:9/x"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            r#"{"url": "http://10.0.0.1/x"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            r#"{"url": "http://169.254.169.254/latest/meta-data"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            r#"{"url": "http://localhost:9/x"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            r#"{"url": "http://example.com", "max_concurrency": 0}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            r#"{"url": "http://example.com", "key": "whsec_!!"}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let response = post(endpoints.clone(), body).await?;
+        problem(response, status)
+            .await
+            .with_context(|| body.to_owned())?;
+    }
+    let messages = server.url("/v1/webhooks/messages");
+    for (body, status) in [
+        ("not json", StatusCode::BAD_REQUEST),
+        (r#"{"payload": 1}"#, StatusCode::UNPROCESSABLE_ENTITY),
+        (
+            r#"{"event_type": "", "payload": 1}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            r#"{"event_type": "a.b", "payload": 1, "app": "no spaces"}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            r#"{"event_type": "a.b", "payload": 1, "extra": true}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+    ] {
+        let response = post(messages.clone(), body).await?;
+        problem(response, status)
+            .await
+            .with_context(|| body.to_owned())?;
+    }
+    let bad_key = http
+        .post(&messages)
+        .bearer_auth(&admin)
+        .header("idempotency-key", "")
+        .json(&json!({"event_type": "a.b", "payload": 1}))
+        .send()
+        .await?;
+    problem(bad_key, StatusCode::BAD_REQUEST).await?;
+    let huge = json!({"event_type": "a.b", "payload": "x".repeat(300 * 1024)});
+    let too_large = http
+        .post(&messages)
+        .bearer_auth(&admin)
+        .json(&huge)
+        .send()
+        .await?;
+    problem(too_large, StatusCode::PAYLOAD_TOO_LARGE).await?;
+    for path in [
+        "/v1/webhooks/endpoints/ep_nope",
+        "/v1/webhooks/messages/msg_nope",
+        "/v1/webhooks/endpoints/ep_nope/keys",
+    ] {
+        let response = http
+            .get(server.url(path))
+            .bearer_auth(&admin)
+            .send()
+            .await?;
+        problem(response, StatusCode::NOT_FOUND)
+            .await
+            .with_context(|| path)?;
+    }
+    for path in [
+        "/v1/webhooks/messages?limit=0",
+        "/v1/webhooks/attempts?limit=5000",
+        "/v1/webhooks/stats?window_secs=0",
+    ] {
+        let response = http
+            .get(server.url(path))
+            .bearer_auth(&admin)
+            .send()
+            .await?;
+        problem(response, StatusCode::BAD_REQUEST)
+            .await
+            .with_context(|| path)?;
+    }
+    let replay = post(server.url("/v1/webhooks/replay"), "{}").await?;
+    problem(replay, StatusCode::BAD_REQUEST).await?;
+    let replay = post(
+        server.url("/v1/webhooks/replay"),
+        r#"{"message_id": "msg_nope"}"#,
+    )
+    .await?;
+    problem(replay, StatusCode::NOT_FOUND).await?;
+    // Nothing was recorded.
+    for path in ["/v1/webhooks/endpoints", "/v1/webhooks/messages"] {
+        let list: Value = http
+            .get(server.url(path))
+            .bearer_auth(&admin)
+            .send()
+            .await?
+            .json()
+            .await?;
+        ensure!(list.as_array().is_some_and(Vec::is_empty), "{path}: {list}");
+    }
+    server.stop().await?;
+    db.close().await?;
     Ok(())
 }

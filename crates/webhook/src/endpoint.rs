@@ -22,6 +22,7 @@ pub const MAX_URL: usize = 2048;
 /// A new endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EndpointSpec {
     /// The application whose messages it receives (default `default`).
     #[serde(default)]
@@ -68,6 +69,7 @@ impl EndpointSpec {
 /// (`description`, `event_types`, `rate_limit`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EndpointPatch {
     /// New URL.
     #[serde(default)]
@@ -114,6 +116,7 @@ mod double_option {
 
 /// An endpoint as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Endpoint {
     /// `ep_...`.
     pub id: String,
@@ -167,6 +170,7 @@ pub(crate) fn accepts(filter: Option<&[String]>, event_type: &str) -> bool {
 
 /// A signing key, without its secret part.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct KeyInfo {
     /// `v1` (HMAC-SHA256) or `v1a` (ed25519).
     pub scheme: &'static str,
@@ -178,6 +182,7 @@ pub struct KeyInfo {
 /// What a receiver needs to verify one signing key: the `whsec_` secret, or for `v1a` the
 /// `whpk_` public key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VerifyingKey {
     /// `v1` or `v1a`.
     pub scheme: &'static str,

@@ -19,6 +19,7 @@ pub const DEFAULT_MAX_BODY: usize = 256 * 1024;
 /// A message to send.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NewMessage {
     /// The application whose endpoints receive it (default `default`).
     #[serde(default)]
@@ -128,6 +129,7 @@ impl NewMessage {
 
 /// What [`send`] did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Sent {
     /// The message's id (`msg_...`), the `webhook-id` every endpoint receives.
     pub id: String,

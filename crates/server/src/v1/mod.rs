@@ -4,6 +4,7 @@
 mod outbox;
 mod saga;
 mod tokens;
+mod webhook;
 mod whoami;
 
 use utoipa_axum::router::OpenApiRouter;
@@ -17,6 +18,7 @@ pub use saga::{
     StartRun, StartedView,
 };
 pub use tokens::{CreateToken, CreatedToken};
+pub use webhook::{DisableEndpoint, Replayed, RotateKey, SendMessage};
 pub use whoami::Whoami;
 
 /// Every `/v1` route, before authentication is layered on.
@@ -38,4 +40,20 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(saga::retry))
         .routes(routes!(saga::resolve))
         .routes(routes!(saga::abort))
+        .routes(routes!(webhook::send, webhook::messages))
+        .routes(routes!(webhook::message))
+        .routes(routes!(webhook::create_endpoint, webhook::endpoints))
+        .routes(routes!(
+            webhook::endpoint,
+            webhook::update_endpoint,
+            webhook::delete_endpoint
+        ))
+        .routes(routes!(webhook::enable_endpoint))
+        .routes(routes!(webhook::disable_endpoint))
+        .routes(routes!(webhook::keys))
+        .routes(routes!(webhook::rotate_key))
+        .routes(routes!(webhook::attempts))
+        .routes(routes!(webhook::dead_letters))
+        .routes(routes!(webhook::replay))
+        .routes(routes!(webhook::stats))
 }

@@ -198,6 +198,7 @@ pub(crate) async fn set_enabled(
 
 /// A message with where it stands at each endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MessageView {
     /// `msg_...`, also the `webhook-id` header.
     pub id: String,
@@ -220,6 +221,7 @@ pub struct MessageView {
 
 /// A message at one endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeliveryView {
     /// The message.
     pub message_id: String,
@@ -343,6 +345,7 @@ pub(crate) async fn messages(
 
 /// One attempt to deliver a message to an endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AttemptView {
     /// Order of recording.
     pub id: i64,
@@ -413,6 +416,7 @@ pub(crate) async fn dead_letters(
 /// What to deliver again.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Replay {
     /// Only this message.
     #[serde(default)]
@@ -460,6 +464,7 @@ pub(crate) async fn replay(
 
 /// One endpoint's health over a window.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EndpointStats {
     /// The endpoint.
     pub endpoint_id: String,
