@@ -174,3 +174,16 @@ pub fn print(json: bool, value: &Value, columns: &[(&str, &str)]) {
         }
     }
 }
+
+/// `segment` percent-encoded for a URL path segment or query value.
+pub fn encode(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -6,6 +6,7 @@
 mod client;
 mod outbox;
 mod saga;
+mod webhook;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -49,6 +50,9 @@ enum Command {
     /// Operate a running server's sagas: register, start, list, show, retry, resolve, abort.
     #[command(subcommand)]
     Saga(saga::SagaCommand),
+    /// Operate a running server's webhooks: send, endpoints, attempts, dead, replay.
+    #[command(subcommand)]
+    Webhook(webhook::WebhookCommand),
     /// Create, list and revoke API tokens in the store.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -176,6 +180,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Outbox(command) => outbox::run(command).await,
         Command::Saga(command) => saga::run(command).await,
+        Command::Webhook(command) => webhook::run(command).await,
         Command::Migrate(MigrateArgs {
             store,
             outbox: None,

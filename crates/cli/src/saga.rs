@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use serde_json::{Value, json};
 
-use crate::client::{Client, ServerArgs, print};
+use crate::client::{Client, ServerArgs, encode, print};
 
 #[derive(Debug, Subcommand)]
 pub enum SagaCommand {
@@ -88,18 +88,6 @@ pub enum SagaCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
-}
-
-fn encode(segment: &str) -> String {
-    segment
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 const RUN_COLUMNS: &[(&str, &str)] = &[

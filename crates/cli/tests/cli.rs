@@ -2,6 +2,8 @@
 
 #[path = "../../saga/tests/common/mod.rs"]
 mod participants;
+#[path = "../../webhook/tests/common/mod.rs"]
+mod receiver;
 
 use std::path::Path;
 use std::process::Stdio;
@@ -508,5 +510,161 @@ async fn saga_commands_talk_to_a_running_server() -> anyhow::Result<()> {
         text(&abort)
     );
     ensure!(server.terminate().await?.success());
+    Ok(())
+}
+
+#[tokio::test]
+async fn webhook_commands_talk_to_a_running_server() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("onephase.toml"),
+        "[webhook]\nallow_networks = [\"127.0.0.0/8\"]\nschedule_secs = [0]\npoll_interval_ms = 20\n",
+    )?;
+    let rx = receiver::TestReceiver::start().await;
+    rx.script(|path, _| receiver::Answer::status(if path == "down" { 500 } else { 200 }));
+    let server = serve(dir.path(), &["--config", "onephase.toml"]).await?;
+    let token = server.token.clone().context("bootstrap token")?;
+    let webhook = |args: Vec<String>| {
+        let (base, token) = (server.base.clone(), token.clone());
+        let dir = dir.path().to_owned();
+        async move {
+            let output = Command::new(BIN)
+                .arg("webhook")
+                .args(&args)
+                .current_dir(dir)
+                .env_remove("ONEPHASE_CONFIG")
+                .env("ONEPHASE_SERVER", base)
+                .env("ONEPHASE_TOKEN", token)
+                .output()
+                .await?;
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            anyhow::Ok((output.status.success(), text))
+        }
+    };
+    let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+
+    let (ok, created) = webhook(args(&[
+        "endpoints",
+        "create",
+        &rx.url("ok"),
+        "--event-type",
+        "a.b",
+        "--json",
+    ]))
+    .await?;
+    ensure!(ok, "{created}");
+    let created: Value = serde_json::from_str(&created)?;
+    let ok_id = created["endpoint"]["id"].as_str().context("id")?.to_owned();
+    ensure!(
+        created["keys"][0]["key"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("whsec_")),
+        "{created}"
+    );
+    let (ok, created) = webhook(args(&["endpoints", "create", &rx.url("down")])).await?;
+    ensure!(
+        ok && created.contains("the receiver verifies with: whsec_"),
+        "{created}"
+    );
+    let down_id = created
+        .split(':')
+        .next()
+        .context("an id")?
+        .trim()
+        .to_owned();
+    let (refused, text) =
+        webhook(args(&["endpoints", "create", "http://169.254.169.254/x"])).await?;
+    ensure!(!refused && text.contains("169.254.169.254"), "{text}");
+
+    let (ok, sent) = webhook(args(&[
+        "send",
+        "a.b",
+        "--payload",
+        r#"{"n":1}"#,
+        "--idempotency-key",
+        "k-1",
+    ]))
+    .await?;
+    ensure!(ok && sent.contains("recorded for 2 endpoint(s)"), "{sent}");
+    let id = sent.split(':').next().context("an id")?.trim().to_owned();
+    let (ok, again) = webhook(args(&[
+        "send",
+        "a.b",
+        "--payload",
+        r#"{"n":1}"#,
+        "--idempotency-key",
+        "k-1",
+    ]))
+    .await?;
+    ensure!(
+        ok && again.contains(&id) && again.contains("already sent"),
+        "{again}"
+    );
+    let (ok, bad) = webhook(args(&["send", "a.b", "--payload", "{nope"])).await?;
+    ensure!(!ok && bad.contains("--payload"), "{bad}");
+
+    let mut shown = String::new();
+    for _ in 0..1200 {
+        shown = webhook(args(&["show", &id])).await?.1;
+        if !shown.contains("pending") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    ensure!(
+        shown.contains("delivered") && shown.contains("dead"),
+        "{shown}"
+    );
+    let (_, attempts) = webhook(args(&["attempts", "--message", &id])).await?;
+    ensure!(
+        attempts.contains("200") && attempts.contains("500"),
+        "{attempts}"
+    );
+    let (_, dead) = webhook(args(&["dead"])).await?;
+    ensure!(dead.contains(&down_id), "{dead}");
+
+    rx.script(|_, _| receiver::Answer::status(200));
+    let (ok, replayed) = webhook(args(&["replay", "--endpoint", &down_id])).await?;
+    ensure!(
+        ok && replayed.contains("1 deliveries pending again"),
+        "{replayed}"
+    );
+    let (ok, rotated) = webhook(args(&[
+        "endpoints",
+        "rotate",
+        &ok_id,
+        "--overlap-secs",
+        "60",
+    ]))
+    .await?;
+    ensure!(ok && rotated.contains("whsec_"), "{rotated}");
+    let (_, keys) = webhook(args(&["endpoints", "keys", &ok_id])).await?;
+    ensure!(keys.matches("whsec_").count() == 2, "{keys}");
+    let (ok, _) = webhook(args(&[
+        "endpoints",
+        "disable",
+        &down_id,
+        "--reason",
+        "maintenance",
+    ]))
+    .await?;
+    ensure!(ok);
+    let (_, listed) = webhook(args(&["endpoints", "list"])).await?;
+    ensure!(
+        listed.contains("maintenance") && listed.contains(&ok_id),
+        "{listed}"
+    );
+    let (ok, _) = webhook(args(&["endpoints", "enable", &down_id])).await?;
+    ensure!(ok);
+    let (ok, _) = webhook(args(&["endpoints", "delete", &down_id])).await?;
+    ensure!(ok);
+    let (missing, text) = webhook(args(&["endpoints", "show", &down_id])).await?;
+    ensure!(!missing && text.contains("no endpoint"), "{text}");
+    let status = server.terminate().await?;
+    ensure!(status.success(), "{status}");
     Ok(())
 }

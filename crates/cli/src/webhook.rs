@@ -1,0 +1,522 @@
+//! `onephase webhook ...`: send messages, manage endpoints, inspect attempts and dead letters,
+//! and replay, over a running server's HTTP API.
+
+use anyhow::Context;
+use clap::Subcommand;
+use serde_json::{Map, Value, json};
+
+use crate::client::{Client, ServerArgs, encode, print};
+
+#[derive(Debug, Subcommand)]
+pub enum WebhookCommand {
+    /// Send a message to every matching endpoint.
+    Send {
+        /// Its event type, like `invoice.paid`.
+        event_type: String,
+        /// The event's data, as JSON.
+        #[arg(long, default_value = "{}")]
+        payload: String,
+        /// The application (default `default`).
+        #[arg(long)]
+        app: Option<String>,
+        /// Messages with the same key reach ordered endpoints one after another.
+        #[arg(long)]
+        partition_key: Option<String>,
+        /// Sending again with the same key returns the first message.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Messages, newest first.
+    Messages {
+        /// Only this application's.
+        #[arg(long)]
+        app: Option<String>,
+        /// At most this many (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// One message and where it stands at each endpoint.
+    Show {
+        /// The message's id (msg_...).
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Manage endpoints (admin token for changes).
+    #[command(subcommand)]
+    Endpoints(EndpointCommand),
+    /// Attempts, newest first.
+    Attempts {
+        /// Only this message's.
+        #[arg(long)]
+        message: Option<String>,
+        /// Only this endpoint's.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// At most this many (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Dead letters: deliveries that will not be attempted again.
+    Dead {
+        /// Only this endpoint's.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// At most this many (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Deliver again: a message, an endpoint's dead letters, or everything since a time
+    /// (admin token).
+    Replay {
+        /// Only this message.
+        #[arg(long)]
+        message: Option<String>,
+        /// Only to this endpoint.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Only messages sent since this time (RFC 3339, like 2026-11-28T12:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// Also what was delivered, not only dead letters.
+        #[arg(long)]
+        include_delivered: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EndpointCommand {
+    /// Endpoints by id.
+    List {
+        /// Only this application's.
+        #[arg(long)]
+        app: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Create an endpoint; prints its id and the key its receiver verifies with.
+    Create {
+        /// Where to POST.
+        url: String,
+        /// The application (default `default`).
+        #[arg(long)]
+        app: Option<String>,
+        /// Only this event type (repeat for several; default every type).
+        #[arg(long = "event-type")]
+        event_types: Vec<String>,
+        /// Deliver messages with the same partition key one after another.
+        #[arg(long)]
+        ordered: bool,
+        /// Attempts in flight at once (default 10).
+        #[arg(long)]
+        max_concurrency: Option<u32>,
+        /// Attempts per second.
+        #[arg(long)]
+        rate_limit: Option<u32>,
+        /// The signing key, whsec_... or whsk_... (default: a new whsec_ secret).
+        #[arg(long)]
+        key: Option<String>,
+        /// Free text.
+        #[arg(long)]
+        description: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// One endpoint.
+    Show {
+        /// The endpoint's id (ep_...).
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Enable: new messages reach it, pending deliveries resume.
+    Enable {
+        /// The endpoint's id.
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Disable: new messages skip it, pending deliveries wait.
+    Disable {
+        /// The endpoint's id.
+        id: String,
+        /// Why (shown with the endpoint).
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// The keys its receiver verifies with (whsec_ secrets, whpk_ public keys).
+    Keys {
+        /// The endpoint's id.
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Start signing with a new key; the old ones keep signing for the overlap.
+    Rotate {
+        /// The endpoint's id.
+        id: String,
+        /// The new key (default: a new whsec_ secret).
+        #[arg(long)]
+        key: Option<String>,
+        /// Seconds the old keys keep signing (default 86400).
+        #[arg(long)]
+        overlap_secs: Option<u64>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Delete the endpoint with its deliveries.
+    Delete {
+        /// The endpoint's id.
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+const ENDPOINT_COLUMNS: &[(&str, &str)] = &[
+    ("ID", "id"),
+    ("APP", "app"),
+    ("URL", "url"),
+    ("ENABLED", "enabled"),
+    ("ORDERED", "ordered"),
+    ("CONCURRENCY", "max_concurrency"),
+    ("RATE", "rate_limit"),
+    ("DISABLED BECAUSE", "disabled_reason"),
+];
+
+const DELIVERY_COLUMNS: &[(&str, &str)] = &[
+    ("MESSAGE", "message_id"),
+    ("ENDPOINT", "endpoint_id"),
+    ("STATUS", "status"),
+    ("ATTEMPTS", "attempts"),
+    ("NEXT", "next_attempt_at"),
+    ("LAST ERROR", "last_error"),
+];
+
+/// `path` with the query parameters that are set.
+fn with_query(path: &str, params: &[(&str, Option<String>)]) -> String {
+    let query: Vec<String> = params
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", encode(v))))
+        .collect();
+    if query.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", query.join("&"))
+    }
+}
+
+fn endpoint_path(id: &str, rest: &str) -> String {
+    format!("/v1/webhooks/endpoints/{}{rest}", encode(id))
+}
+
+/// A JSON object of the fields that are set.
+fn object(fields: Vec<(&str, Value)>) -> Value {
+    Value::Object(
+        fields
+            .into_iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect::<Map<_, _>>(),
+    )
+}
+
+fn print_one(json: bool, value: &Value, columns: &[(&str, &str)]) {
+    print(json, &Value::Array(vec![value.clone()]), columns);
+}
+
+/// Runs one `webhook` subcommand.
+pub async fn run(command: WebhookCommand) -> anyhow::Result<()> {
+    use reqwest::Method;
+    match command {
+        WebhookCommand::Send {
+            event_type,
+            payload,
+            app,
+            partition_key,
+            idempotency_key,
+            server,
+        } => {
+            let payload: Value =
+                serde_json::from_str(&payload).context("--payload is not valid JSON")?;
+            let body = object(vec![
+                ("event_type", json!(event_type)),
+                ("payload", payload),
+                ("app", json!(app)),
+                ("partition_key", json!(partition_key)),
+            ]);
+            let headers: Vec<(&str, &str)> = idempotency_key
+                .as_deref()
+                .map(|k| ("Idempotency-Key", k))
+                .into_iter()
+                .collect();
+            let sent = Client::new(&server)
+                .send_json_with(Method::POST, "/v1/webhooks/messages", &body, &headers)
+                .await?
+                .unwrap_or_default();
+            if server.json {
+                println!("{}", serde_json::to_string_pretty(&sent)?);
+            } else if sent["duplicate"] == json!(true) {
+                println!(
+                    "{}: already sent with this idempotency key",
+                    sent["id"].as_str().unwrap_or("?")
+                );
+            } else {
+                println!(
+                    "{}: recorded for {} endpoint(s)",
+                    sent["id"].as_str().unwrap_or("?"),
+                    sent["endpoints"]
+                );
+            }
+        }
+        WebhookCommand::Messages { app, limit, server } => {
+            let path = with_query(
+                "/v1/webhooks/messages",
+                &[("app", app), ("limit", Some(limit.to_string()))],
+            );
+            let list = Client::new(&server).send(Method::GET, &path).await?;
+            print(
+                server.json,
+                &list.unwrap_or_default(),
+                &[
+                    ("ID", "id"),
+                    ("APP", "app"),
+                    ("TYPE", "event_type"),
+                    ("KEY", "partition_key"),
+                    ("SENT", "created_at"),
+                ],
+            );
+        }
+        WebhookCommand::Show { id, server } => {
+            let message = Client::new(&server)
+                .send(
+                    Method::GET,
+                    &format!("/v1/webhooks/messages/{}", encode(&id)),
+                )
+                .await?
+                .unwrap_or_default();
+            if server.json {
+                println!("{}", serde_json::to_string_pretty(&message)?);
+            } else {
+                println!(
+                    "{} ({}, app {}): {}",
+                    message["id"].as_str().unwrap_or("?"),
+                    message["event_type"].as_str().unwrap_or("?"),
+                    message["app"].as_str().unwrap_or("?"),
+                    message["body"].as_str().unwrap_or("")
+                );
+                println!();
+                print(false, &message["deliveries"], DELIVERY_COLUMNS);
+            }
+        }
+        WebhookCommand::Endpoints(command) => endpoints(command).await?,
+        WebhookCommand::Attempts {
+            message,
+            endpoint,
+            limit,
+            server,
+        } => {
+            let path = with_query(
+                "/v1/webhooks/attempts",
+                &[
+                    ("message_id", message),
+                    ("endpoint_id", endpoint),
+                    ("limit", Some(limit.to_string())),
+                ],
+            );
+            let list = Client::new(&server).send(Method::GET, &path).await?;
+            print(
+                server.json,
+                &list.unwrap_or_default(),
+                &[
+                    ("MESSAGE", "message_id"),
+                    ("ENDPOINT", "endpoint_id"),
+                    ("#", "attempt"),
+                    ("OUTCOME", "outcome"),
+                    ("STATUS", "status_code"),
+                    ("MS", "latency_ms"),
+                    ("ERROR", "error"),
+                ],
+            );
+        }
+        WebhookCommand::Dead {
+            endpoint,
+            limit,
+            server,
+        } => {
+            let path = with_query(
+                "/v1/webhooks/dead-letters",
+                &[
+                    ("endpoint_id", endpoint),
+                    ("limit", Some(limit.to_string())),
+                ],
+            );
+            let list = Client::new(&server).send(Method::GET, &path).await?;
+            print(server.json, &list.unwrap_or_default(), DELIVERY_COLUMNS);
+        }
+        WebhookCommand::Replay {
+            message,
+            endpoint,
+            since,
+            include_delivered,
+            server,
+        } => {
+            let body = object(vec![
+                ("message_id", json!(message)),
+                ("endpoint_id", json!(endpoint)),
+                ("since", json!(since)),
+                ("include_delivered", json!(include_delivered)),
+            ]);
+            let answer = Client::new(&server)
+                .send_json(Method::POST, "/v1/webhooks/replay", &body)
+                .await?
+                .unwrap_or_default();
+            if server.json {
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+            } else {
+                println!("{} deliveries pending again", answer["replayed"]);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn endpoints(command: EndpointCommand) -> anyhow::Result<()> {
+    use reqwest::Method;
+    match command {
+        EndpointCommand::List { app, server } => {
+            let path = with_query("/v1/webhooks/endpoints", &[("app", app)]);
+            let list = Client::new(&server).send(Method::GET, &path).await?;
+            print(server.json, &list.unwrap_or_default(), ENDPOINT_COLUMNS);
+        }
+        EndpointCommand::Create {
+            url,
+            app,
+            event_types,
+            ordered,
+            max_concurrency,
+            rate_limit,
+            key,
+            description,
+            server,
+        } => {
+            let body = object(vec![
+                ("url", json!(url)),
+                ("app", json!(app)),
+                (
+                    "event_types",
+                    if event_types.is_empty() {
+                        Value::Null
+                    } else {
+                        json!(event_types)
+                    },
+                ),
+                ("ordered", json!(ordered)),
+                ("max_concurrency", json!(max_concurrency)),
+                ("rate_limit", json!(rate_limit)),
+                ("key", json!(key)),
+                ("description", json!(description)),
+            ]);
+            let client = Client::new(&server);
+            let endpoint = client
+                .send_json(Method::POST, "/v1/webhooks/endpoints", &body)
+                .await?
+                .unwrap_or_default();
+            let id = endpoint["id"].as_str().unwrap_or("?").to_owned();
+            let keys = client
+                .send(Method::GET, &endpoint_path(&id, "/keys"))
+                .await?
+                .unwrap_or_default();
+            if server.json {
+                let both = json!({"endpoint": endpoint, "keys": keys});
+                println!("{}", serde_json::to_string_pretty(&both)?);
+            } else {
+                println!("{id}: created");
+                println!(
+                    "the receiver verifies with: {}",
+                    keys[0]["key"].as_str().unwrap_or("?")
+                );
+            }
+        }
+        EndpointCommand::Show { id, server } => {
+            let endpoint = Client::new(&server)
+                .send(Method::GET, &endpoint_path(&id, ""))
+                .await?
+                .unwrap_or_default();
+            print_one(server.json, &endpoint, ENDPOINT_COLUMNS);
+        }
+        EndpointCommand::Enable { id, server } => {
+            Client::new(&server)
+                .send(Method::POST, &endpoint_path(&id, "/enable"))
+                .await?;
+            println!("{id}: enabled");
+        }
+        EndpointCommand::Disable { id, reason, server } => {
+            Client::new(&server)
+                .send_json(
+                    Method::POST,
+                    &endpoint_path(&id, "/disable"),
+                    &object(vec![("reason", json!(reason))]),
+                )
+                .await?;
+            println!("{id}: disabled");
+        }
+        EndpointCommand::Keys { id, server } => {
+            let keys = Client::new(&server)
+                .send(Method::GET, &endpoint_path(&id, "/keys"))
+                .await?
+                .unwrap_or_default();
+            print(
+                server.json,
+                &keys,
+                &[
+                    ("SCHEME", "scheme"),
+                    ("KEY", "key"),
+                    ("EXPIRES", "expires_at"),
+                ],
+            );
+        }
+        EndpointCommand::Rotate {
+            id,
+            key,
+            overlap_secs,
+            server,
+        } => {
+            let body = object(vec![
+                ("key", json!(key)),
+                ("overlap_secs", json!(overlap_secs)),
+            ]);
+            let new = Client::new(&server)
+                .send_json(Method::POST, &endpoint_path(&id, "/keys/rotate"), &body)
+                .await?
+                .unwrap_or_default();
+            if server.json {
+                println!("{}", serde_json::to_string_pretty(&new)?);
+            } else {
+                println!(
+                    "{id}: now also signing with {}; the older keys stop after the overlap",
+                    new["key"].as_str().unwrap_or("?")
+                );
+            }
+        }
+        EndpointCommand::Delete { id, server } => {
+            Client::new(&server)
+                .send(Method::DELETE, &endpoint_path(&id, ""))
+                .await?;
+            println!("{id}: deleted");
+        }
+    }
+    Ok(())
+}
