@@ -41,6 +41,7 @@
 //! attempt_timeout_secs = 15
 //! lease_margin_secs = 15             # how long a dead server's deliveries wait for another
 //! max_retry_after_secs = 3600        # the longest Retry-After honoured
+//! slow_down_secs = 30                # reduced concurrency after a 429 or 5xx overload answer
 //! disable_after_secs = 432000        # disable an endpoint failing this long
 //! max_in_flight = 256
 //! poll_interval_ms = 250

@@ -47,6 +47,10 @@ pub struct WebhookSettings {
     /// The longest `Retry-After` honoured, in seconds (default 3600).
     #[serde(default)]
     pub max_retry_after_secs: Option<u64>,
+    /// Seconds an endpoint that answered 429, 502, 503 or 504 runs at reduced concurrency
+    /// (default 30, or its `Retry-After` if longer).
+    #[serde(default)]
+    pub slow_down_secs: Option<u64>,
     /// Disable an endpoint after this many seconds of failing attempts (default 432000, 5
     /// days).
     #[serde(default)]
@@ -127,6 +131,11 @@ impl WebhookSettings {
                 self.max_retry_after_secs,
                 "webhook.max_retry_after_secs",
                 defaults.max_retry_after,
+            )?,
+            slow_down_for: secs(
+                self.slow_down_secs,
+                "webhook.slow_down_secs",
+                defaults.slow_down_for,
             )?,
             disable_after: secs(
                 self.disable_after_secs,
