@@ -360,7 +360,13 @@ async fn crash_and_restart(db: TestDb) -> anyhow::Result<()> {
         .map(|(i, id)| (id.as_str(), i))
         .collect();
     let deliveries = deliveries(&db).await?;
-    let inbox = chaos.inbox.lock().expect("lock");
+    let dead_api: Value = http_dead(&base, &endpoint_ids[ALWAYS_FAILING]).await?;
+    let gone: i64 = scalar(
+        &db,
+        "SELECT COUNT(*) FROM onephase_webhook_endpoints WHERE disabled_at_ms IS NOT NULL",
+    )
+    .await?;
+    let inbox = std::mem::take(&mut *chaos.inbox.lock().expect("lock"));
     let mut by_status: HashMap<String, usize> = HashMap::new();
     for (message, endpoint, status) in &deliveries {
         ensure!(
@@ -411,7 +417,6 @@ async fn crash_and_restart(db: TestDb) -> anyhow::Result<()> {
         );
     }
     // What the dead letters hold: the always-failing endpoint's, and the gone endpoint's.
-    let dead_api: Value = http_dead(&base, &endpoint_ids[ALWAYS_FAILING]).await?;
     ensure!(
         dead_api.as_array().is_some_and(|d| !d.is_empty()),
         "{dead_api}"
@@ -431,11 +436,6 @@ async fn crash_and_restart(db: TestDb) -> anyhow::Result<()> {
         gone_applied == GONE_AFTER,
         "the gone endpoint applied {gone_applied}"
     );
-    let gone: i64 = scalar(
-        &db,
-        "SELECT COUNT(*) FROM onephase_webhook_endpoints WHERE disabled_at_ms IS NOT NULL",
-    )
-    .await?;
     ensure!(
         gone == 1,
         "{gone} endpoints disabled; only the 410 one should be"
@@ -449,7 +449,7 @@ async fn crash_and_restart(db: TestDb) -> anyhow::Result<()> {
         pending_at_kills.iter().any(|p| *p > 0),
         "no kill landed with deliveries pending; the test proved nothing"
     );
-    drop(inbox);
+
     server.start_kill()?;
     server.wait().await?;
     db.close().await?;
