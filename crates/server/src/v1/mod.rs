@@ -10,7 +10,11 @@ mod whoami;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use axum::http::HeaderMap;
+use onephase_core::ErrorKind;
+
 use crate::app::AppState;
+use crate::problem::Problem;
 
 pub use outbox::{AppendEvent, Appended, DeadRowView, LogRecordView, RelayStatus};
 pub use saga::{
@@ -56,4 +60,22 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(webhook::dead_letters))
         .routes(routes!(webhook::replay))
         .routes(routes!(webhook::stats))
+}
+
+/// The `Idempotency-Key` header, if sent: 1 to 255 visible ASCII characters.
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
+        .map(|k| Some(k.to_owned()))
+        .ok_or_else(|| {
+            Problem::from_kind(
+                ErrorKind::InvalidInput,
+                "the Idempotency-Key header must be 1 to 255 visible ASCII characters",
+            )
+        })
 }

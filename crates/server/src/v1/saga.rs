@@ -601,22 +601,7 @@ pub async fn start(
     headers: HeaderMap,
     ApiJson(body): ApiJson<StartRun>,
 ) -> Result<Response, Problem> {
-    let key = match headers.get("idempotency-key") {
-        Some(v) => {
-            let key = v
-                .to_str()
-                .ok()
-                .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
-                .ok_or_else(|| {
-                    Problem::from_kind(
-                        ErrorKind::InvalidInput,
-                        "the Idempotency-Key header must be 1 to 255 visible ASCII characters",
-                    )
-                })?;
-            Some(key.to_owned())
-        }
-        None => None,
-    };
+    let key = super::idempotency_key(&headers)?;
     let request = StartRequest {
         saga: name,
         version: body.version,

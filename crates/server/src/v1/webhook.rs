@@ -8,6 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use onephase_core::ErrorKind;
+use onephase_webhook::destination::DestinationError;
 use onephase_webhook::{
     AttemptView, DEFAULT_ROTATION_OVERLAP, DeliveryView, Endpoint, EndpointPatch, EndpointSpec,
     EndpointStats, MessageView, NewMessage, Replay, Sent, VerifyingKey, WebhookError,
@@ -23,8 +24,8 @@ use crate::problem::Problem;
 
 fn problem(e: &WebhookError) -> Problem {
     match e {
-        // A URL the policy refuses is a valid request the server will not carry out.
-        WebhookError::Destination(_) if e_is_invalid(e) => Problem::new(
+        // A URL the policy refuses is a well-formed request the server will not carry out.
+        WebhookError::Destination(DestinationError::Forbidden { .. }) => Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "destination-refused",
             "Destination refused",
@@ -32,10 +33,6 @@ fn problem(e: &WebhookError) -> Problem {
         ),
         _ => Problem::from_error(e),
     }
-}
-
-fn e_is_invalid(e: &WebhookError) -> bool {
-    onephase_core::Classify::kind(e) == ErrorKind::InvalidInput
 }
 
 fn admin_only(caller: &Caller) -> Result<(), Problem> {
@@ -52,24 +49,6 @@ fn check_limit(limit: Option<u32>) -> Result<u32, Problem> {
             format!("limit {limit} is out of range: use 1 to 1000"),
         ))
     }
-}
-
-/// The `Idempotency-Key` header, if sent: 1 to 255 visible ASCII characters.
-pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
-    let Some(value) = headers.get("idempotency-key") else {
-        return Ok(None);
-    };
-    value
-        .to_str()
-        .ok()
-        .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
-        .map(|k| Some(k.to_owned()))
-        .ok_or_else(|| {
-            Problem::from_kind(
-                ErrorKind::InvalidInput,
-                "the Idempotency-Key header must be 1 to 255 visible ASCII characters",
-            )
-        })
 }
 
 /// A message to send.
@@ -121,7 +100,7 @@ pub async fn send(
         event_type: body.event_type,
         payload: body.payload,
         partition_key: body.partition_key,
-        idempotency_key: idempotency_key(&headers)?,
+        idempotency_key: super::idempotency_key(&headers)?,
     };
     let sent = state
         .webhook()
