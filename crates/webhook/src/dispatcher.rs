@@ -107,6 +107,8 @@ struct Inner {
     rng: Mutex<StdRng>,
     in_flight: AtomicUsize,
     freed: Notify,
+    /// Claims made, to rotate which endpoint a claim starts with.
+    rounds: AtomicUsize,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -147,6 +149,7 @@ impl Dispatcher {
                 rng: Mutex::new(rng),
                 in_flight: AtomicUsize::new(0),
                 freed: Notify::new(),
+                rounds: AtomicUsize::new(0),
             }),
         })
     }
@@ -197,7 +200,8 @@ impl Dispatcher {
         let lease = inner.config.attempt_timeout + inner.config.lease_margin;
         let lease_ms = now_ms + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
         let now_us = i64::try_from(now.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX);
-        Ok(sql::claim(&inner.store, now_ms, now_us, lease_ms, limit).await?)
+        let start = inner.rounds.fetch_add(1, Ordering::Relaxed);
+        Ok(sql::claim(&inner.store, now_ms, now_us, lease_ms, limit, start).await?)
     }
 
     /// Delivers until `shutdown` completes; then stops claiming and waits (at most one attempt
@@ -226,6 +230,7 @@ impl Dispatcher {
         });
         let mut shutdown = std::pin::pin!(shutdown);
         let config = &self.inner.config;
+        let mut eager = 0_u8;
         loop {
             let room = config
                 .max_in_flight
@@ -258,12 +263,20 @@ impl Dispatcher {
                     () = tokio::task::yield_now() => continue,
                 }
             }
+            // A message sent in this process wakes the loop before its transaction commits,
+            // so after a wake the loop looks again a few times at short intervals.
+            let wait = if eager > 0 {
+                eager -= 1;
+                config.poll_interval.min(Duration::from_millis(5))
+            } else {
+                config.poll_interval
+            };
             let woken = SENT.notified();
             tokio::select! {
                 () = &mut shutdown => break,
-                () = woken => {}
+                () = woken => eager = 3,
                 () = self.inner.freed.notified() => {}
-                () = self.inner.clock.sleep(config.poll_interval) => {}
+                () = self.inner.clock.sleep(wait) => {}
             }
         }
         drop(results);

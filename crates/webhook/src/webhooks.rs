@@ -341,12 +341,14 @@ impl Webhooks {
                 let mut tx = pool.begin().await?;
                 let sent = send_with_limit(&mut tx, message, now, self.max_body).await?;
                 tx.commit().await?;
+                crate::dispatcher::wake();
                 Ok(sent)
             }
             onephase_store::Db::Sqlite(s) => {
                 let mut tx = s.writer().begin().await?;
                 let sent = send_with_limit(&mut tx, message, now, self.max_body).await?;
                 tx.commit().await?;
+                crate::dispatcher::wake();
                 Ok(sent)
             }
         }

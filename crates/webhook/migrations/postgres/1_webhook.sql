@@ -57,10 +57,12 @@ CREATE TABLE onephase_webhook_deliveries (
     updated_at_ms   BIGINT  NOT NULL,
     UNIQUE (message_id, endpoint_id)
 );
-CREATE INDEX onephase_webhook_deliveries_due ON onephase_webhook_deliveries (next_at_ms)
-    WHERE status = 'pending';
-CREATE INDEX onephase_webhook_deliveries_pending ON onephase_webhook_deliveries (endpoint_id, id)
-    WHERE status = 'pending';
+-- What a claim reads, per endpoint: its due deliveries in due order, and the ones in flight
+-- (locked), so that neither grows with the endpoint's backlog.
+CREATE INDEX onephase_webhook_deliveries_due
+    ON onephase_webhook_deliveries (endpoint_id, next_at_ms, id) WHERE status = 'pending';
+CREATE INDEX onephase_webhook_deliveries_locked
+    ON onephase_webhook_deliveries (endpoint_id, locked_until_ms) WHERE status = 'pending';
 CREATE INDEX onephase_webhook_deliveries_order
     ON onephase_webhook_deliveries (endpoint_id, partition_key, id)
     WHERE status = 'pending' AND partition_key IS NOT NULL;

@@ -139,46 +139,67 @@ pub(crate) struct Claimed {
     pub body: String,
 }
 
-fn claim_sql(pg: bool) -> String {
-    let least = if pg { "LEAST" } else { "min" };
-    format!(
-        "WITH busy AS ( \
-           SELECT endpoint_id, COUNT(*) AS n FROM onephase_webhook_deliveries \
-           WHERE status = 'pending' AND locked_until_ms > $1 GROUP BY endpoint_id \
-         ), due AS ( \
-           SELECT d.id, d.endpoint_id, d.message_id, d.attempts, \
-             ROW_NUMBER() OVER (PARTITION BY d.endpoint_id ORDER BY d.id) AS rn, \
-             (CASE WHEN e.slow_until_ms > $1 THEN {least}(e.slow_limit, e.max_concurrency) \
-               ELSE e.max_concurrency END) - COALESCE(b.n, 0) AS room \
-           FROM onephase_webhook_deliveries d \
-           JOIN onephase_webhook_endpoints e ON e.id = d.endpoint_id \
-           LEFT JOIN busy b ON b.endpoint_id = d.endpoint_id \
-           WHERE d.status = 'pending' AND d.next_at_ms <= $1 AND d.locked_until_ms <= $1 \
-             AND e.disabled_at_ms IS NULL \
-             AND (e.ordered = {false} OR d.partition_key IS NULL OR NOT EXISTS ( \
-               SELECT 1 FROM onephase_webhook_deliveries p \
-               WHERE p.endpoint_id = d.endpoint_id AND p.partition_key = d.partition_key \
-                 AND p.status = 'pending' AND p.id < d.id)) \
-         ) \
-         SELECT due.id, due.endpoint_id, due.message_id, due.attempts, e.url, e.keys, \
-           e.rate_limit, e.rate_tat_us, m.body \
-         FROM due \
-         JOIN onephase_webhook_endpoints e ON e.id = due.endpoint_id \
-         JOIN onephase_webhook_messages m ON m.id = due.message_id \
-         WHERE due.rn <= due.room ORDER BY due.rn, due.id LIMIT $2",
-        false = if pg { "FALSE" } else { "0" },
-    )
+/// An enabled endpoint with room for more attempts.
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct Room {
+    id: String,
+    ordered: bool,
+    room: i64,
 }
+
+fn rooms_sql(pg: bool) -> &'static str {
+    if pg {
+        "SELECT e.id, e.ordered, \
+           (CASE WHEN e.slow_until_ms > $1 THEN LEAST(e.slow_limit, e.max_concurrency) \
+             ELSE e.max_concurrency END) \
+           - (SELECT COUNT(*) FROM onephase_webhook_deliveries b \
+              WHERE b.endpoint_id = e.id AND b.status = 'pending' AND b.locked_until_ms > $1) \
+           AS room \
+         FROM onephase_webhook_endpoints e WHERE e.disabled_at_ms IS NULL ORDER BY e.id"
+    } else {
+        "SELECT e.id, e.ordered, \
+           (CASE WHEN e.slow_until_ms > $1 THEN min(e.slow_limit, e.max_concurrency) \
+             ELSE e.max_concurrency END) \
+           - (SELECT COUNT(*) FROM onephase_webhook_deliveries b \
+              WHERE b.endpoint_id = e.id AND b.status = 'pending' AND b.locked_until_ms > $1) \
+           AS room \
+         FROM onephase_webhook_endpoints e WHERE e.disabled_at_ms IS NULL ORDER BY e.id"
+    }
+}
+
+/// One endpoint's due deliveries, oldest due first: at most `$3` rows are read, so a claim
+/// costs the same whatever the endpoint's backlog. On an ordered endpoint (`$4` = 1) a
+/// delivery qualifies only if no earlier delivery of its key is pending.
+const CANDIDATES: &str = "SELECT d.id, d.endpoint_id, d.message_id, d.attempts, e.url, e.keys, \
+       e.rate_limit, e.rate_tat_us, m.body \
+     FROM (SELECT id, endpoint_id, message_id, attempts, partition_key, next_at_ms \
+           FROM onephase_webhook_deliveries \
+           WHERE endpoint_id = $1 AND status = 'pending' AND next_at_ms <= $2 \
+             AND locked_until_ms <= $2 \
+           ORDER BY next_at_ms, id LIMIT $3) d \
+     JOIN onephase_webhook_endpoints e ON e.id = d.endpoint_id \
+     JOIN onephase_webhook_messages m ON m.id = d.message_id \
+     WHERE $4 = 0 OR d.partition_key IS NULL OR NOT EXISTS ( \
+       SELECT 1 FROM onephase_webhook_deliveries p \
+       WHERE p.endpoint_id = d.endpoint_id AND p.partition_key = d.partition_key \
+         AND p.status = 'pending' AND p.id < d.id) \
+     ORDER BY d.next_at_ms, d.id LIMIT $5";
+
+/// How many due deliveries an ordered endpoint's claim reads to find the heads of its keys.
+/// Keys whose turn is further back than this wait for the ones ahead to move.
+pub(crate) const ORDERED_LOOKAHEAD: i64 = 512;
 
 /// Takes up to `limit` due deliveries: at most each endpoint's free concurrency, within its
 /// rate, and for ordered endpoints only the oldest pending delivery of each partition key.
-/// Each taken row's attempt count goes up and it is locked until `lease_ms`.
+/// Endpoints are visited from `start` on (rotating it shares a tight `limit` fairly). Each
+/// taken row's attempt count goes up and it is locked until `lease_ms`.
 pub(crate) async fn claim(
     store: &Store,
     now_ms: i64,
     now_us: i64,
     lease_ms: i64,
     limit: u32,
+    start: usize,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
     on_store!(store.db(), pool, pg => {
         let mut tx = pool.begin().await?;
@@ -186,12 +207,38 @@ pub(crate) async fn claim(
             // One claimer at a time across servers, so that concurrency and rate limits
             // count every server's attempts.
             sqlx::query("SELECT pg_advisory_xact_lock(7415612901)").execute(&mut *tx).await?;
+            // A claim is only a lock: if a database crash loses it, the delivery is attempted
+            // again (at least once either way), so its commit need not wait for the disk.
+            sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
         }
-        let candidates: Vec<Claimed> = sqlx::query_as(sqlx::AssertSqlSafe(claim_sql(pg)))
+        let mut rooms: Vec<Room> = sqlx::query_as(rooms_sql(pg))
             .bind(now_ms)
-            .bind(i64::from(limit))
             .fetch_all(&mut *tx)
             .await?;
+        rooms.retain(|r| r.room > 0);
+        if !rooms.is_empty() {
+            let at = start % rooms.len();
+            rooms.rotate_left(at);
+        }
+        let mut left = i64::from(limit);
+        let mut candidates: Vec<Claimed> = Vec::new();
+        for r in rooms {
+            if left <= 0 {
+                break;
+            }
+            let take = r.room.min(left);
+            let read = if r.ordered { take.max(ORDERED_LOOKAHEAD) } else { take };
+            let found: Vec<Claimed> = sqlx::query_as(CANDIDATES)
+                .bind(&r.id)
+                .bind(now_ms)
+                .bind(read)
+                .bind(i32::from(r.ordered))
+                .bind(take)
+                .fetch_all(&mut *tx)
+                .await?;
+            left -= i64::try_from(found.len()).unwrap_or(0);
+            candidates.extend(found);
+        }
         if candidates.is_empty() {
             return Ok(candidates);
         }
