@@ -130,6 +130,29 @@ impl AddressPolicy {
     pub fn permits(&self, ip: IpAddr) -> bool {
         !is_internal(ip) || self.allowed.iter().any(|n| n.contains(ip))
     }
+
+    /// Checks `url` now: its literal address, or every address its name resolves to (one
+    /// permitted address is enough; a connection later uses only permitted ones).
+    pub async fn check(&self, url: &str) -> Result<(), DestinationError> {
+        let parsed = parse_url(url)?;
+        let host = host_of(&parsed, url)?;
+        let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
+            Ok(ip) => vec![ip],
+            Err(_) => tokio::net::lookup_host((host.as_str(), 0))
+                .await
+                .map_err(|e| DestinationError::Unresolvable {
+                    host: host.clone(),
+                    message: e.to_string(),
+                })?
+                .map(|a| a.ip())
+                .collect(),
+        };
+        if addrs.iter().any(|ip| self.permits(*ip)) {
+            Ok(())
+        } else {
+            Err(forbidden(&host, &addrs))
+        }
+    }
 }
 
 /// A destination was refused, or a policy could not be read.
@@ -238,24 +261,7 @@ impl DeliveryClient {
     /// Checks `url` now: its literal address, or every address its name resolves to. Call it
     /// when an endpoint is created, to refuse it early; [`send`](Self::send) checks again.
     pub async fn check(&self, url: &str) -> Result<(), DestinationError> {
-        let parsed = parse_url(url)?;
-        let host = host_of(&parsed, url)?;
-        let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
-            Ok(ip) => vec![ip],
-            Err(_) => tokio::net::lookup_host((host.as_str(), 0))
-                .await
-                .map_err(|e| DestinationError::Unresolvable {
-                    host: host.clone(),
-                    message: e.to_string(),
-                })?
-                .map(|a| a.ip())
-                .collect(),
-        };
-        if addrs.iter().any(|ip| self.policy.permits(*ip)) {
-            Ok(())
-        } else {
-            Err(forbidden(&host, &addrs))
-        }
+        self.policy.check(url).await
     }
 
     /// Sends `request` if its destination is permitted. A literal IP is checked here; a name

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 
 use crate::WebhookError;
-use crate::destination::{AddressPolicy, DeliveryClient};
+use crate::destination::AddressPolicy;
 use crate::endpoint::{
     DEFAULT_APP, DEFAULT_CONCURRENCY, Endpoint, EndpointPatch, EndpointSpec, StoredKey,
     VerifyingKey, parse_key, validate,
@@ -49,7 +49,7 @@ pub const MAX_LIST: u32 = 1000;
 #[derive(Clone)]
 pub struct Webhooks {
     store: Store,
-    client: DeliveryClient,
+    policy: AddressPolicy,
     clock: SharedClock,
     max_body: usize,
 }
@@ -65,11 +65,9 @@ impl std::fmt::Debug for Webhooks {
 impl Webhooks {
     /// Over `store`; endpoint URLs must be permitted by `policy`.
     pub fn new(store: Store, policy: AddressPolicy) -> Self {
-        let client = DeliveryClient::new(policy, Duration::from_secs(15))
-            .unwrap_or_else(|_| unreachable!("a client with these settings always builds"));
         Self {
             store,
-            client,
+            policy,
             clock: Arc::new(SystemClock),
             max_body: DEFAULT_MAX_BODY,
         }
@@ -116,7 +114,7 @@ impl Webhooks {
             }
             None => Secret::generate(&mut onephase_core::rand::rng()).to_string(),
         };
-        self.client.check(&spec.url).await?;
+        self.policy.check(&spec.url).await?;
         let now_ms = ms(self.now());
         let row = EndpointRow {
             id: format!("ep_{}", uuid::Uuid::now_v7().simple()),
@@ -197,7 +195,7 @@ impl Webhooks {
         if let Some(url) = &patch.url {
             // Refuse early, before reading; validated in full below.
             crate::endpoint::validate(DEFAULT_APP, url, None, None, 1, None)?;
-            self.client.check(url).await?;
+            self.policy.check(url).await?;
         }
         self.modify(id, |row, _| {
             if let Some(url) = patch.url {

@@ -633,3 +633,37 @@ async fn bad_input_is_refused_and_changes_nothing() -> anyhow::Result<()> {
     db.close().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn https_endpoints_are_reached_over_tls() -> anyhow::Result<()> {
+    use tokio::io::AsyncReadExt as _;
+    let db = TestDb::sqlite().await?;
+    let s = setup(&db, DispatcherConfig::default()).await?;
+    // A listener that records the first byte of what a client sends: 0x16 opens a TLS
+    // handshake record.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let first = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await?;
+        let mut byte = [0_u8; 1];
+        socket.read_exact(&mut byte).await?;
+        anyhow::Ok(byte[0])
+    });
+    let ep = s
+        .webhooks
+        .create_endpoint(EndpointSpec::new(format!("https://127.0.0.1:{port}/x")))
+        .await?;
+    s.webhooks.send(&NewMessage::new("a.b", json!(1))).await?;
+    ensure!(s.dispatcher.run_once().await?.attempts == 1);
+    ensure!(
+        first.await?? == 0x16,
+        "the dispatcher did not open a TLS handshake"
+    );
+    let attempt = &s.webhooks.attempts(None, Some(&ep.id), None, 1).await?[0];
+    ensure!(
+        attempt.status_code.is_none() && attempt.error.is_some(),
+        "{attempt:?}"
+    );
+    db.close().await?;
+    Ok(())
+}
