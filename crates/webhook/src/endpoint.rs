@@ -26,26 +26,39 @@ pub const MAX_URL: usize = 2048;
 pub struct EndpointSpec {
     /// The application whose messages it receives (default `default`).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[A-Za-z0-9_.-]{1,128}$"))]
     pub app: Option<String>,
     /// Where to POST (http or https).
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 2048, pattern = r"^https?://[^\s/?#@]+")
+    )]
     pub url: String,
     /// Free text for operators.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 1024))]
     pub description: Option<String>,
     /// Only these event types; absent for every type.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(min_items = 1, max_items = 256))]
     pub event_types: Option<Vec<String>>,
     /// Deliver messages with the same partition key one after another.
     #[serde(default)]
     pub ordered: bool,
     /// Attempts in flight at once (default 10, at most 1000).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1000))]
     pub max_concurrency: Option<u32>,
     /// Attempts per second, if limited.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100000))]
     pub rate_limit: Option<u32>,
     /// The signing key: `whsec_...` (v1) or `whsk_...` (v1a); a new `whsec_` secret if absent.
     #[serde(default)]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^(whsec_|whsk_)[A-Za-z0-9+/=]+$")
+    )]
     pub key: Option<String>,
 }
 
@@ -73,21 +86,29 @@ impl EndpointSpec {
 pub struct EndpointPatch {
     /// New URL.
     #[serde(default)]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 2048, pattern = r"^https?://[^\s/?#@]+")
+    )]
     pub url: Option<String>,
     /// New description (`null` clears).
     #[serde(default, with = "double_option")]
+    #[cfg_attr(feature = "openapi", schema(max_length = 1024))]
     pub description: Option<Option<String>>,
     /// New filter (`null`: every type).
     #[serde(default, with = "double_option")]
+    #[cfg_attr(feature = "openapi", schema(min_items = 1, max_items = 256))]
     pub event_types: Option<Option<Vec<String>>>,
     /// New ordering mode.
     #[serde(default)]
     pub ordered: Option<bool>,
     /// New concurrency.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1000))]
     pub max_concurrency: Option<u32>,
     /// New rate limit (`null`: none).
     #[serde(default, with = "double_option")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100000))]
     pub rate_limit: Option<Option<u32>>,
 }
 

@@ -94,8 +94,8 @@ impl Webhooks {
         self.clock.now()
     }
 
-    /// Creates an endpoint. Its URL must be permitted now (checked after DNS resolution) and
-    /// is checked again on every attempt.
+    /// Creates an endpoint. Its URL must not resolve to internal addresses now (a name that
+    /// does not resolve yet is accepted), and is checked again on every attempt.
     pub async fn create_endpoint(&self, spec: EndpointSpec) -> Result<Endpoint, WebhookError> {
         let app = spec.app.clone().unwrap_or_else(|| DEFAULT_APP.to_owned());
         let concurrency = spec.max_concurrency.unwrap_or(DEFAULT_CONCURRENCY);
@@ -114,7 +114,7 @@ impl Webhooks {
             }
             None => Secret::generate(&mut onephase_core::rand::rng()).to_string(),
         };
-        self.policy.check(&spec.url).await?;
+        self.check_destination(&spec.url).await?;
         let now_ms = ms(self.now());
         let row = EndpointRow {
             id: format!("ep_{}", uuid::Uuid::now_v7().simple()),
@@ -138,6 +138,15 @@ impl Webhooks {
         };
         sql::insert_endpoint(&self.store, &row).await?;
         Ok(row.view(now_ms)?)
+    }
+
+    /// Refuses a URL whose host is internal now. A name that does not resolve yet is
+    /// accepted: every attempt resolves it again and refuses internal addresses then.
+    async fn check_destination(&self, url: &str) -> Result<(), WebhookError> {
+        match self.policy.check(url).await {
+            Ok(()) | Err(crate::destination::DestinationError::Unresolvable { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn row(&self, id: &str) -> Result<EndpointRow, WebhookError> {
@@ -195,7 +204,7 @@ impl Webhooks {
         if let Some(url) = &patch.url {
             // Refuse early, before reading; validated in full below.
             crate::endpoint::validate(DEFAULT_APP, url, None, None, 1, None)?;
-            self.policy.check(url).await?;
+            self.check_destination(url).await?;
         }
         self.modify(id, |row, _| {
             if let Some(url) = patch.url {

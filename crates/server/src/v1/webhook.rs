@@ -197,7 +197,6 @@ pub async fn message(
         (status = 403, description = "Not an admin token", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "JSON of the wrong shape, or a URL that resolves to an address the server may not reach", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The URL's host does not resolve", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn create_endpoint(
@@ -299,7 +298,6 @@ pub async fn endpoint(
         (status = 409, description = "Changed concurrently; read it again", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "JSON of the wrong shape, or a URL the server may not reach", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The URL's host does not resolve", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn update_endpoint(
@@ -456,6 +454,7 @@ pub async fn keys(
 #[serde(deny_unknown_fields)]
 pub struct RotateKey {
     /// The new key, `whsec_...` or `whsk_...`; a new `whsec_` secret if absent.
+    #[schema(pattern = r"^(whsec_|whsk_)[A-Za-z0-9+/=]+$")]
     pub key: Option<String>,
     /// How long the keys in use keep signing beside the new one, in seconds (default 86400,
     /// at most 30 days).
