@@ -10,31 +10,25 @@
 #[path = "../../saga/tests/common/mod.rs"]
 mod participants;
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
+use common::{free_port, spawn_server, wait_until_up};
 use onephase_core::rand::rngs::StdRng;
 use onephase_core::rand::{RngExt, SeedableRng};
 use onephase_testkit::TestDb;
 use participants::{Expect, Participants, expected, order_definition, order_input};
 use serde_json::{Value, json};
-use tokio::process::{Child, Command};
 
-const BIN: &str = env!("CARGO_BIN_EXE_onephase");
 const RUNS: i64 = 1000;
 const KILLS: usize = 10;
 const TOKEN: &str = "op_saga_crash_test_token";
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
 
 fn write_config(dir: &Path, store: &str) -> anyhow::Result<std::path::PathBuf> {
     let path = dir.join("onephase.toml");
@@ -49,19 +43,6 @@ fn write_config(dir: &Path, store: &str) -> anyhow::Result<std::path::PathBuf> {
         ),
     )?;
     Ok(path)
-}
-
-fn spawn_server(config: &Path, port: u16) -> anyhow::Result<Child> {
-    Ok(Command::new(BIN)
-        .args(["serve", "--log", "warn", "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--config")
-        .arg(config)
-        .env_remove("ONEPHASE_STORE")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()?)
 }
 
 /// One run's plan, drawn at random.
@@ -115,16 +96,6 @@ fn plans(seed: u64) -> Vec<Plan> {
         .collect()
 }
 
-async fn wait_until_up(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
-    for _ in 0..200 {
-        if http.get(format!("{base}/healthz")).send().await.is_ok() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    anyhow::bail!("the server did not come up at {base}")
-}
-
 async fn crash_and_restart(db: TestDb) -> anyhow::Result<()> {
     let participants = Participants::start().await?;
     let dir = tempfile::tempdir()?;
@@ -135,7 +106,7 @@ async fn crash_and_restart(db: TestDb) -> anyhow::Result<()> {
         .timeout(Duration::from_secs(10))
         .build()?;
 
-    let mut server = spawn_server(&config, port)?;
+    let mut server = spawn_server(&config, port, "warn")?;
     wait_until_up(&http, &base).await?;
     let registered = http
         .post(format!("{base}/v1/sagas"))
@@ -206,7 +177,7 @@ async fn crash_and_restart(db: TestDb) -> anyhow::Result<()> {
         server.start_kill()?; // SIGKILL
         server.wait().await?;
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
-        server = spawn_server(&config, port)?;
+        server = spawn_server(&config, port, "warn")?;
         wait_until_up(&http, &base).await?;
     }
     let (ids, start_retries) = starter.await??;

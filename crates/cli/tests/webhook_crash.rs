@@ -9,9 +9,10 @@
 //! receiver applied no webhook-id twice and never saw a bad signature; and the ordered
 //! endpoints applied each partition key's messages in send order.
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,14 +22,13 @@ use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use common::{free_port, spawn_server, wait_until_up};
 use onephase_core::rand::rngs::StdRng;
 use onephase_core::rand::{RngExt, SeedableRng};
 use onephase_testkit::TestDb;
 use onephase_webhook::signature::{Verifier, VerifyKey};
 use serde_json::{Value, json};
-use tokio::process::{Child, Command};
 
-const BIN: &str = env!("CARGO_BIN_EXE_onephase");
 const MESSAGES: usize = 10_000;
 const ENDPOINTS: usize = 20;
 const ORDERED: usize = 4;
@@ -39,12 +39,6 @@ const GONE: usize = 19;
 const GONE_AFTER: usize = 100;
 const KILLS: usize = 5;
 const TOKEN: &str = "op_webhook_crash_test_token";
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
 
 fn write_config(dir: &Path, store: &str) -> anyhow::Result<std::path::PathBuf> {
     let path = dir.join("onephase.toml");
@@ -61,29 +55,6 @@ fn write_config(dir: &Path, store: &str) -> anyhow::Result<std::path::PathBuf> {
         ),
     )?;
     Ok(path)
-}
-
-fn spawn_server(config: &Path, port: u16) -> anyhow::Result<Child> {
-    Ok(Command::new(BIN)
-        .args(["serve", "--log", "error", "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--config")
-        .arg(config)
-        .env_remove("ONEPHASE_STORE")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()?)
-}
-
-async fn wait_until_up(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
-    for _ in 0..400 {
-        if http.get(format!("{base}/healthz")).send().await.is_ok() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    anyhow::bail!("the server did not come up at {base}")
 }
 
 /// What the chaos receiver saw.
@@ -213,7 +184,7 @@ async fn crash_and_restart(db: TestDb) -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()?;
-    let mut server = spawn_server(&config, port)?;
+    let mut server = spawn_server(&config, port, "error")?;
     wait_until_up(&http, &base).await?;
 
     // Endpoint i takes type.i and the broadcast type; the first ORDERED keep key order.
@@ -307,7 +278,7 @@ async fn crash_and_restart(db: TestDb) -> anyhow::Result<()> {
         server.wait().await?;
         pending_at_kills.push(pending(&db).await?);
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..500))).await;
-        server = spawn_server(&config, port)?;
+        server = spawn_server(&config, port, "error")?;
         wait_until_up(&http, &base).await?;
     }
     let mut ids: HashMap<String, usize> = HashMap::new();

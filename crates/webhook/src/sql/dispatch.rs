@@ -147,24 +147,19 @@ struct Room {
     room: i64,
 }
 
-fn rooms_sql(pg: bool) -> &'static str {
-    if pg {
+/// Each enabled endpoint's free concurrency: its limit (halved while slowed down) less the
+/// attempts in flight, which the `locked` index counts without reading the backlog.
+fn rooms_sql(pg: bool) -> String {
+    format!(
         "SELECT e.id, e.ordered, \
-           (CASE WHEN e.slow_until_ms > $1 THEN LEAST(e.slow_limit, e.max_concurrency) \
+           (CASE WHEN e.slow_until_ms > $1 THEN {least}(e.slow_limit, e.max_concurrency) \
              ELSE e.max_concurrency END) \
            - (SELECT COUNT(*) FROM onephase_webhook_deliveries b \
               WHERE b.endpoint_id = e.id AND b.status = 'pending' AND b.locked_until_ms > $1) \
            AS room \
-         FROM onephase_webhook_endpoints e WHERE e.disabled_at_ms IS NULL ORDER BY e.id"
-    } else {
-        "SELECT e.id, e.ordered, \
-           (CASE WHEN e.slow_until_ms > $1 THEN min(e.slow_limit, e.max_concurrency) \
-             ELSE e.max_concurrency END) \
-           - (SELECT COUNT(*) FROM onephase_webhook_deliveries b \
-              WHERE b.endpoint_id = e.id AND b.status = 'pending' AND b.locked_until_ms > $1) \
-           AS room \
-         FROM onephase_webhook_endpoints e WHERE e.disabled_at_ms IS NULL ORDER BY e.id"
-    }
+         FROM onephase_webhook_endpoints e WHERE e.disabled_at_ms IS NULL ORDER BY e.id",
+        least = if pg { "LEAST" } else { "min" },
+    )
 }
 
 /// One endpoint's due deliveries, oldest due first: at most `$3` rows are read, so a claim
@@ -211,7 +206,7 @@ pub(crate) async fn claim(
             // again (at least once either way), so its commit need not wait for the disk.
             sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
         }
-        let mut rooms: Vec<Room> = sqlx::query_as(rooms_sql(pg))
+        let mut rooms: Vec<Room> = sqlx::query_as(sqlx::AssertSqlSafe(rooms_sql(pg)))
             .bind(now_ms)
             .fetch_all(&mut *tx)
             .await?;
