@@ -9,7 +9,7 @@
 //! A local receiver answers 204 at once. One endpoint with concurrency 256.
 //!
 //! - **Throughput**: N messages are sent (committed), then a dispatcher (256 attempts in
-//!   flight) delivers them all; deliveries/s is N over the time from its start to the last
+//!   flight, the default claims of 64) delivers them all; deliveries/s is N over the time from its start to the last
 //!   delivery recorded. Each delivery is a claim, a signed POST and a recorded attempt.
 //! - **Raw baseline**: a plain `reqwest` client firing the same signed requests, 256 at a time,
 //!   with no store: the HTTP limit of this machine.
@@ -207,7 +207,6 @@ async fn measure(db: &TestDb, backend: &'static str) -> AnyResult<Measured> {
         DispatcherConfig {
             policy: policy.clone(),
             max_in_flight: CONCURRENCY,
-            claim_batch: u32::try_from(CONCURRENCY)?,
             poll_interval: Duration::from_millis(5),
             ..DispatcherConfig::default()
         },

@@ -51,7 +51,8 @@ pub struct DispatcherConfig {
     pub lease_margin: Duration,
     /// Attempts in flight at once over all endpoints (default 256).
     pub max_in_flight: usize,
-    /// Deliveries taken per claim (default 128).
+    /// Deliveries taken per claim (default 64): smaller claims keep attempts flowing while
+    /// earlier ones are recorded.
     pub claim_batch: u32,
     /// Outcomes written per transaction, at most (default 512).
     pub record_batch: usize,
@@ -80,7 +81,7 @@ impl Default for DispatcherConfig {
             attempt_timeout: Duration::from_secs(15),
             lease_margin: Duration::from_secs(15),
             max_in_flight: 256,
-            claim_batch: 128,
+            claim_batch: 64,
             record_batch: 512,
             poll_interval: Duration::from_millis(250),
             max_retry_after: Duration::from_secs(3600),
