@@ -36,13 +36,6 @@ pub enum Written {
     Existing { id: String, digest: String },
 }
 
-const ENDPOINTS_SQLITE: &str = "SELECT id, event_types FROM onephase_webhook_endpoints \
-     WHERE app = $1 AND disabled_at_ms IS NULL";
-/// `FOR SHARE` makes a concurrent disable wait for this transaction, so that the disable's
-/// dead-lettering sees the deliveries written here (or this one sees the endpoint disabled):
-/// no pending delivery is left behind on a disabled endpoint. SQLite has one writer at a time.
-const ENDPOINTS_PG: &str = "SELECT id, event_types FROM onephase_webhook_endpoints \
-     WHERE app = $1 AND disabled_at_ms IS NULL FOR SHARE";
 const FAN_OUT_PG: &str = "INSERT INTO onephase_webhook_deliveries \
      (message_id, endpoint_id, partition_key, next_at_ms, updated_at_ms) \
      SELECT $1, e, $2, $3, $3 FROM jsonb_array_elements_text($4::jsonb) AS e";
@@ -52,7 +45,7 @@ const FAN_OUT_SQLITE: &str = "INSERT INTO onephase_webhook_deliveries \
 
 /// The same statements on either backend's connection.
 macro_rules! write_message {
-    ($conn:expr, $m:expr, $endpoints:expr, $fan_out:expr) => {{
+    ($conn:expr, $m:expr, $fan_out:expr) => {{
         let conn = $conn;
         let m: &PreparedMessage = $m;
         let inserted = sqlx::query(
@@ -82,10 +75,13 @@ macro_rules! write_message {
             .await?;
             return Ok(Written::Existing { id, digest });
         }
-        let endpoints: Vec<(String, Option<String>)> = sqlx::query_as($endpoints)
-            .bind(&m.app)
-            .fetch_all(&mut *conn)
-            .await?;
+        let endpoints: Vec<(String, Option<String>)> = sqlx::query_as(
+            "SELECT id, event_types FROM onephase_webhook_endpoints \
+             WHERE app = $1 AND disabled_at_ms IS NULL",
+        )
+        .bind(&m.app)
+        .fetch_all(&mut *conn)
+        .await?;
         let mut matching = Vec::new();
         for (id, filter) in endpoints {
             let filter: Option<Vec<String>> = filter
@@ -118,14 +114,14 @@ pub(crate) fn write_pg<'a>(
     conn: &'a mut PgConnection,
     m: &'a PreparedMessage,
 ) -> BoxFuture<'a, Result<Written, sqlx::Error>> {
-    async move { write_message!(conn, m, ENDPOINTS_PG, FAN_OUT_PG) }.boxed()
+    async move { write_message!(conn, m, FAN_OUT_PG) }.boxed()
 }
 
 pub(crate) fn write_sqlite<'a>(
     conn: &'a mut SqliteConnection,
     m: &'a PreparedMessage,
 ) -> BoxFuture<'a, Result<Written, sqlx::Error>> {
-    async move { write_message!(conn, m, ENDPOINTS_SQLITE, FAN_OUT_SQLITE) }.boxed()
+    async move { write_message!(conn, m, FAN_OUT_SQLITE) }.boxed()
 }
 
 /// A delivery taken for an attempt, with what sending it needs.
