@@ -12,7 +12,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use onephase_core::rand::SeedableRng;
 use onephase_core::rand::rngs::StdRng;
@@ -110,6 +110,8 @@ struct Inner {
     freed: Notify,
     /// Claims made, to rotate which endpoint a claim starts with.
     rounds: AtomicUsize,
+    /// When the pending deliveries of disabled endpoints were last swept up.
+    swept_at: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -151,6 +153,7 @@ impl Dispatcher {
                 in_flight: AtomicUsize::new(0),
                 freed: Notify::new(),
                 rounds: AtomicUsize::new(0),
+                swept_at: Mutex::new(None),
             }),
         })
     }
@@ -202,6 +205,9 @@ impl Dispatcher {
         let lease_ms = now_ms + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
         let now_us = i64::try_from(now.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX);
         let start = inner.rounds.fetch_add(1, Ordering::Relaxed);
+        if inner.sweep_due() {
+            sql::sweep_auto_disabled(&inner.store, now_ms).await?;
+        }
         Ok(sql::claim(&inner.store, now_ms, now_us, lease_ms, limit, start).await?)
     }
 
@@ -290,7 +296,21 @@ impl Dispatcher {
     }
 }
 
+/// How often a dispatcher looks for deliveries left pending on an endpoint it disabled.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
 impl Inner {
+    /// Whether a claim should sweep first: on the first claim, then every [`SWEEP_EVERY`].
+    fn sweep_due(&self) -> bool {
+        let now = self.clock.monotonic();
+        let mut swept_at = self.swept_at.lock().unwrap_or_else(|e| e.into_inner());
+        if swept_at.is_some_and(|at| now.saturating_duration_since(at) < SWEEP_EVERY) {
+            return false;
+        }
+        *swept_at = Some(now);
+        true
+    }
+
     /// Sends one claimed delivery and judges the answer.
     async fn attempt(self: Arc<Self>, c: Claimed) -> Finished {
         let now = self.clock.now();

@@ -305,6 +305,91 @@ async fn gone_and_continuous_failure_disable_the_endpoint_and_say_so() -> anyhow
     Ok(())
 }
 
+/// A send that read the endpoint as enabled and commits after the dispatcher disabled it leaves
+/// a delivery the disabling could not see; the next claim dead-letters it. An endpoint disabled
+/// by hand keeps its pending deliveries for when it is enabled again. Only PostgreSQL runs the
+/// two transactions side by side (SQLite has one writer, so the send would hold off the disable).
+#[tokio::test]
+async fn a_send_racing_a_disable_ends_in_the_dead_letters() -> anyhow::Result<()> {
+    let Some(db) = TestDb::postgres().await else {
+        return Ok(());
+    };
+    let onephase_store::Db::Postgres(pool) = db.store().db() else {
+        anyhow::bail!("not PostgreSQL");
+    };
+    let pool = pool.clone();
+    let config = DispatcherConfig {
+        schedule: immediate(5),
+        ..DispatcherConfig::default()
+    };
+    let s = setup(&db, config).await?;
+    let rx = TestReceiver::start().await;
+    rx.script(|path, _| Answer::status(if path == "gone" { 410 } else { 200 }));
+    let gone = s
+        .webhooks
+        .create_endpoint(EndpointSpec::new(rx.url("gone")))
+        .await?;
+    s.webhooks.send(&NewMessage::new("a.b", json!(1))).await?;
+
+    // The send reads the endpoint as enabled, then waits while the 410 disables it.
+    let mut tx = pool.begin().await?;
+    let late =
+        onephase_webhook::send(&mut *tx, &NewMessage::new("a.b", json!(2)), s.clock.now()).await?;
+    ensure!(late.endpoints == 1);
+    let round = s.dispatcher.run_once().await?;
+    ensure!(round.disabled == vec![gone.id.clone()], "{round:?}");
+    tx.commit().await?;
+    let stray = s.webhooks.message(&late.id).await?;
+    ensure!(stray.deliveries[0].status == "pending", "{stray:?}");
+
+    // The first claim of a dispatcher sweeps; later ones at most once a second.
+    let sweeper = Dispatcher::new(
+        db.store().clone(),
+        DispatcherConfig {
+            policy: local(),
+            ..DispatcherConfig::default()
+        },
+    )?;
+    ensure!(sweeper.run_once().await?.attempts == 0);
+    let swept = s.webhooks.message(&late.id).await?;
+    let delivery = &swept.deliveries[0];
+    ensure!(
+        delivery.status == "dead"
+            && delivery
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("endpoint disabled") && e.contains("410")),
+        "{swept:?}"
+    );
+    ensure!(s.webhooks.dead_letters(Some(&gone.id), 10).await?.len() == 2);
+
+    // Disabled by hand: the pending delivery waits, and goes out once enabled.
+    rx.script(|_, _| Answer::status(200));
+    s.webhooks.enable(&gone.id).await?;
+    s.webhooks.disable(&gone.id, "maintenance").await?;
+    let mut tx = pool.begin().await?;
+    s.webhooks.enable(&gone.id).await?;
+    let held =
+        onephase_webhook::send(&mut *tx, &NewMessage::new("a.b", json!(3)), s.clock.now()).await?;
+    s.webhooks.disable(&gone.id, "maintenance").await?;
+    tx.commit().await?;
+    let fresh = Dispatcher::new(
+        db.store().clone(),
+        DispatcherConfig {
+            policy: local(),
+            ..DispatcherConfig::default()
+        },
+    )?;
+    ensure!(fresh.run_once().await?.attempts == 0);
+    ensure!(s.webhooks.message(&held.id).await?.deliveries[0].status == "pending");
+    s.webhooks.enable(&gone.id).await?;
+    ensure!(fresh.run_once().await?.delivered == 1);
+    ensure!(s.webhooks.message(&held.id).await?.deliveries[0].status == "delivered");
+    drop(s);
+    db.close().await?;
+    Ok(())
+}
+
 async fn outbox_payloads(db: &TestDb) -> anyhow::Result<Vec<String>> {
     let sql = "SELECT payload FROM onephase_outbox ORDER BY seq";
     let rows: Vec<Vec<u8>> = match db.store().db() {

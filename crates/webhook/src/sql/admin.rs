@@ -174,8 +174,8 @@ pub(crate) async fn set_enabled(
         let result = match disabled {
             None => sqlx::query(
                 "UPDATE onephase_webhook_endpoints SET disabled_at_ms = NULL, \
-                 disabled_reason = NULL, failing_since_ms = NULL, slow_until_ms = 0, \
-                 updated_at_ms = $2 WHERE id = $1",
+                 disabled_reason = NULL, disabled_auto = FALSE, failing_since_ms = NULL, \
+                 slow_until_ms = 0, updated_at_ms = $2 WHERE id = $1",
             )
             .bind(id)
             .bind(now_ms)
@@ -184,7 +184,7 @@ pub(crate) async fn set_enabled(
             Some(reason) => sqlx::query(
                 "UPDATE onephase_webhook_endpoints SET \
                  disabled_at_ms = COALESCE(disabled_at_ms, $2), disabled_reason = $3, \
-                 updated_at_ms = $2 WHERE id = $1",
+                 disabled_auto = FALSE, updated_at_ms = $2 WHERE id = $1",
             )
             .bind(id)
             .bind(now_ms)

@@ -450,7 +450,7 @@ pub(crate) async fn record(
             let Some(reason) = reason else { continue };
             let updated = sqlx::query(
                 "UPDATE onephase_webhook_endpoints SET disabled_at_ms = $2, disabled_reason = $3, \
-                 updated_at_ms = $2 WHERE id = $1 AND disabled_at_ms IS NULL",
+                 disabled_auto = TRUE, updated_at_ms = $2 WHERE id = $1 AND disabled_at_ms IS NULL",
             )
             .bind(endpoint)
             .bind(now_ms)
@@ -461,16 +461,13 @@ pub(crate) async fn record(
             if updated == 0 {
                 continue;
             }
-            let dead_lettered = sqlx::query(
-                "UPDATE onephase_webhook_deliveries SET status = 'dead', locked_until_ms = 0, \
-                 last_error = $2, updated_at_ms = $3 WHERE endpoint_id = $1 AND status = 'pending'",
-            )
-            .bind(endpoint)
-            .bind(format!("endpoint disabled: {reason}"))
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            let dead_lettered = sqlx::query(DEAD_LETTER_PENDING)
+                .bind(endpoint)
+                .bind(format!("endpoint disabled: {reason}"))
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
             let event = Disabled {
                 endpoint_id: endpoint.clone(),
                 url: h.url.clone(),
@@ -485,6 +482,52 @@ pub(crate) async fn record(
         }
         tx.commit().await?;
         Ok(disabled)
+    })
+}
+
+/// Dead-letters endpoint `$1`'s pending deliveries if the dispatcher disabled it (it may have
+/// been enabled again since a sweep looked).
+const DEAD_LETTER_PENDING: &str = "UPDATE onephase_webhook_deliveries SET status = 'dead', \
+     locked_until_ms = 0, last_error = $2, updated_at_ms = $3 \
+     WHERE endpoint_id = $1 AND status = 'pending' AND EXISTS ( \
+       SELECT 1 FROM onephase_webhook_endpoints e WHERE e.id = $1 AND e.disabled_auto)";
+
+/// Dead-letters the pending deliveries of endpoints the dispatcher disabled, and returns how
+/// many. Disabling does this in its own transaction, but a send that read the endpoint as
+/// enabled just before, and committed just after, leaves a delivery it could not see; this
+/// finds those. The `auto_disabled` index and one probe of the `due` index per such endpoint
+/// keep it cheap when there is nothing to do, which is nearly always.
+pub(crate) async fn sweep_auto_disabled(store: &Store, now_ms: i64) -> Result<u64, sqlx::Error> {
+    on_store!(store.db(), pool, _pg => {
+        let strays: Vec<(String, Option<String>)> = sqlx::query_as(
+            "SELECT e.id, e.disabled_reason FROM onephase_webhook_endpoints e \
+             WHERE e.disabled_auto AND EXISTS (SELECT 1 FROM onephase_webhook_deliveries d \
+               WHERE d.endpoint_id = e.id AND d.status = 'pending')",
+        )
+        .fetch_all(pool)
+        .await?;
+        let mut swept = 0;
+        for (endpoint, reason) in strays {
+            let n = sqlx::query(DEAD_LETTER_PENDING)
+            .bind(&endpoint)
+            .bind(format!(
+                "endpoint disabled: {}",
+                reason.as_deref().unwrap_or("by the dispatcher")
+            ))
+            .bind(now_ms)
+            .execute(pool)
+            .await?
+            .rows_affected();
+            if n > 0 {
+                tracing::info!(
+                    endpoint = %endpoint,
+                    deliveries = n,
+                    "dead-lettered deliveries written while their endpoint was being disabled"
+                );
+            }
+            swept += n;
+        }
+        Ok(swept)
     })
 }
 
