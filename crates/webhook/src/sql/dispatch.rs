@@ -147,8 +147,9 @@ struct Room {
     room: i64,
 }
 
-/// Each enabled endpoint's free concurrency: its limit (halved while slowed down) less the
-/// attempts in flight, which the `locked` index counts without reading the backlog.
+/// The free concurrency of each enabled endpoint that has a due delivery (one index probe
+/// each, so idle endpoints cost no query of their own): its limit (halved while slowed down)
+/// less the attempts in flight, which the `locked` index counts without reading the backlog.
 fn rooms_sql(pg: bool) -> String {
     format!(
         "SELECT e.id, e.ordered, \
@@ -157,7 +158,11 @@ fn rooms_sql(pg: bool) -> String {
            - (SELECT COUNT(*) FROM onephase_webhook_deliveries b \
               WHERE b.endpoint_id = e.id AND b.status = 'pending' AND b.locked_until_ms > $1) \
            AS room \
-         FROM onephase_webhook_endpoints e WHERE e.disabled_at_ms IS NULL ORDER BY e.id",
+         FROM onephase_webhook_endpoints e WHERE e.disabled_at_ms IS NULL \
+           AND EXISTS (SELECT 1 FROM onephase_webhook_deliveries d \
+             WHERE d.endpoint_id = e.id AND d.status = 'pending' AND d.next_at_ms <= $1 \
+               AND d.locked_until_ms <= $1) \
+         ORDER BY e.id",
         least = if pg { "LEAST" } else { "min" },
     )
 }
