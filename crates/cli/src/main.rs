@@ -4,6 +4,7 @@
 //! (`outbox status`, `saga list`, ...) are HTTP clients of a running server.
 
 mod client;
+mod lease;
 mod outbox;
 mod saga;
 mod webhook;
@@ -53,6 +54,9 @@ enum Command {
     /// Operate a running server's webhooks: send, endpoints, attempts, dead, replay.
     #[command(subcommand)]
     Webhook(webhook::WebhookCommand),
+    /// Operate a running server's fenced leases: acquire, renew, release, list.
+    #[command(subcommand)]
+    Lease(lease::LeaseCommand),
     /// Create, list and revoke API tokens in the store.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -181,6 +185,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Outbox(command) => outbox::run(command).await,
         Command::Saga(command) => saga::run(command).await,
         Command::Webhook(command) => webhook::run(command).await,
+        Command::Lease(command) => lease::run(command).await,
         Command::Migrate(MigrateArgs {
             store,
             outbox: None,

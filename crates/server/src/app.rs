@@ -21,8 +21,11 @@ use utoipa_axum::routes;
 
 use crate::auth::{Tokens, require_token};
 use crate::config::ServerConfig;
-use crate::dashboard::{self, OutboxPanel, Panel, SagaPanel, ServerPanel, WebhookPanel};
+use crate::dashboard::{
+    self, LeasePanel, OutboxPanel, Panel, SagaPanel, ServerPanel, WebhookPanel,
+};
 use crate::health;
+use crate::lease::LeaseService;
 use crate::metrics::{prometheus, track_http};
 use crate::openapi::ApiDoc;
 use crate::outbox::OutboxService;
@@ -30,6 +33,18 @@ use crate::problem::{PROBLEM_JSON, Problem};
 use crate::saga::SagaService;
 use crate::v1;
 use crate::webhook::WebhookService;
+
+/// The capability services a server runs.
+pub struct Services {
+    /// The embedded log and the outbox relays.
+    pub outbox: OutboxService,
+    /// The saga orchestrator.
+    pub saga: SagaService,
+    /// Webhooks.
+    pub webhook: WebhookService,
+    /// Fenced leases.
+    pub lease: LeaseService,
+}
 
 /// What every handler can reach: the store, the token registry, the clock, the dashboard's
 /// panels. Cheap to clone.
@@ -46,6 +61,7 @@ struct StateInner {
     outbox: OutboxService,
     saga: SagaService,
     webhook: WebhookService,
+    lease: LeaseService,
 }
 
 impl AppState {
@@ -55,10 +71,14 @@ impl AppState {
         tokens: Tokens,
         config: ServerConfig,
         clock: SharedClock,
-        outbox: OutboxService,
-        saga: SagaService,
-        webhook: WebhookService,
+        services: Services,
     ) -> Self {
+        let Services {
+            outbox,
+            saga,
+            webhook,
+            lease,
+        } = services;
         let started = clock.monotonic();
         Self(Arc::new(StateInner {
             store,
@@ -71,10 +91,12 @@ impl AppState {
                 Arc::new(OutboxPanel),
                 Arc::new(SagaPanel),
                 Arc::new(WebhookPanel),
+                Arc::new(LeasePanel),
             ],
             outbox,
             saga,
             webhook,
+            lease,
         }))
     }
 
@@ -91,6 +113,11 @@ impl AppState {
     /// Webhook endpoints, sending and the dispatcher.
     pub fn webhook(&self) -> &WebhookService {
         &self.0.webhook
+    }
+
+    /// Fenced leases.
+    pub fn lease(&self) -> &LeaseService {
+        &self.0.lease
     }
 
     /// The store.

@@ -46,6 +46,10 @@
 //! max_in_flight = 256
 //! poll_interval_ms = 250
 //! max_body_bytes = 262144
+//!
+//! [lease]                            # fenced leases (all optional)
+//! etcd_endpoints = []                # keep leases in etcd (needs the `etcd` feature); default: the store
+//! max_wait_ms = 30000                # the longest an acquire request may wait
 //! ```
 //!
 //! Unknown keys are errors, so that a typo cannot silently leave a setting at its default.
@@ -57,6 +61,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::ConfiguredToken;
+use crate::lease::LeaseSettings;
 use crate::outbox::RelaySettings;
 use crate::saga::SagaSettings;
 use crate::webhook::WebhookSettings;
@@ -124,6 +129,8 @@ struct FileConfig {
     saga: SagaSettings,
     #[serde(default)]
     webhook: WebhookSettings,
+    #[serde(default)]
+    lease: LeaseSettings,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -194,6 +201,8 @@ pub struct ServerConfig {
     pub saga: SagaSettings,
     /// The `[webhook]` table.
     pub webhook: WebhookSettings,
+    /// The `[lease]` table.
+    pub lease: LeaseSettings,
 }
 
 impl Default for ServerConfig {
@@ -209,6 +218,7 @@ impl Default for ServerConfig {
             outbox_relays: Vec::new(),
             saga: SagaSettings::default(),
             webhook: WebhookSettings::default(),
+            lease: LeaseSettings::default(),
         }
     }
 }
@@ -264,6 +274,7 @@ impl ServerConfig {
             })?;
         }
         file_config.webhook.validate(&file_config.outbox.relay)?;
+        file_config.lease.validate()?;
         Ok(Self {
             listen,
             store: overrides
@@ -284,6 +295,7 @@ impl ServerConfig {
             outbox_relays: file_config.outbox.relay,
             saga: file_config.saga,
             webhook: file_config.webhook,
+            lease: file_config.lease,
         })
     }
 }

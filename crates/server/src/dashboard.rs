@@ -216,6 +216,49 @@ impl Panel for WebhookPanel {
     }
 }
 
+/// The lease panel: current holders with their tokens and expiries, and the latest token of
+/// each free lease.
+pub struct LeasePanel;
+
+impl Panel for LeasePanel {
+    fn title(&self) -> &str {
+        "Leases"
+    }
+
+    fn render<'a>(
+        &'a self,
+        state: &'a AppState,
+    ) -> Pin<Box<dyn Future<Output = Markup> + Send + 'a>> {
+        Box::pin(async move {
+            let service = state.lease();
+            let leases =
+                tokio::time::timeout(Duration::from_secs(1), service.leases().list()).await;
+            let Ok(Ok(leases)) = leases else {
+                return html! { p.bad { "the lease backend (" (service.backend()) ") does not answer" } };
+            };
+            if leases.is_empty() {
+                return html! { p { "No leases yet (kept in " (service.backend()) "): " code { "onephase lease acquire <name> --ttl 30s" } } };
+            }
+            let held = leases.iter().filter(|l| l.holder.is_some()).count();
+            html! {
+                p { (held) " of " (leases.len()) " leases held (kept in " (service.backend()) ")" }
+                table {
+                    tr { th { "Lease" } th { "Holder" } th { "Token" } th { "Expires" } }
+                    @for l in leases.iter().take(50) {
+                        tr {
+                            td { code { (l.name) } }
+                            td { @if let Some(h) = &l.holder { (h) } @else { span { "free" } } }
+                            td { (l.token) }
+                            td { (l.expires_at.filter(|_| l.holder.is_some()).map_or("-".to_owned(), |t| t.to_string())) }
+                        }
+                    }
+                }
+                @if leases.len() > 50 { p { (leases.len() - 50) " more: " code { "onephase lease list" } } }
+            }
+        })
+    }
+}
+
 fn format_uptime(d: Duration) -> String {
     let s = d.as_secs();
     match s {

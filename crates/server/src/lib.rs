@@ -32,6 +32,7 @@ pub mod config;
 pub mod dashboard;
 pub mod health;
 pub mod json;
+pub mod lease;
 pub mod metrics;
 pub mod openapi;
 pub mod outbox;

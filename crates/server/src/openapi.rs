@@ -24,6 +24,7 @@ use crate::problem::Problem;
         (name = "outbox", description = "The embedded log, outbox relays, dead letters"),
         (name = "saga", description = "Saga definitions, runs and operator actions"),
         (name = "webhook", description = "Webhook endpoints, messages, attempts, dead letters and replay"),
+        (name = "lease", description = "Fenced leases: acquire, renew, release, list"),
     )
 )]
 pub struct ApiDoc;

@@ -10,9 +10,10 @@ use onephase_core::{Classify, Clock, ErrorKind, SharedClock, SystemClock};
 use onephase_store::{Migrations, Store, StoreError};
 use tokio::net::TcpListener;
 
-use crate::app::{AppState, router};
+use crate::app::{AppState, Services, router};
 use crate::auth::{AuthError, Tokens, generate_token};
 use crate::config::ServerConfig;
+use crate::lease::LeaseService;
 use crate::outbox::{OutboxService, OutboxStartError};
 use crate::saga::SagaService;
 use crate::webhook::WebhookService;
@@ -30,6 +31,7 @@ pub fn migrations() -> Vec<Migrations> {
         onephase_broker::log::migrations(),
         onephase_saga::migrations(),
         onephase_webhook::migrations(),
+        onephase_lease::migrations(),
     ]
 }
 
@@ -109,7 +111,14 @@ impl Server {
         let outbox = OutboxService::open(&store, &config.outbox_relays).await?;
         let saga = SagaService::new(&store, &config.saga, &config.outbox_relays);
         let webhook = WebhookService::new(&store, &config.webhook, &config.outbox_relays)?;
-        let state = AppState::new(store, tokens, config, clock, outbox, saga, webhook);
+        let lease = LeaseService::open(&store, &config.lease).await?;
+        let services = Services {
+            outbox,
+            saga,
+            webhook,
+            lease,
+        };
+        let state = AppState::new(store, tokens, config, clock, services);
         let router = router(state.clone());
         Ok(Self {
             state,

@@ -1602,3 +1602,203 @@ async fn bad_webhook_requests_get_problems_and_change_nothing() -> anyhow::Resul
     db.close().await?;
     Ok(())
 }
+
+async fn post_lease(
+    http: &reqwest::Client,
+    server: &Running,
+    token: &str,
+    path: &str,
+    body: &Value,
+) -> anyhow::Result<reqwest::Response> {
+    Ok(http
+        .post(server.url(&format!("/v1/leases/{path}")))
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await?)
+}
+
+async fn lease_list(
+    http: &reqwest::Client,
+    server: &Running,
+    token: &str,
+) -> anyhow::Result<Value> {
+    Ok(http
+        .get(server.url("/v1/leases"))
+        .bearer_auth(token)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?)
+}
+
+#[tokio::test]
+async fn leases_are_acquired_renewed_released_and_listed_over_http() -> anyhow::Result<()> {
+    for db in TestDb::all().await {
+        let server = Running::start(config_for(&db)).await?;
+        let http = reqwest::Client::new();
+        let client = client_token(&http, &server).await?;
+        let hold = json!({"holder": "a", "ttl_ms": 5000});
+        let granted = post_lease(&http, &server, &client, "deploy/acquire", &hold).await?;
+        ensure!(granted.status() == StatusCode::OK);
+        let grant: Value = granted.json().await?;
+        let token = grant["token"].as_u64().context("a token")?;
+        ensure!(
+            grant["holder"] == "a" && grant["name"] == "deploy",
+            "{grant}"
+        );
+
+        let taken = json!({"holder": "b", "ttl_ms": 5000});
+        let held = post_lease(&http, &server, &client, "deploy/acquire", &taken).await?;
+        let body = problem(held, StatusCode::CONFLICT).await?;
+        ensure!(
+            body["detail"].as_str().is_some_and(|d| d.contains("\"a\"")),
+            "{body}"
+        );
+        let waited = json!({"holder": "b", "ttl_ms": 5000, "wait_ms": 200});
+        problem(
+            post_lease(&http, &server, &client, "deploy/acquire", &waited).await?,
+            StatusCode::CONFLICT,
+        )
+        .await?;
+
+        let renewed = post_lease(
+            &http,
+            &server,
+            &client,
+            "deploy/renew",
+            &json!({"token": token, "ttl_ms": 8000}),
+        )
+        .await?;
+        ensure!(renewed.status() == StatusCode::OK);
+        problem(
+            post_lease(
+                &http,
+                &server,
+                &client,
+                "deploy/renew",
+                &json!({"token": token + 1, "ttl_ms": 8000}),
+            )
+            .await?,
+            StatusCode::CONFLICT,
+        )
+        .await?;
+        problem(
+            post_lease(
+                &http,
+                &server,
+                &client,
+                "nothing/renew",
+                &json!({"token": 1, "ttl_ms": 8000}),
+            )
+            .await?,
+            StatusCode::NOT_FOUND,
+        )
+        .await?;
+
+        // Bad input: a problem each, and nothing changes.
+        for (path, body, status) in [
+            (
+                "deploy/acquire",
+                json!({"holder": "b", "ttl_ms": 0}),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "deploy/acquire",
+                json!({"holder": "b", "ttl_ms": 86_400_001}),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "deploy/acquire",
+                json!({"holder": "", "ttl_ms": 1000}),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "deploy/acquire",
+                json!({"holder": "b", "ttl_ms": 1000, "wait_ms": 3_600_000}),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "deploy/acquire",
+                json!({"holder": "b", "ttl_ms": -5}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            (
+                "deploy/acquire",
+                json!({"holder": "b", "ttl_ms": 1000, "extra": 1}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            (
+                "with%20space/acquire",
+                json!({"holder": "b", "ttl_ms": 1000}),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "deploy/release",
+                json!({"token": token + 1}),
+                StatusCode::CONFLICT,
+            ),
+            (
+                "deploy/release",
+                json!({"token": -1}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            (
+                "nothing/release",
+                json!({"token": 1}),
+                StatusCode::NOT_FOUND,
+            ),
+        ] {
+            let response = post_lease(&http, &server, &client, path, &body).await?;
+            problem(response, status)
+                .await
+                .with_context(|| format!("{path} {body}"))?;
+        }
+        let malformed = http
+            .post(server.url("/v1/leases/deploy/acquire"))
+            .bearer_auth(&client)
+            .header("content-type", "application/json")
+            .body("{\"holder\": ")
+            .send()
+            .await?;
+        problem(malformed, StatusCode::BAD_REQUEST).await?;
+        let anonymous = http
+            .post(server.url("/v1/leases/deploy/release"))
+            .json(&json!({"token": token}))
+            .send()
+            .await?;
+        problem(anonymous, StatusCode::UNAUTHORIZED).await?;
+        let listed = lease_list(&http, &server, &client).await?;
+        ensure!(
+            listed.as_array().map(Vec::len) == Some(1)
+                && listed[0]["holder"] == "a"
+                && listed[0]["token"] == token,
+            "{listed}"
+        );
+
+        let released = post_lease(
+            &http,
+            &server,
+            &client,
+            "deploy/release",
+            &json!({"token": token}),
+        )
+        .await?;
+        ensure!(released.status() == StatusCode::NO_CONTENT);
+        let next: Value = post_lease(&http, &server, &client, "deploy/acquire", &taken)
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        ensure!(next["token"].as_u64() > Some(token), "{next}");
+        let page = http.get(server.url("/")).send().await?.text().await?;
+        ensure!(
+            page.contains("Leases") && page.contains("deploy"),
+            "the dashboard lists the holder"
+        );
+        server.stop().await?;
+        db.close().await?;
+    }
+    Ok(())
+}

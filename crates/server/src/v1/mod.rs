@@ -1,6 +1,7 @@
 //! The authenticated JSON API under `/v1`. One module per capability; each contributes its
 //! routes (with their OpenAPI description) through [`routes()`].
 
+mod lease;
 mod outbox;
 mod saga;
 mod tokens;
@@ -16,6 +17,7 @@ use onephase_core::ErrorKind;
 use crate::app::AppState;
 use crate::problem::Problem;
 
+pub use lease::{AcquireLease, ReleaseLease, RenewLease};
 pub use outbox::{AppendEvent, Appended, DeadRowView, LogRecordView, RelayStatus};
 pub use saga::{
     DefinitionDocument, DefinitionView, OperatorNote, RegisteredView, RunDetailView, RunView,
@@ -60,6 +62,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(webhook::dead_letters))
         .routes(routes!(webhook::replay))
         .routes(routes!(webhook::stats))
+        .routes(routes!(lease::list))
+        .routes(routes!(lease::acquire))
+        .routes(routes!(lease::renew))
+        .routes(routes!(lease::release))
 }
 
 /// The `Idempotency-Key` header, if sent: 1 to 255 visible ASCII characters.

@@ -1,0 +1,2 @@
+//! Lease benchmark.
+fn main() {}

@@ -1,0 +1,97 @@
+//! What a lease backend does, whatever keeps the leases.
+
+use std::fmt;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::{FencingToken, LeaseError};
+
+/// One grant of a lease: who holds it, with which token, until when (on the granting side's
+/// clock; a holder keeps its own deadline on its monotonic clock, see
+/// [`LeaseGuard`](crate::LeaseGuard)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Grant {
+    /// The lease.
+    pub name: String,
+    /// Who holds it.
+    pub holder: String,
+    /// The fencing token of this grant.
+    pub token: FencingToken,
+    /// How long the grant lasts from its acquisition or latest renewal, in milliseconds.
+    pub ttl_ms: u64,
+    /// When it lapses unless renewed.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+/// Where a lease stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LeaseInfo {
+    /// The lease.
+    pub name: String,
+    /// Its holder while held (granted and not lapsed nor released).
+    pub holder: Option<String>,
+    /// The latest token granted for it.
+    pub token: FencingToken,
+    /// When the latest grant lapses (or lapsed), if the backend knows.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+/// Keeps leases. Every grant's token is larger than every earlier token for the same name;
+/// that is the one property the fence depends on, and each implementation states how far it
+/// holds (restarts, failover).
+pub trait LeaseBackend: Send + Sync + fmt::Debug {
+    /// Grants `name` to `holder` for `ttl` if it is free (never granted, released, or lapsed at
+    /// `now`); otherwise fails with [`LeaseError::Held`].
+    fn try_acquire<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+        ttl: Duration,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<Grant, LeaseError>>;
+
+    /// Extends the grant with `token` to `ttl` from `now`, if it is still the current grant
+    /// and has not lapsed; otherwise fails with [`LeaseError::NotHeld`].
+    fn renew<'a>(
+        &'a self,
+        name: &'a str,
+        token: FencingToken,
+        ttl: Duration,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<Grant, LeaseError>>;
+
+    /// Ends the grant with `token`, so that the next acquire need not wait for it to lapse.
+    /// Fails with [`LeaseError::NotHeld`] if `token` is not the current grant (it lapsed, or
+    /// it is someone else's), or [`LeaseError::Unknown`] if `name` was never granted.
+    fn release<'a>(
+        &'a self,
+        name: &'a str,
+        token: FencingToken,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<(), LeaseError>>;
+
+    /// Every lease the backend knows, by name.
+    fn list(&self, now: OffsetDateTime) -> BoxFuture<'_, Result<Vec<LeaseInfo>, LeaseError>>;
+}
+
+/// Unix milliseconds.
+pub(crate) fn ms(at: OffsetDateTime) -> i64 {
+    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+/// The time at Unix milliseconds `ms`.
+pub(crate) fn from_ms(ms: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+pub(crate) fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}

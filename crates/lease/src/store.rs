@@ -1,0 +1,250 @@
+//! Leases in the onephase store: SQLite (embedded) or PostgreSQL.
+//!
+//! One row per name holds the latest grant and its token. A grant is one upsert that succeeds
+//! only if the row is free or lapsed and raises the token by one, so two acquirers racing for
+//! a lapsed lease are ordered by the row lock: one gets the new token, the other is told who
+//! holds it. Rows are never deleted, so a name's tokens keep rising across releases and
+//! restarts (a committed grant is on disk: SQLite runs with `synchronous = FULL`, PostgreSQL
+//! with its default synchronous commit).
+//!
+//! Expiry is judged on the granting process's wall clock (the [`Clock`](onephase_core::Clock)
+//! given to [`Leases`](crate::Leases)). Several servers granting from one PostgreSQL need
+//! clocks in step to within the margin they can tolerate for *liveness*; safety never depends
+//! on it, because a resource that checks the token refuses the older holder however the
+//! clocks disagree.
+
+use std::time::Duration;
+
+use futures::FutureExt as _;
+use futures::future::BoxFuture;
+use onephase_store::{Db, Store};
+use time::OffsetDateTime;
+
+use crate::backend::{duration_ms, from_ms, ms};
+use crate::{FencingToken, Grant, LeaseBackend, LeaseError, LeaseInfo};
+
+/// Runs `$body` with `$pool` bound to the store's pool (SQLite: the writer, or with `read` the
+/// reader). Both backends take the same SQL here.
+macro_rules! on_store {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match $store.db() {
+            Db::Postgres($pool) => $body,
+            Db::Sqlite(s) => {
+                let $pool = s.writer();
+                $body
+            }
+        }
+    };
+    (read $store:expr, $pool:ident => $body:expr) => {
+        match $store.db() {
+            Db::Postgres($pool) => $body,
+            Db::Sqlite(s) => {
+                let $pool = s.reader();
+                $body
+            }
+        }
+    };
+}
+
+const ACQUIRE: &str = "INSERT INTO onephase_leases \
+     (name, holder, token, ttl_ms, acquired_at_ms, expires_at_ms) VALUES ($1, $2, 1, $3, $4, $5) \
+     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
+       token = onephase_leases.token + 1, ttl_ms = excluded.ttl_ms, \
+       acquired_at_ms = excluded.acquired_at_ms, expires_at_ms = excluded.expires_at_ms \
+     WHERE onephase_leases.holder IS NULL OR onephase_leases.expires_at_ms <= $4 \
+     RETURNING token";
+
+const RENEW: &str = "UPDATE onephase_leases SET ttl_ms = $3, expires_at_ms = $5 \
+     WHERE name = $1 AND token = $2 AND holder IS NOT NULL AND expires_at_ms > $4 \
+     RETURNING holder";
+
+const RELEASE: &str = "UPDATE onephase_leases SET holder = NULL, \
+       expires_at_ms = CASE WHEN expires_at_ms < $3 THEN expires_at_ms ELSE $3 END \
+     WHERE name = $1 AND token = $2";
+
+const CURRENT: &str = "SELECT holder, token, expires_at_ms FROM onephase_leases WHERE name = $1";
+
+const LIST: &str = "SELECT name, holder, token, expires_at_ms FROM onephase_leases ORDER BY name";
+
+/// Leases kept in a migrated onephase store (see [`migrations`](crate::migrations)).
+#[derive(Debug, Clone)]
+pub struct StoreLeases {
+    store: Store,
+}
+
+impl StoreLeases {
+    /// Leases in `store`.
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    async fn current(&self, name: &str) -> Result<Option<Current>, sqlx::Error> {
+        on_store!(self.store, pool => {
+            sqlx::query_as::<_, Current>(CURRENT).bind(name).fetch_optional(pool).await
+        })
+    }
+
+    /// Why `token` cannot renew or release `name`.
+    async fn not_held(&self, name: &str, token: FencingToken) -> LeaseError {
+        match self.current(name).await {
+            Ok(Some(_)) => LeaseError::NotHeld {
+                name: name.to_owned(),
+                token,
+            },
+            Ok(None) => LeaseError::Unknown(name.to_owned()),
+            Err(e) => e.into(),
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct Current {
+    holder: Option<String>,
+    token: i64,
+    expires_at_ms: i64,
+}
+
+impl LeaseBackend for StoreLeases {
+    fn try_acquire<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+        ttl: Duration,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<Grant, LeaseError>> {
+        async move {
+            let now_ms = ms(now);
+            let ttl_ms = duration_ms(ttl);
+            let expires_ms = now_ms.saturating_add(ttl_ms);
+            // A release between the refused upsert and the look at the holder makes the lease
+            // free again; try once more rather than report a holder that is gone.
+            for _ in 0..3 {
+                let granted: Option<i64> = on_store!(self.store, pool => {
+                    sqlx::query_scalar(ACQUIRE)
+                        .bind(name)
+                        .bind(holder)
+                        .bind(ttl_ms)
+                        .bind(now_ms)
+                        .bind(expires_ms)
+                        .fetch_optional(pool)
+                        .await?
+                });
+                if let Some(token) = granted {
+                    return Ok(Grant {
+                        name: name.to_owned(),
+                        holder: holder.to_owned(),
+                        token: FencingToken::from_i64(token),
+                        ttl_ms: u64::try_from(ttl_ms).unwrap_or(0),
+                        expires_at: from_ms(expires_ms),
+                    });
+                }
+                if let Some(Current {
+                    holder: Some(current),
+                    token,
+                    expires_at_ms,
+                }) = self.current(name).await?
+                    && expires_at_ms > now_ms
+                {
+                    return Err(LeaseError::Held {
+                        name: name.to_owned(),
+                        holder: current,
+                        token: FencingToken::from_i64(token),
+                        expires_at: from_ms(expires_at_ms),
+                    });
+                }
+            }
+            Err(LeaseError::Backend(format!(
+                "lease {name:?} changed hands three times during one acquire"
+            )))
+        }
+        .boxed()
+    }
+
+    fn renew<'a>(
+        &'a self,
+        name: &'a str,
+        token: FencingToken,
+        ttl: Duration,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<Grant, LeaseError>> {
+        async move {
+            let Some(token_i64) = token.as_i64() else {
+                return Err(LeaseError::NotHeld {
+                    name: name.to_owned(),
+                    token,
+                });
+            };
+            let now_ms = ms(now);
+            let ttl_ms = duration_ms(ttl);
+            let expires_ms = now_ms.saturating_add(ttl_ms);
+            let holder: Option<Option<String>> = on_store!(self.store, pool => {
+                sqlx::query_scalar(RENEW)
+                    .bind(name)
+                    .bind(token_i64)
+                    .bind(ttl_ms)
+                    .bind(now_ms)
+                    .bind(expires_ms)
+                    .fetch_optional(pool)
+                    .await?
+            });
+            match holder {
+                Some(holder) => Ok(Grant {
+                    name: name.to_owned(),
+                    holder: holder.unwrap_or_default(),
+                    token,
+                    ttl_ms: u64::try_from(ttl_ms).unwrap_or(0),
+                    expires_at: from_ms(expires_ms),
+                }),
+                None => Err(self.not_held(name, token).await),
+            }
+        }
+        .boxed()
+    }
+
+    fn release<'a>(
+        &'a self,
+        name: &'a str,
+        token: FencingToken,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<(), LeaseError>> {
+        async move {
+            let Some(token_i64) = token.as_i64() else {
+                return Err(self.not_held(name, token).await);
+            };
+            let released = on_store!(self.store, pool => {
+                sqlx::query(RELEASE)
+                    .bind(name)
+                    .bind(token_i64)
+                    .bind(ms(now))
+                    .execute(pool)
+                    .await?
+                    .rows_affected()
+            });
+            if released == 1 {
+                Ok(())
+            } else {
+                Err(self.not_held(name, token).await)
+            }
+        }
+        .boxed()
+    }
+
+    fn list(&self, now: OffsetDateTime) -> BoxFuture<'_, Result<Vec<LeaseInfo>, LeaseError>> {
+        async move {
+            let now_ms = ms(now);
+            let rows: Vec<(String, Option<String>, i64, i64)> = on_store!(read self.store, pool => {
+                sqlx::query_as(LIST).fetch_all(pool).await?
+            });
+            Ok(rows
+                .into_iter()
+                .map(|(name, holder, token, expires_at_ms)| LeaseInfo {
+                    name,
+                    holder: holder.filter(|_| expires_at_ms > now_ms),
+                    token: FencingToken::from_i64(token),
+                    expires_at: Some(from_ms(expires_at_ms)),
+                })
+                .collect())
+        }
+        .boxed()
+    }
+}

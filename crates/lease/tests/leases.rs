@@ -1,0 +1,459 @@
+//! Leases and fences on SQLite and PostgreSQL: the pause and drift scenarios with a manual
+//! clock, tokens across releases and restarts, waiting, renewal, a backend cut off while a
+//! holder works, and bad input.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, ensure};
+use onephase_core::ManualClock;
+use onephase_lease::fence::{self, FencedResource};
+use onephase_lease::{FenceError, FencingToken, Lapse, LeaseError, Leases, migrations};
+use onephase_store::{Db, Store};
+use onephase_testkit::{FaultProxy, TestDb};
+use time::macros::datetime;
+
+async fn migrated(db: &TestDb) -> anyhow::Result<Store> {
+    let store = db.store().clone();
+    store.migrate(&[migrations()]).await?;
+    exec(
+        &store,
+        "CREATE TABLE accounts (id INTEGER PRIMARY KEY, owner TEXT NOT NULL)",
+    )
+    .await?;
+    exec(
+        &store,
+        "INSERT INTO accounts VALUES (1, 'nobody'), (2, 'nobody')",
+    )
+    .await?;
+    Ok(store)
+}
+
+async fn exec(store: &Store, sql: &'static str) -> anyhow::Result<()> {
+    match store.db() {
+        Db::Postgres(p) => sqlx::query(sql).execute(p).await.map(drop)?,
+        Db::Sqlite(s) => sqlx::query(sql).execute(s.writer()).await.map(drop)?,
+    };
+    Ok(())
+}
+
+/// `url` with its `host:port` replaced by `addr`, and the `host:port` it had.
+fn through(url: &str, addr: std::net::SocketAddr) -> anyhow::Result<(String, String)> {
+    let (scheme, rest) = url.split_once("://").context("a URL")?;
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let (user, host) = match authority.rsplit_once('@') {
+        Some((user, host)) => (format!("{user}@"), host),
+        None => (String::new(), authority),
+    };
+    Ok((format!("{scheme}://{user}{addr}/{path}"), host.to_owned()))
+}
+
+/// Writes `owner` to the account as a holder would without a fence.
+async fn write_unfenced(store: &Store, owner: &str) -> anyhow::Result<()> {
+    let sql = "UPDATE accounts SET owner = $1 WHERE id = 1";
+    match store.db() {
+        Db::Postgres(p) => sqlx::query(sql).bind(owner).execute(p).await.map(drop)?,
+        Db::Sqlite(s) => sqlx::query(sql)
+            .bind(owner)
+            .execute(s.writer())
+            .await
+            .map(drop)?,
+    };
+    Ok(())
+}
+
+/// Writes `owner` to the account under `token`, in one transaction with the fence.
+async fn write_fenced(
+    store: &Store,
+    owner: &str,
+    token: FencingToken,
+) -> anyhow::Result<Result<(), FenceError>> {
+    let sql = "UPDATE accounts SET owner = $1 WHERE id = 2";
+    macro_rules! fenced {
+        ($pool:expr) => {{
+            let mut tx = $pool.begin().await?;
+            if let Err(e) = fence::check(&mut tx, "account-2", token).await {
+                tx.rollback().await?;
+                return Ok(Err(e));
+            }
+            sqlx::query(sql).bind(owner).execute(&mut *tx).await?;
+            tx.commit().await?;
+        }};
+    }
+    match store.db() {
+        Db::Postgres(p) => fenced!(p),
+        Db::Sqlite(s) => fenced!(s.writer()),
+    }
+    Ok(Ok(()))
+}
+
+async fn owner(store: &Store, id: i64) -> anyhow::Result<String> {
+    let sql = "SELECT owner FROM accounts WHERE id = $1";
+    Ok(match store.db() {
+        Db::Postgres(p) => sqlx::query_scalar(sql).bind(id).fetch_one(p).await?,
+        Db::Sqlite(s) => {
+            sqlx::query_scalar(sql)
+                .bind(id)
+                .fetch_one(s.reader())
+                .await?
+        }
+    })
+}
+
+fn manual() -> ManualClock {
+    ManualClock::new(datetime!(2026-11-28 12:00 UTC))
+}
+
+#[tokio::test]
+async fn a_paused_holder_loses_its_update_unless_the_write_is_fenced() -> anyhow::Result<()> {
+    for db in TestDb::all().await {
+        let store = migrated(&db).await?;
+        let clock = manual();
+        let leases = Leases::store(store.clone()).with_clock(Arc::new(clock.clone()));
+        let memory = FencedResource::new("account-3", "nobody".to_owned());
+
+        let a = leases
+            .try_acquire("account", "a", Duration::from_secs(10))
+            .await?;
+        ensure!(a.is_held());
+        // A stops the world for longer than its TTL.
+        clock.advance(Duration::from_secs(11));
+        ensure!(!a.is_held(), "A's own deadline has passed");
+        let b = leases
+            .try_acquire("account", "b", Duration::from_secs(10))
+            .await?;
+        ensure!(b.token() > a.token(), "{} then {}", a.token(), b.token());
+        write_unfenced(&store, "b").await?;
+        write_fenced(&store, "b", b.token()).await??;
+        memory.write(b.token(), |o| *o = "b".to_owned()).await?;
+
+        // A wakes up and finishes what it started before the pause.
+        write_unfenced(&store, "a").await?;
+        let stale = write_fenced(&store, "a", a.token()).await?;
+        ensure!(
+            matches!(stale, Err(FenceError::Stale { highest, .. }) if highest == b.token()),
+            "{stale:?}"
+        );
+        ensure!(
+            memory
+                .write(a.token(), |o| *o = "a".to_owned())
+                .await
+                .is_err()
+        );
+
+        ensure!(
+            owner(&store, 1).await? == "a",
+            "without a fence, B's update is lost"
+        );
+        ensure!(
+            owner(&store, 2).await? == "b",
+            "with a fence, B's update stands"
+        );
+        ensure!(memory.read(Clone::clone).await == "b");
+        // A's lease is gone for good: it can neither renew nor release B's grant.
+        ensure!(matches!(
+            leases
+                .renew("account", a.token(), Duration::from_secs(10))
+                .await,
+            Err(LeaseError::NotHeld { .. })
+        ));
+        ensure!(matches!(
+            leases.release("account", a.token()).await,
+            Err(LeaseError::NotHeld { .. })
+        ));
+        b.release().await?;
+        drop(a);
+        db.close().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_clock_that_jumps_ahead_cannot_give_two_writers_the_resource() -> anyhow::Result<()> {
+    for db in TestDb::all().await {
+        let store = migrated(&db).await?;
+        let clock = manual();
+        let leases = Leases::store(store.clone()).with_clock(Arc::new(clock.clone()));
+        let a = leases
+            .try_acquire("account", "a", Duration::from_secs(30))
+            .await?;
+        // The granting side's wall clock jumps an hour ahead (NTP step, drifting VM): A's
+        // grant looks lapsed there, while A's own monotonic deadline is still ahead.
+        clock.shift_wall(time::Duration::hours(1));
+        ensure!(a.is_held(), "A cannot see the other side's clock");
+        let b = leases
+            .try_acquire("account", "b", Duration::from_secs(30))
+            .await?;
+        ensure!(b.is_held() && b.token() > a.token());
+        write_fenced(&store, "b", b.token()).await??;
+        let late = write_fenced(&store, "a", a.token()).await?;
+        ensure!(matches!(late, Err(FenceError::Stale { .. })), "{late:?}");
+        ensure!(owner(&store, 2).await? == "b");
+        db.close().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn tokens_rise_across_releases_lapses_and_restarts() -> anyhow::Result<()> {
+    for db in TestDb::all().await {
+        migrated(&db).await?;
+        let clock = manual();
+        let mut last = FencingToken::new(0);
+        for round in 0..3 {
+            // A new store each round: the same database opened again, as after a restart.
+            let store = Store::connect(db.url()).await?;
+            let leases = Leases::store(store.clone()).with_clock(Arc::new(clock.clone()));
+            for _ in 0..5 {
+                let g = leases
+                    .try_acquire("job", "w", Duration::from_secs(1))
+                    .await?;
+                ensure!(
+                    g.token() > last,
+                    "round {round}: {} after {last}",
+                    g.token()
+                );
+                last = g.token();
+                if round == 1 {
+                    // Let it lapse instead of releasing.
+                    clock.advance(Duration::from_secs(2));
+                    drop(g);
+                } else {
+                    g.release().await?;
+                }
+            }
+            store.close().await;
+        }
+        ensure!(last == FencingToken::new(15));
+        db.close().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn acquire_waits_for_a_release_or_a_lapse_and_times_out() -> anyhow::Result<()> {
+    for db in TestDb::all().await {
+        let store = migrated(&db).await?;
+        let leases = Leases::store(store);
+        let a = leases
+            .try_acquire("queue", "a", Duration::from_millis(400))
+            .await?;
+        let held = leases
+            .try_acquire("queue", "b", Duration::from_secs(1))
+            .await;
+        ensure!(
+            matches!(&held, Err(LeaseError::Held { holder, token, .. }) if holder == "a" && *token == a.token()),
+            "{held:?}"
+        );
+        let timeout = leases
+            .acquire(
+                "queue",
+                "b",
+                Duration::from_secs(1),
+                Duration::from_millis(100),
+            )
+            .await;
+        ensure!(
+            matches!(timeout, Err(LeaseError::Timeout { .. })),
+            "{timeout:?}"
+        );
+        // A never releases: B gets the lease once it lapses.
+        let b = leases
+            .acquire("queue", "b", Duration::from_secs(1), Duration::from_secs(5))
+            .await?;
+        ensure!(b.token() > a.token());
+        ensure!(!a.is_held());
+        // C waits for B's release.
+        let waiter = {
+            let leases = leases.clone();
+            tokio::spawn(async move {
+                leases
+                    .acquire("queue", "c", Duration::from_secs(1), Duration::from_secs(5))
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let b_token = b.token();
+        b.release().await?;
+        let c = waiter.await??;
+        ensure!(c.token() > b_token);
+        let listed = leases.list().await?;
+        ensure!(
+            listed.len() == 1
+                && listed[0].holder.as_deref() == Some("c")
+                && listed[0].token == c.token(),
+            "{listed:?}"
+        );
+        db.close().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn keep_alive_holds_and_run_stops_work_when_the_lease_lapses() -> anyhow::Result<()> {
+    for db in TestDb::all().await {
+        let store = migrated(&db).await?;
+        let leases = Leases::store(store);
+        let mut g = leases
+            .try_acquire("renewed", "a", Duration::from_millis(300))
+            .await?;
+        g.keep_alive();
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        ensure!(g.is_held(), "renewed three times over");
+        ensure!(matches!(
+            leases
+                .try_acquire("renewed", "b", Duration::from_secs(1))
+                .await,
+            Err(LeaseError::Held { .. })
+        ));
+        // Without renewals, work longer than the lease is stopped at the deadline.
+        let short = leases
+            .try_acquire("short", "a", Duration::from_millis(200))
+            .await?;
+        let started = std::time::Instant::now();
+        let run = short.run(tokio::time::sleep(Duration::from_secs(10))).await;
+        ensure!(matches!(run, Err(LeaseError::Lapsed { .. })), "{run:?}");
+        ensure!(started.elapsed() < Duration::from_secs(5));
+        g.release().await?;
+        db.close().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_holder_cut_off_from_postgres_learns_it_before_its_deadline() -> anyhow::Result<()> {
+    let Some(db) = TestDb::postgres().await else {
+        return Ok(());
+    };
+    migrated(&db).await?;
+    let (_, upstream) = through(db.url(), "127.0.0.1:1".parse()?)?;
+    let proxy = FaultProxy::start(&upstream).await?;
+    let (url, _) = through(db.url(), proxy.local_addr())?;
+    let store = Store::connect(&url).await?;
+    let direct = Leases::store(db.store().clone());
+    let leases = Leases::store(store).with_margin(Duration::from_millis(500));
+    let ttl = Duration::from_secs(2);
+    let mut g = leases.try_acquire("cut", "a", ttl).await?;
+    g.keep_alive();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    ensure!(g.is_held(), "renewals go through the proxy");
+    proxy.cut();
+    let cut_at = std::time::Instant::now();
+    let deadline = g.deadline();
+    let lapse = tokio::time::timeout(Duration::from_secs(10), g.lapsed()).await?;
+    let learned_at = std::time::Instant::now();
+    ensure!(learned_at >= deadline.min(learned_at), "{lapse:?}");
+    ensure!(
+        learned_at <= deadline + Duration::from_millis(100),
+        "learned {:?} after the deadline",
+        learned_at - deadline
+    );
+    ensure!(
+        learned_at - cut_at < ttl,
+        "{lapse:?} after {:?}",
+        learned_at - cut_at
+    );
+    // The backend still counts it held at that moment: the holder stopped first.
+    let listed = direct.list().await?;
+    ensure!(listed[0].holder.as_deref() == Some("a"), "{listed:?}");
+    // After the lapse, another holder gets a larger token.
+    let b = direct
+        .acquire("cut", "b", ttl, Duration::from_secs(5))
+        .await?;
+    ensure!(b.token() > g.token());
+    proxy.restore();
+    ensure!(matches!(
+        g.renew().await,
+        Err(LeaseError::NotHeld { .. } | LeaseError::Lapsed { .. })
+    ));
+    ensure!(matches!(g.lapsed().await, Lapse::Lost(_) | Lapse::Deadline));
+    db.close().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_and_changes_nothing() -> anyhow::Result<()> {
+    for db in TestDb::all().await {
+        let store = migrated(&db).await?;
+        let leases = Leases::store(store.clone());
+        let held = leases
+            .try_acquire("job", "a", Duration::from_secs(5))
+            .await?;
+        let long = "x".repeat(300);
+        for (name, holder, ttl) in [
+            ("job", "b", Duration::ZERO),
+            ("job", "b", Duration::from_millis(50)),
+            ("job", "b", Duration::from_secs(25 * 3600)),
+            ("job", "", Duration::from_secs(1)),
+            ("job", "tab\there", Duration::from_secs(1)),
+            ("", "b", Duration::from_secs(1)),
+            ("with space", "b", Duration::from_secs(1)),
+            ("/rooted", "b", Duration::from_secs(1)),
+            ("ünïcode", "b", Duration::from_secs(1)),
+            (long.as_str(), "b", Duration::from_secs(1)),
+        ] {
+            let r = leases.try_acquire(name, holder, ttl).await;
+            ensure!(
+                matches!(r, Err(LeaseError::Invalid(_))),
+                "{name:?} {holder:?} {ttl:?}: {r:?}"
+            );
+        }
+        let other = FencingToken::new(held.token().get() + 1);
+        ensure!(matches!(
+            leases.release("job", other).await,
+            Err(LeaseError::NotHeld { .. })
+        ));
+        ensure!(matches!(
+            leases.release("job", FencingToken::new(u64::MAX)).await,
+            Err(LeaseError::NotHeld { .. })
+        ));
+        ensure!(matches!(
+            leases.renew("job", other, Duration::from_secs(5)).await,
+            Err(LeaseError::NotHeld { .. })
+        ));
+        ensure!(matches!(
+            leases.renew("job", held.token(), Duration::ZERO).await,
+            Err(LeaseError::Invalid(_))
+        ));
+        ensure!(matches!(
+            leases.release("never-granted", FencingToken::new(1)).await,
+            Err(LeaseError::Unknown(_))
+        ));
+        ensure!(matches!(
+            leases
+                .renew(
+                    "never-granted",
+                    FencingToken::new(1),
+                    Duration::from_secs(1)
+                )
+                .await,
+            Err(LeaseError::Unknown(_))
+        ));
+        let listed = leases.list().await?;
+        ensure!(
+            listed.len() == 1
+                && listed[0].holder.as_deref() == Some("a")
+                && listed[0].token == held.token(),
+            "{listed:?}"
+        );
+        ensure!(held.is_held());
+        // A forged token beyond any grant is refused by the SQL fence and leaves it alone.
+        let forged = match store.db() {
+            Db::Postgres(p) => {
+                let mut c = p.acquire().await?;
+                fence::check(&mut *c, "r", FencingToken::new(u64::MAX)).await
+            }
+            Db::Sqlite(s) => {
+                let mut c = s.writer().acquire().await?;
+                fence::check(&mut *c, "r", FencingToken::new(u64::MAX)).await
+            }
+        };
+        ensure!(
+            matches!(forged, Err(FenceError::OutOfRange(_))),
+            "{forged:?}"
+        );
+        held.release().await?;
+        db.close().await?;
+    }
+    Ok(())
+}

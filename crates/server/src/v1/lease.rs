@@ -1,0 +1,200 @@
+//! `/v1/leases`: acquire, renew and release fenced leases, and list them.
+
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use onephase_lease::{FencingToken, Grant, LeaseError, LeaseInfo};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::app::AppState;
+use crate::json::ApiJson;
+use crate::problem::Problem;
+
+fn problem(e: &LeaseError) -> Problem {
+    match e {
+        // Still held after the wait: the same answer as held, not a server timeout.
+        LeaseError::Timeout { .. } => Problem::new(
+            StatusCode::CONFLICT,
+            "lease-held",
+            "Lease held",
+            e.to_string(),
+        ),
+        LeaseError::Held { .. } => Problem::new(
+            StatusCode::CONFLICT,
+            "lease-held",
+            "Lease held",
+            e.to_string(),
+        ),
+        LeaseError::NotHeld { .. } => Problem::new(
+            StatusCode::CONFLICT,
+            "lease-not-held",
+            "Lease not held",
+            e.to_string(),
+        ),
+        _ => Problem::from_error(e),
+    }
+}
+
+/// A request for a lease.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AcquireLease {
+    /// Who asks: shown to others while held. 1 to 255 bytes, no control characters.
+    #[schema(min_length = 1, max_length = 255)]
+    pub holder: String,
+    /// How long the grant lasts unless renewed, in milliseconds (100 to 86,400,000).
+    #[schema(minimum = 100, maximum = 86_400_000)]
+    pub ttl_ms: u64,
+    /// How long to wait for a held lease, in milliseconds (default 0: answer at once; at most
+    /// the server's `lease.max_wait_ms`).
+    #[schema(minimum = 0)]
+    pub wait_ms: Option<u64>,
+}
+
+/// A renewal.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RenewLease {
+    /// The grant's fencing token.
+    pub token: FencingToken,
+    /// The new TTL from now, in milliseconds (100 to 86,400,000).
+    #[schema(minimum = 100, maximum = 86_400_000)]
+    pub ttl_ms: u64,
+}
+
+/// A release.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseLease {
+    /// The grant's fencing token.
+    pub token: FencingToken,
+}
+
+/// Acquire a lease, at once or waiting up to `wait_ms`.
+#[utoipa::path(
+    post,
+    path = "/v1/leases/{name}/acquire",
+    tag = "lease",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "The lease: 1 to 255 letters, digits and -_.:@/")),
+    request_body = AcquireLease,
+    responses(
+        (status = 200, description = "Granted: send `token` with every write the lease protects", body = Grant),
+        (status = 400, description = "An invalid name, holder, TTL or wait, or malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Held by someone else (after the wait, if any)", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "JSON of the wrong shape", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn acquire(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<AcquireLease>,
+) -> Result<ApiJson<Grant>, Problem> {
+    let service = state.lease();
+    let wait = Duration::from_millis(body.wait_ms.unwrap_or(0));
+    if wait > service.max_wait() {
+        return Err(problem(&LeaseError::Invalid(format!(
+            "wait_ms {} is over this server's limit of {} ms",
+            wait.as_millis(),
+            service.max_wait().as_millis()
+        ))));
+    }
+    let ttl = Duration::from_millis(body.ttl_ms);
+    let leases = service.leases();
+    let guard = if wait.is_zero() {
+        leases.try_acquire(&name, &body.holder, ttl).await
+    } else {
+        leases.acquire(&name, &body.holder, ttl, wait).await
+    }
+    .map_err(|e| problem(&e))?;
+    // The HTTP holder keeps the token and renews by request; the guard's own deadline is
+    // for in-process holders.
+    Ok(ApiJson(guard.grant().clone()))
+}
+
+/// Renew a lease with its token.
+#[utoipa::path(
+    post,
+    path = "/v1/leases/{name}/renew",
+    tag = "lease",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "The lease")),
+    request_body = RenewLease,
+    responses(
+        (status = 200, description = "Renewed from now", body = Grant),
+        (status = 400, description = "An invalid name or TTL, or malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No lease by that name was ever granted", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The token is not the current grant: it lapsed, was released or is someone else's", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "JSON of the wrong shape", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn renew(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<RenewLease>,
+) -> Result<ApiJson<Grant>, Problem> {
+    let grant = state
+        .lease()
+        .leases()
+        .renew(&name, body.token, Duration::from_millis(body.ttl_ms))
+        .await
+        .map_err(|e| problem(&e))?;
+    Ok(ApiJson(grant))
+}
+
+/// Release a lease with its token.
+#[utoipa::path(
+    post,
+    path = "/v1/leases/{name}/release",
+    tag = "lease",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "The lease")),
+    request_body = ReleaseLease,
+    responses(
+        (status = 204, description = "Released"),
+        (status = 400, description = "An invalid name, or malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No lease by that name was ever granted", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The token is not the current grant (someone else's, or lapsed and taken)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "JSON of the wrong shape", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn release(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<ReleaseLease>,
+) -> Result<StatusCode, Problem> {
+    state
+        .lease()
+        .leases()
+        .release(&name, body.token)
+        .await
+        .map_err(|e| problem(&e))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Every lease: holder while held, latest token, expiry.
+#[utoipa::path(
+    get,
+    path = "/v1/leases",
+    tag = "lease",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Leases by name", body = Vec<LeaseInfo>),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list(State(state): State<AppState>) -> Result<ApiJson<Vec<LeaseInfo>>, Problem> {
+    let leases = state
+        .lease()
+        .leases()
+        .list()
+        .await
+        .map_err(|e| problem(&e))?;
+    Ok(ApiJson(leases))
+}
