@@ -33,8 +33,7 @@ pub enum LeaseCommand {
         /// The lease's name.
         name: String,
         /// The grant's fencing token.
-        #[arg(long)]
-        token: u64,
+        fencing_token: u64,
         /// The new TTL from now.
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         ttl: Duration,
@@ -46,8 +45,7 @@ pub enum LeaseCommand {
         /// The lease's name.
         name: String,
         /// The grant's fencing token.
-        #[arg(long)]
-        token: u64,
+        fencing_token: u64,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -134,7 +132,7 @@ pub async fn run(command: LeaseCommand) -> anyhow::Result<()> {
         }
         LeaseCommand::Renew {
             name,
-            token,
+            fencing_token: token,
             ttl,
             server,
         } => {
@@ -158,7 +156,7 @@ pub async fn run(command: LeaseCommand) -> anyhow::Result<()> {
         }
         LeaseCommand::Release {
             name,
-            token,
+            fencing_token: token,
             server,
         } => {
             Client::new(&server)

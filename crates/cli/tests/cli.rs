@@ -668,3 +668,61 @@ async fn webhook_commands_talk_to_a_running_server() -> anyhow::Result<()> {
     ensure!(status.success(), "{status}");
     Ok(())
 }
+
+#[tokio::test]
+async fn lease_commands_talk_to_a_running_server() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = serve(dir.path(), &[]).await?;
+    let token = server.token.clone().context("bootstrap token")?;
+    let lease = |args: &[&str]| {
+        let (base, token) = (server.base.clone(), token.clone());
+        let dir = dir.path().to_owned();
+        let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+        async move {
+            let output = Command::new(BIN)
+                .arg("lease")
+                .args(&args)
+                .current_dir(dir)
+                .env_remove("ONEPHASE_CONFIG")
+                .env("ONEPHASE_SERVER", base)
+                .env("ONEPHASE_TOKEN", token)
+                .output()
+                .await?;
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            anyhow::Ok((output.status.success(), text))
+        }
+    };
+    let (ok, granted) = lease(&[
+        "acquire", "nightly", "--ttl", "30s", "--holder", "cron-1", "--json",
+    ])
+    .await?;
+    ensure!(ok, "{granted}");
+    let grant: Value = serde_json::from_str(&granted)?;
+    let first = grant["token"].as_u64().context("a token")?;
+    let (held, text) = lease(&["acquire", "nightly", "--ttl", "30s", "--wait", "200ms"]).await?;
+    ensure!(!held && text.contains("cron-1"), "{text}");
+    let (ok, text) = lease(&["renew", "nightly", &first.to_string(), "--ttl", "1m"]).await?;
+    ensure!(ok && text.contains("renewed"), "{text}");
+    let (ok, listed) = lease(&["list"]).await?;
+    ensure!(
+        ok && listed.contains("nightly") && listed.contains("cron-1"),
+        "{listed}"
+    );
+    let (theirs, text) = lease(&["release", "nightly", &(first + 1).to_string()]).await?;
+    ensure!(!theirs && text.contains("no longer held"), "{text}");
+    let (bad, text) = lease(&["acquire", "nightly", "--ttl", "1d"]).await?;
+    ensure!(!bad && text.contains("unknown unit"), "{text}");
+    let (ok, text) = lease(&["release", "nightly", &first.to_string()]).await?;
+    ensure!(ok && text.contains("released"), "{text}");
+    let (ok, granted) = lease(&["acquire", "nightly", "--holder", "cron-2", "--json"]).await?;
+    ensure!(ok, "{granted}");
+    let grant: Value = serde_json::from_str(&granted)?;
+    ensure!(grant["token"].as_u64() > Some(first), "{grant}");
+    let status = server.terminate().await?;
+    ensure!(status.success(), "{status}");
+    Ok(())
+}

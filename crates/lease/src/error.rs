@@ -30,10 +30,12 @@ pub enum LeaseError {
         expires_at: OffsetDateTime,
     },
     /// The lease was not free within the wait.
-    #[error("lease {name:?} was still held after waiting {waited:?}")]
+    #[error("lease {name:?} was still held by {holder:?} after waiting {waited:?}")]
     Timeout {
         /// The lease.
         name: String,
+        /// Who held it last.
+        holder: String,
         /// How long the acquire waited.
         waited: Duration,
     },

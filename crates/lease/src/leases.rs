@@ -119,11 +119,14 @@ impl Leases {
         let mut pause = Duration::from_millis(10);
         loop {
             match self.try_acquire(name, holder, ttl).await {
-                Err(LeaseError::Held { expires_at, .. }) => {
+                Err(LeaseError::Held {
+                    expires_at, holder, ..
+                }) => {
                     let waited = self.clock.monotonic().saturating_duration_since(started);
                     let Some(left) = wait.checked_sub(waited).filter(|l| !l.is_zero()) else {
                         return Err(LeaseError::Timeout {
                             name: name.to_owned(),
+                            holder,
                             waited,
                         });
                     };
