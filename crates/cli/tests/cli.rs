@@ -513,6 +513,32 @@ async fn saga_commands_talk_to_a_running_server() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `onephase <command> <args>` against the server at `base`; whether it succeeded, and
+/// what it printed (stdout, then stderr).
+async fn client_command(
+    dir: &Path,
+    base: &str,
+    token: &str,
+    command: &str,
+    args: &[String],
+) -> anyhow::Result<(bool, String)> {
+    let output = Command::new(BIN)
+        .arg(command)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("ONEPHASE_CONFIG")
+        .env("ONEPHASE_SERVER", base)
+        .env("ONEPHASE_TOKEN", token)
+        .output()
+        .await?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok((output.status.success(), text))
+}
+
 #[tokio::test]
 async fn webhook_commands_talk_to_a_running_server() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -527,23 +553,7 @@ async fn webhook_commands_talk_to_a_running_server() -> anyhow::Result<()> {
     let webhook = |args: Vec<String>| {
         let (base, token) = (server.base.clone(), token.clone());
         let dir = dir.path().to_owned();
-        async move {
-            let output = Command::new(BIN)
-                .arg("webhook")
-                .args(&args)
-                .current_dir(dir)
-                .env_remove("ONEPHASE_CONFIG")
-                .env("ONEPHASE_SERVER", base)
-                .env("ONEPHASE_TOKEN", token)
-                .output()
-                .await?;
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            );
-            anyhow::Ok((output.status.success(), text))
-        }
+        async move { client_command(&dir, &base, &token, "webhook", &args).await }
     };
     let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
 
@@ -678,23 +688,7 @@ async fn lease_commands_talk_to_a_running_server() -> anyhow::Result<()> {
         let (base, token) = (server.base.clone(), token.clone());
         let dir = dir.path().to_owned();
         let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
-        async move {
-            let output = Command::new(BIN)
-                .arg("lease")
-                .args(&args)
-                .current_dir(dir)
-                .env_remove("ONEPHASE_CONFIG")
-                .env("ONEPHASE_SERVER", base)
-                .env("ONEPHASE_TOKEN", token)
-                .output()
-                .await?;
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            );
-            anyhow::Ok((output.status.success(), text))
-        }
+        async move { client_command(&dir, &base, &token, "lease", &args).await }
     };
     let (ok, granted) = lease(&[
         "acquire", "nightly", "--ttl", "30s", "--holder", "cron-1", "--json",

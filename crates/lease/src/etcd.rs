@@ -101,21 +101,16 @@ impl EtcdLeases {
         let ttl = client.lease_time_to_live(id, None).await?.ttl();
         Ok((ttl > 0).then(|| now + time::Duration::seconds(ttl)))
     }
-}
 
-/// Whole seconds, rounded up, at least one.
-fn ttl_secs(ttl: Duration) -> i64 {
-    let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
-    i64::try_from(secs.max(1)).unwrap_or(i64::MAX)
-}
-
-impl LeaseBackend for EtcdLeases {
-    fn try_acquire<'a>(
+    /// One grant attempt; if the key vanished between the refusal and the look at its holder,
+    /// up to `retries` more.
+    fn acquire_once<'a>(
         &'a self,
         name: &'a str,
         holder: &'a str,
         ttl: Duration,
         now: OffsetDateTime,
+        retries: u8,
     ) -> BoxFuture<'a, Result<Grant, LeaseError>> {
         async move {
             let mut client = self.client.clone();
@@ -157,16 +152,35 @@ impl LeaseBackend for EtcdLeases {
                     token: FencingToken::from_i64(token),
                     expires_at: self.expires_at(id, now).await?.unwrap_or(now),
                 }),
-                // Lapsed in between: the caller's next try will get it.
+                // Lapsed or released in between: free again, so try again.
+                None if retries > 0 => self.acquire_once(name, holder, ttl, now, retries - 1).await,
                 None => Err(LeaseError::Held {
                     name: name.to_owned(),
-                    holder: String::new(),
+                    holder: "(changing hands)".to_owned(),
                     token: FencingToken::new(0),
                     expires_at: now,
                 }),
             }
         }
         .boxed()
+    }
+}
+
+/// Whole seconds, rounded up, at least one.
+fn ttl_secs(ttl: Duration) -> i64 {
+    let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+    i64::try_from(secs.max(1)).unwrap_or(i64::MAX)
+}
+
+impl LeaseBackend for EtcdLeases {
+    fn try_acquire<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+        ttl: Duration,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<Grant, LeaseError>> {
+        self.acquire_once(name, holder, ttl, now, 5)
     }
 
     fn renew<'a>(

@@ -117,8 +117,10 @@ impl LeaseBackend for StoreLeases {
             let ttl_ms = duration_ms(ttl);
             let expires_ms = now_ms.saturating_add(ttl_ms);
             // A release between the refused upsert and the look at the holder makes the lease
-            // free again; try once more rather than report a holder that is gone.
-            for _ in 0..3 {
+            // free again: try again. Under heavy contention it can change hands every time;
+            // then it is reported held by whoever was seen last, as it was a moment ago.
+            let mut seen = None;
+            for _ in 0..5 {
                 let granted: Option<i64> = on_store!(self.store, pool => {
                     sqlx::query_scalar(ACQUIRE)
                         .bind(name)
@@ -138,24 +140,32 @@ impl LeaseBackend for StoreLeases {
                         expires_at: from_ms(expires_ms),
                     });
                 }
+                let current = self.current(name).await?;
                 if let Some(Current {
                     holder: Some(current),
                     token,
                     expires_at_ms,
-                }) = self.current(name).await?
-                    && expires_at_ms > now_ms
+                }) = &current
+                    && *expires_at_ms > now_ms
                 {
                     return Err(LeaseError::Held {
                         name: name.to_owned(),
-                        holder: current,
-                        token: FencingToken::from_i64(token),
-                        expires_at: from_ms(expires_at_ms),
+                        holder: current.clone(),
+                        token: FencingToken::from_i64(*token),
+                        expires_at: from_ms(*expires_at_ms),
                     });
                 }
+                seen = current;
             }
-            Err(LeaseError::Backend(format!(
-                "lease {name:?} changed hands three times during one acquire"
-            )))
+            Err(LeaseError::Held {
+                name: name.to_owned(),
+                holder: seen
+                    .as_ref()
+                    .and_then(|c| c.holder.clone())
+                    .unwrap_or_else(|| "(changing hands)".to_owned()),
+                token: FencingToken::from_i64(seen.as_ref().map_or(0, |c| c.token)),
+                expires_at: now,
+            })
         }
         .boxed()
     }
