@@ -172,16 +172,19 @@ async fn a_paused_holder_loses_its_update_unless_the_write_is_fenced() -> anyhow
 async fn a_clock_that_jumps_ahead_cannot_give_two_writers_the_resource() -> anyhow::Result<()> {
     for db in TestDb::all().await {
         let store = migrated(&db).await?;
-        let clock = manual();
-        let leases = Leases::store(store.clone()).with_clock(Arc::new(clock.clone()));
-        let a = leases
+        // A and B are separate processes on one store, each granting with its own clock.
+        let clock_a = manual();
+        let clock_b = manual();
+        let leases_a = Leases::store(store.clone()).with_clock(Arc::new(clock_a.clone()));
+        let leases_b = Leases::store(store.clone()).with_clock(Arc::new(clock_b.clone()));
+        let a = leases_a
             .try_acquire("account", "a", Duration::from_secs(30))
             .await?;
-        // The granting side's wall clock jumps an hour ahead (NTP step, drifting VM): A's
-        // grant looks lapsed there, while A's own monotonic deadline is still ahead.
-        clock.shift_wall(time::Duration::hours(1));
-        ensure!(a.is_held(), "A cannot see the other side's clock");
-        let b = leases
+        // B's wall clock steps an hour ahead (an NTP step, a drifting VM): A's grant looks
+        // lapsed to B, while A's own monotonic deadline is still ahead.
+        clock_b.shift_wall(time::Duration::hours(1));
+        ensure!(a.is_held(), "A cannot see B's clock");
+        let b = leases_b
             .try_acquire("account", "b", Duration::from_secs(30))
             .await?;
         ensure!(b.is_held() && b.token() > a.token());
@@ -189,6 +192,21 @@ async fn a_clock_that_jumps_ahead_cannot_give_two_writers_the_resource() -> anyh
         let late = write_fenced(&store, "a", a.token()).await?;
         ensure!(matches!(late, Err(FenceError::Stale { .. })), "{late:?}");
         ensure!(owner(&store, 2).await? == "b");
+
+        // The same with the drift on A's side: A's clock runs forward, so the grant it made
+        // for itself looks lapsed to A's own process, and a second worker there takes it.
+        let c = leases_a
+            .try_acquire("ledger", "a", Duration::from_secs(30))
+            .await?;
+        clock_a.shift_wall(time::Duration::minutes(5));
+        let d = leases_a
+            .try_acquire("ledger", "a-2", Duration::from_secs(30))
+            .await?;
+        ensure!(c.is_held() && d.is_held() && d.token() > c.token());
+        let ledger = FencedResource::new("ledger", 0_i64);
+        ledger.write(d.token(), |v| *v += 1).await?;
+        ensure!(ledger.write(c.token(), |v| *v += 100).await.is_err());
+        ensure!(ledger.read(|v| *v).await == 1);
         db.close().await?;
     }
     Ok(())
