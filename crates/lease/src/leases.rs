@@ -15,7 +15,7 @@ use crate::{FencingToken, Grant, LeaseBackend, LeaseError, LeaseInfo};
 pub const MIN_TTL: Duration = Duration::from_millis(100);
 /// The longest TTL granted: a holder that needs longer renews.
 pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
-/// The longest name or holder, in bytes.
+/// The longest name (bytes, all ASCII) or holder (characters).
 pub const MAX_NAME: usize = 255;
 
 /// Hands out leases. Cheap to clone; clones share the backend.
@@ -169,9 +169,12 @@ impl Leases {
 
 fn check_request(name: &str, holder: &str, ttl: Duration) -> Result<(), LeaseError> {
     check_name(name)?;
-    if holder.is_empty() || holder.len() > MAX_NAME || holder.chars().any(char::is_control) {
+    if holder.is_empty()
+        || holder.chars().count() > MAX_NAME
+        || holder.chars().any(char::is_control)
+    {
         return Err(LeaseError::Invalid(format!(
-            "holder must be 1 to {MAX_NAME} bytes without control characters"
+            "holder must be 1 to {MAX_NAME} characters without control characters"
         )));
     }
     check_ttl(ttl)

@@ -1716,7 +1716,7 @@ async fn leases_are_acquired_renewed_released_and_listed_over_http() -> anyhow::
             ),
             (
                 "deploy/acquire",
-                json!({"holder": "b", "ttl_ms": 1000, "wait_ms": 3_600_000}),
+                json!({"holder": "tab\there", "ttl_ms": 1000}),
                 StatusCode::BAD_REQUEST,
             ),
             (

@@ -41,15 +41,20 @@ fn problem(e: &LeaseError) -> Problem {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AcquireLease {
-    /// Who asks: shown to others while held. 1 to 255 bytes, no control characters.
-    #[schema(min_length = 1, max_length = 255)]
+    /// Who asks: shown to others while held. 1 to 255 characters, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"
+    )]
     pub holder: String,
     /// How long the grant lasts unless renewed, in milliseconds (100 to 86,400,000).
     #[schema(minimum = 100, maximum = 86_400_000)]
     pub ttl_ms: u64,
-    /// How long to wait for a held lease, in milliseconds (default 0: answer at once; at most
-    /// the server's `lease.max_wait_ms`).
-    #[schema(minimum = 0)]
+    /// How long to wait for a held lease, in milliseconds (default 0: answer at once). Longer
+    /// waits are cut to the server's `lease.max_wait_ms` (30,000 by default); over 600,000
+    /// is refused.
+    #[schema(minimum = 0, maximum = 600_000)]
     pub wait_ms: Option<u64>,
 }
 
@@ -78,7 +83,8 @@ pub struct ReleaseLease {
     path = "/v1/leases/{name}/acquire",
     tag = "lease",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "The lease: 1 to 255 letters, digits and -_.:@/")),
+    params(("name" = String, Path, description = "The lease: 1 to 255 letters, digits and -_.:@/, not starting with /",
+        min_length = 1, max_length = 255, pattern = r"^[A-Za-z0-9_.:@-][A-Za-z0-9_.:@/-]{0,254}$")),
     request_body = AcquireLease,
     responses(
         (status = 200, description = "Granted: send `token` with every write the lease protects", body = Grant),
@@ -95,14 +101,13 @@ pub async fn acquire(
     ApiJson(body): ApiJson<AcquireLease>,
 ) -> Result<ApiJson<Grant>, Problem> {
     let service = state.lease();
-    let wait = Duration::from_millis(body.wait_ms.unwrap_or(0));
-    if wait > service.max_wait() {
+    let wait_ms = body.wait_ms.unwrap_or(0);
+    if wait_ms > 600_000 {
         return Err(problem(&LeaseError::Invalid(format!(
-            "wait_ms {} is over this server's limit of {} ms",
-            wait.as_millis(),
-            service.max_wait().as_millis()
+            "wait_ms {wait_ms} is over 600000 (10 minutes)"
         ))));
     }
+    let wait = Duration::from_millis(wait_ms).min(service.max_wait());
     let ttl = Duration::from_millis(body.ttl_ms);
     let leases = service.leases();
     let guard = if wait.is_zero() {
@@ -122,7 +127,8 @@ pub async fn acquire(
     path = "/v1/leases/{name}/renew",
     tag = "lease",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "The lease")),
+    params(("name" = String, Path, description = "The lease",
+        min_length = 1, max_length = 255, pattern = r"^[A-Za-z0-9_.:@-][A-Za-z0-9_.:@/-]{0,254}$")),
     request_body = RenewLease,
     responses(
         (status = 200, description = "Renewed from now", body = Grant),
@@ -130,6 +136,7 @@ pub async fn acquire(
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No lease by that name was ever granted", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The token is not the current grant: it lapsed, was released or is someone else's", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "JSON of the wrong shape", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -153,7 +160,8 @@ pub async fn renew(
     path = "/v1/leases/{name}/release",
     tag = "lease",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "The lease")),
+    params(("name" = String, Path, description = "The lease",
+        min_length = 1, max_length = 255, pattern = r"^[A-Za-z0-9_.:@-][A-Za-z0-9_.:@/-]{0,254}$")),
     request_body = ReleaseLease,
     responses(
         (status = 204, description = "Released"),
@@ -161,6 +169,7 @@ pub async fn renew(
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No lease by that name was ever granted", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The token is not the current grant (someone else's, or lapsed and taken)", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "JSON of the wrong shape", body = Problem, content_type = "application/problem+json"),
     )
 )]
