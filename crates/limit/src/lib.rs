@@ -1,0 +1,34 @@
+//! Rate limits that hold across nodes.
+//!
+//! A rate limit sounds like a counter. It stops being one when there are many keys (memory),
+//! many processes (each with its own counter), clocks that disagree, and windows with edges a
+//! client can straddle. This crate gives each algorithm with its semantics and its known
+//! failure stated, and stores that make each decision one atomic step:
+//!
+//! - [`Algorithm`]: GCRA (a token bucket kept as one timestamp), fixed window, sliding log,
+//!   sliding-window counter.
+//! - [`LocalLimiter`]: in process, sharded, idle keys forgotten without a maintenance call.
+//!
+//! # Guarantees
+//!
+//! - GCRA admits at most `burst` units at once and, after that, at most one unit per
+//!   `period / limit` (rounded up to a microsecond): never more than `burst + limit × t / period`
+//!   in any interval of length `t`.
+//! - Fixed window admits at most `limit` per calendar window (`now / period`), so up to
+//!   2 × `limit` in one `period` straddling a boundary.
+//! - Sliding log admits at most `limit` in any interval of length `period`.
+//! - Sliding-window counter admits at most `limit` per calendar window, and less than
+//!   2 × `limit` in any interval of length `period`; it is exact when traffic is even.
+//! - A refused check counts nothing.
+
+mod algorithm;
+mod decision;
+mod error;
+mod local;
+mod policy;
+
+pub use algorithm::{State, decide};
+pub use decision::{Decision, Fallback};
+pub use error::LimitError;
+pub use local::LocalLimiter;
+pub use policy::{Algorithm, MAX_LIMIT, MAX_PERIOD, MIN_PERIOD, Policy};
