@@ -110,6 +110,7 @@ pub fn decide(policy: &Policy, state: &mut State, now: i64, cost: u64) -> Decisi
                 reset_after: micros(used),
                 retry_after: (!allowed).then(|| micros(new_tat - now - tolerance)),
                 fallback: None,
+                decided_at_us: None,
             }
         }
         State::Fixed { window, count } => {
@@ -130,6 +131,7 @@ pub fn decide(policy: &Policy, state: &mut State, now: i64, cost: u64) -> Decisi
                 reset_after: micros(reset),
                 retry_after: (!allowed).then(|| micros(reset)),
                 fallback: None,
+                decided_at_us: None,
             }
         }
         State::Log { entries } => {
@@ -162,6 +164,7 @@ pub fn decide(policy: &Policy, state: &mut State, now: i64, cost: u64) -> Decisi
                 reset_after: micros(entries.back().map_or(0, |(t, _)| t + period - now)),
                 retry_after,
                 fallback: None,
+                decided_at_us: None,
             }
         }
         State::Sliding {
@@ -215,6 +218,7 @@ pub fn decide(policy: &Policy, state: &mut State, now: i64, cost: u64) -> Decisi
                 reset_after: micros(reset),
                 retry_after,
                 fallback: None,
+                decided_at_us: None,
             }
         }
     }

@@ -31,6 +31,9 @@ pub struct Decision {
     pub retry_after: Option<Duration>,
     /// Set when the store could not be asked and the policy's fallback decided.
     pub fallback: Option<Fallback>,
+    /// The store's clock when it decided, in Unix microseconds, for stores that decide on
+    /// their own clock (Redis). Every client of one Redis sees the same clock.
+    pub decided_at_us: Option<i64>,
 }
 
 pub(crate) fn micros(us: i64) -> Duration {

@@ -8,6 +8,8 @@
 //! - [`Algorithm`]: GCRA (a token bucket kept as one timestamp), fixed window, sliding log,
 //!   sliding-window counter.
 //! - [`LocalLimiter`]: in process, sharded, idle keys forgotten without a maintenance call.
+//! - `RedisLimiter` (feature `redis`): one `EVALSHA` per decision on the Redis server's clock,
+//!   failing open, closed or with an error when Redis cannot answer in time.
 //!
 //! # Guarantees
 //!
@@ -26,9 +28,13 @@ mod decision;
 mod error;
 mod local;
 mod policy;
+#[cfg(feature = "redis")]
+mod redis;
 
 pub use algorithm::{State, decide};
 pub use decision::{Decision, Fallback};
 pub use error::LimitError;
 pub use local::LocalLimiter;
 pub use policy::{Algorithm, MAX_LIMIT, MAX_PERIOD, MIN_PERIOD, Policy};
+#[cfg(feature = "redis")]
+pub use redis::{FailMode, RedisLimiter};

@@ -114,7 +114,7 @@ impl LocalLimiter {
         // Every so often, also sweep a shard in turn, so that shards no key in use lands on
         // let their idle keys go too.
         let n = self.checks.fetch_add(1, Ordering::Relaxed);
-        if n % ROUND_ROBIN_EVERY == 0 {
+        if n.is_multiple_of(ROUND_ROBIN_EVERY) {
             let turn = (n / ROUND_ROBIN_EVERY) % SHARDS;
             if turn != index
                 && let Ok(mut other) = self.shards[turn].try_lock()

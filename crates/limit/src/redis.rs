@@ -1,0 +1,233 @@
+//! Limits kept in Redis: each decision is one `EVALSHA` of a script that reads the Redis
+//! server's clock (`TIME`), so every client, whatever its own clock says, is judged on the same
+//! time, and the read-decide-write happens atomically on the server.
+
+use std::time::Duration;
+
+use redis::Script;
+use redis::aio::ConnectionManager;
+
+use crate::decision::micros;
+use crate::{Algorithm, Decision, Fallback, LimitError, Policy};
+
+/// Reads the server's time in microseconds into `now`. Lua numbers are doubles, exact to 2^53
+/// (about 285 years of microseconds); large ones are passed to Redis through
+/// `string.format('%d', ...)`, since Lua would print them in exponent notation.
+const NOW: &str =
+    "local t = redis.call('TIME')\nlocal now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n";
+
+/// GCRA: KEYS[1] holds the theoretical arrival time. ARGV: emission µs, burst, cost.
+const GCRA: &str = r"
+local e = tonumber(ARGV[1]); local burst = tonumber(ARGV[2]); local cost = tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local new = tat + e * cost
+local tol = e * burst
+if new - now <= tol then
+  redis.call('SET', KEYS[1], string.format('%d', new), 'PX', math.floor((new - now) / 1000) + 1000)
+  return {1, math.floor((tol - (new - now)) / e), new - now, 0, now}
+end
+return {0, math.floor((tol - (tat - now)) / e), tat - now, new - now - tol, now}
+";
+
+/// Fixed window: one counter per window, KEYS[1]..':'..window. ARGV: period µs, limit, cost.
+const FIXED: &str = r"
+local period = tonumber(ARGV[1]); local limit = tonumber(ARGV[2]); local cost = tonumber(ARGV[3])
+local w = math.floor(now / period)
+local k = KEYS[1] .. ':' .. string.format('%d', w)
+local count = tonumber(redis.call('GET', k) or '0')
+local reset = (w + 1) * period - now
+if count + cost <= limit then
+  count = redis.call('INCRBY', k, cost)
+  redis.call('PEXPIRE', k, math.floor(reset / 1000) + 1000)
+  return {1, limit - count, reset, 0, now}
+end
+return {0, limit - count, reset, reset, now}
+";
+
+/// Sliding log: a sorted set of admissions (member 'time:seq:cost', score time), their total
+/// in KEYS[1]..':sum' and a sequence in KEYS[1]..':seq'. ARGV: period µs, limit, cost.
+const LOG: &str = r"
+local period = tonumber(ARGV[1]); local limit = tonumber(ARGV[2]); local cost = tonumber(ARGV[3])
+local sum_key = KEYS[1] .. ':sum'; local seq_key = KEYS[1] .. ':seq'
+local cutoff = string.format('%d', now - period)
+local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', cutoff)
+local used = tonumber(redis.call('GET', sum_key) or '0')
+for _, m in ipairs(old) do used = used - tonumber(string.match(m, ':(%d+)$')) end
+if #old > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', cutoff) end
+if used < 0 then used = 0 end
+local ttl = math.floor(period / 1000) + 1000
+local allowed = 0
+if used + cost <= limit then
+  local seq = redis.call('INCR', seq_key)
+  redis.call('ZADD', KEYS[1], string.format('%d', now), string.format('%d', now) .. ':' .. seq .. ':' .. cost)
+  used = used + cost
+  allowed = 1
+end
+redis.call('SET', sum_key, used, 'PX', ttl)
+redis.call('PEXPIRE', KEYS[1], ttl); redis.call('PEXPIRE', seq_key, ttl)
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+local reset = 0
+if #last > 0 then reset = tonumber(last[2]) + period - now end
+if allowed == 1 then return {1, limit - used, reset, 0, now} end
+local freed = 0; local at = now
+local entries = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+for i = 1, #entries, 2 do
+  freed = freed + tonumber(string.match(entries[i], ':(%d+)$'))
+  at = tonumber(entries[i + 1]) + period
+  if used - freed + cost <= limit then break end
+end
+return {0, limit - used, reset, at - now, now}
+";
+
+/// Sliding-window counter: a hash with the window, the previous and current counts. ARGV:
+/// period µs, limit, cost.
+const SLIDING: &str = r"
+local period = tonumber(ARGV[1]); local limit = tonumber(ARGV[2]); local cost = tonumber(ARGV[3])
+local w = math.floor(now / period)
+local s = redis.call('HMGET', KEYS[1], 'w', 'p', 'c')
+local sw = tonumber(s[1]); local prev = tonumber(s[2] or '0'); local cur = tonumber(s[3] or '0')
+if sw ~= w then
+  if sw == w - 1 then prev = cur else prev = 0 end
+  cur = 0
+end
+local elapsed = now - w * period
+local weighted = prev * (period - elapsed) / period
+local allowed = 0
+if weighted + cur + cost <= limit then cur = cur + cost; allowed = 1 end
+redis.call('HSET', KEYS[1], 'w', string.format('%d', w), 'p', prev, 'c', cur)
+redis.call('PEXPIRE', KEYS[1], math.floor(2 * period / 1000) + 1000)
+local remaining = math.floor(limit - weighted - cur)
+if remaining < 0 then remaining = 0 end
+local reset = (w + 2) * period - now
+if allowed == 1 then return {1, remaining, reset, 0, now} end
+local excess = weighted + cur + cost - limit
+local wait = period - elapsed
+if prev > 0 then
+  local by_prev = math.ceil(excess * period / prev)
+  if by_prev <= wait then wait = by_prev end
+end
+return {0, remaining, reset, wait, now}
+";
+
+/// What a limiter does when Redis cannot be asked in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailMode {
+    /// Admit, uncounted, and say so ([`Fallback::FailedOpen`]). The default: an outage of
+    /// the limiter's store does not become an outage of the service.
+    Open,
+    /// Refuse, and say so ([`Fallback::FailedClosed`]).
+    Closed,
+    /// Return [`LimitError::Store`].
+    Error,
+}
+
+/// A keyed limiter whose state lives in Redis, shared by every process that uses the same
+/// Redis, key prefix and policy.
+#[derive(Clone)]
+pub struct RedisLimiter {
+    conn: ConnectionManager,
+    policy: Policy,
+    prefix: String,
+    script: Script,
+    fail_mode: FailMode,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisLimiter")
+            .field("policy", &self.policy)
+            .field("prefix", &self.prefix)
+            .field("fail_mode", &self.fail_mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisLimiter {
+    /// A limiter for `policy` over `conn`, with its keys under `prefix` (one prefix per
+    /// policy: two policies must not share keys). Fails open after a 250 ms timeout unless
+    /// told otherwise.
+    pub fn new(conn: ConnectionManager, policy: Policy, prefix: impl Into<String>) -> Self {
+        let body = match policy.algorithm() {
+            Algorithm::Gcra => GCRA,
+            Algorithm::FixedWindow => FIXED,
+            Algorithm::SlidingLog => LOG,
+            Algorithm::SlidingWindow => SLIDING,
+        };
+        Self {
+            conn,
+            policy,
+            prefix: prefix.into(),
+            script: Script::new(&format!("{NOW}{body}")),
+            fail_mode: FailMode::Open,
+            timeout: Duration::from_millis(250),
+        }
+    }
+
+    /// The same limiter with `mode` when Redis cannot be asked.
+    pub fn with_fail_mode(mut self, mode: FailMode) -> Self {
+        self.fail_mode = mode;
+        self
+    }
+
+    /// The same limiter giving Redis at most `timeout` per decision before falling back.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Checks `cost` units for `key` in one round trip.
+    pub async fn check(&self, key: &str, cost: u64) -> Result<Decision, LimitError> {
+        self.policy.check_cost(cost)?;
+        let mut invocation = self.script.key(format!("{}{key}", self.prefix));
+        match self.policy.algorithm() {
+            Algorithm::Gcra => invocation
+                .arg(self.policy.emission_us())
+                .arg(self.policy.burst()),
+            _ => invocation
+                .arg(self.policy.period_us())
+                .arg(self.policy.limit()),
+        };
+        invocation.arg(cost);
+        let mut conn = self.conn.clone();
+        let answer: Result<Result<Vec<i64>, redis::RedisError>, _> =
+            tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn)).await;
+        let failure = match answer {
+            Ok(Ok(v)) if v.len() == 5 => {
+                return Ok(Decision {
+                    allowed: v[0] == 1,
+                    limit: self.policy.limit(),
+                    remaining: u64::try_from(v[1]).unwrap_or(0),
+                    reset_after: micros(v[2]),
+                    retry_after: (v[0] != 1).then(|| micros(v[3])),
+                    fallback: None,
+                    decided_at_us: Some(v[4]),
+                });
+            }
+            Ok(Ok(v)) => format!("the script answered {v:?}"),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {} ms", self.timeout.as_millis()),
+        };
+        tracing::warn!(error = %failure, fail_mode = ?self.fail_mode, "rate-limit store failed");
+        let fallback = |allowed, fallback| Decision {
+            allowed,
+            limit: self.policy.limit(),
+            remaining: 0,
+            reset_after: Duration::ZERO,
+            retry_after: (!allowed).then_some(Duration::from_secs(1)),
+            fallback: Some(fallback),
+            decided_at_us: None,
+        };
+        match self.fail_mode {
+            FailMode::Open => Ok(fallback(true, Fallback::FailedOpen)),
+            FailMode::Closed => Ok(fallback(false, Fallback::FailedClosed)),
+            FailMode::Error => Err(LimitError::Store(failure)),
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! The Redis store against a real Redis: many tasks on several connections (as several nodes
+//! would be) hammer one key, and the admissions, timed on the Redis clock the scripts return,
+//! hold each algorithm's bound; a Redis cut off through the fault proxy fails open, closed or
+//! with an error, as chosen.
+
+#[cfg(not(feature = "redis"))]
+#[test]
+fn redis_suite() {
+    onephase_testkit::engine_not_built(onephase_testkit::Engine::Redis, "onephase-limit", "redis");
+}
+
+#[cfg(feature = "redis")]
+mod suite {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use anyhow::ensure;
+    use onephase_limit::{Algorithm, FailMode, Fallback, Policy, RedisLimiter};
+    use onephase_testkit::{Engine, FaultProxy, engine_url};
+    use redis::aio::ConnectionManager;
+
+    const NODES: usize = 3;
+    const TASKS: usize = 16;
+
+    fn prefix(what: &str) -> String {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        format!("onephase-test:{what}:{nanos:x}:")
+    }
+
+    async fn connection(url: &str) -> anyhow::Result<ConnectionManager> {
+        Ok(ConnectionManager::new(redis::Client::open(url)?).await?)
+    }
+
+    /// Admission times (Redis clock, µs) of `NODES` × `TASKS` tasks checking one key for
+    /// `run`.
+    async fn hammer(url: &str, policy: Policy, run: Duration) -> anyhow::Result<Vec<i64>> {
+        let prefix = prefix(policy.algorithm().as_str());
+        let admitted = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for _ in 0..NODES {
+            let limiter = RedisLimiter::new(connection(url).await?, policy, prefix.clone())
+                .with_fail_mode(FailMode::Error)
+                .with_timeout(Duration::from_secs(5));
+            for _ in 0..TASKS {
+                let (limiter, admitted) = (limiter.clone(), Arc::clone(&admitted));
+                tasks.push(tokio::spawn(async move {
+                    let end = tokio::time::Instant::now() + run;
+                    while tokio::time::Instant::now() < end {
+                        let d = limiter.check("one-key", 1).await?;
+                        if d.allowed {
+                            let at = d.decided_at_us.ok_or_else(|| anyhow::anyhow!("no time"))?;
+                            admitted.lock().unwrap_or_else(|e| e.into_inner()).push(at);
+                        }
+                    }
+                    anyhow::Ok(())
+                }));
+            }
+        }
+        for t in tasks {
+            t.await??;
+        }
+        let mut times = admitted.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        times.sort_unstable();
+        Ok(times)
+    }
+
+    /// The most admissions in any interval of `len` µs.
+    fn most_within(times: &[i64], len: i64) -> usize {
+        let mut most = 0;
+        let mut start = 0;
+        for end in 0..times.len() {
+            while times[end] - times[start] >= len {
+                start += 1;
+            }
+            most = most.max(end - start + 1);
+        }
+        most
+    }
+
+    fn most_per_window(times: &[i64], period: i64) -> usize {
+        let mut counts = std::collections::HashMap::new();
+        for t in times {
+            *counts.entry(t.div_euclid(period)).or_insert(0) += 1;
+        }
+        counts.values().copied().max().unwrap_or(0)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn many_nodes_on_one_key_never_exceed_the_limit() -> anyhow::Result<()> {
+        let Some(url) = engine_url(Engine::Redis) else {
+            return Ok(());
+        };
+        let period = Duration::from_millis(500);
+        let period_us = 500_000;
+        let limit = 50;
+        for algorithm in Algorithm::ALL {
+            let policy = Policy::new(algorithm, limit, period)?;
+            let times = hammer(&url, policy, Duration::from_millis(1_600)).await?;
+            let limit = usize::try_from(limit)?;
+            let per_window = most_per_window(&times, period_us);
+            let per_period = most_within(&times, period_us);
+            eprintln!(
+                "{algorithm}: {} admitted, at most {per_window} per window, {per_period} per period",
+                times.len()
+            );
+            ensure!(
+                times.len() >= 3 * limit,
+                "{algorithm}: only {} admitted",
+                times.len()
+            );
+            match algorithm {
+                // Burst (= limit) at once, then one per period/limit.
+                Algorithm::Gcra => ensure!(per_period <= 2 * limit, "{algorithm}: {per_period}"),
+                Algorithm::FixedWindow => ensure!(per_window <= limit, "{algorithm}: {per_window}"),
+                Algorithm::SlidingLog => ensure!(per_period <= limit, "{algorithm}: {per_period}"),
+                Algorithm::SlidingWindow => ensure!(
+                    per_window <= limit && per_period < 2 * limit,
+                    "{algorithm}: {per_window} per window, {per_period} per period"
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_redis_fails_open_closed_or_with_an_error_as_chosen()
+    -> anyhow::Result<()> {
+        let Some(url) = engine_url(Engine::Redis) else {
+            return Ok(());
+        };
+        let upstream = url
+            .trim_start_matches("redis://")
+            .split('/')
+            .next()
+            .unwrap_or("127.0.0.1:6379")
+            .to_owned();
+        let proxy = FaultProxy::start(&upstream).await?;
+        let conn = connection(&format!("redis://{}/", proxy.local_addr())).await?;
+        let policy = Policy::new(Algorithm::Gcra, 2, Duration::from_secs(60))?;
+        let prefix = prefix("outage");
+        let open = RedisLimiter::new(conn.clone(), policy, prefix.clone())
+            .with_timeout(Duration::from_millis(200));
+        let closed = open.clone().with_fail_mode(FailMode::Closed);
+        let error = open.clone().with_fail_mode(FailMode::Error);
+        let first = open.check("k", 1).await?;
+        ensure!(
+            first.allowed && first.fallback.is_none() && first.remaining == 1,
+            "{first:?}"
+        );
+
+        proxy.cut();
+        let started = std::time::Instant::now();
+        let d = open.check("k", 1).await?;
+        ensure!(
+            d.allowed && d.fallback == Some(Fallback::FailedOpen),
+            "{d:?}"
+        );
+        let d = closed.check("k", 1).await?;
+        ensure!(
+            !d.allowed && d.fallback == Some(Fallback::FailedClosed),
+            "{d:?}"
+        );
+        ensure!(error.check("k", 1).await.is_err());
+        ensure!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+
+        proxy.restore();
+        // The connection comes back; the fallback admission was not counted.
+        let mut back = None;
+        for _ in 0..50 {
+            let d = closed.check("k", 1).await?;
+            if d.fallback.is_none() {
+                back = Some(d);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let back =
+            back.ok_or_else(|| anyhow::anyhow!("Redis did not come back through the proxy"))?;
+        ensure!(back.allowed && back.remaining == 0, "{back:?}");
+        let refused = closed.check("k", 1).await?;
+        ensure!(
+            !refused.allowed && refused.fallback.is_none() && refused.retry_after.is_some(),
+            "{refused:?}"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn bad_costs_are_refused_before_redis_is_asked() -> anyhow::Result<()> {
+        let Some(url) = engine_url(Engine::Redis) else {
+            return Ok(());
+        };
+        let policy = Policy::new(Algorithm::SlidingLog, 3, Duration::from_secs(10))?;
+        let limiter = RedisLimiter::new(connection(&url).await?, policy, prefix("bad"));
+        ensure!(limiter.check("k", 0).await.is_err());
+        ensure!(limiter.check("k", 4).await.is_err());
+        let d = limiter.check("k", 3).await?;
+        ensure!(d.allowed && d.remaining == 0, "{d:?}");
+        let d = limiter.check("k", 1).await?;
+        ensure!(
+            !d.allowed && d.retry_after.is_some_and(|r| r > Duration::from_secs(9)),
+            "{d:?}"
+        );
+        Ok(())
+    }
+}
