@@ -10,6 +10,8 @@
 //! - [`LocalLimiter`]: in process, sharded, idle keys forgotten without a maintenance call.
 //! - `RedisLimiter` (feature `redis`): one `EVALSHA` per decision on the Redis server's clock,
 //!   failing open, closed or with an error when Redis cannot answer in time.
+//! - [`layer`] (feature `http`): a tower layer answering 429 with `Retry-After` and the IETF
+//!   `RateLimit-Policy` / `RateLimit` headers, keyed by IP, a header or a closure.
 //!
 //! # Guarantees
 //!
@@ -26,6 +28,9 @@
 mod algorithm;
 mod decision;
 mod error;
+#[cfg(feature = "http")]
+pub mod layer;
+mod limiter;
 mod local;
 mod policy;
 #[cfg(feature = "redis")]
@@ -34,6 +39,7 @@ mod redis;
 pub use algorithm::{State, decide};
 pub use decision::{Decision, Fallback};
 pub use error::LimitError;
+pub use limiter::Limiter;
 pub use local::LocalLimiter;
 pub use policy::{Algorithm, MAX_LIMIT, MAX_PERIOD, MIN_PERIOD, Policy};
 #[cfg(feature = "redis")]
