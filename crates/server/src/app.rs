@@ -22,10 +22,11 @@ use utoipa_axum::routes;
 use crate::auth::{Tokens, require_token};
 use crate::config::ServerConfig;
 use crate::dashboard::{
-    self, LeasePanel, OutboxPanel, Panel, SagaPanel, ServerPanel, WebhookPanel,
+    self, LeasePanel, LimitPanel, OutboxPanel, Panel, SagaPanel, ServerPanel, WebhookPanel,
 };
 use crate::health;
 use crate::lease::LeaseService;
+use crate::limit::LimitService;
 use crate::metrics::{prometheus, track_http};
 use crate::openapi::ApiDoc;
 use crate::outbox::OutboxService;
@@ -44,6 +45,8 @@ pub struct Services {
     pub webhook: WebhookService,
     /// Fenced leases.
     pub lease: LeaseService,
+    /// Rate limits.
+    pub limit: LimitService,
 }
 
 /// What every handler can reach: the store, the token registry, the clock, the dashboard's
@@ -62,6 +65,7 @@ struct StateInner {
     saga: SagaService,
     webhook: WebhookService,
     lease: LeaseService,
+    limit: LimitService,
 }
 
 impl AppState {
@@ -78,6 +82,7 @@ impl AppState {
             saga,
             webhook,
             lease,
+            limit,
         } = services;
         let started = clock.monotonic();
         Self(Arc::new(StateInner {
@@ -92,11 +97,13 @@ impl AppState {
                 Arc::new(SagaPanel),
                 Arc::new(WebhookPanel),
                 Arc::new(LeasePanel),
+                Arc::new(LimitPanel),
             ],
             outbox,
             saga,
             webhook,
             lease,
+            limit,
         }))
     }
 
@@ -118,6 +125,11 @@ impl AppState {
     /// Fenced leases.
     pub fn lease(&self) -> &LeaseService {
         &self.0.lease
+    }
+
+    /// Rate limits.
+    pub fn limit(&self) -> &LimitService {
+        &self.0.limit
     }
 
     /// The store.

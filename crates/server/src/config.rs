@@ -50,6 +50,16 @@
 //! [lease]                            # fenced leases (all optional)
 //! etcd_endpoints = []                # keep leases in etcd (needs the `etcd` feature); default: the store
 //! max_wait_ms = 30000                # the longest an acquire request may wait
+//!
+//! [limit]                            # rate limits (all optional)
+//! redis_url = "redis://127.0.0.1:6379/"  # share counts between servers; default: each server counts alone
+//! [[limit.policy]]
+//! name = "api"
+//! algorithm = "gcra"                 # gcra | fixed_window | sliding_log | sliding_window
+//! limit = 100                        # units per period
+//! period_ms = 60000
+//! burst = 20                         # gcra only; default: the limit
+//! fail_mode = "open"                 # or "closed": when Redis cannot answer
 //! ```
 //!
 //! Unknown keys are errors, so that a typo cannot silently leave a setting at its default.
@@ -62,6 +72,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::ConfiguredToken;
 use crate::lease::LeaseSettings;
+use crate::limit::LimitSettings;
 use crate::outbox::RelaySettings;
 use crate::saga::SagaSettings;
 use crate::webhook::WebhookSettings;
@@ -131,6 +142,8 @@ struct FileConfig {
     webhook: WebhookSettings,
     #[serde(default)]
     lease: LeaseSettings,
+    #[serde(default)]
+    limit: LimitSettings,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -203,6 +216,8 @@ pub struct ServerConfig {
     pub webhook: WebhookSettings,
     /// The `[lease]` table.
     pub lease: LeaseSettings,
+    /// The `[limit]` table.
+    pub limit: LimitSettings,
 }
 
 impl Default for ServerConfig {
@@ -219,6 +234,7 @@ impl Default for ServerConfig {
             saga: SagaSettings::default(),
             webhook: WebhookSettings::default(),
             lease: LeaseSettings::default(),
+            limit: LimitSettings::default(),
         }
     }
 }
@@ -275,6 +291,7 @@ impl ServerConfig {
         }
         file_config.webhook.validate(&file_config.outbox.relay)?;
         file_config.lease.validate()?;
+        file_config.limit.validate()?;
         Ok(Self {
             listen,
             store: overrides
@@ -296,6 +313,7 @@ impl ServerConfig {
             saga: file_config.saga,
             webhook: file_config.webhook,
             lease: file_config.lease,
+            limit: file_config.limit,
         })
     }
 }

@@ -259,6 +259,48 @@ impl Panel for LeasePanel {
     }
 }
 
+/// The rate-limit panel: per policy, this server's decisions and rejections.
+pub struct LimitPanel;
+
+impl Panel for LimitPanel {
+    fn title(&self) -> &str {
+        "Rate limits"
+    }
+
+    fn render<'a>(
+        &'a self,
+        state: &'a AppState,
+    ) -> Pin<Box<dyn Future<Output = Markup> + Send + 'a>> {
+        Box::pin(async move {
+            let service = state.limit();
+            let policies = tokio::time::timeout(Duration::from_secs(1), service.list()).await;
+            let Ok(Ok(policies)) = policies else {
+                return html! { p.bad { "the store does not answer" } };
+            };
+            if policies.is_empty() {
+                return html! { p { "No policies yet: " code { "[[limit.policy]]" } " in the configuration, or " code { "PUT /v1/limits/{policy}" } } };
+            }
+            html! {
+                p { "Counts kept " (if service.store_kind() == "redis" { "in Redis, shared by every server" } else { "by each server on its own" }) }
+                table {
+                    tr { th { "Policy" } th { "Rule" } th { "Decisions" } th { "Refused" } }
+                    @for p in &policies {
+                        tr {
+                            td { code { (p.name) } " (" (p.source) ")" }
+                            td { (p.spec.algorithm) " " (p.spec.limit) " per " (p.spec.period_ms) " ms" }
+                            td { (p.decisions) }
+                            td class=(if p.rejections > 0 { "bad" } else { "" }) {
+                                (p.rejections)
+                                @if p.decisions > 0 { " (" (format!("{:.1}%", p.rejections as f64 * 100.0 / p.decisions as f64)) ")" }
+                            }
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
 fn format_uptime(d: Duration) -> String {
     let s = d.as_secs();
     match s {

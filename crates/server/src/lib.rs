@@ -33,6 +33,7 @@ pub mod dashboard;
 pub mod health;
 pub mod json;
 pub mod lease;
+pub mod limit;
 pub mod metrics;
 pub mod openapi;
 pub mod outbox;

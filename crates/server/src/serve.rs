@@ -14,6 +14,7 @@ use crate::app::{AppState, Services, router};
 use crate::auth::{AuthError, Tokens, generate_token};
 use crate::config::ServerConfig;
 use crate::lease::LeaseService;
+use crate::limit::LimitService;
 use crate::outbox::{OutboxService, OutboxStartError};
 use crate::saga::SagaService;
 use crate::webhook::WebhookService;
@@ -112,11 +113,13 @@ impl Server {
         let saga = SagaService::new(&store, &config.saga, &config.outbox_relays);
         let webhook = WebhookService::new(&store, &config.webhook, &config.outbox_relays)?;
         let lease = LeaseService::open(&store, &config.lease).await?;
+        let limit = LimitService::open(&store, &config.limit).await?;
         let services = Services {
             outbox,
             saga,
             webhook,
             lease,
+            limit,
         };
         let state = AppState::new(store, tokens, config, clock, services);
         let router = router(state.clone());

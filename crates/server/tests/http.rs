@@ -1802,3 +1802,175 @@ async fn leases_are_acquired_renewed_released_and_listed_over_http() -> anyhow::
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn limits_are_defined_checked_and_listed_over_http() -> anyhow::Result<()> {
+    for db in TestDb::all().await {
+        let mut config = config_for(&db);
+        config
+            .limit
+            .policy
+            .push(onephase_server::limit::NamedPolicy {
+                name: "login".to_owned(),
+                spec: onephase_server::limit::PolicySpec {
+                    algorithm: "fixed_window".to_owned(),
+                    limit: 2,
+                    period_ms: 60_000,
+                    burst: None,
+                    fail_mode: None,
+                },
+            });
+        let server = Running::start(config).await?;
+        let http = reqwest::Client::new();
+        let client = client_token(&http, &server).await?;
+        let check = |policy: &str, body: Value| {
+            http.post(server.url(&format!("/v1/limits/{policy}/check")))
+                .bearer_auth(&client)
+                .json(&body)
+                .send()
+        };
+        let mut allowed = Vec::new();
+        for _ in 0..3 {
+            let d: Value = check("login", json!({"key": "alice"}))
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            allowed.push(d["allowed"] == true);
+            if d["allowed"] == false {
+                ensure!(
+                    d["retry_after_ms"]
+                        .as_u64()
+                        .is_some_and(|ms| ms > 0 && ms <= 60_000),
+                    "{d}"
+                );
+                ensure!(d["remaining"] == 0 && d["limit"] == 2, "{d}");
+            }
+        }
+        ensure!(allowed == vec![true, true, false], "{allowed:?}");
+        let other: Value = check("login", json!({"key": "bob", "cost": 2}))
+            .await?
+            .json()
+            .await?;
+        ensure!(
+            other["allowed"] == true && other["remaining"] == 0,
+            "{other}"
+        );
+
+        // Policies through the API are an admin's; the configuration's are read-only.
+        let spec = json!({"algorithm": "gcra", "limit": 5, "period_ms": 1000, "burst": 2});
+        let put = |name: &str, token: &str, body: &Value| {
+            http.put(server.url(&format!("/v1/limits/{name}")))
+                .bearer_auth(token)
+                .json(body)
+                .send()
+        };
+        problem(put("api", &client, &spec).await?, StatusCode::FORBIDDEN).await?;
+        ensure!(put("api", server.admin(), &spec).await?.status() == StatusCode::CREATED);
+        ensure!(put("api", server.admin(), &spec).await?.status() == StatusCode::NO_CONTENT);
+        problem(
+            put("login", server.admin(), &spec).await?,
+            StatusCode::CONFLICT,
+        )
+        .await?;
+        let burst: Vec<bool> = {
+            let mut v = Vec::new();
+            for _ in 0..3 {
+                let d: Value = check("api", json!({"key": "k"})).await?.json().await?;
+                v.push(d["allowed"] == true);
+            }
+            v
+        };
+        ensure!(burst == vec![true, true, false], "burst 2: {burst:?}");
+
+        // Bad input: a problem each, nothing counted or defined.
+        for (policy, body, status) in [
+            ("nothing", json!({"key": "k"}), StatusCode::NOT_FOUND),
+            ("api", json!({"key": ""}), StatusCode::BAD_REQUEST),
+            (
+                "api",
+                json!({"key": "k", "cost": 0}),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "api",
+                json!({"key": "k", "cost": 3}),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "api",
+                json!({"key": "k", "cost": -1}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            ("api", json!({"cost": 1}), StatusCode::UNPROCESSABLE_ENTITY),
+        ] {
+            problem(check(policy, body.clone()).await?, status)
+                .await
+                .with_context(|| format!("{policy} {body}"))?;
+        }
+        for (name, body) in [
+            (
+                "bad",
+                json!({"algorithm": "token_bucket", "limit": 5, "period_ms": 1000}),
+            ),
+            (
+                "bad",
+                json!({"algorithm": "gcra", "limit": 0, "period_ms": 1000}),
+            ),
+            (
+                "bad",
+                json!({"algorithm": "gcra", "limit": 5, "period_ms": 0}),
+            ),
+            (
+                "bad",
+                json!({"algorithm": "gcra", "limit": 5, "period_ms": 1000, "burst": 0}),
+            ),
+            (
+                "bad name!",
+                json!({"algorithm": "gcra", "limit": 5, "period_ms": 1000}),
+            ),
+        ] {
+            problem(
+                put(name, server.admin(), &body).await?,
+                StatusCode::BAD_REQUEST,
+            )
+            .await
+            .with_context(|| format!("{name} {body}"))?;
+        }
+        let listed: Value = http
+            .get(server.url("/v1/limits"))
+            .bearer_auth(&client)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let names: Vec<&str> = listed
+            .as_array()
+            .map(|a| a.iter().filter_map(|p| p["name"].as_str()).collect())
+            .unwrap_or_default();
+        ensure!(names == vec!["api", "login"], "{listed}");
+        ensure!(
+            listed[1]["decisions"] == 4 && listed[1]["rejections"] == 1,
+            "{listed}"
+        );
+        let page = http.get(server.url("/")).send().await?.text().await?;
+        ensure!(
+            page.contains("Rate limits") && page.contains("login"),
+            "dashboard"
+        );
+        let removed = http
+            .delete(server.url("/v1/limits/api"))
+            .bearer_auth(server.admin())
+            .send()
+            .await?;
+        ensure!(removed.status() == StatusCode::NO_CONTENT);
+        problem(
+            check("api", json!({"key": "k"})).await?,
+            StatusCode::NOT_FOUND,
+        )
+        .await?;
+        server.stop().await?;
+        db.close().await?;
+    }
+    Ok(())
+}

@@ -2,6 +2,7 @@
 //! routes (with their OpenAPI description) through [`routes()`].
 
 mod lease;
+mod limit;
 mod outbox;
 mod saga;
 mod tokens;
@@ -18,6 +19,7 @@ use crate::app::AppState;
 use crate::problem::Problem;
 
 pub use lease::{AcquireLease, ReleaseLease, RenewLease};
+pub use limit::{CheckLimit, DecisionView};
 pub use outbox::{AppendEvent, Appended, DeadRowView, LogRecordView, RelayStatus};
 pub use saga::{
     DefinitionDocument, DefinitionView, OperatorNote, RegisteredView, RunDetailView, RunView,
@@ -66,6 +68,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(lease::acquire))
         .routes(routes!(lease::renew))
         .routes(routes!(lease::release))
+        .routes(routes!(limit::list))
+        .routes(routes!(limit::define, limit::remove))
+        .routes(routes!(limit::check))
 }
 
 /// The `Idempotency-Key` header, if sent: 1 to 255 visible ASCII characters.

@@ -1,0 +1,465 @@
+//! The server's rate limits: policies from the `[limit]` settings and from the API, each with
+//! its limiter (in this process, or in Redis when `limit.redis_url` is set), and counts of
+//! decisions for the dashboard.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use onephase_limit::{Algorithm, Decision, LimitError, Limiter, LocalLimiter, Policy};
+use onephase_store::{Db, Store};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::config::ConfigError;
+
+/// What to do when the limiter's store (Redis) cannot answer in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FailMode {
+    /// Admit, uncounted, and say so in the decision (the default).
+    #[default]
+    Open,
+    /// Refuse, and say so in the decision.
+    Closed,
+}
+
+impl FailMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Closed => "closed",
+        }
+    }
+}
+
+/// A policy's definition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySpec {
+    /// `gcra`, `fixed_window`, `sliding_log` or `sliding_window`.
+    #[schema(value_type = String, pattern = "^(gcra|fixed_window|sliding_log|sliding_window)$")]
+    pub algorithm: String,
+    /// Units per period (1 to 1,000,000).
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    pub limit: u64,
+    /// The period in milliseconds (1 to 86,400,000).
+    #[schema(minimum = 1, maximum = 86_400_000)]
+    pub period_ms: u64,
+    /// GCRA's largest burst (default: the limit); ignored by the other algorithms.
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    pub burst: Option<u64>,
+    /// When Redis cannot answer: `open` (default) or `closed`.
+    pub fail_mode: Option<FailMode>,
+}
+
+impl PolicySpec {
+    /// The policy it describes, or why it is invalid.
+    pub fn policy(&self) -> Result<Policy, LimitError> {
+        let algorithm: Algorithm = self.algorithm.parse()?;
+        let policy = Policy::new(algorithm, self.limit, Duration::from_millis(self.period_ms))?;
+        match self.burst {
+            Some(burst) => policy.with_burst(burst),
+            None => Ok(policy),
+        }
+    }
+}
+
+/// One `[[limit.policy]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedPolicy {
+    /// The policy's name: 1 to 64 letters, digits, `-`, `_` or `.`.
+    pub name: String,
+    /// Its definition.
+    #[serde(flatten)]
+    pub spec: PolicySpec,
+}
+
+/// The `[limit]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Keep counts in this Redis (`redis://host:6379/`), shared by every server; without it,
+    /// each server counts on its own.
+    pub redis_url: Option<String>,
+    /// Policies defined here (read-only through the API).
+    #[serde(default)]
+    pub policy: Vec<NamedPolicy>,
+}
+
+impl LimitSettings {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        let mut names = std::collections::HashSet::new();
+        for p in &self.policy {
+            check_name(&p.name).map_err(|message| ConfigError::Invalid {
+                key: "limit.policy.name",
+                message,
+            })?;
+            if !names.insert(p.name.as_str()) {
+                return Err(ConfigError::Invalid {
+                    key: "limit.policy.name",
+                    message: format!("{:?} names two policies", p.name),
+                });
+            }
+            p.spec.policy().map_err(|e| ConfigError::Invalid {
+                key: "limit.policy",
+                message: format!("{}: {e}", p.name),
+            })?;
+        }
+        if self.redis_url.is_some() && !cfg!(feature = "redis") {
+            return Err(ConfigError::Invalid {
+                key: "limit.redis_url",
+                message: "this server was built without the `redis` feature".to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Policy names: 1 to 64 letters, digits, `-`, `_` or `.`.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "policy name {name:?}: use 1 to 64 letters, digits, '-', '_' or '.'"
+        ))
+    }
+}
+
+/// A policy as the API lists it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PolicyView {
+    /// Its name.
+    pub name: String,
+    /// `config` or `api`.
+    pub source: &'static str,
+    /// Its definition.
+    pub spec: PolicySpec,
+    /// Where counts are kept: `local` (this server) or `redis`.
+    pub store: &'static str,
+    /// Checks answered by this server since it started.
+    pub decisions: u64,
+    /// Of which refused.
+    pub rejections: u64,
+}
+
+struct Entry {
+    spec: PolicySpec,
+    source: &'static str,
+    limiter: Arc<dyn Limiter>,
+    decisions: AtomicU64,
+    rejections: AtomicU64,
+}
+
+/// Why a policy operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// No such policy.
+    #[error("no rate-limit policy named {0:?}")]
+    Unknown(String),
+    /// Defined in the configuration file.
+    #[error("policy {0:?} is defined in the configuration file; change it there")]
+    FromConfig(String),
+    /// Invalid input.
+    #[error("{0}")]
+    Invalid(String),
+    /// The limiter failed.
+    #[error(transparent)]
+    Limit(#[from] LimitError),
+    /// The store failed.
+    #[error("store failed: {0}")]
+    Store(#[from] sqlx::Error),
+}
+
+/// The server's policies and their limiters.
+pub struct LimitService {
+    store: Store,
+    #[cfg(feature = "redis")]
+    redis: Option<redis::aio::ConnectionManager>,
+    policies: RwLock<HashMap<String, Arc<Entry>>>,
+}
+
+impl std::fmt::Debug for LimitService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LimitService").finish_non_exhaustive()
+    }
+}
+
+impl LimitService {
+    /// The policies of `settings`, with counts in Redis if configured.
+    pub async fn open(store: &Store, settings: &LimitSettings) -> Result<Self, ConfigError> {
+        #[cfg(feature = "redis")]
+        let redis = match &settings.redis_url {
+            Some(url) => {
+                let client =
+                    redis::Client::open(url.as_str()).map_err(|e| ConfigError::Invalid {
+                        key: "limit.redis_url",
+                        message: e.to_string(),
+                    })?;
+                Some(
+                    redis::aio::ConnectionManager::new(client)
+                        .await
+                        .map_err(|e| ConfigError::Invalid {
+                            key: "limit.redis_url",
+                            message: format!("cannot reach {url}: {e}"),
+                        })?,
+                )
+            }
+            None => None,
+        };
+        let service = Self {
+            store: store.clone(),
+            #[cfg(feature = "redis")]
+            redis,
+            policies: RwLock::new(HashMap::new()),
+        };
+        for p in &settings.policy {
+            let entry = service
+                .entry(&p.name, p.spec.clone(), "config")
+                .map_err(|e| ConfigError::Invalid {
+                    key: "limit.policy",
+                    message: e.to_string(),
+                })?;
+            service.write().insert(p.name.clone(), entry);
+        }
+        Ok(service)
+    }
+
+    /// `local` or `redis`.
+    pub fn store_kind(&self) -> &'static str {
+        #[cfg(feature = "redis")]
+        if self.redis.is_some() {
+            return "redis";
+        }
+        "local"
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Entry>>> {
+        self.policies.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Entry>>> {
+        self.policies.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn entry(
+        &self,
+        name: &str,
+        spec: PolicySpec,
+        source: &'static str,
+    ) -> Result<Arc<Entry>, PolicyError> {
+        let policy = spec.policy()?;
+        #[cfg(not(feature = "redis"))]
+        let _ = name;
+        let limiter: Arc<dyn Limiter> = {
+            #[cfg(feature = "redis")]
+            match &self.redis {
+                Some(conn) => {
+                    let mode = match spec.fail_mode.unwrap_or_default() {
+                        FailMode::Open => onephase_limit::FailMode::Open,
+                        FailMode::Closed => onephase_limit::FailMode::Closed,
+                    };
+                    // The definition is part of the prefix: a changed policy starts afresh
+                    // instead of reading state kept under another algorithm.
+                    let prefix = format!(
+                        "onephase:limit:{name}:{}:{}:{}:{}:",
+                        spec.algorithm,
+                        spec.limit,
+                        spec.period_ms,
+                        spec.burst.unwrap_or(spec.limit)
+                    );
+                    Arc::new(
+                        onephase_limit::RedisLimiter::new(conn.clone(), policy, prefix)
+                            .with_fail_mode(mode),
+                    )
+                }
+                None => Arc::new(LocalLimiter::new(policy)),
+            }
+            #[cfg(not(feature = "redis"))]
+            Arc::new(LocalLimiter::new(policy))
+        };
+        Ok(Arc::new(Entry {
+            spec,
+            source,
+            limiter,
+            decisions: AtomicU64::new(0),
+            rejections: AtomicU64::new(0),
+        }))
+    }
+
+    /// The policy named `name`: from the configuration, or the store (cached).
+    async fn get(&self, name: &str) -> Result<Arc<Entry>, PolicyError> {
+        if let Some(entry) = self.read().get(name) {
+            return Ok(Arc::clone(entry));
+        }
+        let spec = self
+            .load(name)
+            .await?
+            .ok_or_else(|| PolicyError::Unknown(name.to_owned()))?;
+        let entry = self.entry(name, spec, "api")?;
+        Ok(Arc::clone(
+            self.write().entry(name.to_owned()).or_insert(entry),
+        ))
+    }
+
+    async fn load(&self, name: &str) -> Result<Option<PolicySpec>, sqlx::Error> {
+        let sql = "SELECT algorithm, units, period_ms, burst, fail_mode FROM onephase_limit_policies WHERE name = $1";
+        let row: Option<(String, i64, i64, Option<i64>, String)> = match self.store.db() {
+            Db::Postgres(p) => sqlx::query_as(sql).bind(name).fetch_optional(p).await?,
+            Db::Sqlite(s) => {
+                sqlx::query_as(sql)
+                    .bind(name)
+                    .fetch_optional(s.reader())
+                    .await?
+            }
+        };
+        Ok(row.map(
+            |(algorithm, units, period_ms, burst, fail_mode)| PolicySpec {
+                algorithm,
+                limit: u64::try_from(units).unwrap_or(0),
+                period_ms: u64::try_from(period_ms).unwrap_or(0),
+                burst: burst.and_then(|b| u64::try_from(b).ok()),
+                fail_mode: Some(if fail_mode == "closed" {
+                    FailMode::Closed
+                } else {
+                    FailMode::Open
+                }),
+            },
+        ))
+    }
+
+    /// Checks `cost` units for `key` under policy `name`.
+    pub async fn check(&self, name: &str, key: &str, cost: u64) -> Result<Decision, PolicyError> {
+        if key.is_empty() || key.len() > 512 {
+            return Err(PolicyError::Invalid(
+                "key must be 1 to 512 bytes".to_owned(),
+            ));
+        }
+        let entry = self.get(name).await?;
+        let decision = entry.limiter.check(key, cost).await?;
+        entry.decisions.fetch_add(1, Ordering::Relaxed);
+        let outcome = if decision.allowed {
+            "allowed"
+        } else {
+            entry.rejections.fetch_add(1, Ordering::Relaxed);
+            "refused"
+        };
+        metrics::counter!("onephase_limit_decisions_total", "policy" => name.to_owned(), "outcome" => outcome)
+            .increment(1);
+        Ok(decision)
+    }
+
+    /// Defines (or redefines) policy `name` through the API. Returns whether it is new.
+    pub async fn define(
+        &self,
+        name: &str,
+        spec: PolicySpec,
+        now: &str,
+    ) -> Result<bool, PolicyError> {
+        check_name(name).map_err(PolicyError::Invalid)?;
+        if self.read().get(name).is_some_and(|e| e.source == "config") {
+            return Err(PolicyError::FromConfig(name.to_owned()));
+        }
+        let entry = self.entry(name, spec.clone(), "api")?;
+        let existed = self.load(name).await?.is_some();
+        let sql = "INSERT INTO onephase_limit_policies (name, algorithm, units, period_ms, burst, fail_mode, created_at) \
+                   VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO UPDATE SET \
+                   algorithm = excluded.algorithm, units = excluded.units, period_ms = excluded.period_ms, \
+                   burst = excluded.burst, fail_mode = excluded.fail_mode";
+        let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        macro_rules! run {
+            ($pool:expr) => {
+                sqlx::query(sql)
+                    .bind(name)
+                    .bind(&spec.algorithm)
+                    .bind(to_i64(spec.limit))
+                    .bind(to_i64(spec.period_ms))
+                    .bind(spec.burst.map(to_i64))
+                    .bind(spec.fail_mode.unwrap_or_default().as_str())
+                    .bind(now)
+                    .execute($pool)
+                    .await
+                    .map(drop)?
+            };
+        }
+        match self.store.db() {
+            Db::Postgres(p) => run!(p),
+            Db::Sqlite(s) => run!(s.writer()),
+        };
+        self.write().insert(name.to_owned(), entry);
+        Ok(!existed)
+    }
+
+    /// Removes an API-defined policy.
+    pub async fn remove(&self, name: &str) -> Result<(), PolicyError> {
+        if self.read().get(name).is_some_and(|e| e.source == "config") {
+            return Err(PolicyError::FromConfig(name.to_owned()));
+        }
+        let sql = "DELETE FROM onephase_limit_policies WHERE name = $1";
+        let removed = match self.store.db() {
+            Db::Postgres(p) => sqlx::query(sql)
+                .bind(name)
+                .execute(p)
+                .await?
+                .rows_affected(),
+            Db::Sqlite(s) => sqlx::query(sql)
+                .bind(name)
+                .execute(s.writer())
+                .await?
+                .rows_affected(),
+        };
+        self.write().remove(name);
+        if removed == 0 {
+            return Err(PolicyError::Unknown(name.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Every policy: configured ones, then the store's.
+    pub async fn list(&self) -> Result<Vec<PolicyView>, PolicyError> {
+        let sql = "SELECT name FROM onephase_limit_policies ORDER BY name";
+        let names: Vec<String> = match self.store.db() {
+            Db::Postgres(p) => sqlx::query_scalar(sql).fetch_all(p).await?,
+            Db::Sqlite(s) => sqlx::query_scalar(sql).fetch_all(s.reader()).await?,
+        };
+        for name in names {
+            self.get(&name).await?;
+        }
+        let store = self.store_kind();
+        let mut views: Vec<PolicyView> = self
+            .read()
+            .iter()
+            .map(|(name, e)| PolicyView {
+                name: name.clone(),
+                source: e.source,
+                spec: e.spec.clone(),
+                store,
+                decisions: e.decisions.load(Ordering::Relaxed),
+                rejections: e.rejections.load(Ordering::Relaxed),
+            })
+            .collect();
+        views.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(views)
+    }
+}
+
+impl onephase_core::Classify for PolicyError {
+    fn kind(&self) -> onephase_core::ErrorKind {
+        use onephase_core::ErrorKind;
+        match self {
+            Self::Unknown(_) => ErrorKind::NotFound,
+            Self::FromConfig(_) => ErrorKind::Conflict,
+            Self::Invalid(_) => ErrorKind::InvalidInput,
+            Self::Limit(e) => e.kind(),
+            Self::Store(e) => onephase_store::classify_sqlx(e),
+        }
+    }
+}
