@@ -5,6 +5,7 @@
 
 mod client;
 mod lease;
+mod limit;
 mod outbox;
 mod saga;
 mod webhook;
@@ -57,6 +58,9 @@ enum Command {
     /// Operate a running server's fenced leases: acquire, renew, release, list.
     #[command(subcommand)]
     Lease(lease::LeaseCommand),
+    /// Check keys against a running server's rate limits, and list its policies.
+    #[command(subcommand)]
+    Limit(limit::LimitCommand),
     /// Create, list and revoke API tokens in the store.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -186,6 +190,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Saga(command) => saga::run(command).await,
         Command::Webhook(command) => webhook::run(command).await,
         Command::Lease(command) => lease::run(command).await,
+        Command::Limit(command) => limit::run(command).await,
         Command::Migrate(MigrateArgs {
             store,
             outbox: None,

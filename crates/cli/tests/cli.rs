@@ -720,3 +720,38 @@ async fn lease_commands_talk_to_a_running_server() -> anyhow::Result<()> {
     ensure!(status.success(), "{status}");
     Ok(())
 }
+
+#[tokio::test]
+async fn limit_commands_talk_to_a_running_server() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("onephase.toml"),
+        "[[limit.policy]]\nname = \"signup\"\nalgorithm = \"sliding_log\"\nlimit = 2\nperiod_ms = 60000\n",
+    )?;
+    let server = serve(dir.path(), &["--config", "onephase.toml"]).await?;
+    let token = server.token.clone().context("bootstrap token")?;
+    let limit = |args: &[&str]| {
+        let (base, token) = (server.base.clone(), token.clone());
+        let dir = dir.path().to_owned();
+        let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+        async move { client_command(&dir, &base, &token, "limit", &args).await }
+    };
+    let (ok, text) = limit(&["check", "signup", "10.0.0.7"]).await?;
+    ensure!(ok && text.contains("allowed: 1 of 2 left"), "{text}");
+    let (ok, text) = limit(&["check", "signup", "10.0.0.7"]).await?;
+    ensure!(ok && text.contains("allowed: 0 of 2 left"), "{text}");
+    let (refused, text) = limit(&["check", "signup", "10.0.0.7"]).await?;
+    ensure!(!refused && text.contains("refused: retry after"), "{text}");
+    let (bad, text) = limit(&["check", "nothing", "k"]).await?;
+    ensure!(!bad && text.contains("no rate-limit policy"), "{text}");
+    let (bad, text) = limit(&["check", "signup", "k", "--cost", "3"]).await?;
+    ensure!(!bad && text.contains("cost 3"), "{text}");
+    let (ok, text) = limit(&["policies"]).await?;
+    ensure!(
+        ok && text.contains("signup") && text.contains("sliding_log 2 per 60000 ms"),
+        "{text}"
+    );
+    let status = server.terminate().await?;
+    ensure!(status.success(), "{status}");
+    Ok(())
+}
