@@ -2,9 +2,8 @@
 //! limiter is used.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use onephase_core::{SharedClock, SystemClock};
@@ -15,34 +14,67 @@ use crate::{Decision, LimitError, Policy};
 /// How many shards a local limiter splits its keys over.
 const SHARDS: usize = 64;
 /// Every this many checks on a shard, its idle keys are dropped.
-const SWEEP_EVERY: u32 = 1024;
+const SWEEP_EVERY: u32 = 4096;
+/// Every this many checks on a shard, it also sweeps another shard (in turn), so that shards
+/// no key in use lands on let their idle keys go too.
+const ROUND_ROBIN_EVERY: u32 = 1024;
+
+/// Keys are hashed once (SipHash with a random key, so clients cannot aim collisions): the
+/// hash picks the shard and is the shard map's key, with the few colliding keys side by side.
+type Slots = HashMap<u64, Vec<(Box<str>, State)>, BuildHasherDefault<Prehashed>>;
+
+/// A hasher for keys that are already hashes.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// A shard on cache lines of its own, so that threads working on neighbouring shards do not
+/// invalidate each other's lines (false sharing halved throughput on two threads).
+#[repr(align(128))]
+struct Padded(Mutex<Shard>);
 
 struct Shard {
-    keys: HashMap<String, State>,
+    keys: Slots,
+    len: usize,
     checks: u32,
+    turn: usize,
     /// The shard's size after its last sweep: a sweep also runs when it doubles.
     swept_len: usize,
 }
 
 impl Shard {
     fn sweep(&mut self, policy: &Policy, now: i64) {
-        self.keys.retain(|_, state| state.idle_from(policy) > now);
+        self.keys.retain(|_, slot| {
+            slot.retain(|(_, state)| state.idle_from(policy) > now);
+            !slot.is_empty()
+        });
+        self.len = self.keys.values().map(Vec::len).sum();
         self.checks = 0;
-        self.swept_len = self.keys.len();
+        self.swept_len = self.len;
     }
 }
-
-/// Every this many checks on the limiter, one shard (in turn) is swept as well.
-const ROUND_ROBIN_EVERY: usize = 256;
 
 /// A keyed limiter in this process.
 ///
 /// Keys are spread over 64 shards, each behind its own lock, so checks on different keys
 /// rarely wait for each other. A key whose state is back to fresh (its window has passed, its
-/// bucket refilled) is dropped by the next sweep of its shard, which runs every 1,024 checks
-/// on the shard or when the shard has doubled since the last sweep, and every shard in turn
-/// is swept every 256 checks on the limiter: memory follows the keys in use, with no
-/// maintenance call.
+/// bucket refilled) is dropped by the next sweep of its shard, which runs every 4,096 checks
+/// on the shard or when the shard has doubled since the last sweep, and every 1,024 checks a
+/// shard also sweeps the next one in turn: memory follows the keys in use, with no maintenance
+/// call.
 ///
 /// ```
 /// use std::time::Duration;
@@ -57,12 +89,10 @@ const ROUND_ROBIN_EVERY: usize = 256;
 /// ```
 pub struct LocalLimiter {
     policy: Policy,
-    shards: Box<[Mutex<Shard>]>,
+    shards: Box<[Padded]>,
     hasher: RandomState,
     clock: SharedClock,
     base: Instant,
-    /// Checks made, to sweep a shard no one is using every so often.
-    checks: AtomicUsize,
 }
 
 impl std::fmt::Debug for LocalLimiter {
@@ -87,17 +117,18 @@ impl LocalLimiter {
             policy,
             shards: (0..SHARDS)
                 .map(|_| {
-                    Mutex::new(Shard {
-                        keys: HashMap::new(),
+                    Padded(Mutex::new(Shard {
+                        keys: Slots::default(),
+                        len: 0,
                         checks: 0,
+                        turn: 0,
                         swept_len: 0,
-                    })
+                    }))
                 })
                 .collect(),
             hasher: RandomState::new(),
             clock,
             base,
-            checks: AtomicUsize::new(0),
         }
     }
 
@@ -110,36 +141,41 @@ impl LocalLimiter {
     pub fn check(&self, key: &str, cost: u64) -> Result<Decision, LimitError> {
         self.policy.check_cost(cost)?;
         let now = self.now_us();
-        let index = usize::try_from(self.hasher.hash_one(key) % SHARDS as u64).unwrap_or(0);
-        // Every so often, also sweep a shard in turn, so that shards no key in use lands on
-        // let their idle keys go too.
-        let n = self.checks.fetch_add(1, Ordering::Relaxed);
-        if n.is_multiple_of(ROUND_ROBIN_EVERY) {
-            let turn = (n / ROUND_ROBIN_EVERY) % SHARDS;
-            if turn != index
-                && let Ok(mut other) = self.shards[turn].try_lock()
-            {
-                other.sweep(&self.policy, now);
-            }
-        }
+        let hash = self.hasher.hash_one(key);
+        let index = usize::try_from(hash % SHARDS as u64).unwrap_or(0);
         let mut shard = self.shards[index]
+            .0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         shard.checks += 1;
-        if shard.checks >= SWEEP_EVERY || shard.keys.len() > 2 * shard.swept_len.max(64) {
+        if shard.checks >= SWEEP_EVERY || shard.len > 2 * shard.swept_len.max(64) {
             shard.sweep(&self.policy, now);
         }
-        let decision = match shard.keys.get_mut(key) {
-            Some(state) => decide(&self.policy, state, now, cost),
+        let other = shard.checks.is_multiple_of(ROUND_ROBIN_EVERY).then(|| {
+            shard.turn = shard.turn % (SHARDS - 1) + 1;
+            (index + shard.turn) % SHARDS
+        });
+        let slot = shard.keys.entry(hash).or_default();
+        let decision = match slot.iter_mut().find(|(k, _)| &**k == key) {
+            Some((_, state)) => decide(&self.policy, state, now, cost),
             None => {
                 let mut state = State::fresh(self.policy.algorithm());
                 let decision = decide(&self.policy, &mut state, now, cost);
                 if decision.allowed {
-                    shard.keys.insert(key.to_owned(), state);
+                    slot.push((key.into(), state));
+                    shard.len += 1;
+                } else if slot.is_empty() {
+                    shard.keys.remove(&hash);
                 }
                 decision
             }
         };
+        drop(shard);
+        if let Some(turn) = other
+            && let Ok(mut other) = self.shards[turn].0.try_lock()
+        {
+            other.sweep(&self.policy, now);
+        }
         Ok(decision)
     }
 
@@ -147,7 +183,7 @@ impl LocalLimiter {
     pub fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).keys.len())
+            .map(|s| s.0.lock().unwrap_or_else(|p| p.into_inner()).len)
             .sum()
     }
 

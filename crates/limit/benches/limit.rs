@@ -1,0 +1,211 @@
+//! Decisions per second: local GCRA against the `governor` crate (GCRA vs GCRA), and Redis
+//! against a raw `INCR` with the same connection setup, in the same run.
+//!
+//! ```text
+//! eval "$(scripts/engines.sh)"        # for Redis
+//! cargo bench -p onephase-limit --features redis --bench limit
+//! ```
+//!
+//! - **Local**: 1,000,000 units per second with bursts of 1,000,000 (so nearly every check is
+//!   admitted and both libraries do their full work), on one key and on 100,000 keys visited in
+//!   turn, from 1 and 2 threads, for 2 s each. governor's keyed limiter keeps every key until
+//!   `retain_recent()` is called, which this benchmark never does; onephase drops idle keys by
+//!   itself.
+//! - **Redis**: 64 tasks on one multiplexed connection (`ConnectionManager`) checking one key
+//!   (GCRA, `EVALSHA`), against the same 64 tasks sending `INCR` on the same setup (the
+//!   raw limit of one round trip per decision).
+//!
+//! Results go to `bench/results/limit.json` and a Markdown table on stdout.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use governor::{Quota, RateLimiter};
+use onephase_limit::{Algorithm, LocalLimiter, Policy, RedisLimiter};
+use onephase_testkit::{Engine, engine_url};
+use serde_json::{Value, json};
+
+type AnyResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+const LOCAL_RUN: Duration = Duration::from_secs(2);
+const KEYS: usize = 100_000;
+
+/// Runs `work(thread, i)` on `threads` OS threads for [`LOCAL_RUN`]; calls per second.
+fn threaded(threads: usize, work: impl Fn(usize, usize) + Send + Sync + 'static) -> f64 {
+    let work = Arc::new(work);
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (work, stop, done) = (Arc::clone(&work), Arc::clone(&stop), Arc::clone(&done));
+            std::thread::spawn(move || {
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    for _ in 0..1024 {
+                        work(t, i);
+                        i += 1;
+                    }
+                }
+                done.fetch_add(i as u64, Ordering::Relaxed);
+            })
+        })
+        .collect();
+    std::thread::sleep(LOCAL_RUN);
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        let _ = h.join();
+    }
+    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+struct Row {
+    case: String,
+    onephase: f64,
+    baseline: &'static str,
+    raw: f64,
+}
+
+fn local_rows() -> AnyResult<Vec<Row>> {
+    let keys: Arc<Vec<String>> = Arc::new((0..KEYS).map(|n| format!("client-{n}")).collect());
+    let policy = Policy::new(Algorithm::Gcra, 1_000_000, Duration::from_secs(1))?;
+    let quota = Quota::per_second(NonZeroU32::new(1_000_000).ok_or("quota")?);
+    let mut rows = Vec::new();
+    for (label, many) in [("one key", false), ("100,000 keys", true)] {
+        for threads in [1, 2] {
+            let ours = Arc::new(LocalLimiter::new(policy));
+            let theirs = Arc::new(RateLimiter::<String, _, _>::keyed(quota));
+            let (k1, k2) = (Arc::clone(&keys), Arc::clone(&keys));
+            let onephase = threaded(threads, move |t, i| {
+                let key = if many {
+                    &k1[(i * 2 + t) % KEYS]
+                } else {
+                    &k1[0]
+                };
+                let _ = std::hint::black_box(ours.check(key, 1));
+            });
+            let governor = threaded(threads, move |t, i| {
+                let key = if many {
+                    &k2[(i * 2 + t) % KEYS]
+                } else {
+                    &k2[0]
+                };
+                let _ = std::hint::black_box(theirs.check_key(key));
+            });
+            rows.push(Row {
+                case: format!("local GCRA, {label}, {threads} thread(s)"),
+                onephase,
+                baseline: "governor keyed GCRA",
+                raw: governor,
+            });
+        }
+    }
+    Ok(rows)
+}
+
+async fn redis_rows(url: &str) -> AnyResult<Vec<Row>> {
+    const CALLERS: usize = 64;
+    const RUN: Duration = Duration::from_secs(3);
+    let conn = redis::aio::ConnectionManager::new(redis::Client::open(url)?).await?;
+    let policy = Policy::new(Algorithm::Gcra, 1_000_000, Duration::from_secs(1))?;
+    let nanos = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
+    let limiter = RedisLimiter::new(conn.clone(), policy, format!("onephase-bench:{nanos}:"))
+        .with_timeout(Duration::from_secs(5));
+    async fn rate<F, Fut>(work: F) -> AnyResult<f64>
+    where
+        F: Fn() -> Fut + Clone + Send + 'static,
+        Fut: std::future::Future<Output = AnyResult<()>> + Send,
+    {
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..CALLERS)
+            .map(|_| {
+                let (work, stop, done) = (work.clone(), Arc::clone(&stop), Arc::clone(&done));
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        work().await?;
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    AnyResult::Ok(())
+                })
+            })
+            .collect();
+        tokio::time::sleep(RUN).await;
+        stop.store(true, Ordering::Relaxed);
+        for t in tasks {
+            t.await??;
+        }
+        Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+    }
+    let onephase = rate(move || {
+        let limiter = limiter.clone();
+        async move {
+            let d = limiter.check("one-key", 1).await?;
+            if d.fallback.is_some() {
+                return Err("Redis did not answer".into());
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    let counter = format!("onephase-bench:{nanos}:incr");
+    let raw = rate(move || {
+        let (mut conn, counter) = (conn.clone(), counter.clone());
+        async move {
+            let _: i64 = redis::cmd("INCR")
+                .arg(&counter)
+                .query_async(&mut conn)
+                .await?;
+            Ok(())
+        }
+    })
+    .await?;
+    Ok(vec![Row {
+        case: format!("Redis GCRA, one key, {CALLERS} callers"),
+        onephase,
+        baseline: "INCR, same connection setup",
+        raw,
+    }])
+}
+
+fn main() -> AnyResult<()> {
+    let mut rows = local_rows()?;
+    if let Some(url) = engine_url(Engine::Redis) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        rows.extend(runtime.block_on(redis_rows(&url))?);
+    }
+    println!("| case | onephase decisions/s | baseline | baseline/s | ratio |");
+    println!("|---|---|---|---|---|");
+    let mut json_rows: Vec<Value> = Vec::new();
+    for r in &rows {
+        let ratio = r.onephase / r.raw;
+        println!(
+            "| {} | {:.0} | {} | {:.0} | {:.2} |",
+            r.case, r.onephase, r.baseline, r.raw, ratio
+        );
+        json_rows.push(json!({
+            "case": r.case,
+            "onephase_per_sec": r.onephase,
+            "baseline": r.baseline,
+            "baseline_per_sec": r.raw,
+            "ratio": ratio,
+        }));
+    }
+    let out = json!({
+        "bench": "rate-limit decisions",
+        "date": time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339)?,
+        "results": json_rows,
+    });
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../bench/results/limit.json"
+    );
+    std::fs::write(path, serde_json::to_string_pretty(&out)? + "\n")?;
+    eprintln!("wrote {path}");
+    Ok(())
+}
