@@ -5,7 +5,7 @@
 #   scripts/test.sh -E 'test(kafka)'  # extra arguments go to `cargo nextest run`
 #
 # On a fresh Debian machine (as root) it first installs what the build needs (a C toolchain
-# for SQLite and librdkafka, protoc for etcd-client), cargo-nextest, and the engines
+# for SQLite and librdkafka, protoc for etcd-client, faketime), cargo-nextest, and the engines
 # (scripts/engines.sh). ONEPHASE_SKIP_LINT=1 skips rustfmt, clippy and rustdoc.
 set -euo pipefail
 
@@ -24,6 +24,8 @@ command -v pkg-config >/dev/null || install_packages pkg-config
 if ! command -v protoc >/dev/null || [[ ! -e /usr/include/google/protobuf/descriptor.proto ]]; then
   install_packages protobuf-compiler libprotobuf-dev
 fi
+# faketime skews the clocks of the rate-limit tests' worker processes.
+command -v faketime >/dev/null || install_packages faketime
 if ! cargo nextest --version >/dev/null 2>&1; then
   say "installing cargo-nextest"
   cargo install --locked --quiet cargo-nextest >&2

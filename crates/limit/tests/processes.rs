@@ -1,0 +1,193 @@
+//! Exactness across OS processes: three processes of this test binary, two of them with their
+//! clocks skewed by +30 s and −30 s (`faketime`), each with 16 tasks, hammer one Redis key. The
+//! admissions, timed on the Redis clock, hold each algorithm's bound: the clients' clocks
+//! enter no decision.
+
+#[cfg(not(feature = "redis"))]
+#[test]
+fn processes_suite() {
+    onephase_testkit::engine_not_built(onephase_testkit::Engine::Redis, "onephase-limit", "redis");
+}
+
+#[cfg(feature = "redis")]
+mod suite {
+    use std::io::Write as _;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use anyhow::{Context as _, ensure};
+    use onephase_limit::{Algorithm, FailMode, Policy, RedisLimiter};
+    use onephase_testkit::{Engine, engine_url, engines_required};
+
+    const WORKER: &str = "ONEPHASE_LIMIT_WORKER";
+    const TASKS: usize = 16;
+    const PERIOD_US: i64 = 500_000;
+    const LIMIT: u64 = 40;
+
+    fn now_us() -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(0))
+    }
+
+    /// The worker's side: when started by the test below, check one key from 16 tasks for the
+    /// given time and print this process's clock, then every admission's Redis time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn worker() -> anyhow::Result<()> {
+        let Ok(spec) = std::env::var(WORKER) else {
+            return Ok(());
+        };
+        let mut parts = spec.split(',');
+        let url = parts.next().context("url")?.to_owned();
+        let algorithm: Algorithm = parts.next().context("algorithm")?.parse()?;
+        let prefix = parts.next().context("prefix")?.to_owned();
+        let run_ms: u64 = parts.next().context("run")?.parse()?;
+        let policy = Policy::new(algorithm, LIMIT, Duration::from_micros(PERIOD_US as u64))?;
+        let conn = redis::aio::ConnectionManager::new(redis::Client::open(url)?).await?;
+        let limiter = RedisLimiter::new(conn, policy, prefix)
+            .with_fail_mode(FailMode::Error)
+            .with_timeout(Duration::from_secs(5));
+        let admitted = Arc::new(Mutex::new(Vec::new()));
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|_| {
+                let (limiter, admitted) = (limiter.clone(), Arc::clone(&admitted));
+                tokio::spawn(async move {
+                    let end = tokio::time::Instant::now() + Duration::from_millis(run_ms);
+                    while tokio::time::Instant::now() < end {
+                        let d = limiter.check("shared", 1).await?;
+                        if let (true, Some(at)) = (d.allowed, d.decided_at_us) {
+                            admitted.lock().unwrap_or_else(|e| e.into_inner()).push(at);
+                        }
+                    }
+                    anyhow::Ok(())
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await??;
+        }
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "clock {}", now_us())?;
+        for at in admitted.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            writeln!(out, "admitted {at}")?;
+        }
+        Ok(())
+    }
+
+    fn most_within(times: &[i64], len: i64) -> usize {
+        let mut most = 0;
+        let mut start = 0;
+        for end in 0..times.len() {
+            while times[end] - times[start] >= len {
+                start += 1;
+            }
+            most = most.max(end - start + 1);
+        }
+        most
+    }
+
+    #[tokio::test]
+    async fn three_processes_with_skewed_clocks_share_one_exact_limit() -> anyhow::Result<()> {
+        if std::env::var(WORKER).is_ok() {
+            return Ok(());
+        }
+        let Some(url) = engine_url(Engine::Redis) else {
+            return Ok(());
+        };
+        let faketime = std::process::Command::new("faketime")
+            .arg("-f")
+            .arg("+0s")
+            .arg("true")
+            .status();
+        if !faketime.is_ok_and(|s| s.success()) {
+            ensure!(
+                !engines_required(),
+                "faketime is needed to skew the worker clocks: apt-get install faketime"
+            );
+            eprintln!("SKIPPED the clock-skew test: faketime is not installed");
+            return Ok(());
+        }
+        let exe = std::env::current_exe()?;
+        for algorithm in Algorithm::ALL {
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            let prefix = format!("onephase-test:processes:{algorithm}:{nanos:x}:");
+            let spec = format!("{url},{algorithm},{prefix},1600");
+            let mut children = Vec::new();
+            for skew in ["+0s", "+30s", "-30s"] {
+                children.push((
+                    skew,
+                    tokio::process::Command::new("faketime")
+                        .arg("-f")
+                        .arg(skew)
+                        .arg(&exe)
+                        .args([
+                            "suite::worker",
+                            "--exact",
+                            "--nocapture",
+                            "--test-threads",
+                            "1",
+                        ])
+                        .env(WORKER, &spec)
+                        .stdout(std::process::Stdio::piped())
+                        .stderr(std::process::Stdio::inherit())
+                        .spawn()?,
+                ));
+            }
+            let mut times = Vec::new();
+            for (skew, child) in children {
+                let started = now_us();
+                let out = child.wait_with_output().await?;
+                ensure!(out.status.success(), "worker {skew} failed: {}", out.status);
+                let text = String::from_utf8_lossy(&out.stdout);
+                // libtest prints "test suite::worker ... " before the first line.
+                let clock: i64 = text
+                    .lines()
+                    .find_map(|l| l.find("clock ").map(|at| &l[at + 6..]))
+                    .context("the worker printed no clock")?
+                    .trim()
+                    .parse()?;
+                let offset_s = (clock - started) as f64 / 1e6;
+                let expected: f64 = skew.trim_end_matches('s').parse()?;
+                ensure!(
+                    (offset_s - expected).abs() < 5.0,
+                    "worker {skew} had a clock {offset_s:.1} s off"
+                );
+                for line in text.lines() {
+                    if let Some(at) = line.find("admitted ").map(|at| &line[at + 9..]) {
+                        times.push(at.trim().parse::<i64>()?);
+                    }
+                }
+            }
+            times.sort_unstable();
+            let limit = usize::try_from(LIMIT)?;
+            let per_period = most_within(&times, PERIOD_US);
+            let mut per_window = std::collections::HashMap::new();
+            for t in &times {
+                *per_window.entry(t.div_euclid(PERIOD_US)).or_insert(0_usize) += 1;
+            }
+            let per_window = per_window.values().copied().max().unwrap_or(0);
+            eprintln!(
+                "{algorithm}: {} admitted over 3 processes, at most {per_window} per window, {per_period} per period",
+                times.len()
+            );
+            ensure!(
+                times.len() >= 3 * limit,
+                "{algorithm}: only {} admitted",
+                times.len()
+            );
+            match algorithm {
+                Algorithm::Gcra => ensure!(per_period <= 2 * limit, "{algorithm}: {per_period}"),
+                Algorithm::FixedWindow => ensure!(per_window <= limit, "{algorithm}: {per_window}"),
+                Algorithm::SlidingLog => ensure!(per_period <= limit, "{algorithm}: {per_period}"),
+                Algorithm::SlidingWindow => ensure!(
+                    per_window <= limit && per_period < 2 * limit,
+                    "{algorithm}: {per_window}/{per_period}"
+                ),
+            }
+        }
+        Ok(())
+    }
+}
