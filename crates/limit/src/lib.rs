@@ -7,6 +7,8 @@
 //!
 //! - [`Algorithm`]: GCRA (a token bucket kept as one timestamp), fixed window, sliding log,
 //!   sliding-window counter.
+//! - [`ConcurrencyLimiter`]: at most N requests in flight per key, released when their
+//!   [`Permit`] is dropped.
 //! - [`LocalLimiter`]: in process, sharded, idle keys forgotten without a maintenance call.
 //! - `RedisLimiter` (feature `redis`): one `EVALSHA` per decision on the Redis server's clock,
 //!   failing open, closed or with an error when Redis cannot answer in time.
@@ -26,6 +28,7 @@
 //! - A refused check counts nothing.
 
 mod algorithm;
+mod concurrency;
 mod decision;
 mod error;
 #[cfg(feature = "http")]
@@ -37,10 +40,11 @@ mod policy;
 mod redis;
 
 pub use algorithm::{State, decide};
+pub use concurrency::{ConcurrencyLimiter, Permit, Saturated};
 pub use decision::{Decision, Fallback};
 pub use error::LimitError;
 pub use limiter::Limiter;
 pub use local::LocalLimiter;
 pub use policy::{Algorithm, MAX_LIMIT, MAX_PERIOD, MIN_PERIOD, Policy};
 #[cfg(feature = "redis")]
-pub use redis::{FailMode, RedisLimiter};
+pub use redis::{FailMode, RedisConcurrencyLimiter, RedisLimiter, RedisPermit};

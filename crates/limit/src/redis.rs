@@ -231,3 +231,127 @@ impl RedisLimiter {
         }
     }
 }
+
+/// Concurrency in Redis: KEYS[1] is a sorted set of permits scored by their expiry on the
+/// Redis clock. ARGV: max, permit lifetime µs.
+const ACQUIRE: &str = r"
+local max = tonumber(ARGV[1]); local life = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', now))
+local n = redis.call('ZCARD', KEYS[1])
+if n >= max then return {0, n, 0} end
+local id = redis.call('INCR', KEYS[1] .. ':seq')
+redis.call('ZADD', KEYS[1], string.format('%d', now + life), id)
+local ttl = math.floor(life / 1000) + 1000
+redis.call('PEXPIRE', KEYS[1], ttl); redis.call('PEXPIRE', KEYS[1] .. ':seq', ttl)
+return {1, n + 1, id}
+";
+
+/// At most `max` requests in flight per key across every process using the same Redis and
+/// prefix. A permit that is never released (its holder crashed) lapses after its lifetime,
+/// so a crash cannot hold a slot forever; a request running longer than the lifetime stops
+/// being counted, so choose it longer than the slowest request.
+#[derive(Clone)]
+pub struct RedisConcurrencyLimiter {
+    conn: ConnectionManager,
+    max: u64,
+    lifetime: Duration,
+    prefix: String,
+    acquire: Script,
+}
+
+impl std::fmt::Debug for RedisConcurrencyLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConcurrencyLimiter")
+            .field("max", &self.max)
+            .field("lifetime", &self.lifetime)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A request in flight, counted in Redis until [`release`](RedisPermit::release)d (or until
+/// its lifetime runs out).
+#[derive(Debug)]
+pub struct RedisPermit {
+    conn: ConnectionManager,
+    key: String,
+    id: i64,
+}
+
+impl RedisPermit {
+    /// Ends the request.
+    pub async fn release(self) -> Result<(), LimitError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("ZREM")
+            .arg(&self.key)
+            .arg(self.id)
+            .query_async::<i64>(&mut conn)
+            .await
+            .map(drop)
+            .map_err(|e| LimitError::Store(e.to_string()))
+    }
+}
+
+impl RedisConcurrencyLimiter {
+    /// At most `max` (1 to 1,000,000) in flight per key, each permit lapsing after `lifetime`
+    /// (1 ms to 24 h) if not released.
+    pub fn new(
+        conn: ConnectionManager,
+        max: u64,
+        lifetime: Duration,
+        prefix: impl Into<String>,
+    ) -> Result<Self, LimitError> {
+        if max == 0 || max > crate::MAX_LIMIT {
+            return Err(LimitError::Invalid(format!(
+                "max in flight {max} is out of range: use 1 to {}",
+                crate::MAX_LIMIT
+            )));
+        }
+        if lifetime < crate::MIN_PERIOD || lifetime > crate::MAX_PERIOD {
+            return Err(LimitError::Invalid(
+                "permit lifetime is out of range: use 1 ms to 24 h".to_owned(),
+            ));
+        }
+        Ok(Self {
+            conn,
+            max,
+            lifetime,
+            prefix: prefix.into(),
+            acquire: Script::new(&format!("{NOW}{ACQUIRE}")),
+        })
+    }
+
+    /// A permit for `key` if fewer than `max` are in flight, or how saturated it is. One
+    /// round trip.
+    pub async fn try_acquire(
+        &self,
+        key: &str,
+    ) -> Result<Result<RedisPermit, crate::Saturated>, LimitError> {
+        if key.is_empty() {
+            return Err(LimitError::Invalid("the key is empty".to_owned()));
+        }
+        let key = format!("{}{key}", self.prefix);
+        let mut conn = self.conn.clone();
+        let life = i64::try_from(self.lifetime.as_micros()).unwrap_or(i64::MAX);
+        let v: Vec<i64> = self
+            .acquire
+            .key(&key)
+            .arg(self.max)
+            .arg(life)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| LimitError::Store(e.to_string()))?;
+        match v.as_slice() {
+            [1, _, id] => Ok(Ok(RedisPermit {
+                conn: self.conn.clone(),
+                key,
+                id: *id,
+            })),
+            [_, n, _] => Ok(Err(crate::Saturated {
+                max: self.max,
+                in_flight: u64::try_from(*n).unwrap_or(0),
+            })),
+            other => Err(LimitError::Store(format!("the script answered {other:?}"))),
+        }
+    }
+}
