@@ -157,7 +157,13 @@ struct Entry {
     limiter: Arc<dyn Limiter>,
     decisions: AtomicU64,
     rejections: AtomicU64,
+    /// When an API-defined policy was last read from the store.
+    checked_at: std::sync::Mutex<std::time::Instant>,
 }
+
+/// How long a server trusts its copy of an API-defined policy before reading it again, so that
+/// a policy changed or removed through another server takes effect here within this time.
+pub const POLICY_REFRESH: Duration = Duration::from_secs(1);
 
 /// Why a policy operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -292,22 +298,39 @@ impl LimitService {
             limiter,
             decisions: AtomicU64::new(0),
             rejections: AtomicU64::new(0),
+            checked_at: std::sync::Mutex::new(std::time::Instant::now()),
         }))
     }
 
     /// The policy named `name`: from the configuration, or the store (cached).
     async fn get(&self, name: &str) -> Result<Arc<Entry>, PolicyError> {
-        if let Some(entry) = self.read().get(name) {
-            return Ok(Arc::clone(entry));
+        let cached = self.read().get(name).cloned();
+        if let Some(entry) = &cached {
+            let fresh = entry.source == "config" || {
+                let mut at = entry.checked_at.lock().unwrap_or_else(|e| e.into_inner());
+                let fresh = at.elapsed() < POLICY_REFRESH;
+                if !fresh {
+                    *at = std::time::Instant::now();
+                }
+                fresh
+            };
+            if fresh {
+                return Ok(Arc::clone(entry));
+            }
         }
-        let spec = self
-            .load(name)
-            .await?
-            .ok_or_else(|| PolicyError::Unknown(name.to_owned()))?;
+        let Some(spec) = self.load(name).await? else {
+            self.write().remove(name);
+            return Err(PolicyError::Unknown(name.to_owned()));
+        };
+        if let Some(entry) = cached
+            && entry.spec == spec
+        {
+            return Ok(entry);
+        }
+        // New here, or changed through another server: a fresh limiter for the new rule.
         let entry = self.entry(name, spec, "api")?;
-        Ok(Arc::clone(
-            self.write().entry(name.to_owned()).or_insert(entry),
-        ))
+        self.write().insert(name.to_owned(), Arc::clone(&entry));
+        Ok(entry)
     }
 
     async fn load(&self, name: &str) -> Result<Option<PolicySpec>, sqlx::Error> {

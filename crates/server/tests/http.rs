@@ -1974,3 +1974,53 @@ async fn limits_are_defined_checked_and_listed_over_http() -> anyhow::Result<()>
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_policy_changed_through_one_server_reaches_the_others() -> anyhow::Result<()> {
+    for db in TestDb::all().await {
+        let a = Running::start(config_for(&db)).await?;
+        let b = Running::start(config_for(&db)).await?;
+        let http = reqwest::Client::new();
+        let client = client_token(&http, &a).await?;
+        let define = |limit: u64| {
+            http.put(a.url("/v1/limits/shared"))
+                .bearer_auth(a.admin())
+                .json(&json!({"algorithm": "fixed_window", "limit": limit, "period_ms": 60_000}))
+                .send()
+        };
+        let check_on_b = || {
+            http.post(b.url("/v1/limits/shared/check"))
+                .bearer_auth(&client)
+                .json(&json!({"key": "k"}))
+                .send()
+        };
+        ensure!(define(1).await?.status() == StatusCode::CREATED);
+        let first: Value = check_on_b().await?.json().await?;
+        let second: Value = check_on_b().await?.json().await?;
+        ensure!(
+            first["allowed"] == true && second["allowed"] == false,
+            "{first} {second}"
+        );
+        ensure!(define(3).await?.status() == StatusCode::NO_CONTENT);
+        tokio::time::sleep(onephase_server::limit::POLICY_REFRESH + Duration::from_millis(200))
+            .await;
+        let after: Value = check_on_b().await?.json().await?;
+        ensure!(
+            after["allowed"] == true && after["limit"] == 3,
+            "B follows the redefinition: {after}"
+        );
+        let removed = http
+            .delete(a.url("/v1/limits/shared"))
+            .bearer_auth(a.admin())
+            .send()
+            .await?;
+        ensure!(removed.status() == StatusCode::NO_CONTENT);
+        tokio::time::sleep(onephase_server::limit::POLICY_REFRESH + Duration::from_millis(200))
+            .await;
+        problem(check_on_b().await?, StatusCode::NOT_FOUND).await?;
+        b.stop().await?;
+        a.stop().await?;
+        db.close().await?;
+    }
+    Ok(())
+}
