@@ -10,7 +10,12 @@ fn processes_suite() {
 }
 
 #[cfg(feature = "redis")]
+#[path = "common/mod.rs"]
+mod common;
+
+#[cfg(feature = "redis")]
 mod suite {
+    use super::common;
     use std::io::Write as _;
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -72,18 +77,6 @@ mod suite {
             writeln!(out, "admitted {at}")?;
         }
         Ok(())
-    }
-
-    fn most_within(times: &[i64], len: i64) -> usize {
-        let mut most = 0;
-        let mut start = 0;
-        for end in 0..times.len() {
-            while times[end] - times[start] >= len {
-                start += 1;
-            }
-            most = most.max(end - start + 1);
-        }
-        most
     }
 
     #[tokio::test]
@@ -163,30 +156,7 @@ mod suite {
             }
             times.sort_unstable();
             let limit = usize::try_from(LIMIT)?;
-            let per_period = most_within(&times, PERIOD_US);
-            let mut per_window = std::collections::HashMap::new();
-            for t in &times {
-                *per_window.entry(t.div_euclid(PERIOD_US)).or_insert(0_usize) += 1;
-            }
-            let per_window = per_window.values().copied().max().unwrap_or(0);
-            eprintln!(
-                "{algorithm}: {} admitted over 3 processes, at most {per_window} per window, {per_period} per period",
-                times.len()
-            );
-            ensure!(
-                times.len() >= 3 * limit,
-                "{algorithm}: only {} admitted",
-                times.len()
-            );
-            match algorithm {
-                Algorithm::Gcra => ensure!(per_period <= 2 * limit, "{algorithm}: {per_period}"),
-                Algorithm::FixedWindow => ensure!(per_window <= limit, "{algorithm}: {per_window}"),
-                Algorithm::SlidingLog => ensure!(per_period <= limit, "{algorithm}: {per_period}"),
-                Algorithm::SlidingWindow => ensure!(
-                    per_window <= limit && per_period < 2 * limit,
-                    "{algorithm}: {per_window}/{per_period}"
-                ),
-            }
+            common::check_bounds(algorithm, &times, PERIOD_US, limit, "over 3 processes")?;
         }
         Ok(())
     }

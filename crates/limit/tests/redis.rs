@@ -10,7 +10,12 @@ fn redis_suite() {
 }
 
 #[cfg(feature = "redis")]
+#[path = "common/mod.rs"]
+mod common;
+
+#[cfg(feature = "redis")]
 mod suite {
+    use super::common;
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
@@ -68,26 +73,6 @@ mod suite {
     }
 
     /// The most admissions in any interval of `len` µs.
-    fn most_within(times: &[i64], len: i64) -> usize {
-        let mut most = 0;
-        let mut start = 0;
-        for end in 0..times.len() {
-            while times[end] - times[start] >= len {
-                start += 1;
-            }
-            most = most.max(end - start + 1);
-        }
-        most
-    }
-
-    fn most_per_window(times: &[i64], period: i64) -> usize {
-        let mut counts = std::collections::HashMap::new();
-        for t in times {
-            *counts.entry(t.div_euclid(period)).or_insert(0) += 1;
-        }
-        counts.values().copied().max().unwrap_or(0)
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn many_nodes_on_one_key_never_exceed_the_limit() -> anyhow::Result<()> {
         let Some(url) = engine_url(Engine::Redis) else {
@@ -100,27 +85,7 @@ mod suite {
             let policy = Policy::new(algorithm, limit, period)?;
             let times = hammer(&url, policy, Duration::from_millis(1_600)).await?;
             let limit = usize::try_from(limit)?;
-            let per_window = most_per_window(&times, period_us);
-            let per_period = most_within(&times, period_us);
-            eprintln!(
-                "{algorithm}: {} admitted, at most {per_window} per window, {per_period} per period",
-                times.len()
-            );
-            ensure!(
-                times.len() >= 3 * limit,
-                "{algorithm}: only {} admitted",
-                times.len()
-            );
-            match algorithm {
-                // Burst (= limit) at once, then one per period/limit.
-                Algorithm::Gcra => ensure!(per_period <= 2 * limit, "{algorithm}: {per_period}"),
-                Algorithm::FixedWindow => ensure!(per_window <= limit, "{algorithm}: {per_window}"),
-                Algorithm::SlidingLog => ensure!(per_period <= limit, "{algorithm}: {per_period}"),
-                Algorithm::SlidingWindow => ensure!(
-                    per_window <= limit && per_period < 2 * limit,
-                    "{algorithm}: {per_window} per window, {per_period} per period"
-                ),
-            }
+            common::check_bounds(algorithm, &times, period_us, limit, "over 3 connections")?;
         }
         Ok(())
     }
