@@ -12,6 +12,8 @@
 //! - [`LocalLimiter`]: in process, sharded, idle keys forgotten without a maintenance call.
 //! - `RedisLimiter` (feature `redis`): one `EVALSHA` per decision on the Redis server's clock,
 //!   failing open, closed or with an error when Redis cannot answer in time.
+//! - `StoreLimiter` (feature `store`): in the onephase store, one statement per decision on
+//!   PostgreSQL (on the database server's clock), one transaction on SQLite.
 //! - [`layer`] (feature `http`): a tower layer answering 429 with `Retry-After` and the IETF
 //!   `RateLimit-Policy` / `RateLimit` headers, keyed by IP, a header or a closure.
 //!
@@ -31,6 +33,7 @@ mod algorithm;
 mod concurrency;
 mod decision;
 mod error;
+mod fallback;
 #[cfg(feature = "http")]
 pub mod layer;
 mod limiter;
@@ -38,13 +41,18 @@ mod local;
 mod policy;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "store")]
+mod store;
 
 pub use algorithm::{State, decide};
 pub use concurrency::{ConcurrencyLimiter, Permit, Saturated};
 pub use decision::{Decision, Fallback};
 pub use error::LimitError;
+pub use fallback::FailMode;
 pub use limiter::Limiter;
 pub use local::LocalLimiter;
 pub use policy::{Algorithm, MAX_LIMIT, MAX_PERIOD, MIN_PERIOD, Policy};
 #[cfg(feature = "redis")]
-pub use redis::{FailMode, RedisConcurrencyLimiter, RedisLimiter, RedisPermit};
+pub use redis::{RedisConcurrencyLimiter, RedisLimiter, RedisPermit};
+#[cfg(feature = "store")]
+pub use store::{MAX_STORE_KEY, StoreLimiter, migrations};

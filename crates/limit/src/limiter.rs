@@ -34,3 +34,14 @@ impl Limiter for crate::RedisLimiter {
         crate::RedisLimiter::policy(self)
     }
 }
+
+#[cfg(feature = "store")]
+impl Limiter for crate::StoreLimiter {
+    fn check<'a>(&'a self, key: &'a str, cost: u64) -> BoxFuture<'a, Result<Decision, LimitError>> {
+        crate::StoreLimiter::check(self, key, cost).boxed()
+    }
+
+    fn policy(&self) -> &Policy {
+        crate::StoreLimiter::policy(self)
+    }
+}

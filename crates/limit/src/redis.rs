@@ -8,7 +8,7 @@ use redis::Script;
 use redis::aio::ConnectionManager;
 
 use crate::decision::micros;
-use crate::{Algorithm, Decision, Fallback, LimitError, Policy};
+use crate::{Algorithm, Decision, FailMode, LimitError, Policy};
 
 /// Reads the server's time in microseconds into `now`. Lua numbers are doubles, exact to 2^53
 /// (about 285 years of microseconds); large ones are passed to Redis through
@@ -110,18 +110,6 @@ end
 return {0, remaining, reset, wait, now}
 ";
 
-/// What a limiter does when Redis cannot be asked in time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailMode {
-    /// Admit, uncounted, and say so ([`Fallback::FailedOpen`]). The default: an outage of
-    /// the limiter's store does not become an outage of the service.
-    Open,
-    /// Refuse, and say so ([`Fallback::FailedClosed`]).
-    Closed,
-    /// Return [`LimitError::Store`].
-    Error,
-}
-
 /// A keyed limiter whose state lives in Redis, shared by every process that uses the same
 /// Redis, key prefix and policy.
 #[derive(Clone)]
@@ -214,21 +202,7 @@ impl RedisLimiter {
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("no answer within {} ms", self.timeout.as_millis()),
         };
-        tracing::warn!(error = %failure, fail_mode = ?self.fail_mode, "rate-limit store failed");
-        let fallback = |allowed, fallback| Decision {
-            allowed,
-            limit: self.policy.limit(),
-            remaining: 0,
-            reset_after: Duration::ZERO,
-            retry_after: (!allowed).then_some(Duration::from_secs(1)),
-            fallback: Some(fallback),
-            decided_at_us: None,
-        };
-        match self.fail_mode {
-            FailMode::Open => Ok(fallback(true, Fallback::FailedOpen)),
-            FailMode::Closed => Ok(fallback(false, Fallback::FailedClosed)),
-            FailMode::Error => Err(LimitError::Store(failure)),
-        }
+        self.fail_mode.decide(&self.policy, failure)
     }
 }
 

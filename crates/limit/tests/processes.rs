@@ -1,19 +1,23 @@
 //! Exactness across OS processes: three processes of this test binary, two of them with their
-//! clocks skewed by +30 s and −30 s (`faketime`), each with 16 tasks, hammer one Redis key. The
-//! admissions, timed on the Redis clock, hold each algorithm's bound: the clients' clocks
-//! enter no decision.
+//! clocks skewed by +30 s and −30 s (`faketime`), each with 16 tasks, hammer one key in Redis,
+//! then in PostgreSQL. The admissions, timed on the store's clock, hold each algorithm's
+//! bound: the clients' clocks enter no decision.
 
-#[cfg(not(feature = "redis"))]
+#[cfg(not(all(feature = "redis", feature = "store")))]
 #[test]
 fn processes_suite() {
-    onephase_testkit::engine_not_built(onephase_testkit::Engine::Redis, "onephase-limit", "redis");
+    onephase_testkit::engine_not_built(
+        onephase_testkit::Engine::Redis,
+        "onephase-limit",
+        "redis,store",
+    );
 }
 
-#[cfg(feature = "redis")]
+#[cfg(all(feature = "redis", feature = "store"))]
 #[path = "common/mod.rs"]
 mod common;
 
-#[cfg(feature = "redis")]
+#[cfg(all(feature = "redis", feature = "store"))]
 mod suite {
     use super::common;
     use std::io::Write as _;
@@ -21,8 +25,9 @@ mod suite {
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
     use anyhow::{Context as _, ensure};
-    use onephase_limit::{Algorithm, FailMode, Policy, RedisLimiter};
-    use onephase_testkit::{Engine, engine_url, engines_required};
+    use onephase_limit::{Algorithm, FailMode, Limiter, Policy, RedisLimiter, StoreLimiter};
+    use onephase_store::Store;
+    use onephase_testkit::{Engine, TestDb, engine_url, engines_required};
 
     const WORKER: &str = "ONEPHASE_LIMIT_WORKER";
     const TASKS: usize = 16;
@@ -48,14 +53,24 @@ mod suite {
         let prefix = parts.next().context("prefix")?.to_owned();
         let run_ms: u64 = parts.next().context("run")?.parse()?;
         let policy = Policy::new(algorithm, LIMIT, Duration::from_micros(PERIOD_US as u64))?;
-        let conn = redis::aio::ConnectionManager::new(redis::Client::open(url)?).await?;
-        let limiter = RedisLimiter::new(conn, policy, prefix)
-            .with_fail_mode(FailMode::Error)
-            .with_timeout(Duration::from_secs(5));
+        let limiter: Arc<dyn Limiter> = if url.starts_with("postgres") {
+            Arc::new(
+                StoreLimiter::new(Store::connect(&url).await?, policy, prefix)?
+                    .with_fail_mode(FailMode::Error)
+                    .with_timeout(Duration::from_secs(5)),
+            )
+        } else {
+            let conn = redis::aio::ConnectionManager::new(redis::Client::open(url)?).await?;
+            Arc::new(
+                RedisLimiter::new(conn, policy, prefix)
+                    .with_fail_mode(FailMode::Error)
+                    .with_timeout(Duration::from_secs(5)),
+            )
+        };
         let admitted = Arc::new(Mutex::new(Vec::new()));
         let tasks: Vec<_> = (0..TASKS)
             .map(|_| {
-                let (limiter, admitted) = (limiter.clone(), Arc::clone(&admitted));
+                let (limiter, admitted) = (Arc::clone(&limiter), Arc::clone(&admitted));
                 tokio::spawn(async move {
                     let end = tokio::time::Instant::now() + Duration::from_millis(run_ms);
                     while tokio::time::Instant::now() < end {
@@ -84,9 +99,13 @@ mod suite {
         if std::env::var(WORKER).is_ok() {
             return Ok(());
         }
-        let Some(url) = engine_url(Engine::Redis) else {
+        let Some(redis) = engine_url(Engine::Redis) else {
             return Ok(());
         };
+        let Some(db) = TestDb::postgres().await else {
+            return Ok(());
+        };
+        db.store().migrate(&[onephase_limit::migrations()]).await?;
         let faketime = std::process::Command::new("faketime")
             .arg("-f")
             .arg("+0s")
@@ -101,63 +120,67 @@ mod suite {
             return Ok(());
         }
         let exe = std::env::current_exe()?;
-        for algorithm in Algorithm::ALL {
-            let nanos = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0);
-            let prefix = format!("onephase-test:processes:{algorithm}:{nanos:x}:");
-            let spec = format!("{url},{algorithm},{prefix},1600");
-            let mut children = Vec::new();
-            for skew in ["+0s", "+30s", "-30s"] {
-                children.push((
-                    skew,
-                    tokio::process::Command::new("faketime")
-                        .arg("-f")
-                        .arg(skew)
-                        .arg(&exe)
-                        .args([
-                            "suite::worker",
-                            "--exact",
-                            "--nocapture",
-                            "--test-threads",
-                            "1",
-                        ])
-                        .env(WORKER, &spec)
-                        .stdout(std::process::Stdio::piped())
-                        .stderr(std::process::Stdio::inherit())
-                        .spawn()?,
-                ));
-            }
-            let mut times = Vec::new();
-            for (skew, child) in children {
-                let started = now_us();
-                let out = child.wait_with_output().await?;
-                ensure!(out.status.success(), "worker {skew} failed: {}", out.status);
-                let text = String::from_utf8_lossy(&out.stdout);
-                // libtest prints "test suite::worker ... " before the first line.
-                let clock: i64 = text
-                    .lines()
-                    .find_map(|l| l.find("clock ").map(|at| &l[at + 6..]))
-                    .context("the worker printed no clock")?
-                    .trim()
-                    .parse()?;
-                let offset_s = (clock - started) as f64 / 1e6;
-                let expected: f64 = skew.trim_end_matches('s').parse()?;
-                ensure!(
-                    (offset_s - expected).abs() < 5.0,
-                    "worker {skew} had a clock {offset_s:.1} s off"
-                );
-                for line in text.lines() {
-                    if let Some(at) = line.find("admitted ").map(|at| &line[at + 9..]) {
-                        times.push(at.trim().parse::<i64>()?);
+        for (store, url) in [("Redis", redis.as_str()), ("PostgreSQL", db.url())] {
+            for algorithm in Algorithm::ALL {
+                let nanos = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0);
+                let prefix = format!("onephase-test:processes:{algorithm}:{nanos:x}:");
+                let spec = format!("{url},{algorithm},{prefix},1600");
+                let mut children = Vec::new();
+                for skew in ["+0s", "+30s", "-30s"] {
+                    children.push((
+                        skew,
+                        tokio::process::Command::new("faketime")
+                            .arg("-f")
+                            .arg(skew)
+                            .arg(&exe)
+                            .args([
+                                "suite::worker",
+                                "--exact",
+                                "--nocapture",
+                                "--test-threads",
+                                "1",
+                            ])
+                            .env(WORKER, &spec)
+                            .stdout(std::process::Stdio::piped())
+                            .stderr(std::process::Stdio::inherit())
+                            .spawn()?,
+                    ));
+                }
+                let mut times = Vec::new();
+                for (skew, child) in children {
+                    let started = now_us();
+                    let out = child.wait_with_output().await?;
+                    ensure!(out.status.success(), "worker {skew} failed: {}", out.status);
+                    let text = String::from_utf8_lossy(&out.stdout);
+                    // libtest prints "test suite::worker ... " before the first line.
+                    let clock: i64 = text
+                        .lines()
+                        .find_map(|l| l.find("clock ").map(|at| &l[at + 6..]))
+                        .context("the worker printed no clock")?
+                        .trim()
+                        .parse()?;
+                    let offset_s = (clock - started) as f64 / 1e6;
+                    let expected: f64 = skew.trim_end_matches('s').parse()?;
+                    ensure!(
+                        (offset_s - expected).abs() < 5.0,
+                        "worker {skew} had a clock {offset_s:.1} s off"
+                    );
+                    for line in text.lines() {
+                        if let Some(at) = line.find("admitted ").map(|at| &line[at + 9..]) {
+                            times.push(at.trim().parse::<i64>()?);
+                        }
                     }
                 }
+                times.sort_unstable();
+                let limit = usize::try_from(LIMIT)?;
+                let what = format!("over 3 processes on {store}");
+                common::check_bounds(algorithm, &times, PERIOD_US, limit, &what)?;
             }
-            times.sort_unstable();
-            let limit = usize::try_from(LIMIT)?;
-            common::check_bounds(algorithm, &times, PERIOD_US, limit, "over 3 processes")?;
         }
+        db.close().await?;
         Ok(())
     }
 }
