@@ -14,6 +14,8 @@
 //!   failing open, closed or with an error when Redis cannot answer in time.
 //! - `StoreLimiter` (feature `store`): in the onephase store, one statement per decision on
 //!   PostgreSQL (on the database server's clock), one transaction on SQLite.
+//! - [`HybridLimiter`]: decisions in process against a shared limit, leasing allowance from
+//!   Redis or the database in chunks, with a stated over-admission bound.
 //! - [`layer`] (feature `http`): a tower layer answering 429 with `Retry-After` and the IETF
 //!   `RateLimit-Policy` / `RateLimit` headers, keyed by IP, a header or a closure.
 //!
@@ -34,6 +36,7 @@ mod concurrency;
 mod decision;
 mod error;
 mod fallback;
+mod hybrid;
 #[cfg(feature = "http")]
 pub mod layer;
 mod limiter;
@@ -49,6 +52,7 @@ pub use concurrency::{ConcurrencyLimiter, Permit, Saturated};
 pub use decision::{Decision, Fallback};
 pub use error::LimitError;
 pub use fallback::FailMode;
+pub use hybrid::HybridLimiter;
 pub use limiter::Limiter;
 pub use local::LocalLimiter;
 pub use policy::{Algorithm, MAX_LIMIT, MAX_PERIOD, MIN_PERIOD, Policy};

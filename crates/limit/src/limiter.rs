@@ -45,3 +45,13 @@ impl Limiter for crate::StoreLimiter {
         crate::StoreLimiter::policy(self)
     }
 }
+
+impl Limiter for crate::HybridLimiter {
+    fn check<'a>(&'a self, key: &'a str, cost: u64) -> BoxFuture<'a, Result<Decision, LimitError>> {
+        crate::HybridLimiter::check(self, key, cost).boxed()
+    }
+
+    fn policy(&self) -> &Policy {
+        crate::HybridLimiter::policy(self)
+    }
+}

@@ -38,6 +38,19 @@ pub fn check_bounds(
     limit: usize,
     what: &str,
 ) -> anyhow::Result<()> {
+    check_bounds_within(algorithm, times, period_us, limit, 0, what)
+}
+
+/// [`check_bounds`] allowing `slack` more admissions in every interval and window (the
+/// hybrid limiter's leases outstanding).
+pub fn check_bounds_within(
+    algorithm: Algorithm,
+    times: &[i64],
+    period_us: i64,
+    limit: usize,
+    slack: usize,
+    what: &str,
+) -> anyhow::Result<()> {
     let per_window = most_per_window(times, period_us);
     let per_period = most_within(times, period_us);
     eprintln!(
@@ -51,11 +64,11 @@ pub fn check_bounds(
     );
     match algorithm {
         // Burst (= limit) at once, then one per period/limit.
-        Algorithm::Gcra => ensure!(per_period <= 2 * limit, "{algorithm}: {per_period}"),
-        Algorithm::FixedWindow => ensure!(per_window <= limit, "{algorithm}: {per_window}"),
-        Algorithm::SlidingLog => ensure!(per_period <= limit, "{algorithm}: {per_period}"),
+        Algorithm::Gcra => ensure!(per_period <= 2 * limit + slack, "{algorithm}: {per_period}"),
+        Algorithm::FixedWindow => ensure!(per_window <= limit + slack, "{algorithm}: {per_window}"),
+        Algorithm::SlidingLog => ensure!(per_period <= limit + slack, "{algorithm}: {per_period}"),
         Algorithm::SlidingWindow => ensure!(
-            per_window <= limit && per_period < 2 * limit,
+            per_window <= limit + slack && per_period < 2 * limit + slack,
             "{algorithm}: {per_window} per window, {per_period} per period"
         ),
     }
