@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! eval "$(scripts/engines.sh)"        # for Redis
-//! cargo bench -p onephase-limit --features redis --bench limit
+//! cargo bench -p onephase-limit --features redis,store --bench limit
 //! ```
 //!
 //! - **Local**: 1,000,000 units per second with bursts of 1,000,000 (so nearly every check is
@@ -14,6 +14,12 @@
 //! - **Redis**: 64 tasks on one multiplexed connection (`ConnectionManager`) checking one key
 //!   (GCRA, `EVALSHA`), against the same 64 tasks sending `INCR` on the same setup (the
 //!   raw limit of one round trip per decision).
+//! - **Hybrid**: the same 64 tasks checking one key through a `HybridLimiter` leasing chunks
+//!   of 100 and of 1,000 units (0.01 % and 0.1 % of the limit) from that Redis limiter, against
+//!   the Redis limiter itself.
+//! - **PostgreSQL**: 64 tasks on a pool of 16 checking one key (GCRA, one statement), against
+//!   the same tasks running `UPDATE ... SET n = n + 1` on one row (the raw limit of a locked
+//!   row written per decision).
 //!
 //! Results go to `bench/results/limit.json` and a Markdown table on stdout.
 
@@ -23,7 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use governor::{Quota, RateLimiter};
-use onephase_limit::{Algorithm, LocalLimiter, Policy, RedisLimiter};
+use onephase_limit::{Algorithm, HybridLimiter, LocalLimiter, Policy, RedisLimiter, StoreLimiter};
 use onephase_testkit::{Engine, engine_url};
 use serde_json::{Value, json};
 
@@ -105,52 +111,75 @@ fn local_rows() -> AnyResult<Vec<Row>> {
     Ok(rows)
 }
 
+const CALLERS: usize = 64;
+const RUN: Duration = Duration::from_secs(3);
+
+/// Runs `work` from [`CALLERS`] tasks for [`RUN`]; calls per second.
+async fn rate<F, Fut>(work: F) -> AnyResult<f64>
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = AnyResult<()>> + Send,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..CALLERS)
+        .map(|_| {
+            let (work, stop, done) = (work.clone(), Arc::clone(&stop), Arc::clone(&done));
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    work().await?;
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                AnyResult::Ok(())
+            })
+        })
+        .collect();
+    tokio::time::sleep(RUN).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await??;
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+}
 async fn redis_rows(url: &str) -> AnyResult<Vec<Row>> {
-    const CALLERS: usize = 64;
-    const RUN: Duration = Duration::from_secs(3);
     let conn = redis::aio::ConnectionManager::new(redis::Client::open(url)?).await?;
     let policy = Policy::new(Algorithm::Gcra, 1_000_000, Duration::from_secs(1))?;
     let nanos = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
     let limiter = RedisLimiter::new(conn.clone(), policy, format!("onephase-bench:{nanos}:"))
         .with_timeout(Duration::from_secs(5));
-    async fn rate<F, Fut>(work: F) -> AnyResult<f64>
-    where
-        F: Fn() -> Fut + Clone + Send + 'static,
-        Fut: std::future::Future<Output = AnyResult<()>> + Send,
-    {
-        let stop = Arc::new(AtomicBool::new(false));
-        let done = Arc::new(AtomicU64::new(0));
-        let started = Instant::now();
-        let tasks: Vec<_> = (0..CALLERS)
-            .map(|_| {
-                let (work, stop, done) = (work.clone(), Arc::clone(&stop), Arc::clone(&done));
-                tokio::spawn(async move {
-                    while !stop.load(Ordering::Relaxed) {
-                        work().await?;
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                    AnyResult::Ok(())
-                })
-            })
-            .collect();
-        tokio::time::sleep(RUN).await;
-        stop.store(true, Ordering::Relaxed);
-        for t in tasks {
-            t.await??;
-        }
-        Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
-    }
-    let onephase = rate(move || {
+    let hybrid_100 = Arc::new(HybridLimiter::new(Arc::new(limiter.clone()), 100)?);
+    let hybrid_1000 = Arc::new(HybridLimiter::new(Arc::new(limiter.clone()), 1000)?);
+    let onephase = rate({
         let limiter = limiter.clone();
-        async move {
-            let d = limiter.check("one-key", 1).await?;
-            if d.fallback.is_some() {
-                return Err("Redis did not answer".into());
+        move || {
+            let limiter = limiter.clone();
+            async move {
+                let d = limiter.check("one-key", 1).await?;
+                if d.fallback.is_some() {
+                    return Err("Redis did not answer".into());
+                }
+                Ok(())
             }
-            Ok(())
         }
     })
     .await?;
+    let mut hybrid = Vec::new();
+    for limiter in [hybrid_100, hybrid_1000] {
+        hybrid.push(
+            rate(move || {
+                let limiter = Arc::clone(&limiter);
+                async move {
+                    let d = limiter.check("hybrid-key", 1).await?;
+                    if d.fallback.is_some() || !d.allowed {
+                        return Err(format!("the hybrid limiter answered {d:?}").into());
+                    }
+                    Ok(())
+                }
+            })
+            .await?,
+        );
+    }
     let counter = format!("onephase-bench:{nanos}:incr");
     let raw = rate(move || {
         let (mut conn, counter) = (conn.clone(), counter.clone());
@@ -163,10 +192,85 @@ async fn redis_rows(url: &str) -> AnyResult<Vec<Row>> {
         }
     })
     .await?;
+    Ok(vec![
+        Row {
+            case: format!("Redis GCRA, one key, {CALLERS} callers"),
+            onephase,
+            baseline: "INCR, same connection setup",
+            raw,
+        },
+        Row {
+            case: format!("hybrid over Redis (chunks of 100), one key, {CALLERS} callers"),
+            onephase: hybrid[0],
+            baseline: "Redis GCRA (EVALSHA per decision)",
+            raw: onephase,
+        },
+        Row {
+            case: format!("hybrid over Redis (chunks of 1,000), one key, {CALLERS} callers"),
+            onephase: hybrid[1],
+            baseline: "Redis GCRA (EVALSHA per decision)",
+            raw: onephase,
+        },
+    ])
+}
+
+async fn postgres_rows(url: &str) -> AnyResult<Vec<Row>> {
+    use onephase_store::{Store, StoreOptions};
+    let db = format!("onephase_bench_limit_{}", std::process::id());
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(url).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db}")))
+        .execute(&mut admin)
+        .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+        .execute(&mut admin)
+        .await?;
+    let db_url = match url.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{db}"),
+        None => return Err("a PostgreSQL URL with a database".into()),
+    };
+    let mut options = StoreOptions::default();
+    options.max_connections = 16;
+    let store = Store::connect_with(&db_url, &options).await?;
+    store.migrate(&[onephase_limit::migrations()]).await?;
+    let policy = Policy::new(Algorithm::Gcra, 1_000_000, Duration::from_secs(1))?;
+    let limiter =
+        StoreLimiter::new(store.clone(), policy, "bench:")?.with_timeout(Duration::from_secs(5));
+    let onephase = rate(move || {
+        let limiter = limiter.clone();
+        async move {
+            let d = limiter.check("one-key", 1).await?;
+            if d.fallback.is_some() {
+                return Err("PostgreSQL did not answer".into());
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    let pool = store.as_postgres().ok_or("PostgreSQL")?.clone();
+    sqlx::query("CREATE TABLE counter (id INT PRIMARY KEY, n BIGINT NOT NULL)")
+        .execute(&pool)
+        .await?;
+    sqlx::query("INSERT INTO counter VALUES (1, 0)")
+        .execute(&pool)
+        .await?;
+    let raw = rate(move || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query("UPDATE counter SET n = n + 1 WHERE id = 1")
+                .execute(&pool)
+                .await?;
+            Ok(())
+        }
+    })
+    .await?;
+    store.close().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db}")))
+        .execute(&mut admin)
+        .await?;
     Ok(vec![Row {
-        case: format!("Redis GCRA, one key, {CALLERS} callers"),
+        case: format!("PostgreSQL GCRA, one key, {CALLERS} callers, pool of 16"),
         onephase,
-        baseline: "INCR, same connection setup",
+        baseline: "UPDATE n = n + 1 on one row, same pool",
         raw,
     }])
 }
@@ -178,6 +282,12 @@ fn main() -> AnyResult<()> {
             .enable_all()
             .build()?;
         rows.extend(runtime.block_on(redis_rows(&url))?);
+    }
+    if let Some(url) = engine_url(Engine::Postgres) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        rows.extend(runtime.block_on(postgres_rows(&url))?);
     }
     println!("| case | onephase decisions/s | baseline | baseline/s | ratio |");
     println!("|---|---|---|---|---|");

@@ -2,21 +2,23 @@
 //! chunks and spends it in process.
 //!
 //! A check that finds enough leased units for its key takes them under a shard lock, without
-//! a round trip. When the units run out, one task per key asks the shared limiter for a chunk
-//! (a check of `chunk` units, so the shared store counts them the moment they are leased) and
-//! the others wait for it. A refusal is remembered until its `retry_after`, so a refused key
-//! costs no round trip either.
+//! a round trip. When fewer than half a chunk is left, a background task leases the next chunk
+//! (a check of `chunk` units, so the shared store counts them the moment they are leased), so
+//! that a busy key does not stall on the round trip; a check that finds too few units waits
+//! for the one lease in flight per key, or makes it. A refusal is remembered until its
+//! `retry_after`, so a refused key costs no round trip either.
 //!
 //! # The bound
 //!
 //! Every unit admitted was counted by the shared store when it was leased, and a node holds
-//! fewer than `max(chunk, cost)` unspent units at any moment. So in any interval, the units
-//! admitted by `N` nodes are at most what the shared policy admits in that interval plus
-//! `N × chunk`: the over-admission is bounded by the leases outstanding when it began, whatever
-//! the algorithm. Leases lapse after `lease_ttl` unspent, so old allowance is not spent late.
-//! The price is under-admission: units leased and not spent before they lapse (at most
-//! `chunk` per node and key per `lease_ttl`) are lost to everyone until the shared policy
-//! forgets them.
+//! fewer than `chunk + chunk / 2` unspent units of a key at any moment (or fewer than the
+//! cost of one check, if that is larger). So in any interval, the units admitted by `N` nodes
+//! are at most what the shared policy admits in that interval plus
+//! `N × (chunk + ⌊(chunk − 1) / 2⌋)`: the over-admission is bounded by the leases outstanding
+//! when the interval began, whatever the algorithm. Leases lapse after `lease_ttl` unspent, so
+//! old allowance is not spent late. The price is under-admission: units leased and not spent
+//! before they lapse (at most that many per node and key per `lease_ttl`) are lost to everyone
+//! until the shared policy forgets them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -50,6 +52,10 @@ struct Allowance {
     refused: Option<(Instant, u64, Decision)>,
     /// Held by the one task leasing for this key.
     lease: Arc<tokio::sync::Mutex<()>>,
+    /// Whether a lease ahead of need is in flight.
+    prefetching: bool,
+    /// No lease ahead of need before this (the shared limit refused one).
+    quiet_until: Instant,
 }
 
 impl Allowance {
@@ -60,7 +66,19 @@ impl Allowance {
             reset_at: now,
             refused: None,
             lease: Arc::new(tokio::sync::Mutex::new(())),
+            prefetching: false,
+            quiet_until: now,
         }
+    }
+
+    /// Whether to lease the next chunk now, ahead of need: fewer than half a chunk is left.
+    fn wants_prefetch(&mut self, chunk: u64, now: Instant) -> bool {
+        let wants =
+            chunk > 1 && self.units * 2 < chunk && !self.prefetching && now >= self.quiet_until;
+        if wants {
+            self.prefetching = true;
+        }
+        wants
     }
 
     /// Spends `cost` leased units, or repeats a standing refusal, if either applies.
@@ -124,9 +142,26 @@ pub struct HybridLimiter {
     shared: Arc<dyn Limiter>,
     chunk: u64,
     lease_ttl: Duration,
-    shards: Box<[Padded]>,
-    hasher: std::hash::RandomState,
+    shards: Shards,
     clock: SharedClock,
+}
+
+/// The per-key allowances, shared with the tasks leasing ahead of need.
+#[derive(Clone)]
+struct Shards {
+    shards: Arc<[Padded]>,
+    hasher: std::hash::RandomState,
+}
+
+impl Shards {
+    fn of(&self, key: &str) -> std::sync::MutexGuard<'_, Shard> {
+        let hash = std::hash::BuildHasher::hash_one(&self.hasher, key);
+        let index = usize::try_from(hash % SHARDS as u64).unwrap_or(0);
+        self.shards[index]
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 impl std::fmt::Debug for HybridLimiter {
@@ -154,10 +189,12 @@ impl HybridLimiter {
             shared,
             chunk,
             lease_ttl: policy.period().min(Duration::from_secs(1)),
-            shards: (0..SHARDS)
-                .map(|_| Padded(Mutex::new(Shard::default())))
-                .collect(),
-            hasher: std::hash::RandomState::new(),
+            shards: Shards {
+                shards: (0..SHARDS)
+                    .map(|_| Padded(Mutex::new(Shard::default())))
+                    .collect(),
+                hasher: std::hash::RandomState::new(),
+            },
             clock: Arc::new(SystemClock),
         })
     }
@@ -185,12 +222,62 @@ impl HybridLimiter {
     }
 
     fn shard(&self, key: &str) -> std::sync::MutexGuard<'_, Shard> {
-        let hash = std::hash::BuildHasher::hash_one(&self.hasher, key);
-        let index = usize::try_from(hash % SHARDS as u64).unwrap_or(0);
-        self.shards[index]
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.shards.of(key)
+    }
+
+    /// Leases the next chunk for `key` in the background, so that the checks spending the
+    /// last units do not wait for it.
+    fn prefetch(&self, key: &str, lease: Arc<tokio::sync::Mutex<()>>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            if let Some(allowance) = self.shard(key).keys.get_mut(key) {
+                allowance.prefetching = false;
+            }
+            return;
+        };
+        let (shared, shards, clock) = (
+            Arc::clone(&self.shared),
+            self.shards.clone(),
+            Arc::clone(&self.clock),
+        );
+        let (chunk, ttl, key) = (self.chunk, self.lease_ttl, key.to_owned());
+        runtime.spawn(async move {
+            let _leasing = lease.lock().await;
+            let wanted = shards
+                .of(&key)
+                .keys
+                .get(&*key)
+                .is_some_and(|a| a.units * 2 < chunk && clock.monotonic() < a.lapses_at);
+            let decision = if wanted {
+                Some(shared.check(&key, chunk).await)
+            } else {
+                None
+            };
+            let now = clock.monotonic();
+            let mut shard = shards.of(&key);
+            let Some(allowance) = shard.keys.get_mut(&*key) else {
+                return;
+            };
+            allowance.prefetching = false;
+            match decision {
+                Some(Ok(d)) if d.allowed && d.fallback.is_none() => {
+                    if now >= allowance.lapses_at {
+                        allowance.units = 0;
+                    }
+                    allowance.units += chunk;
+                    allowance.lapses_at = now + ttl;
+                    allowance.reset_at = now + d.reset_after;
+                }
+                Some(Ok(d)) => {
+                    allowance.quiet_until =
+                        now + d.retry_after.unwrap_or(Duration::from_millis(100));
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "rate-limit lease ahead of need failed");
+                    allowance.quiet_until = now + Duration::from_millis(100);
+                }
+                None => {}
+            }
+        });
     }
 
     /// Checks `cost` units for `key`: from this process's lease when it has enough, otherwise
@@ -210,6 +297,11 @@ impl HybridLimiter {
             match shard.keys.get_mut(key) {
                 Some(allowance) => {
                     if let Some(decision) = allowance.local(&policy, now, cost) {
+                        if decision.allowed && allowance.wants_prefetch(self.chunk, now) {
+                            let lease = Arc::clone(&allowance.lease);
+                            drop(shard);
+                            self.prefetch(key, lease);
+                        }
                         return Ok(decision);
                     }
                     Arc::clone(&allowance.lease)
@@ -274,6 +366,7 @@ impl HybridLimiter {
     /// yet swept).
     pub fn len(&self) -> usize {
         self.shards
+            .shards
             .iter()
             .map(|s| s.0.lock().unwrap_or_else(|p| p.into_inner()).keys.len())
             .sum()

@@ -1,6 +1,7 @@
 //! The hybrid limiter: leases in chunks, spends them without asking, remembers refusals,
 //! lets unspent leases lapse, and over several nodes never admits more than the shared
-//! policy's bound plus one chunk per node, on a manual clock and against Redis and PostgreSQL.
+//! policy's bound plus `chunk + (chunk − 1) / 2` per node, on a manual clock and against Redis
+//! and PostgreSQL.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -134,7 +135,11 @@ async fn three_nodes_stay_within_the_bound_on_a_manual_clock() -> anyhow::Result
     for algorithm in Algorithm::ALL {
         let clock = clock()?;
         let period_us: i64 = 1_000_000;
-        let policy = Policy::new(algorithm, 30, Duration::from_micros(period_us.unsigned_abs()))?;
+        let policy = Policy::new(
+            algorithm,
+            30,
+            Duration::from_micros(period_us.unsigned_abs()),
+        )?;
         let shared = counted(policy, &clock);
         let nodes: Vec<_> = (0..3)
             .map(|_| {
@@ -152,10 +157,19 @@ async fn three_nodes_stay_within_the_bound_on_a_manual_clock() -> anyhow::Result
             if nodes[node].check("k", 1).await?.allowed {
                 times.push(now);
             }
+            // Let leases ahead of need run between checks.
+            tokio::task::yield_now().await;
         }
         // The hybrid's clock starts at 0 where the shared one starts at its creation: the
         // same instants, so the same windows.
-        common::check_bounds_within(algorithm, &times, period_us, 30, 3 * 4, "over 3 nodes")?;
+        common::check_bounds_within(
+            algorithm,
+            &times,
+            period_us,
+            30,
+            3 * (4 + 1),
+            "over 3 nodes",
+        )?;
         ensure!(
             times.len() as u64 <= shared.units.load(Ordering::Relaxed),
             "admitted more than was leased"
@@ -241,7 +255,11 @@ mod engines {
         db.store().migrate(&[onephase_limit::migrations()]).await?;
         let (limit, period_us): (u64, i64) = (40, 500_000);
         for algorithm in Algorithm::ALL {
-            let policy = Policy::new(algorithm, limit, Duration::from_micros(period_us.unsigned_abs()))?;
+            let policy = Policy::new(
+                algorithm,
+                limit,
+                Duration::from_micros(period_us.unsigned_abs()),
+            )?;
             for store in ["Redis", "PostgreSQL"] {
                 let prefix = format!("onephase-test:hybrid:{algorithm}:{}:", tag());
                 let mut nodes = Vec::new();
@@ -265,7 +283,7 @@ mod engines {
                 }
                 let times = hammer(nodes, Duration::from_millis(1_600)).await?;
                 let limit = usize::try_from(limit)?;
-                let slack = 3 * usize::try_from(CHUNK)?;
+                let slack = 3 * usize::try_from(CHUNK + (CHUNK - 1) / 2)?;
                 let what = format!("by 3 hybrid nodes on {store}");
                 common::check_bounds_within(algorithm, &times, period_us, limit, slack, &what)?;
             }
