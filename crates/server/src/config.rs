@@ -52,14 +52,16 @@
 //! max_wait_ms = 30000                # the longest an acquire request may wait
 //!
 //! [limit]                            # rate limits (all optional)
-//! redis_url = "redis://127.0.0.1:6379/"  # share counts between servers; default: each server counts alone
+//! store = "redis"                    # local | database | redis; default: redis with redis_url, else local
+//! redis_url = "redis://127.0.0.1:6379/"  # for store = "redis"
 //! [[limit.policy]]
 //! name = "api"
 //! algorithm = "gcra"                 # gcra | fixed_window | sliding_log | sliding_window
 //! limit = 100                        # units per period
 //! period_ms = 60000
 //! burst = 20                         # gcra only; default: the limit
-//! fail_mode = "open"                 # or "closed": when Redis cannot answer
+//! fail_mode = "open"                 # or "closed": when Redis or the database cannot answer
+//! chunk = 10                         # hybrid: decide in process on leases of 10 units; default: ask the store
 //! ```
 //!
 //! Unknown keys are errors, so that a typo cannot silently leave a setting at its default.
@@ -367,6 +369,24 @@ mod tests {
         let f = file("body_limit = 0\n");
         let err = ServerConfig::load(Some(f.path()), ConfigOverrides::default()).unwrap_err();
         assert!(err.to_string().contains("body_limit"), "{err}");
+
+        for (text, says) in [
+            ("[limit]\nstore = \"redis\"\n", "needs redis_url"),
+            (
+                "[limit]\nstore = \"database\"\nredis_url = \"redis://127.0.0.1/\"\n",
+                "remove one",
+            ),
+            ("[limit]\nstore = \"memcached\"\n", "memcached"),
+            (
+                "[[limit.policy]]\nname = \"a\"\nalgorithm = \"gcra\"\nlimit = 5\n\
+                 period_ms = 1000\nchunk = 6\n",
+                "chunk 6",
+            ),
+        ] {
+            let f = file(text);
+            let err = ServerConfig::load(Some(f.path()), ConfigOverrides::default()).unwrap_err();
+            assert!(err.to_string().contains(says), "{text}: {err}");
+        }
 
         let err = ServerConfig::load(Some(Path::new("/no/such/file.toml")), Default::default())
             .unwrap_err();

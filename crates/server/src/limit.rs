@@ -1,20 +1,22 @@
 //! The server's rate limits: policies from the `[limit]` settings and from the API, each with
-//! its limiter (in this process, or in Redis when `limit.redis_url` is set), and counts of
-//! decisions for the dashboard.
+//! its limiter (in this process, in the server's database, or in Redis, per `limit.store`;
+//! hybrid when the policy sets a `chunk`), and counts of decisions for the dashboard.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use onephase_limit::{Algorithm, Decision, LimitError, Limiter, LocalLimiter, Policy};
+use onephase_limit::{
+    Algorithm, Decision, HybridLimiter, LimitError, Limiter, LocalLimiter, Policy, StoreLimiter,
+};
 use onephase_store::{Db, Store};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::config::ConfigError;
 
-/// What to do when the limiter's store (Redis) cannot answer in time.
+/// What to do when the limiter's store (Redis, the database) cannot answer in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FailMode {
@@ -50,8 +52,15 @@ pub struct PolicySpec {
     /// GCRA's largest burst (default: the limit); ignored by the other algorithms.
     #[schema(minimum = 1, maximum = 1_000_000)]
     pub burst: Option<u64>,
-    /// When Redis cannot answer: `open` (default) or `closed`.
+    /// When the shared store (Redis, the database) cannot answer: `open` (default) or
+    /// `closed`.
     pub fail_mode: Option<FailMode>,
+    /// Hybrid: decide in this server on chunks of this many units leased from the shared
+    /// store (1 to the burst), admitting at most `chunk + chunk / 2` more per server than the
+    /// policy in any interval. Unset: every decision asks the store. Ignored by the local
+    /// store.
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    pub chunk: Option<u64>,
 }
 
 impl PolicySpec {
@@ -59,10 +68,19 @@ impl PolicySpec {
     pub fn policy(&self) -> Result<Policy, LimitError> {
         let algorithm: Algorithm = self.algorithm.parse()?;
         let policy = Policy::new(algorithm, self.limit, Duration::from_millis(self.period_ms))?;
-        match self.burst {
-            Some(burst) => policy.with_burst(burst),
-            None => Ok(policy),
+        let policy = match self.burst {
+            Some(burst) => policy.with_burst(burst)?,
+            None => policy,
+        };
+        if let Some(chunk) = self.chunk
+            && (chunk == 0 || chunk > policy.burst())
+        {
+            return Err(LimitError::Invalid(format!(
+                "chunk {chunk} is out of range: use 1 to the policy's burst ({})",
+                policy.burst()
+            )));
         }
+        Ok(policy)
     }
 }
 
@@ -77,12 +95,35 @@ pub struct NamedPolicy {
     pub spec: PolicySpec,
 }
 
+/// Where a server keeps its rate-limit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitStore {
+    /// In this server's memory: each server counts on its own.
+    Local,
+    /// In the server's database (`onephase_limits`), shared by every server on it.
+    Database,
+    /// In Redis at `limit.redis_url`, shared by every server using it.
+    Redis,
+}
+
+impl LimitStore {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Database => "database",
+            Self::Redis => "redis",
+        }
+    }
+}
+
 /// The `[limit]` table.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitSettings {
-    /// Keep counts in this Redis (`redis://host:6379/`), shared by every server; without it,
-    /// each server counts on its own.
+    /// `local`, `database` or `redis`. Default: `redis` when `redis_url` is set, else `local`.
+    pub store: Option<LimitStore>,
+    /// The Redis for `store = "redis"` (`redis://host:6379/`).
     pub redis_url: Option<String>,
     /// Policies defined here (read-only through the API).
     #[serde(default)]
@@ -107,6 +148,21 @@ impl LimitSettings {
                 key: "limit.policy",
                 message: format!("{}: {e}", p.name),
             })?;
+        }
+        match (self.store, &self.redis_url) {
+            (Some(LimitStore::Redis), None) => {
+                return Err(ConfigError::Invalid {
+                    key: "limit.redis_url",
+                    message: "store = \"redis\" needs redis_url".to_owned(),
+                });
+            }
+            (Some(LimitStore::Local | LimitStore::Database), Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    key: "limit.redis_url",
+                    message: "redis_url is set but store is not \"redis\": remove one".to_owned(),
+                });
+            }
+            _ => {}
         }
         if self.redis_url.is_some() && !cfg!(feature = "redis") {
             return Err(ConfigError::Invalid {
@@ -143,7 +199,7 @@ pub struct PolicyView {
     pub source: &'static str,
     /// Its definition.
     pub spec: PolicySpec,
-    /// Where counts are kept: `local` (this server) or `redis`.
+    /// Where counts are kept: `local` (this server), `database` or `redis`.
     pub store: &'static str,
     /// Checks answered by this server since it started.
     pub decisions: u64,
@@ -188,6 +244,7 @@ pub enum PolicyError {
 /// The server's policies and their limiters.
 pub struct LimitService {
     store: Store,
+    kind: LimitStore,
     #[cfg(feature = "redis")]
     redis: Option<redis::aio::ConnectionManager>,
     policies: RwLock<HashMap<String, Arc<Entry>>>,
@@ -221,8 +278,14 @@ impl LimitService {
             }
             None => None,
         };
+        let kind = settings.store.unwrap_or(if settings.redis_url.is_some() {
+            LimitStore::Redis
+        } else {
+            LimitStore::Local
+        });
         let service = Self {
             store: store.clone(),
+            kind,
             #[cfg(feature = "redis")]
             redis,
             policies: RwLock::new(HashMap::new()),
@@ -239,13 +302,9 @@ impl LimitService {
         Ok(service)
     }
 
-    /// `local` or `redis`.
+    /// `local`, `database` or `redis`.
     pub fn store_kind(&self) -> &'static str {
-        #[cfg(feature = "redis")]
-        if self.redis.is_some() {
-            return "redis";
-        }
-        "local"
+        self.kind.as_str()
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Entry>>> {
@@ -263,43 +322,67 @@ impl LimitService {
         source: &'static str,
     ) -> Result<Arc<Entry>, PolicyError> {
         let policy = spec.policy()?;
-        #[cfg(not(feature = "redis"))]
-        let _ = name;
-        let limiter: Arc<dyn Limiter> = {
-            #[cfg(feature = "redis")]
-            match &self.redis {
-                Some(conn) => {
-                    let mode = match spec.fail_mode.unwrap_or_default() {
-                        FailMode::Open => onephase_limit::FailMode::Open,
-                        FailMode::Closed => onephase_limit::FailMode::Closed,
-                    };
-                    // The definition is part of the prefix: a changed policy starts afresh
-                    // instead of reading state kept under another algorithm.
-                    let prefix = format!(
-                        "onephase:limit:{name}:{}:{}:{}:{}:",
-                        spec.algorithm,
-                        spec.limit,
-                        spec.period_ms,
-                        spec.burst.unwrap_or(spec.limit)
-                    );
-                    Arc::new(
-                        onephase_limit::RedisLimiter::new(conn.clone(), policy, prefix)
-                            .with_fail_mode(mode),
-                    )
-                }
-                None => Arc::new(LocalLimiter::new(policy)),
-            }
-            #[cfg(not(feature = "redis"))]
-            Arc::new(LocalLimiter::new(policy))
+        let mode = match spec.fail_mode.unwrap_or_default() {
+            FailMode::Open => onephase_limit::FailMode::Open,
+            FailMode::Closed => onephase_limit::FailMode::Closed,
         };
-        Ok(Arc::new(Entry {
+        // The definition is part of the prefix: a changed policy starts afresh instead of
+        // reading state kept under another algorithm.
+        let prefix = format!(
+            "onephase:limit:{name}:{}:{}:{}:{}:",
+            spec.algorithm,
+            spec.limit,
+            spec.period_ms,
+            spec.burst.unwrap_or(spec.limit)
+        );
+        let shared: Arc<dyn Limiter> = match self.kind {
+            LimitStore::Local => {
+                return Ok(self.wrap(spec, Arc::new(LocalLimiter::new(policy)), source));
+            }
+            LimitStore::Database => Arc::new(
+                StoreLimiter::new(self.store.clone(), policy, prefix)?.with_fail_mode(mode),
+            ),
+            #[cfg(feature = "redis")]
+            LimitStore::Redis => match &self.redis {
+                Some(conn) => Arc::new(
+                    onephase_limit::RedisLimiter::new(conn.clone(), policy, prefix)
+                        .with_fail_mode(mode),
+                ),
+                None => {
+                    return Err(PolicyError::Invalid(
+                        "limit.store is redis but no Redis is connected".to_owned(),
+                    ));
+                }
+            },
+            #[cfg(not(feature = "redis"))]
+            LimitStore::Redis => {
+                let _ = prefix;
+                return Err(PolicyError::Invalid(
+                    "this server was built without the `redis` feature".to_owned(),
+                ));
+            }
+        };
+        let limiter: Arc<dyn Limiter> = match spec.chunk {
+            Some(chunk) => Arc::new(HybridLimiter::new(shared, chunk)?),
+            None => shared,
+        };
+        Ok(self.wrap(spec, limiter, source))
+    }
+
+    fn wrap(
+        &self,
+        spec: PolicySpec,
+        limiter: Arc<dyn Limiter>,
+        source: &'static str,
+    ) -> Arc<Entry> {
+        Arc::new(Entry {
             spec,
             source,
             limiter,
             decisions: AtomicU64::new(0),
             rejections: AtomicU64::new(0),
             checked_at: std::sync::Mutex::new(std::time::Instant::now()),
-        }))
+        })
     }
 
     /// The policy named `name`: from the configuration, or the store (cached).
@@ -334,18 +417,20 @@ impl LimitService {
     }
 
     async fn load(&self, name: &str) -> Result<Option<PolicySpec>, sqlx::Error> {
-        let sql = "SELECT algorithm, units, period_ms, burst, fail_mode FROM onephase_limit_policies WHERE name = $1";
-        let row: Option<(String, i64, i64, Option<i64>, String)> = match self.store.db() {
-            Db::Postgres(p) => sqlx::query_as(sql).bind(name).fetch_optional(p).await?,
-            Db::Sqlite(s) => {
-                sqlx::query_as(sql)
-                    .bind(name)
-                    .fetch_optional(s.reader())
-                    .await?
-            }
-        };
+        let sql = "SELECT algorithm, units, period_ms, burst, fail_mode, chunk FROM onephase_limit_policies WHERE name = $1";
+        #[allow(clippy::type_complexity)]
+        let row: Option<(String, i64, i64, Option<i64>, String, Option<i64>)> =
+            match self.store.db() {
+                Db::Postgres(p) => sqlx::query_as(sql).bind(name).fetch_optional(p).await?,
+                Db::Sqlite(s) => {
+                    sqlx::query_as(sql)
+                        .bind(name)
+                        .fetch_optional(s.reader())
+                        .await?
+                }
+            };
         Ok(row.map(
-            |(algorithm, units, period_ms, burst, fail_mode)| PolicySpec {
+            |(algorithm, units, period_ms, burst, fail_mode, chunk)| PolicySpec {
                 algorithm,
                 limit: u64::try_from(units).unwrap_or(0),
                 period_ms: u64::try_from(period_ms).unwrap_or(0),
@@ -355,6 +440,7 @@ impl LimitService {
                 } else {
                     FailMode::Open
                 }),
+                chunk: chunk.and_then(|c| u64::try_from(c).ok()),
             },
         ))
     }
@@ -393,10 +479,10 @@ impl LimitService {
         }
         let entry = self.entry(name, spec.clone(), "api")?;
         let existed = self.load(name).await?.is_some();
-        let sql = "INSERT INTO onephase_limit_policies (name, algorithm, units, period_ms, burst, fail_mode, created_at) \
-                   VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO UPDATE SET \
+        let sql = "INSERT INTO onephase_limit_policies (name, algorithm, units, period_ms, burst, fail_mode, created_at, chunk) \
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (name) DO UPDATE SET \
                    algorithm = excluded.algorithm, units = excluded.units, period_ms = excluded.period_ms, \
-                   burst = excluded.burst, fail_mode = excluded.fail_mode";
+                   burst = excluded.burst, fail_mode = excluded.fail_mode, chunk = excluded.chunk";
         let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         macro_rules! run {
             ($pool:expr) => {
@@ -408,6 +494,7 @@ impl LimitService {
                     .bind(spec.burst.map(to_i64))
                     .bind(spec.fail_mode.unwrap_or_default().as_str())
                     .bind(now)
+                    .bind(spec.chunk.map(to_i64))
                     .execute($pool)
                     .await
                     .map(drop)?

@@ -33,6 +33,7 @@ pub fn migrations() -> Vec<Migrations> {
         onephase_saga::migrations(),
         onephase_webhook::migrations(),
         onephase_lease::migrations(),
+        onephase_limit::migrations(),
     ]
 }
 

@@ -1818,6 +1818,7 @@ async fn limits_are_defined_checked_and_listed_over_http() -> anyhow::Result<()>
                     period_ms: 60_000,
                     burst: None,
                     fail_mode: None,
+                    chunk: None,
                 },
             });
         let server = Running::start(config).await?;
@@ -1970,6 +1971,71 @@ async fn limits_are_defined_checked_and_listed_over_http() -> anyhow::Result<()>
         )
         .await?;
         server.stop().await?;
+        db.close().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn servers_on_one_database_share_its_limits_whole_or_in_chunks() -> anyhow::Result<()> {
+    for db in TestDb::all().await {
+        let shared_config = || {
+            let mut config = config_for(&db);
+            config.limit.store = Some(onephase_server::limit::LimitStore::Database);
+            config
+        };
+        let a = Running::start(shared_config()).await?;
+        let b = Running::start(shared_config()).await?;
+        let http = reqwest::Client::new();
+        let client = client_token(&http, &a).await?;
+        let define = |name: &str, body: Value| {
+            http.put(a.url(&format!("/v1/limits/{name}")))
+                .bearer_auth(a.admin())
+                .json(&body)
+                .send()
+        };
+        let spec = json!({"algorithm": "fixed_window", "limit": 5, "period_ms": 60_000});
+        ensure!(define("whole", spec).await?.status() == StatusCode::CREATED);
+        let spec =
+            json!({"algorithm": "fixed_window", "limit": 6, "period_ms": 60_000, "chunk": 2});
+        ensure!(define("chunked", spec).await?.status() == StatusCode::CREATED);
+        let bad = json!({"algorithm": "fixed_window", "limit": 6, "period_ms": 60_000, "chunk": 7});
+        problem(define("bad", bad).await?, StatusCode::BAD_REQUEST).await?;
+        for (policy, limit) in [("whole", 5), ("chunked", 6)] {
+            let mut admitted = 0;
+            for i in 0..12 {
+                let server = if i % 2 == 0 { &a } else { &b };
+                let d: Value = http
+                    .post(server.url(&format!("/v1/limits/{policy}/check")))
+                    .bearer_auth(&client)
+                    .json(&json!({"key": "k"}))
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .json()
+                    .await?;
+                ensure!(d["fallback"].is_null(), "{d}");
+                admitted += u32::from(d["allowed"] == true);
+            }
+            // Two servers, one count: the whole limit and no more (the chunks of 2 divide 6).
+            ensure!(
+                admitted == limit,
+                "{policy}: {admitted} admitted, limit {limit}"
+            );
+        }
+        let listed: Value = http
+            .get(b.url("/v1/limits"))
+            .bearer_auth(&client)
+            .send()
+            .await?
+            .json()
+            .await?;
+        ensure!(
+            listed[0]["store"] == "database" && listed[0]["spec"]["chunk"] == 2,
+            "{listed}"
+        );
+        b.stop().await?;
+        a.stop().await?;
         db.close().await?;
     }
     Ok(())
