@@ -74,8 +74,12 @@ pub async fn run(command: LimitCommand) -> anyhow::Result<()> {
             if let Some(list) = policies.as_array_mut() {
                 for p in list {
                     let spec = &p["spec"];
+                    let chunk = spec["chunk"]
+                        .as_u64()
+                        .map(|c| format!(", leased in chunks of {c}"))
+                        .unwrap_or_default();
                     p["rule"] = json!(format!(
-                        "{} {} per {} ms",
+                        "{} {} per {} ms{chunk}",
                         spec["algorithm"].as_str().unwrap_or_default(),
                         spec["limit"],
                         spec["period_ms"]
