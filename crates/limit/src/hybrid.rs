@@ -120,8 +120,13 @@ impl Allowance {
 }
 
 /// A keyed limiter that decides in process against a shared limit, leasing allowance from a
-/// shared [`Limiter`] (Redis, the database) in chunks. See the [module docs](self) for the
-/// over-admission bound.
+/// shared [`Limiter`] (Redis, the database) in chunks.
+///
+/// Every admitted unit was counted by the shared store when it was leased, and a process holds
+/// fewer than `chunk + chunk / 2` unspent units of a key (or fewer than one check's cost, if
+/// larger). So `N` processes admit, in any interval, at most what the shared policy admits in
+/// it plus `N × (chunk + ⌊(chunk − 1) / 2⌋)`. Unspent units lapse after `lease_ttl` and are
+/// lost to everyone until the shared policy forgets them.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> anyhow::Result<()> {

@@ -57,8 +57,12 @@ struct Shard {
 
 impl Shard {
     fn sweep(&mut self, policy: &Policy, now: i64) {
+        // A key stays for a grace period after its state is back to fresh (the policy's
+        // period, at most a second), so that a key checked again soon is not dropped and
+        // allocated anew each time.
+        let grace = policy.period_us().min(1_000_000);
         self.keys.retain(|_, slot| {
-            slot.retain(|(_, state)| state.idle_from(policy) > now);
+            slot.retain(|(_, state)| state.idle_from(policy).saturating_add(grace) > now);
             !slot.is_empty()
         });
         self.len = self.keys.values().map(Vec::len).sum();
@@ -70,8 +74,9 @@ impl Shard {
 /// A keyed limiter in this process.
 ///
 /// Keys are spread over 64 shards, each behind its own lock, so checks on different keys
-/// rarely wait for each other. A key whose state is back to fresh (its window has passed, its
-/// bucket refilled) is dropped by the next sweep of its shard, which runs every 4,096 checks
+/// rarely wait for each other. A key whose state has been back to fresh (its window passed,
+/// its bucket refilled) for the policy's period, or a second if that is shorter, is dropped by
+/// the next sweep of its shard, which runs every 4,096 checks
 /// on the shard or when the shard has doubled since the last sweep, and every 1,024 checks a
 /// shard also sweeps the next one in turn: memory follows the keys in use, with no maintenance
 /// call.
