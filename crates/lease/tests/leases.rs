@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, ensure};
+use anyhow::ensure;
 use onephase_core::ManualClock;
 use onephase_lease::fence::{self, FencedResource};
 use onephase_lease::{FenceError, FencingToken, Lapse, LeaseError, Leases, migrations};
@@ -35,17 +35,6 @@ async fn exec(store: &Store, sql: &'static str) -> anyhow::Result<()> {
         Db::Sqlite(s) => sqlx::query(sql).execute(s.writer()).await.map(drop)?,
     };
     Ok(())
-}
-
-/// `url` with its `host:port` replaced by `addr`, and the `host:port` it had.
-fn through(url: &str, addr: std::net::SocketAddr) -> anyhow::Result<(String, String)> {
-    let (scheme, rest) = url.split_once("://").context("a URL")?;
-    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let (user, host) = match authority.rsplit_once('@') {
-        Some((user, host)) => (format!("{user}@"), host),
-        None => (String::new(), authority),
-    };
-    Ok((format!("{scheme}://{user}{addr}/{path}"), host.to_owned()))
 }
 
 /// Writes `owner` to the account as a holder would without a fence.
@@ -344,9 +333,7 @@ async fn a_holder_cut_off_from_postgres_learns_it_before_its_deadline() -> anyho
         return Ok(());
     };
     migrated(&db).await?;
-    let (_, upstream) = through(db.url(), "127.0.0.1:1".parse()?)?;
-    let proxy = FaultProxy::start(&upstream).await?;
-    let (url, _) = through(db.url(), proxy.local_addr())?;
+    let (proxy, url) = FaultProxy::in_front_of(db.url()).await?;
     let store = Store::connect(&url).await?;
     let direct = Leases::store(db.store().clone());
     let leases = Leases::store(store).with_margin(Duration::from_millis(500));

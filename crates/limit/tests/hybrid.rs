@@ -118,18 +118,6 @@ async fn unspent_leases_lapse_and_bad_input_is_refused() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A small deterministic generator (xorshift), so a failure can be replayed.
-struct Steps(u64);
-
-impl Steps {
-    fn next(&mut self, below: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % below
-    }
-}
-
 #[tokio::test]
 async fn three_nodes_stay_within_the_bound_on_a_manual_clock() -> anyhow::Result<()> {
     for algorithm in Algorithm::ALL {
@@ -146,7 +134,7 @@ async fn three_nodes_stay_within_the_bound_on_a_manual_clock() -> anyhow::Result
                 HybridLimiter::new(shared.clone(), 4).map(|h| h.with_clock(Arc::new(clock.clone())))
             })
             .collect::<Result<_, _>>()?;
-        let mut steps = Steps(0x2545_f491_4f6c_dd1d ^ algorithm as u64);
+        let mut steps = common::Steps(0x2545_f491_4f6c_dd1d ^ algorithm as u64);
         let mut times = Vec::new();
         let mut now = 0_i64;
         for _ in 0..20_000 {

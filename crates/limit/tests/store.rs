@@ -38,18 +38,6 @@ mod suite {
         Ok(db.store().clone())
     }
 
-    /// A small deterministic generator (xorshift), so a failure can be replayed.
-    struct Steps(u64);
-
-    impl Steps {
-        fn next(&mut self, below: u64) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0 % below
-        }
-    }
-
     #[tokio::test]
     async fn every_decision_equals_the_reference_step_on_a_manual_clock() -> anyhow::Result<()> {
         for db in TestDb::all().await {
@@ -65,7 +53,7 @@ mod suite {
                         .with_timeout(Duration::from_secs(10))
                         .with_clock(Arc::new(clock.clone()));
                 let mut reference = State::fresh(algorithm);
-                let mut steps = Steps(0x9e37_79b9_7f4a_7c15 ^ algorithm as u64);
+                let mut steps = common::Steps(0x9e37_79b9_7f4a_7c15 ^ algorithm as u64);
                 let mut now_us = 1_800_000_000_000_000_i64;
                 for step in 0..400 {
                     // Mostly small steps, sometimes a whole period or more.
@@ -223,17 +211,6 @@ mod suite {
         Ok(())
     }
 
-    /// `url` with its `host:port` replaced by `addr`, and the `host:port` it had.
-    fn through(url: &str, addr: std::net::SocketAddr) -> anyhow::Result<(String, String)> {
-        let (scheme, rest) = url.split_once("://").context("a URL")?;
-        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-        let (user, host) = match authority.rsplit_once('@') {
-            Some((user, host)) => (format!("{user}@"), host),
-            None => (String::new(), authority),
-        };
-        Ok((format!("{scheme}://{user}{addr}/{path}"), host.to_owned()))
-    }
-
     #[tokio::test]
     async fn an_unreachable_postgres_fails_open_closed_or_with_an_error_as_chosen()
     -> anyhow::Result<()> {
@@ -241,9 +218,7 @@ mod suite {
             return Ok(());
         };
         migrated(&db).await?;
-        let (_, upstream) = through(db.url(), "127.0.0.1:1".parse()?)?;
-        let proxy = FaultProxy::start(&upstream).await?;
-        let (url, _) = through(db.url(), proxy.local_addr())?;
+        let (proxy, url) = FaultProxy::in_front_of(db.url()).await?;
         let store = Store::connect(&url).await?;
         let policy = Policy::new(Algorithm::Gcra, 2, Duration::from_secs(60))?;
         let open =

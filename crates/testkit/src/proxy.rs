@@ -22,6 +22,21 @@ pub struct FaultProxy {
 }
 
 impl FaultProxy {
+    /// Starts a proxy in front of the engine `url` points at (`scheme://[user@]host:port/...`)
+    /// and returns it with the same URL pointed at the proxy, for a client to connect through.
+    pub async fn in_front_of(url: &str) -> io::Result<(Self, String)> {
+        let bad = || io::Error::new(io::ErrorKind::InvalidInput, format!("not a URL: {url}"));
+        let (scheme, rest) = url.split_once("://").ok_or_else(bad)?;
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let (user, host) = match authority.rsplit_once('@') {
+            Some((user, host)) => (format!("{user}@"), host),
+            None => (String::new(), authority),
+        };
+        let proxy = Self::start(host).await?;
+        let through = format!("{scheme}://{user}{}/{path}", proxy.local_addr());
+        Ok((proxy, through))
+    }
+
     /// Starts forwarding `127.0.0.1:<some port>` to `upstream` (`host:port`).
     pub async fn start(upstream: &str) -> io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;

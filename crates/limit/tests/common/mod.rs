@@ -74,3 +74,16 @@ pub fn check_bounds_within(
     }
     Ok(())
 }
+
+/// A small deterministic generator (xorshift), so that a failure can be replayed.
+pub struct Steps(pub u64);
+
+impl Steps {
+    /// The next number below `below`.
+    pub fn next(&mut self, below: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % below
+    }
+}
