@@ -1,9 +1,11 @@
 //! Limits kept in this process: sharded maps of per-key state, with idle keys forgotten as the
 //! limiter is used.
 
+use std::cell::Cell as ThreadCell;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Mutex, RwLock};
 use std::time::Instant;
 
 use onephase_core::{SharedClock, SystemClock};
@@ -13,15 +15,80 @@ use crate::{Decision, LimitError, Policy};
 
 /// How many shards a local limiter splits its keys over.
 const SHARDS: usize = 64;
-/// Every this many checks on a shard, its idle keys are dropped.
+/// Every this many checks a thread makes, it sweeps the shard it is on.
 const SWEEP_EVERY: u32 = 4096;
-/// Every this many checks on a shard, it also sweeps another shard (in turn), so that shards
-/// no key in use lands on let their idle keys go too.
+/// Every this many checks a thread makes, it sweeps another shard, in turn, so that shards no
+/// key in use lands on let their idle keys go too.
 const ROUND_ROBIN_EVERY: u32 = 1024;
 
 /// Keys are hashed once (SipHash with a random key, so clients cannot aim collisions): the
 /// hash picks the shard and is the shard map's key, with the few colliding keys side by side.
-type Slots = HashMap<u64, Vec<(Box<str>, State)>, BuildHasherDefault<Prehashed>>;
+type Slots = HashMap<u64, Vec<(Box<str>, Cell)>, BuildHasherDefault<Prehashed>>;
+
+/// One key's state. GCRA's is one timestamp, updated by compare-and-swap under the shard's
+/// read lock, so checks of one key from several threads do not queue on a lock; the other
+/// algorithms' state is behind a mutex of its own.
+enum Cell {
+    Gcra(AtomicI64),
+    Other(Mutex<State>),
+}
+
+impl Cell {
+    fn new(state: State) -> Self {
+        match state {
+            State::Gcra { tat } => Self::Gcra(AtomicI64::new(tat)),
+            other => Self::Other(Mutex::new(other)),
+        }
+    }
+
+    fn idle_from(&self, policy: &Policy) -> i64 {
+        match self {
+            Self::Gcra(tat) => tat.load(Ordering::Relaxed),
+            Self::Other(state) => state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .idle_from(policy),
+        }
+    }
+
+    fn decide(&self, policy: &Policy, now: i64, cost: u64) -> Decision {
+        match self {
+            Self::Gcra(tat) => {
+                let mut current = tat.load(Ordering::Acquire);
+                loop {
+                    let mut state = State::Gcra { tat: current };
+                    let decision = decide(policy, &mut state, now, cost);
+                    let State::Gcra { tat: new } = state else {
+                        return decision;
+                    };
+                    if !decision.allowed || new == current {
+                        return decision;
+                    }
+                    match tat.compare_exchange_weak(
+                        current,
+                        new,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
+                        Ok(_) => return decision,
+                        Err(seen) => current = seen,
+                    }
+                }
+            }
+            Self::Other(state) => decide(
+                policy,
+                &mut state.lock().unwrap_or_else(|p| p.into_inner()),
+                now,
+                cost,
+            ),
+        }
+    }
+}
+
+thread_local! {
+    /// Checks this thread has made, for its sweeps.
+    static CHECKS: ThreadCell<u32> = const { ThreadCell::new(0) };
+}
 
 /// A hasher for keys that are already hashes.
 #[derive(Default)]
@@ -44,13 +111,22 @@ impl Hasher for Prehashed {
 /// A shard on cache lines of its own, so that threads working on neighbouring shards do not
 /// invalidate each other's lines (false sharing halved throughput on two threads).
 #[repr(align(128))]
-struct Padded(Mutex<Shard>);
+struct Padded(RwLock<Shard>);
 
+impl Padded {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Shard> {
+        self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Shard> {
+        self.0.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[derive(Default)]
 struct Shard {
     keys: Slots,
     len: usize,
-    checks: u32,
-    turn: usize,
     /// The shard's size after its last sweep: a sweep also runs when it doubles.
     swept_len: usize,
 }
@@ -62,24 +138,24 @@ impl Shard {
         // allocated anew each time.
         let grace = policy.period_us().min(1_000_000);
         self.keys.retain(|_, slot| {
-            slot.retain(|(_, state)| state.idle_from(policy).saturating_add(grace) > now);
+            slot.retain(|(_, cell)| cell.idle_from(policy).saturating_add(grace) > now);
             !slot.is_empty()
         });
         self.len = self.keys.values().map(Vec::len).sum();
-        self.checks = 0;
         self.swept_len = self.len;
     }
 }
 
 /// A keyed limiter in this process.
 ///
-/// Keys are spread over 64 shards, each behind its own lock, so checks on different keys
-/// rarely wait for each other. A key whose state has been back to fresh (its window passed,
-/// its bucket refilled) for the policy's period, or a second if that is shorter, is dropped by
-/// the next sweep of its shard, which runs every 4,096 checks
-/// on the shard or when the shard has doubled since the last sweep, and every 1,024 checks a
-/// shard also sweeps the next one in turn: memory follows the keys in use, with no maintenance
-/// call.
+/// Keys are spread over 64 shards, each behind a read-write lock that a check of a known key
+/// takes for reading, so checks on different keys, and GCRA checks on one key, do not wait for
+/// each other: GCRA's state is one timestamp updated by compare-and-swap; the other
+/// algorithms' state has a mutex per key. A key whose state has been back to fresh (its window
+/// passed, its bucket refilled) for the policy's period, or a second if that is shorter, is
+/// dropped by a sweep: every 4,096 checks a thread sweeps the shard it is on, every 1,024 it
+/// sweeps another shard in turn, and a shard that has doubled since its last sweep is swept
+/// when a key is added. Memory follows the keys in use, with no maintenance call.
 ///
 /// ```
 /// use std::time::Duration;
@@ -95,6 +171,8 @@ impl Shard {
 pub struct LocalLimiter {
     policy: Policy,
     shards: Box<[Padded]>,
+    /// The next shard a round-robin sweep visits.
+    turn: AtomicUsize,
     hasher: RandomState,
     clock: SharedClock,
     base: Instant,
@@ -121,16 +199,9 @@ impl LocalLimiter {
         Self {
             policy,
             shards: (0..SHARDS)
-                .map(|_| {
-                    Padded(Mutex::new(Shard {
-                        keys: Slots::default(),
-                        len: 0,
-                        checks: 0,
-                        turn: 0,
-                        swept_len: 0,
-                    }))
-                })
+                .map(|_| Padded(RwLock::new(Shard::default())))
                 .collect(),
+            turn: AtomicUsize::new(0),
             hasher: RandomState::new(),
             clock,
             base,
@@ -148,48 +219,55 @@ impl LocalLimiter {
         let now = self.now_us();
         let hash = self.hasher.hash_one(key);
         let index = usize::try_from(hash % SHARDS as u64).unwrap_or(0);
-        let mut shard = self.shards[index]
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        shard.checks += 1;
-        if shard.checks >= SWEEP_EVERY || shard.len > 2 * shard.swept_len.max(64) {
-            shard.sweep(&self.policy, now);
-        }
-        let other = shard.checks.is_multiple_of(ROUND_ROBIN_EVERY).then(|| {
-            shard.turn = shard.turn % (SHARDS - 1) + 1;
-            (index + shard.turn) % SHARDS
+        let shard = &self.shards[index];
+        let checks = CHECKS.with(|checks| {
+            let n = checks.get().wrapping_add(1);
+            checks.set(n);
+            n
         });
-        let slot = shard.keys.entry(hash).or_default();
-        let decision = match slot.iter_mut().find(|(k, _)| &**k == key) {
-            Some((_, state)) => decide(&self.policy, state, now, cost),
-            None => {
-                let mut state = State::fresh(self.policy.algorithm());
-                let decision = decide(&self.policy, &mut state, now, cost);
-                if decision.allowed {
-                    slot.push((key.into(), state));
-                    shard.len += 1;
-                } else if slot.is_empty() {
-                    shard.keys.remove(&hash);
-                }
-                decision
+        if checks.is_multiple_of(ROUND_ROBIN_EVERY) {
+            if checks.is_multiple_of(SWEEP_EVERY) {
+                shard.write().sweep(&self.policy, now);
             }
-        };
-        drop(shard);
-        if let Some(turn) = other
-            && let Ok(mut other) = self.shards[turn].0.try_lock()
+            let turn = self.turn.fetch_add(1, Ordering::Relaxed) % SHARDS;
+            if let Ok(mut other) = self.shards[turn].0.try_write() {
+                other.sweep(&self.policy, now);
+            }
+        }
+        // A known key: the read lock, shared with every other check on the shard.
         {
-            other.sweep(&self.policy, now);
+            let keys = shard.read();
+            if let Some((_, cell)) = keys
+                .keys
+                .get(&hash)
+                .and_then(|slot| slot.iter().find(|(k, _)| &**k == key))
+            {
+                return Ok(cell.decide(&self.policy, now, cost));
+            }
+        }
+        // A new key (or one swept meanwhile): the write lock.
+        let mut keys = shard.write();
+        if keys.len > 2 * keys.swept_len.max(64) {
+            keys.sweep(&self.policy, now);
+        }
+        let slot = keys.keys.entry(hash).or_default();
+        if let Some((_, cell)) = slot.iter().find(|(k, _)| &**k == key) {
+            return Ok(cell.decide(&self.policy, now, cost));
+        }
+        let mut state = State::fresh(self.policy.algorithm());
+        let decision = decide(&self.policy, &mut state, now, cost);
+        if decision.allowed {
+            slot.push((key.into(), Cell::new(state)));
+            keys.len += 1;
+        } else if slot.is_empty() {
+            keys.keys.remove(&hash);
         }
         Ok(decision)
     }
 
     /// Keys held now (including idle ones not yet swept).
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.0.lock().unwrap_or_else(|p| p.into_inner()).len)
-            .sum()
+        self.shards.iter().map(|s| s.read().len).sum()
     }
 
     /// Whether no key is held.

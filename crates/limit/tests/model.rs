@@ -251,3 +251,35 @@ fn bad_policies_and_costs_are_refused() {
             .is_ok_and(|d| d.allowed && d.remaining == 0)
     );
 }
+
+#[test]
+fn threads_racing_on_one_key_are_counted_exactly() {
+    // The clock stands still, so exactly the burst (or the limit) can be admitted, however the
+    // threads interleave: GCRA by compare-and-swap, the others under their key's mutex.
+    for algorithm in Algorithm::ALL {
+        let policy = Policy::new(algorithm, 1_000, Duration::from_secs(60)).expect("valid");
+        let clock = ManualClock::default();
+        let limiter = Arc::new(LocalLimiter::with_clock(policy, Arc::new(clock.clone())));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let limiter = Arc::clone(&limiter);
+                std::thread::spawn(move || {
+                    let mut admitted = 0_u64;
+                    for i in 0..2_000 {
+                        // Some threads also touch other keys, so that keys are added and swept
+                        // while the shared one is checked.
+                        if t % 2 == 1 && i % 3 == 0 {
+                            let _ = limiter.check(&format!("other-{t}-{i}"), 1);
+                        }
+                        if limiter.check("shared", 1).is_ok_and(|d| d.allowed) {
+                            admitted += 1;
+                        }
+                    }
+                    admitted
+                })
+            })
+            .collect();
+        let admitted: u64 = threads.into_iter().map(|t| t.join().unwrap_or(0)).sum();
+        assert_eq!(admitted, 1_000, "{algorithm}");
+    }
+}
