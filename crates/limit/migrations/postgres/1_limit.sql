@@ -4,8 +4,10 @@
 --   fixed_window:   a = window, b = count
 --   sliding_window: a = window, b = previous window's count, c = current count
 --   sliding_log:    b = units in the log, c = the last entry's sequence number
+-- Keys compare byte by byte (COLLATE "C"), so that a limiter's keys are the range from its
+-- prefix up and its sweep touches no other limiter's.
 CREATE TABLE onephase_limits (
-    key        TEXT   PRIMARY KEY,
+    key        TEXT   COLLATE "C" PRIMARY KEY,
     a          BIGINT NOT NULL,
     b          BIGINT NOT NULL,
     c          BIGINT NOT NULL,
@@ -15,7 +17,7 @@ CREATE TABLE onephase_limits (
 
 -- The sliding log's admissions.
 CREATE TABLE onephase_limit_log (
-    key   TEXT   NOT NULL,
+    key   TEXT   COLLATE "C" NOT NULL,
     at_us BIGINT NOT NULL,
     seq   BIGINT NOT NULL,
     cost  BIGINT NOT NULL,
