@@ -191,8 +191,13 @@ impl StoreLimiter {
     /// Deletes up to 1,000 of this limiter's keys whose state is back to fresh, returning how
     /// many. Checks call it on their own at most once a minute.
     pub async fn sweep(&self) -> Result<u64, LimitError> {
+        self.sweep_at(self.clock_now()).await
+    }
+
+    /// [`sweep`](Self::sweep) as of `now` (Unix µs; `None`: the database's clock on
+    /// PostgreSQL, this process's on SQLite).
+    async fn sweep_at(&self, now: Option<i64>) -> Result<u64, LimitError> {
         let upper = format!("{}\u{10FFFF}", self.prefix);
-        let now = self.clock_now();
         let swept = match self.store.db() {
             Db::Postgres(pool) => sqlx::query_scalar::<_, i64>(PG_SWEEP)
                 .bind(&self.prefix)
@@ -237,8 +242,10 @@ impl StoreLimiter {
             return;
         }
         let this = self.clone();
+        // As of the decision that started it, not of whenever the task runs.
+        let at = self.clock.as_ref().map(|_| now);
         tokio::spawn(async move {
-            if let Err(e) = this.sweep().await {
+            if let Err(e) = this.sweep_at(at).await {
                 tracing::warn!(error = %e, "rate-limit sweep failed");
             }
         });

@@ -20,7 +20,7 @@ mod suite {
     use std::time::Duration;
 
     use anyhow::ensure;
-    use onephase_limit::{Algorithm, FailMode, Fallback, Policy, RedisLimiter};
+    use onephase_limit::{Algorithm, FailMode, Policy, RedisLimiter};
     use onephase_testkit::{Engine, FaultProxy, engine_url};
     use redis::aio::ConnectionManager;
 
@@ -110,50 +110,7 @@ mod suite {
             .with_timeout(Duration::from_millis(200));
         let closed = open.clone().with_fail_mode(FailMode::Closed);
         let error = open.clone().with_fail_mode(FailMode::Error);
-        let first = open.check("k", 1).await?;
-        ensure!(
-            first.allowed && first.fallback.is_none() && first.remaining == 1,
-            "{first:?}"
-        );
-
-        proxy.cut();
-        let started = std::time::Instant::now();
-        let d = open.check("k", 1).await?;
-        ensure!(
-            d.allowed && d.fallback == Some(Fallback::FailedOpen),
-            "{d:?}"
-        );
-        let d = closed.check("k", 1).await?;
-        ensure!(
-            !d.allowed && d.fallback == Some(Fallback::FailedClosed),
-            "{d:?}"
-        );
-        ensure!(error.check("k", 1).await.is_err());
-        ensure!(
-            started.elapsed() < Duration::from_secs(3),
-            "{:?}",
-            started.elapsed()
-        );
-
-        proxy.restore();
-        // The connection comes back; the fallback admission was not counted.
-        let mut back = None;
-        for _ in 0..50 {
-            let d = closed.check("k", 1).await?;
-            if d.fallback.is_none() {
-                back = Some(d);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let back =
-            back.ok_or_else(|| anyhow::anyhow!("Redis did not come back through the proxy"))?;
-        ensure!(back.allowed && back.remaining == 0, "{back:?}");
-        let refused = closed.check("k", 1).await?;
-        ensure!(
-            !refused.allowed && refused.fallback.is_none() && refused.retry_after.is_some(),
-            "{refused:?}"
-        );
+        common::check_outage(&proxy, &open, &closed, &error, "Redis").await?;
         Ok(())
     }
 

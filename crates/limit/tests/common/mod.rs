@@ -3,8 +3,11 @@
 
 #![allow(dead_code)]
 
+use std::time::Duration;
+
 use anyhow::ensure;
-use onephase_limit::Algorithm;
+use onephase_limit::{Algorithm, Fallback, Limiter};
+use onephase_testkit::FaultProxy;
 
 /// The most admissions in any interval of `len` µs (`times` sorted).
 pub fn most_within(times: &[i64], len: i64) -> usize {
@@ -86,4 +89,60 @@ impl Steps {
         self.0 ^= self.0 << 17;
         self.0 % below
     }
+}
+
+/// The outage scenario every shared store must pass. `open`, `closed` and `error` are one
+/// limiter (GCRA, 2 per minute, a short timeout) reaching its store through `proxy`, failing
+/// open, closed and with an error: a check goes through, the link is cut, each fails as chosen
+/// and quickly, the link is restored, and the fallback admission was not counted.
+pub async fn check_outage(
+    proxy: &FaultProxy,
+    open: &dyn Limiter,
+    closed: &dyn Limiter,
+    error: &dyn Limiter,
+    store: &str,
+) -> anyhow::Result<()> {
+    let first = open.check("k", 1).await?;
+    ensure!(
+        first.allowed && first.fallback.is_none() && first.remaining == 1,
+        "{first:?}"
+    );
+    proxy.cut();
+    let started = std::time::Instant::now();
+    let d = open.check("k", 1).await?;
+    ensure!(
+        d.allowed && d.fallback == Some(Fallback::FailedOpen),
+        "{d:?}"
+    );
+    let d = closed.check("k", 1).await?;
+    ensure!(
+        !d.allowed && d.fallback == Some(Fallback::FailedClosed),
+        "{d:?}"
+    );
+    ensure!(error.check("k", 1).await.is_err());
+    ensure!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    proxy.restore();
+    let mut back = None;
+    for _ in 0..100 {
+        let d = closed.check("k", 1).await?;
+        if d.fallback.is_none() {
+            back = Some(d);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The fallback admission was not counted: one unit is left for this check.
+    let back =
+        back.ok_or_else(|| anyhow::anyhow!("{store} did not come back through the proxy"))?;
+    ensure!(back.allowed && back.remaining == 0, "{back:?}");
+    let refused = closed.check("k", 1).await?;
+    ensure!(
+        !refused.allowed && refused.fallback.is_none() && refused.retry_after.is_some(),
+        "{refused:?}"
+    );
+    Ok(())
 }
