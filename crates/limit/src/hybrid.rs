@@ -41,6 +41,16 @@ struct Shard {
     checks: u32,
 }
 
+impl Shard {
+    /// `key`'s allowance, made if it has none (it may have been swept while waiting).
+    /// Only on the leasing path, where a round trip dwarfs copying the key.
+    fn allowance(&mut self, key: &str, now: Instant) -> &mut Allowance {
+        self.keys
+            .entry(key.into())
+            .or_insert_with(|| Allowance::new(now))
+    }
+}
+
 struct Allowance {
     /// Leased units not yet spent.
     units: u64,
@@ -324,10 +334,7 @@ impl HybridLimiter {
         let leftover = {
             let now = self.clock.monotonic();
             let mut shard = self.shard(key);
-            let allowance = shard
-                .keys
-                .entry(key.into())
-                .or_insert_with(|| Allowance::new(now));
+            let allowance = shard.allowance(key, now);
             if let Some(decision) = allowance.local(&policy, now, cost) {
                 return Ok(decision);
             }
@@ -346,10 +353,7 @@ impl HybridLimiter {
         }
         let now = self.clock.monotonic();
         let mut shard = self.shard(key);
-        let allowance = shard
-            .keys
-            .entry(key.into())
-            .or_insert_with(|| Allowance::new(now));
+        let allowance = shard.allowance(key, now);
         allowance.reset_at = now + decision.reset_after;
         if decision.allowed {
             allowance.units = leftover + leased - cost;

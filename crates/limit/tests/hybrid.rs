@@ -179,7 +179,7 @@ fn hybrid_engines_suite() {
 #[cfg(all(feature = "redis", feature = "store"))]
 mod engines {
     use super::common;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
     use anyhow::ensure;
@@ -201,36 +201,6 @@ mod engines {
         format!("{:x}", wall_us())
     }
 
-    /// Admission times (this machine's clock, which Redis and PostgreSQL here share) of 3
-    /// hybrid nodes × 16 tasks on one key.
-    async fn hammer(nodes: Vec<Arc<HybridLimiter>>, run: Duration) -> anyhow::Result<Vec<i64>> {
-        let admitted = Arc::new(Mutex::new(Vec::new()));
-        let mut tasks = Vec::new();
-        for node in nodes {
-            for _ in 0..16 {
-                let (node, admitted) = (Arc::clone(&node), Arc::clone(&admitted));
-                tasks.push(tokio::spawn(async move {
-                    let end = tokio::time::Instant::now() + run;
-                    while tokio::time::Instant::now() < end {
-                        if node.check("one-key", 1).await?.allowed {
-                            let at = wall_us();
-                            admitted.lock().unwrap_or_else(|e| e.into_inner()).push(at);
-                        }
-                        // Refusals are answered locally: give the other tasks a turn.
-                        tokio::task::yield_now().await;
-                    }
-                    anyhow::Ok(())
-                }));
-            }
-        }
-        for t in tasks {
-            t.await??;
-        }
-        let mut times = admitted.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        times.sort_unstable();
-        Ok(times)
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn three_hybrid_nodes_on_redis_and_postgres_stay_within_the_bound() -> anyhow::Result<()>
     {
@@ -250,7 +220,7 @@ mod engines {
             )?;
             for store in ["Redis", "PostgreSQL"] {
                 let prefix = format!("onephase-test:hybrid:{algorithm}:{}:", tag());
-                let mut nodes = Vec::new();
+                let mut nodes: Vec<Arc<dyn Limiter>> = Vec::new();
                 for _ in 0..3 {
                     let shared: Arc<dyn Limiter> = if store == "Redis" {
                         let client = redis::Client::open(redis.as_str())?;
@@ -269,7 +239,11 @@ mod engines {
                     };
                     nodes.push(Arc::new(HybridLimiter::new(shared, CHUNK)?));
                 }
-                let times = hammer(nodes, Duration::from_millis(1_600)).await?;
+                // Decided in process: timed on this machine's clock, which Redis and
+                // PostgreSQL here share.
+                let times =
+                    common::hammer(nodes, Duration::from_millis(1_600), common::Timing::Wall)
+                        .await?;
                 let limit = usize::try_from(limit)?;
                 let slack = 3 * usize::try_from(CHUNK + (CHUNK - 1) / 2)?;
                 let what = format!("by 3 hybrid nodes on {store}");

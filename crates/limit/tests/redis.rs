@@ -16,16 +16,15 @@ mod common;
 #[cfg(feature = "redis")]
 mod suite {
     use super::common;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
     use std::time::Duration;
 
     use anyhow::ensure;
-    use onephase_limit::{Algorithm, FailMode, Policy, RedisLimiter};
+    use onephase_limit::{Algorithm, FailMode, Limiter, Policy, RedisLimiter};
     use onephase_testkit::{Engine, FaultProxy, engine_url};
     use redis::aio::ConnectionManager;
 
     const NODES: usize = 3;
-    const TASKS: usize = 16;
 
     fn prefix(what: &str) -> String {
         let nanos = std::time::SystemTime::now()
@@ -39,37 +38,19 @@ mod suite {
         Ok(ConnectionManager::new(redis::Client::open(url)?).await?)
     }
 
-    /// Admission times (Redis clock, µs) of `NODES` × `TASKS` tasks checking one key for
-    /// `run`.
+    /// Admission times (Redis clock, µs) of `NODES` connections × 16 tasks checking one key
+    /// for `run`.
     async fn hammer(url: &str, policy: Policy, run: Duration) -> anyhow::Result<Vec<i64>> {
         let prefix = prefix(policy.algorithm().as_str());
-        let admitted = Arc::new(Mutex::new(Vec::new()));
-        let mut tasks = Vec::new();
+        let mut nodes: Vec<Arc<dyn Limiter>> = Vec::new();
         for _ in 0..NODES {
-            let limiter = RedisLimiter::new(connection(url).await?, policy, prefix.clone())
-                .with_fail_mode(FailMode::Error)
-                .with_timeout(Duration::from_secs(5));
-            for _ in 0..TASKS {
-                let (limiter, admitted) = (limiter.clone(), Arc::clone(&admitted));
-                tasks.push(tokio::spawn(async move {
-                    let end = tokio::time::Instant::now() + run;
-                    while tokio::time::Instant::now() < end {
-                        let d = limiter.check("one-key", 1).await?;
-                        if d.allowed {
-                            let at = d.decided_at_us.ok_or_else(|| anyhow::anyhow!("no time"))?;
-                            admitted.lock().unwrap_or_else(|e| e.into_inner()).push(at);
-                        }
-                    }
-                    anyhow::Ok(())
-                }));
-            }
+            nodes.push(Arc::new(
+                RedisLimiter::new(connection(url).await?, policy, prefix.clone())
+                    .with_fail_mode(FailMode::Error)
+                    .with_timeout(Duration::from_secs(5)),
+            ));
         }
-        for t in tasks {
-            t.await??;
-        }
-        let mut times = admitted.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        times.sort_unstable();
-        Ok(times)
+        common::hammer(nodes, run, common::Timing::Store).await
     }
 
     /// The most admissions in any interval of `len` µs.

@@ -21,13 +21,14 @@ mod common;
 #[cfg(feature = "store")]
 mod suite {
     use super::common;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
     use std::time::Duration;
 
     use anyhow::{Context as _, ensure};
     use onephase_core::ManualClock;
     use onephase_limit::{
-        Algorithm, FailMode, MAX_STORE_KEY, Policy, State, StoreLimiter, decide, migrations,
+        Algorithm, FailMode, Limiter, MAX_STORE_KEY, Policy, State, StoreLimiter, decide,
+        migrations,
     };
     use onephase_store::{Db, Store};
     use onephase_testkit::{FaultProxy, TestDb};
@@ -120,35 +121,16 @@ mod suite {
 
     /// Admission times (store clock) of 3 pools × 16 tasks checking one key for `run`.
     async fn hammer(db: &TestDb, policy: Policy, run: Duration) -> anyhow::Result<Vec<i64>> {
-        let admitted = Arc::new(Mutex::new(Vec::new()));
-        let mut tasks = Vec::new();
+        let mut nodes: Vec<Arc<dyn Limiter>> = Vec::new();
         for _ in 0..3 {
             let store = Store::connect(db.url()).await?;
-            let limiter =
+            nodes.push(Arc::new(
                 StoreLimiter::new(store, policy, format!("hammer:{}:", policy.algorithm()))?
                     .with_fail_mode(FailMode::Error)
-                    .with_timeout(Duration::from_secs(10));
-            for _ in 0..16 {
-                let (limiter, admitted) = (limiter.clone(), Arc::clone(&admitted));
-                tasks.push(tokio::spawn(async move {
-                    let end = tokio::time::Instant::now() + run;
-                    while tokio::time::Instant::now() < end {
-                        let d = limiter.check("one-key", 1).await?;
-                        if d.allowed {
-                            let at = d.decided_at_us.context("no decision time")?;
-                            admitted.lock().unwrap_or_else(|e| e.into_inner()).push(at);
-                        }
-                    }
-                    anyhow::Ok(())
-                }));
-            }
+                    .with_timeout(Duration::from_secs(10)),
+            ));
         }
-        for t in tasks {
-            t.await??;
-        }
-        let mut times = admitted.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        times.sort_unstable();
-        Ok(times)
+        common::hammer(nodes, run, common::Timing::Store).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

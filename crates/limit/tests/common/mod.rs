@@ -3,10 +3,11 @@
 
 #![allow(dead_code)]
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::ensure;
-use onephase_limit::{Algorithm, Fallback, Limiter};
+use anyhow::{Context as _, ensure};
+use onephase_limit::{Algorithm, Decision, Fallback, Limiter};
 use onephase_testkit::FaultProxy;
 
 /// The most admissions in any interval of `len` µs (`times` sorted).
@@ -145,4 +146,58 @@ pub async fn check_outage(
         "{refused:?}"
     );
     Ok(())
+}
+
+/// When an admission happened, for the bound checks.
+#[derive(Clone, Copy)]
+pub enum Timing {
+    /// The store's clock, as the decision reports it (Redis, PostgreSQL).
+    Store,
+    /// This machine's clock when the check returned (decisions made in process).
+    Wall,
+}
+
+impl Timing {
+    fn of(self, decision: &Decision) -> anyhow::Result<i64> {
+        match self {
+            Self::Store => decision.decided_at_us.context("no decision time"),
+            Self::Wall => Ok(SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(0))),
+        }
+    }
+}
+
+/// Sorted admission times of 16 tasks per node checking one key for `run`.
+pub async fn hammer(
+    nodes: Vec<Arc<dyn Limiter>>,
+    run: Duration,
+    timing: Timing,
+) -> anyhow::Result<Vec<i64>> {
+    let admitted = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for node in nodes {
+        for _ in 0..16 {
+            let (node, admitted) = (Arc::clone(&node), Arc::clone(&admitted));
+            tasks.push(tokio::spawn(async move {
+                let end = tokio::time::Instant::now() + run;
+                while tokio::time::Instant::now() < end {
+                    let d = node.check("one-key", 1).await?;
+                    if d.allowed {
+                        let at = timing.of(&d)?;
+                        admitted.lock().unwrap_or_else(|e| e.into_inner()).push(at);
+                    }
+                    // Some decisions are answered in process: give the other tasks a turn.
+                    tokio::task::yield_now().await;
+                }
+                anyhow::Ok(())
+            }));
+        }
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let mut times = admitted.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    times.sort_unstable();
+    Ok(times)
 }
