@@ -1,9 +1,10 @@
 //! `onephase`: the server, and the commands that run beside it.
 //!
-//! `serve`, `migrate` and `token` work on a store directly. Later operational commands
+//! `serve`, `migrate` and `token` work on a store directly; `lab` runs on its own. Later operational commands
 //! (`outbox status`, `saga list`, ...) are HTTP clients of a running server.
 
 mod client;
+mod lab;
 mod lease;
 mod limit;
 mod outbox;
@@ -64,6 +65,9 @@ enum Command {
     /// Create, list and revoke API tokens in the store.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Run failure scenarios locally on a simulated clock (stampede, retry-storm,
+    /// reconnect-flood), naive beside onephase, and print the figures.
+    Lab(lab::LabArgs),
 }
 
 #[derive(Debug, Args)]
@@ -191,6 +195,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Webhook(command) => webhook::run(command).await,
         Command::Lease(command) => lease::run(command).await,
         Command::Limit(command) => limit::run(command).await,
+        Command::Lab(args) => lab::lab(args),
         Command::Migrate(MigrateArgs {
             store,
             outbox: None,
