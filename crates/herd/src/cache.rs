@@ -42,10 +42,11 @@
 //! # }
 //! ```
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::hash::Hash;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use metrics::Counter;
@@ -105,6 +106,8 @@ struct Entry<V> {
 struct Inner<K, V, E> {
     entries: moka::sync::Cache<K, Arc<Entry<V>>>,
     flights: SingleFlight<K, V, E>,
+    /// Keys with a background refresh scheduled or running: one at a time per key.
+    refreshing: Mutex<HashSet<K>>,
     clock: SharedClock,
     random: Random,
     config: CacheConfig,
@@ -151,6 +154,7 @@ where
             inner: Arc::new(Inner {
                 entries: moka::sync::Cache::new(config.capacity),
                 flights: SingleFlight::new(name),
+                refreshing: Mutex::new(HashSet::new()),
                 clock,
                 random,
                 config,
@@ -203,6 +207,12 @@ where
         (self.inner.clock.monotonic() < entry.expires).then(|| entry.value.clone())
     }
 
+    /// How many entries the cache holds, after moka has applied pending evictions.
+    pub fn entry_count(&self) -> u64 {
+        self.inner.entries.run_pending_tasks();
+        self.inner.entries.entry_count()
+    }
+
     /// Forgets `key`: the next read loads it.
     pub fn invalidate(&self, key: &K) {
         self.inner.entries.invalidate(key);
@@ -231,20 +241,37 @@ where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<V, E>> + Send + 'static,
     {
-        if self.inner.flights.is_running(&key) {
-            return;
-        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        if self.inner.flights.is_running(&key) || !self.inner.refreshing().insert(key.clone()) {
+            return;
+        }
         self.inner.count(REFRESHES);
         let inner = Arc::clone(&self.inner);
         let seen = inner.entries.get(&key);
         runtime.spawn(async move {
+            // Cleared however the task ends, so a key is never stuck as "refreshing".
+            let _done = Refreshing(&inner, key.clone());
             if let Err(_e) = Inner::load(&inner, key, seen, load).await {
                 tracing::debug!("background cache refresh failed; the stale value stays");
             }
         });
+    }
+}
+
+/// Removes its key from the refreshing set when dropped.
+struct Refreshing<'a, K: Hash + Eq, V, E>(&'a Inner<K, V, E>, K);
+
+impl<K: Hash + Eq, V, E> Drop for Refreshing<'_, K, V, E> {
+    fn drop(&mut self) {
+        self.0.refreshing().remove(&self.1);
+    }
+}
+
+impl<K: Hash + Eq, V, E> Inner<K, V, E> {
+    fn refreshing(&self) -> MutexGuard<'_, HashSet<K>> {
+        self.refreshing.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

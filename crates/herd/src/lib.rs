@@ -31,19 +31,19 @@
 //! calls), `retry_attempts` (a histogram whose mean is the load amplification),
 //! `budget_balance`, `breaker_state` and `throttle_reject_probability`.
 
-mod breaker;
-mod budget;
-mod cache;
+pub mod breaker;
+pub mod budget;
+pub mod cache;
 #[cfg(feature = "tower")]
 pub mod http;
 #[cfg(feature = "tower")]
 pub mod layer;
 mod outcome;
 mod random;
-mod reconnect;
-mod retry;
-mod single_flight;
-mod throttle;
+pub mod reconnect;
+pub mod retry;
+pub mod single_flight;
+pub mod throttle;
 mod window;
 
 pub use breaker::{
@@ -57,3 +57,8 @@ pub use reconnect::Reconnect;
 pub use retry::{Report, Retry, Stopped, Verdict};
 pub use single_flight::{FlightStats, SingleFlight};
 pub use throttle::{AdaptiveThrottle, ThrottleTicket, Throttled};
+
+/// The examples of `docs/herd.md`, compiled and run as doc tests.
+#[cfg(all(doctest, feature = "tower"))]
+#[doc = include_str!("../../../docs/herd.md")]
+pub struct DocsHerd;

@@ -90,8 +90,8 @@ mod tests {
         w.add(t0 + Duration::from_millis(4_500), 2);
         assert_eq!(w.sum(t0 + Duration::from_millis(9_999)), 3);
         assert_eq!(w.sum(t0 + Duration::from_secs(10)), 2);
-        assert_eq!(w.sum(t0 + Duration::from_secs(14)), 2);
-        assert_eq!(w.sum(t0 + Duration::from_secs(15)), 0);
+        assert_eq!(w.sum(t0 + Duration::from_millis(13_999)), 2);
+        assert_eq!(w.sum(t0 + Duration::from_secs(14)), 0);
         w.add(t0 + Duration::from_secs(25), 4);
         assert_eq!(w.sum(t0 + Duration::from_secs(25)), 4);
     }

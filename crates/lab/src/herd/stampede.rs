@@ -193,10 +193,10 @@ struct NaiveCache {
 impl NaiveCache {
     async fn get(&self, origin: &Origin) -> u64 {
         let now = tokio::time::Instant::now();
-        if let Some((value, expires)) = lock(&self.entries).get(&1) {
-            if now < *expires {
-                return *value;
-            }
+        if let Some((value, expires)) = lock(&self.entries).get(&1)
+            && now < *expires
+        {
+            return *value;
         }
         let value = origin.load().await;
         let expires = tokio::time::Instant::now() + TTL;
