@@ -14,7 +14,8 @@
 //!
 //! ```
 //! let report = onephase_lab::run(onephase_lab::Scenario::Stampede, 7);
-//! assert!(report.rows.iter().any(|r| r.metric.starts_with("origin calls")));
+//! let burst = report.get("burst: origin calls").unwrap();
+//! assert_eq!((burst.naive, burst.onephase), (1000.0, 1.0));
 //! println!("{}", report.table());
 //! ```
 
