@@ -207,6 +207,13 @@ where
             .is_some_and(|c| lock(&c.state).leading)
     }
 
+    /// How many callers are waiting for the call running for `key` (0 when none runs).
+    pub fn waiters(&self, key: &K) -> usize {
+        lock(&self.calls)
+            .get(key)
+            .map_or(0, |c| lock(&c.state).waiters)
+    }
+
     /// Counts of calls, executions and hand-offs since creation.
     pub fn stats(&self) -> FlightStats {
         FlightStats {

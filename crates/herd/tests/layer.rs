@@ -150,54 +150,40 @@ fn http_retry() -> RetryLayer<impl Fn(&Reply) -> onephase_herd::Verdict + Clone>
     })
 }
 
-#[tokio::test]
-async fn the_retry_layer_retries_a_503_and_respects_an_overloaded_one() {
+/// Sends one request through the HTTP retry layer to a service answering `status(n)` to its
+/// `n`-th call; the final status and how many calls were made.
+async fn retried(
+    status: impl Fn(u32) -> (StatusCode, Vec<(&'static str, &'static str)>) + Clone + Send + 'static,
+) -> (u16, u32) {
     let calls = Arc::new(AtomicU32::new(0));
-    let inner = status_service(Arc::clone(&calls), |_| {
-        (StatusCode::SERVICE_UNAVAILABLE, vec![])
-    });
+    let inner = status_service(Arc::clone(&calls), status);
     let r = http_retry()
         .layer(inner)
         .oneshot(0)
         .await
         .expect("a response");
-    assert_eq!(
-        (r.status().as_u16(), calls.load(Ordering::SeqCst)),
-        (503, 3)
-    );
+    (r.status().as_u16(), calls.load(Ordering::SeqCst))
+}
 
-    let calls = Arc::new(AtomicU32::new(0));
-    let inner = status_service(Arc::clone(&calls), |_| {
+#[tokio::test]
+async fn the_retry_layer_retries_a_503_and_respects_an_overloaded_one() {
+    let unavailable = retried(|_| (StatusCode::SERVICE_UNAVAILABLE, vec![])).await;
+    assert_eq!(unavailable, (503, 3));
+    let overloaded = retried(|_| {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             vec![("x-envoy-overloaded", "true")],
         )
-    });
-    let r = http_retry()
-        .layer(inner)
-        .oneshot(0)
-        .await
-        .expect("a response");
-    assert_eq!(
-        (r.status().as_u16(), calls.load(Ordering::SeqCst)),
-        (503, 1)
-    );
-
-    let calls = Arc::new(AtomicU32::new(0));
-    let inner = status_service(Arc::clone(&calls), |n| {
+    })
+    .await;
+    assert_eq!(overloaded, (503, 1));
+    let blip = retried(|n| {
         if n == 0 {
             (StatusCode::BAD_GATEWAY, vec![])
         } else {
             (StatusCode::OK, vec![])
         }
-    });
-    let r = http_retry()
-        .layer(inner)
-        .oneshot(0)
-        .await
-        .expect("a response");
-    assert_eq!(
-        (r.status().as_u16(), calls.load(Ordering::SeqCst)),
-        (200, 2)
-    );
+    })
+    .await;
+    assert_eq!(blip, (200, 2));
 }

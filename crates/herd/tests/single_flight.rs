@@ -46,6 +46,24 @@ fn spawn_waiter(
     })
 }
 
+/// A flight whose leader for "k" hangs until aborted (the gate's sender is returned, kept
+/// alive and never used).
+async fn hung_leader(
+    name: &str,
+) -> (
+    Arc<Flight>,
+    Arc<AtomicUsize>,
+    tokio::task::JoinHandle<Result<u64, String>>,
+    oneshot::Sender<()>,
+) {
+    let flight = Arc::new(Flight::new(name));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (never, gate) = oneshot::channel::<()>();
+    let leader = spawn_gated(&flight, &calls, gate, Ok(0));
+    settle().await;
+    (flight, calls, leader, never)
+}
+
 /// Lets spawned tasks reach their awaits.
 async fn settle() {
     for _ in 0..20 {
@@ -117,11 +135,7 @@ async fn a_panicking_leader_hands_the_work_to_a_waiter() {
 
 #[tokio::test]
 async fn a_cancelled_leader_hands_the_work_to_a_waiter() {
-    let flight = Arc::new(Flight::new("cancel-leader"));
-    let calls = Arc::new(AtomicUsize::new(0));
-    let (_never, gate) = oneshot::channel::<()>();
-    let leader = spawn_gated(&flight, &calls, gate, Ok(1));
-    settle().await;
+    let (flight, calls, leader, _never) = hung_leader("cancel-leader").await;
     let waiters: Vec<_> = (0..10)
         .map(|i| spawn_waiter(&flight, &calls, 100 + i))
         .collect();
@@ -164,11 +178,7 @@ async fn a_cancelled_waiter_neither_cancels_the_leader_nor_starts_a_call() {
 
 #[tokio::test]
 async fn a_cancelled_leader_with_no_waiters_frees_the_key() {
-    let flight = Arc::new(Flight::new("orphan"));
-    let calls = Arc::new(AtomicUsize::new(0));
-    let (_never, gate) = oneshot::channel::<()>();
-    let leader = spawn_gated(&flight, &calls, gate, Ok(1));
-    settle().await;
+    let (flight, _calls, leader, _never) = hung_leader("orphan").await;
     assert!(flight.is_running(&"k"));
     leader.abort();
     let _ = leader.await;
@@ -178,11 +188,7 @@ async fn a_cancelled_leader_with_no_waiters_frees_the_key() {
 
 #[tokio::test]
 async fn leaders_failing_one_after_another_still_end_with_every_waiter_answered() {
-    let flight = Arc::new(Flight::new("chain"));
-    let calls = Arc::new(AtomicUsize::new(0));
-    let (_never, gate) = oneshot::channel::<()>();
-    let first = spawn_gated(&flight, &calls, gate, Ok(0));
-    settle().await;
+    let (flight, calls, first, _never) = hung_leader("chain").await;
     // Two more would-be leaders that hang, then a patient waiter.
     let mut hung = Vec::new();
     let mut gates = Vec::new();
@@ -219,10 +225,14 @@ async fn ten_thousand_concurrent_waiters_share_one_execution() {
             );
             tokio::spawn(async move {
                 barrier.wait().await;
+                let leader_view = Arc::clone(&flight);
                 flight
                     .run(1, || async move {
                         calls.fetch_add(1, Ordering::SeqCst);
-                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        // Answer only once every other caller is waiting on this call.
+                        while leader_view.waiters(&1) < CALLERS - 1 {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
                         Ok(Arc::from("value"))
                     })
                     .await
@@ -234,7 +244,6 @@ async fn ten_thousand_concurrent_waiters_share_one_execution() {
     }
     let stats = flight.stats();
     assert_eq!(stats.calls, CALLERS as u64);
-    // All 10,000 arrive within the 200 ms the call takes, so one execution serves them.
     assert_eq!(calls.load(Ordering::SeqCst), 1, "{stats:?}");
     assert_eq!(stats.coalescing_ratio(), CALLERS as f64);
 }
