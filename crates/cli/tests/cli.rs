@@ -755,3 +755,38 @@ async fn limit_commands_talk_to_a_running_server() -> anyhow::Result<()> {
     ensure!(status.success(), "{status}");
     Ok(())
 }
+
+#[tokio::test]
+async fn lab_prints_its_scenarios_and_names_the_ones_it_has() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let out = onephase(dir.path(), &["lab", "stampede", "retry-storm", "--json"]).await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reports: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let names: Vec<_> = reports
+        .as_array()
+        .context("an array of reports")?
+        .iter()
+        .map(|r| r["scenario"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(names, ["stampede", "retry-storm"]);
+    let burst = &reports[0]["rows"][0];
+    assert_eq!(burst["metric"], "burst: origin calls");
+    assert_eq!(burst["onephase"], 1.0);
+
+    let table = onephase(dir.path(), &["lab", "reconnect-flood", "--seed", "4"]).await?;
+    let text = String::from_utf8(table.stdout)?;
+    assert!(text.contains("| peak reconnects per 100 ms |"), "{text}");
+
+    let unknown = onephase(dir.path(), &["lab", "stampedes"]).await?;
+    assert_eq!(unknown.status.code(), Some(1));
+    let err = String::from_utf8(unknown.stderr)?;
+    assert!(
+        err.contains("unknown scenario \"stampedes\"") && err.contains("retry-storm"),
+        "{err}"
+    );
+    Ok(())
+}
