@@ -54,7 +54,7 @@ pub struct BreakerConfig {
     /// Trip after this many failures in a row (`None`: never on a streak).
     pub consecutive_failures: Option<u32>,
     /// Trip when the share of failed calls in the window reaches this (0 to 1; `None`: never on
-    /// a rate).
+    /// a rate). At least one call must have failed.
     pub failure_rate: Option<f64>,
     /// The fewest calls in the window before the rate can trip the breaker.
     pub min_calls: u32,
@@ -280,7 +280,10 @@ impl BreakerMachine {
             return false;
         };
         let Pair(calls, failures) = self.window.sum(now);
-        calls >= u64::from(self.config.min_calls.max(1)) && failures as f64 >= rate * calls as f64
+        // `failures > 0`: a rate of 0 must not trip a breaker that saw no failure.
+        failures > 0
+            && calls >= u64::from(self.config.min_calls.max(1))
+            && failures as f64 >= rate * calls as f64
     }
 
     fn trip(&mut self, now: Instant, draw: f64) {

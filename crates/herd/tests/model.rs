@@ -39,7 +39,7 @@ fn op() -> impl Strategy<Value = Op> {
 fn config() -> impl Strategy<Value = BreakerConfig> {
     (
         proptest::option::of(1u32..6),
-        proptest::option::of(0.2f64..0.9),
+        proptest::option::of(prop_oneof![Just(0.0), 0.2f64..0.9]),
         1u32..8,
         proptest::option::of(50u64..300),
         1u32..4,
@@ -159,7 +159,8 @@ impl ModelBreaker {
                     .consecutive_failures
                     .is_some_and(|n| self.streak >= n);
                 let by_rate = self.config.failure_rate.is_some_and(|r| {
-                    recent.len() as u32 >= self.config.min_calls
+                    failures > 0.0
+                        && recent.len() as u32 >= self.config.min_calls
                         && failures >= r * recent.len() as f64
                 });
                 if by_streak || by_rate {
