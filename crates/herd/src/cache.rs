@@ -187,13 +187,13 @@ where
             if now < entry.expires {
                 inner.count(HITS);
                 if inner.refresh_early(entry, now) {
-                    self.refresh(key, load);
+                    self.refresh(key, seen.clone(), load);
                 }
                 return Ok(entry.value.clone());
             }
             if now < entry.expires + inner.config.stale_for {
                 inner.count(STALE);
-                self.refresh(key, load);
+                self.refresh(key, seen.clone(), load);
                 return Ok(entry.value.clone());
             }
         }
@@ -235,8 +235,9 @@ where
         self.inner.flights.stats()
     }
 
-    /// Starts a background refresh of `key` unless one is running.
-    fn refresh<F, Fut>(&self, key: K, load: F)
+    /// Starts a background refresh of `key` (whose entry the reader saw as `seen`) unless one
+    /// is running.
+    fn refresh<F, Fut>(&self, key: K, seen: Option<Arc<Entry<V>>>, load: F)
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<V, E>> + Send + 'static,
@@ -249,7 +250,6 @@ where
         }
         self.inner.count(REFRESHES);
         let inner = Arc::clone(&self.inner);
-        let seen = inner.entries.get(&key);
         runtime.spawn(async move {
             // Cleared however the task ends, so a key is never stuck as "refreshing".
             let _done = Refreshing(&inner, key.clone());

@@ -29,21 +29,16 @@ fn spawn_gated(
     })
 }
 
-/// Spawns a waiter whose own call, if it ever runs, counts in `calls` and answers `value`.
+/// Spawns a waiter whose own call, if it ever runs, counts in `calls` and answers `value`
+/// at once.
 fn spawn_waiter(
     flight: &Arc<Flight>,
     calls: &Arc<AtomicUsize>,
     value: u64,
 ) -> tokio::task::JoinHandle<Result<u64, String>> {
-    let (flight, calls) = (Arc::clone(flight), Arc::clone(calls));
-    tokio::spawn(async move {
-        flight
-            .run("k", || async move {
-                calls.fetch_add(1, Ordering::SeqCst);
-                Ok(value)
-            })
-            .await
-    })
+    let (release, gate) = oneshot::channel();
+    let _ = release.send(());
+    spawn_gated(flight, calls, gate, Ok(value))
 }
 
 /// A flight whose leader for "k" hangs until aborted (the gate's sender is returned, kept
