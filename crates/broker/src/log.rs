@@ -91,6 +91,18 @@ impl EmbeddedLog {
     /// Appends `batch` in one transaction and returns each envelope's position (for an
     /// envelope already in its topic, the position it had).
     pub async fn append(&self, batch: &[Envelope]) -> Result<Vec<i64>, BrokerError> {
+        Ok(self
+            .append_placed(batch)
+            .await?
+            .into_iter()
+            .map(|p| p.position)
+            .collect())
+    }
+
+    /// Appends `batch` in one transaction and says, for each envelope, where it is and
+    /// whether it was new or a repeat of its id (and if so, whether the record holds the same
+    /// key, payload and headers).
+    pub async fn append_placed(&self, batch: &[Envelope]) -> Result<Vec<Placed>, BrokerError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
@@ -99,7 +111,14 @@ impl EmbeddedLog {
         for (i, envelope) in batch.iter().enumerate() {
             by_topic.entry(envelope.topic()).or_default().push(i);
         }
-        let mut positions = vec![0_i64; batch.len()];
+        let mut positions = vec![
+            Placed {
+                position: 0,
+                new: true,
+                same: true,
+            };
+            batch.len()
+        ];
         match self.store.db() {
             Db::Postgres(pool) => {
                 let mut tx = pool.begin().await.map_err(db_error)?;
@@ -135,8 +154,24 @@ impl EmbeddedLog {
                         .await
                         .map_err(db_error)?;
                         positions[i] = match position {
-                            Some(p) => p,
-                            None => existing_position_pg(&mut tx, e).await?,
+                            Some(p) => Placed::new(p),
+                            None => {
+                                let (p, key, payload, headers): (
+                                    i64,
+                                    Option<String>,
+                                    Vec<u8>,
+                                    String,
+                                ) = sqlx::query_as(
+                                    "SELECT position, key, payload, headers::text \
+                                         FROM onephase_log_records WHERE topic = $1 AND id = $2",
+                                )
+                                .bind(e.topic())
+                                .bind(e.id().as_uuid())
+                                .fetch_one(&mut *tx)
+                                .await
+                                .map_err(db_error)?;
+                                Placed::repeat(p, e, key, &payload, &headers)
+                            }
                         };
                     }
                 }
@@ -185,15 +220,24 @@ impl EmbeddedLog {
                         .await
                         .map_err(db_error)?;
                         positions[i] = match position {
-                            Some(p) => p,
-                            None => sqlx::query_scalar(
-                                "SELECT position FROM onephase_log_records WHERE topic = ?1 AND id = ?2",
-                            )
-                            .bind(e.topic())
-                            .bind(e.id().to_string())
-                            .fetch_one(&mut *tx)
-                            .await
-                            .map_err(db_error)?,
+                            Some(p) => Placed::new(p),
+                            None => {
+                                let (p, key, payload, headers): (
+                                    i64,
+                                    Option<String>,
+                                    Vec<u8>,
+                                    String,
+                                ) = sqlx::query_as(
+                                    "SELECT position, key, payload, headers \
+                                         FROM onephase_log_records WHERE topic = ?1 AND id = ?2",
+                                )
+                                .bind(e.topic())
+                                .bind(e.id().to_string())
+                                .fetch_one(&mut *tx)
+                                .await
+                                .map_err(db_error)?;
+                                Placed::repeat(p, e, key, &payload, &headers)
+                            }
                         };
                     }
                 }
@@ -378,16 +422,42 @@ impl EmbeddedLog {
     }
 }
 
-async fn existing_position_pg(
-    tx: &mut sqlx::PgConnection,
-    e: &Envelope,
-) -> Result<i64, BrokerError> {
-    sqlx::query_scalar("SELECT position FROM onephase_log_records WHERE topic = $1 AND id = $2")
-        .bind(e.topic())
-        .bind(e.id().as_uuid())
-        .fetch_one(tx)
-        .await
-        .map_err(db_error)
+/// Where [`EmbeddedLog::append_placed`] put an envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placed {
+    /// Its position in its topic.
+    pub position: i64,
+    /// False when its id was already in the topic: nothing was appended.
+    pub new: bool,
+    /// For a repeat, whether the record there has the same key, payload and headers.
+    pub same: bool,
+}
+
+impl Placed {
+    fn new(position: i64) -> Self {
+        Self {
+            position,
+            new: true,
+            same: true,
+        }
+    }
+
+    fn repeat(
+        position: i64,
+        e: &Envelope,
+        key: Option<String>,
+        payload: &[u8],
+        headers: &str,
+    ) -> Self {
+        let headers: Option<BTreeMap<String, String>> = serde_json::from_str(headers).ok();
+        Self {
+            position,
+            new: false,
+            same: key.as_deref() == e.key()
+                && payload == e.payload().as_ref()
+                && headers.as_ref() == Some(e.headers()),
+        }
+    }
 }
 
 struct RawRecord {

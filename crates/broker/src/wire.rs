@@ -19,9 +19,14 @@ pub const CREATED_AT_HEADER: &str = "onephase-created-at";
 /// Header carrying [`Envelope::key`] on transports without a key field (NATS, AMQP).
 pub const KEY_HEADER: &str = "onephase-key";
 
-/// Whether `name` is one of the reserved headers above, which never become envelope headers.
+/// Whether `name` is in onephase's reserved namespace (the headers above, and any other name
+/// starting with [`RESERVED_HEADER_PREFIX`](onephase_core::limits::RESERVED_HEADER_PREFIX)),
+/// which never becomes an envelope header. A reserved name this version does not know (from
+/// a newer one) is skipped on receipt rather than refused.
 pub fn is_reserved(name: &str) -> bool {
-    matches!(name, ID_HEADER | CREATED_AT_HEADER | KEY_HEADER)
+    let prefix = onephase_core::limits::RESERVED_HEADER_PREFIX;
+    name.get(..prefix.len())
+        .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
 }
 
 /// Formats a creation time for [`CREATED_AT_HEADER`].

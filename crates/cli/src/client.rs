@@ -1,6 +1,7 @@
 //! The HTTP client the operational subcommands share: where the server is, how to
 //! authenticate, and how to print its answers.
 
+use crate::output::outln;
 use clap::Args;
 use serde_json::Value;
 
@@ -36,13 +37,21 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client for `args`.
-    pub fn new(args: &ServerArgs) -> Self {
-        Self {
-            http: reqwest::Client::new(),
-            base: args.server.trim_end_matches('/').to_owned(),
-            token: args.token.clone(),
+    /// A client for `args`, or why its server URL cannot be one.
+    pub fn new(args: &ServerArgs) -> anyhow::Result<Self> {
+        let base = args.server.trim().trim_end_matches('/').to_owned();
+        match reqwest::Url::parse(&base) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => {}
+            _ => anyhow::bail!(
+                "--server {:?} is not a URL like http://127.0.0.1:7700 (it needs the http:// or https:// and a host)",
+                args.server
+            ),
         }
+        Ok(Self {
+            http: reqwest::Client::new(),
+            base,
+            token: args.token.clone(),
+        })
     }
 
     /// Sends a request without a body; returns the JSON answer, if any.
@@ -91,10 +100,21 @@ impl Client {
                 .header(reqwest::header::CONTENT_TYPE, content_type)
                 .body(bytes);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot reach the server at {}: {e}", self.base))?;
+        let response = request.send().await.map_err(|e| {
+            // reqwest's own message says little ("error sending request"); its causes say
+            // what happened (connection refused, a name that does not resolve, a timeout).
+            let mut cause = String::new();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                cause = s.to_string();
+                source = s.source();
+            }
+            anyhow::anyhow!(
+                "cannot reach the server at {}: {}. Is `onephase serve` running there? Point --server (or ONEPHASE_SERVER) at it",
+                self.base,
+                if cause.is_empty() { e.to_string() } else { cause }
+            )
+        })?;
         let status = response.status();
         let text = response.text().await?;
         if !status.is_success() {
@@ -154,21 +174,21 @@ fn table(rows: &[Value], columns: &[(&str, &str)]) {
             .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
-        println!("{}", padded.join("  ").trim_end());
+        outln!("{}", padded.join("  ").trim_end());
     }
 }
 
 /// Prints `value` as pretty JSON, or as a table of `columns` (title, field).
 pub fn print(json: bool, value: &Value, columns: &[(&str, &str)]) {
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(value).unwrap_or_default()
         );
     } else {
         let rows = value.as_array().cloned().unwrap_or_default();
         if rows.is_empty() {
-            println!("(none)");
+            outln!("(none)");
         } else {
             table(&rows, columns);
         }

@@ -1,5 +1,6 @@
 //! `onephase lab`: run failure scenarios locally, naive beside onephase, and print the figures.
 
+use crate::output::outln;
 use anyhow::bail;
 use clap::Args;
 use onephase_lab::{Scenario, run};
@@ -35,10 +36,10 @@ pub fn lab(args: LabArgs) -> anyhow::Result<()> {
     }
     let reports: Vec<_> = scenarios.into_iter().map(|s| run(s, args.seed)).collect();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&reports)?);
+        outln!("{}", serde_json::to_string_pretty(&reports)?);
     } else {
         for report in reports {
-            println!("{}", report.table());
+            outln!("{}", report.table());
         }
     }
     Ok(())

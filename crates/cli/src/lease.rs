@@ -1,6 +1,7 @@
 //! `onephase lease ...`: acquire, renew, release and list fenced leases over a running
 //! server's HTTP API.
 
+use crate::output::outln;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -111,7 +112,7 @@ pub async fn run(command: LeaseCommand) -> anyhow::Result<()> {
                 "ttl_ms": millis(ttl),
                 "wait_ms": wait.map(millis),
             });
-            let grant = Client::new(&server)
+            let grant = Client::new(&server)?
                 .send_json(
                     Method::POST,
                     &format!("/v1/leases/{}/acquire", encode(&name)),
@@ -120,9 +121,9 @@ pub async fn run(command: LeaseCommand) -> anyhow::Result<()> {
                 .await?
                 .context("the server answered without a grant")?;
             if server.json {
-                println!("{}", serde_json::to_string_pretty(&grant)?);
+                outln!("{}", serde_json::to_string_pretty(&grant)?);
             } else {
-                println!(
+                outln!(
                     "acquired {name} as {} with token {} until {}",
                     grant["holder"].as_str().unwrap_or_default(),
                     grant["token"],
@@ -137,7 +138,7 @@ pub async fn run(command: LeaseCommand) -> anyhow::Result<()> {
             server,
         } => {
             let body = json!({ "token": token, "ttl_ms": millis(ttl) });
-            let grant = Client::new(&server)
+            let grant = Client::new(&server)?
                 .send_json(
                     Method::POST,
                     &format!("/v1/leases/{}/renew", encode(&name)),
@@ -146,9 +147,9 @@ pub async fn run(command: LeaseCommand) -> anyhow::Result<()> {
                 .await?
                 .context("the server answered without a grant")?;
             if server.json {
-                println!("{}", serde_json::to_string_pretty(&grant)?);
+                outln!("{}", serde_json::to_string_pretty(&grant)?);
             } else {
-                println!(
+                outln!(
                     "renewed {name} (token {token}) until {}",
                     grant["expires_at"].as_str().unwrap_or_default()
                 );
@@ -159,7 +160,7 @@ pub async fn run(command: LeaseCommand) -> anyhow::Result<()> {
             fencing_token: token,
             server,
         } => {
-            Client::new(&server)
+            Client::new(&server)?
                 .send_json(
                     Method::POST,
                     &format!("/v1/leases/{}/release", encode(&name)),
@@ -167,11 +168,11 @@ pub async fn run(command: LeaseCommand) -> anyhow::Result<()> {
                 )
                 .await?;
             if !server.json {
-                println!("released {name} (token {token})");
+                outln!("released {name} (token {token})");
             }
         }
         LeaseCommand::List { server } => {
-            let leases = Client::new(&server)
+            let leases = Client::new(&server)?
                 .send(Method::GET, "/v1/leases")
                 .await?
                 .unwrap_or_default();

@@ -1,6 +1,7 @@
 //! `onephase limit ...`: check keys against a running server's rate-limit policies, and list
 //! them.
 
+use crate::output::outln;
 use anyhow::Context;
 use clap::Subcommand;
 use serde_json::json;
@@ -37,7 +38,7 @@ pub async fn run(command: LimitCommand) -> anyhow::Result<()> {
             cost,
             server,
         } => {
-            let decision = Client::new(&server)
+            let decision = Client::new(&server)?
                 .send_json(
                     Method::POST,
                     &format!("/v1/limits/{}/check", encode(&policy)),
@@ -47,14 +48,16 @@ pub async fn run(command: LimitCommand) -> anyhow::Result<()> {
                 .context("the server answered without a decision")?;
             let allowed = decision["allowed"] == json!(true);
             if server.json {
-                println!("{}", serde_json::to_string_pretty(&decision)?);
+                outln!("{}", serde_json::to_string_pretty(&decision)?);
             } else if allowed {
-                println!(
+                outln!(
                     "allowed: {} of {} left, full again in {} ms",
-                    decision["remaining"], decision["limit"], decision["reset_ms"]
+                    decision["remaining"],
+                    decision["limit"],
+                    decision["reset_ms"]
                 );
             } else {
-                println!(
+                outln!(
                     "refused: retry after {} ms",
                     decision["retry_after_ms"].as_u64().unwrap_or_default()
                 );
@@ -67,7 +70,7 @@ pub async fn run(command: LimitCommand) -> anyhow::Result<()> {
             }
         }
         LimitCommand::Policies { server } => {
-            let mut policies = Client::new(&server)
+            let mut policies = Client::new(&server)?
                 .send(Method::GET, "/v1/limits")
                 .await?
                 .unwrap_or_default();

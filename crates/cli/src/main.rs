@@ -8,6 +8,7 @@ mod lab;
 mod lease;
 mod limit;
 mod outbox;
+mod output;
 mod saga;
 mod webhook;
 
@@ -22,6 +23,7 @@ use onephase_server::{
     ConfigOverrides, LogFormat, Server, ServerConfig, migrations, shutdown_signal,
 };
 use onephase_store::Store;
+use output::outln;
 
 /// onephase: transactional outbox and inbox, sagas, signed webhooks, fenced leases and rate
 /// limits, without two-phase commit.
@@ -159,10 +161,27 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", report(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error with its causes, each said once: a cause whose text the message already holds
+/// (errors often quote their source) is not repeated.
+fn report(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if part.is_empty() || text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -186,7 +205,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }) => {
             let store = Store::connect(&url).await?;
             store.migrate(&[onephase_outbox::migrations()]).await?;
-            println!("{}: outbox tables are up to date", store.url());
+            outln!("{}: outbox tables are up to date", store.url());
             store.close().await;
             Ok(())
         }
@@ -204,7 +223,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_tracing(&config)?;
             let store = Store::connect(&config.store).await?;
             store.migrate(&migrations()).await?;
-            println!("{}: migrations applied", store.url());
+            outln!("{}: migrations applied", store.url());
             store.close().await;
             Ok(())
         }
@@ -239,7 +258,7 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let server = Server::bind(config).await?;
     let addr = server.local_addr();
     if let Some(token) = server.bootstrap_token() {
-        println!(
+        outln!(
             "\nonephase created the first admin token. It is shown only this once; keep it now:\n\n    \
              {token}\n\nTry it:  curl -H 'Authorization: Bearer {token}' http://{addr}/v1/whoami\n"
         );
@@ -258,8 +277,8 @@ async fn token(config_file: Option<&std::path::Path>, command: TokenCommand) -> 
         } => {
             let token = generate_token(&mut rand::rng());
             if config_only {
-                println!("{token}\n");
-                println!(
+                outln!("{token}\n");
+                outln!(
                     "[[auth.tokens]]\nname = {}\nrole = \"{role}\"\nsha256 = \"{}\"",
                     serde_json::to_string(&name)?,
                     hash_token(&token)
@@ -270,14 +289,17 @@ async fn token(config_file: Option<&std::path::Path>, command: TokenCommand) -> 
             tokens
                 .create(&name, role, &token, time::OffsetDateTime::now_utc())
                 .await?;
-            println!("{token}");
+            outln!("{token}");
             eprintln!("created {role} token {name:?}; it is shown only this once");
         }
         TokenCommand::List { store } => {
             let tokens = open_tokens(config_file, store).await?;
-            println!(
+            outln!(
                 "{:<24} {:<7} {:<7} {:<26} REVOKED",
-                "NAME", "ROLE", "SOURCE", "CREATED"
+                "NAME",
+                "ROLE",
+                "SOURCE",
+                "CREATED"
             );
             for t in tokens.list().await? {
                 let fmt = |at: Option<time::OffsetDateTime>| {
@@ -287,7 +309,7 @@ async fn token(config_file: Option<&std::path::Path>, command: TokenCommand) -> 
                     })
                     .unwrap_or_else(|| "-".to_owned())
                 };
-                println!(
+                outln!(
                     "{:<24} {:<7} {:<7} {:<26} {}",
                     t.name,
                     t.role,

@@ -1,5 +1,6 @@
 //! `onephase outbox ...`: operate a running server's outbox over its HTTP API.
 
+use crate::output::outln;
 use clap::Subcommand;
 
 use crate::client::{Client, ServerArgs, print};
@@ -61,7 +62,7 @@ pub enum OutboxCommand {
 pub async fn run(command: OutboxCommand) -> anyhow::Result<()> {
     match command {
         OutboxCommand::Status { server } => {
-            let value = Client::new(&server)
+            let value = Client::new(&server)?
                 .send(reqwest::Method::GET, "/v1/relays")
                 .await?
                 .unwrap_or_default();
@@ -86,7 +87,7 @@ pub async fn run(command: OutboxCommand) -> anyhow::Result<()> {
             server,
         } => {
             let path = format!("/v1/outbox/{topic}?after={after}&limit={limit}");
-            let value = Client::new(&server)
+            let value = Client::new(&server)?
                 .send(reqwest::Method::GET, &path)
                 .await?
                 .unwrap_or_default();
@@ -109,7 +110,7 @@ pub async fn run(command: OutboxCommand) -> anyhow::Result<()> {
             server,
         } => {
             let path = format!("/v1/relays/{relay}/dead?after={after}&limit={limit}");
-            let value = Client::new(&server)
+            let value = Client::new(&server)?
                 .send(reqwest::Method::GET, &path)
                 .await?
                 .unwrap_or_default();
@@ -127,22 +128,22 @@ pub async fn run(command: OutboxCommand) -> anyhow::Result<()> {
             );
         }
         OutboxCommand::Retry { relay, id, server } => {
-            Client::new(&server)
+            Client::new(&server)?
                 .send(
                     reqwest::Method::POST,
                     &format!("/v1/relays/{relay}/dead/{id}/retry"),
                 )
                 .await?;
-            println!("{id}: pending again on relay {relay}");
+            outln!("{id}: pending again on relay {relay}");
         }
         OutboxCommand::Discard { relay, id, server } => {
-            Client::new(&server)
+            Client::new(&server)?
                 .send(
                     reqwest::Method::DELETE,
                     &format!("/v1/relays/{relay}/dead/{id}"),
                 )
                 .await?;
-            println!("{id}: discarded from relay {relay}");
+            outln!("{id}: discarded from relay {relay}");
         }
     }
     Ok(())

@@ -1,6 +1,7 @@
 //! `onephase saga ...`: register definitions, start runs, and operate runs over a running
 //! server's HTTP API.
 
+use crate::output::outln;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -101,10 +102,10 @@ const RUN_COLUMNS: &[(&str, &str)] = &[
 
 fn print_run(json: bool, run: &Value) {
     if json {
-        println!("{}", serde_json::to_string_pretty(run).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(run).unwrap_or_default());
         return;
     }
-    println!(
+    outln!(
         "run {} ({} v{}): {}",
         run["id"].as_str().unwrap_or("?"),
         run["saga"].as_str().unwrap_or("?"),
@@ -112,9 +113,9 @@ fn print_run(json: bool, run: &Value) {
         run["state"].as_str().unwrap_or("?")
     );
     if let Some(error) = run["error"].as_str() {
-        println!("error: {error}");
+        outln!("error: {error}");
     }
-    println!();
+    outln!();
     print(
         false,
         &run["steps"],
@@ -126,7 +127,7 @@ fn print_run(json: bool, run: &Value) {
             ("LAST ERROR", "last_error"),
         ],
     );
-    println!();
+    outln!();
     print(
         false,
         &run["history"],
@@ -155,7 +156,7 @@ pub async fn run(command: SagaCommand) -> anyhow::Result<()> {
             } else {
                 "application/json"
             };
-            let answer = Client::new(&server)
+            let answer = Client::new(&server)?
                 .send_body(
                     reqwest::Method::POST,
                     "/v1/sagas",
@@ -165,14 +166,14 @@ pub async fn run(command: SagaCommand) -> anyhow::Result<()> {
                 .await?
                 .unwrap_or_default();
             if server.json {
-                println!("{}", serde_json::to_string_pretty(&answer)?);
+                outln!("{}", serde_json::to_string_pretty(&answer)?);
             } else {
                 let verb = if answer["created"] == json!(true) {
                     "registered"
                 } else {
                     "already registered (same document)"
                 };
-                println!("{} version {}: {verb}", answer["name"], answer["version"]);
+                outln!("{} version {}: {verb}", answer["name"], answer["version"]);
             }
         }
         SagaCommand::Start {
@@ -189,7 +190,7 @@ pub async fn run(command: SagaCommand) -> anyhow::Result<()> {
                 .map(|k| ("Idempotency-Key", k))
                 .into_iter()
                 .collect();
-            let answer = Client::new(&server)
+            let answer = Client::new(&server)?
                 .send_json_with(
                     reqwest::Method::POST,
                     &format!("/v1/sagas/{}/runs", encode(&saga)),
@@ -199,14 +200,14 @@ pub async fn run(command: SagaCommand) -> anyhow::Result<()> {
                 .await?
                 .unwrap_or_default();
             if server.json {
-                println!("{}", serde_json::to_string_pretty(&answer)?);
+                outln!("{}", serde_json::to_string_pretty(&answer)?);
             } else {
                 let how = if answer["created"] == json!(true) {
                     "started"
                 } else {
                     "already started by this idempotency key"
                 };
-                println!(
+                outln!(
                     "{}: {how} (version {}, {})",
                     answer["id"].as_str().unwrap_or("?"),
                     answer["version"],
@@ -227,14 +228,14 @@ pub async fn run(command: SagaCommand) -> anyhow::Result<()> {
             if let Some(saga) = saga {
                 path.push_str(&format!("&saga={}", encode(&saga)));
             }
-            let value = Client::new(&server)
+            let value = Client::new(&server)?
                 .send(reqwest::Method::GET, &path)
                 .await?
                 .unwrap_or_default();
             print(server.json, &value, RUN_COLUMNS);
         }
         SagaCommand::Show { id, server } => {
-            let run = Client::new(&server)
+            let run = Client::new(&server)?
                 .send(
                     reqwest::Method::GET,
                     &format!("/v1/saga-runs/{}", encode(&id)),
@@ -244,7 +245,7 @@ pub async fn run(command: SagaCommand) -> anyhow::Result<()> {
             print_run(server.json, &run);
         }
         SagaCommand::Retry { id, note, server } => {
-            let run = Client::new(&server)
+            let run = Client::new(&server)?
                 .send_json(
                     reqwest::Method::POST,
                     &format!("/v1/saga-runs/{}/retry", encode(&id)),
@@ -252,7 +253,7 @@ pub async fn run(command: SagaCommand) -> anyhow::Result<()> {
                 )
                 .await?
                 .unwrap_or_default();
-            println!("{id}: {} again", run["state"].as_str().unwrap_or("?"));
+            outln!("{id}: {} again", run["state"].as_str().unwrap_or("?"));
         }
         SagaCommand::Resolve {
             id,
@@ -260,7 +261,7 @@ pub async fn run(command: SagaCommand) -> anyhow::Result<()> {
             note,
             server,
         } => {
-            let run = Client::new(&server)
+            let run = Client::new(&server)?
                 .send_json(
                     reqwest::Method::POST,
                     &format!(
@@ -272,20 +273,20 @@ pub async fn run(command: SagaCommand) -> anyhow::Result<()> {
                 )
                 .await?
                 .unwrap_or_default();
-            println!(
+            outln!(
                 "{id}: step {step} resolved by hand; the run is {}",
                 run["state"].as_str().unwrap_or("?")
             );
         }
         SagaCommand::Abort { id, note, server } => {
-            Client::new(&server)
+            Client::new(&server)?
                 .send_json(
                     reqwest::Method::POST,
                     &format!("/v1/saga-runs/{}/abort", encode(&id)),
                     &json!({"note": note}),
                 )
                 .await?;
-            println!("{id}: aborted");
+            outln!("{id}: aborted");
         }
     }
     Ok(())

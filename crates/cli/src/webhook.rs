@@ -1,6 +1,7 @@
 //! `onephase webhook ...`: send messages, manage endpoints, inspect attempts and dead letters,
 //! and replay, over a running server's HTTP API.
 
+use crate::output::outln;
 use anyhow::Context;
 use clap::Subcommand;
 use serde_json::{Map, Value, json};
@@ -262,19 +263,19 @@ pub async fn run(command: WebhookCommand) -> anyhow::Result<()> {
                 .map(|k| ("Idempotency-Key", k))
                 .into_iter()
                 .collect();
-            let sent = Client::new(&server)
+            let sent = Client::new(&server)?
                 .send_json_with(Method::POST, "/v1/webhooks/messages", &body, &headers)
                 .await?
                 .unwrap_or_default();
             if server.json {
-                println!("{}", serde_json::to_string_pretty(&sent)?);
+                outln!("{}", serde_json::to_string_pretty(&sent)?);
             } else if sent["duplicate"] == json!(true) {
-                println!(
+                outln!(
                     "{}: already sent with this idempotency key",
                     sent["id"].as_str().unwrap_or("?")
                 );
             } else {
-                println!(
+                outln!(
                     "{}: recorded for {} endpoint(s)",
                     sent["id"].as_str().unwrap_or("?"),
                     sent["endpoints"]
@@ -286,7 +287,7 @@ pub async fn run(command: WebhookCommand) -> anyhow::Result<()> {
                 "/v1/webhooks/messages",
                 &[("app", app), ("limit", Some(limit.to_string()))],
             );
-            let list = Client::new(&server).send(Method::GET, &path).await?;
+            let list = Client::new(&server)?.send(Method::GET, &path).await?;
             print(
                 server.json,
                 &list.unwrap_or_default(),
@@ -300,7 +301,7 @@ pub async fn run(command: WebhookCommand) -> anyhow::Result<()> {
             );
         }
         WebhookCommand::Show { id, server } => {
-            let message = Client::new(&server)
+            let message = Client::new(&server)?
                 .send(
                     Method::GET,
                     &format!("/v1/webhooks/messages/{}", encode(&id)),
@@ -308,16 +309,16 @@ pub async fn run(command: WebhookCommand) -> anyhow::Result<()> {
                 .await?
                 .unwrap_or_default();
             if server.json {
-                println!("{}", serde_json::to_string_pretty(&message)?);
+                outln!("{}", serde_json::to_string_pretty(&message)?);
             } else {
-                println!(
+                outln!(
                     "{} ({}, app {}): {}",
                     message["id"].as_str().unwrap_or("?"),
                     message["event_type"].as_str().unwrap_or("?"),
                     message["app"].as_str().unwrap_or("?"),
                     message["body"].as_str().unwrap_or("")
                 );
-                println!();
+                outln!();
                 print(false, &message["deliveries"], DELIVERY_COLUMNS);
             }
         }
@@ -336,7 +337,7 @@ pub async fn run(command: WebhookCommand) -> anyhow::Result<()> {
                     ("limit", Some(limit.to_string())),
                 ],
             );
-            let list = Client::new(&server).send(Method::GET, &path).await?;
+            let list = Client::new(&server)?.send(Method::GET, &path).await?;
             print(
                 server.json,
                 &list.unwrap_or_default(),
@@ -363,7 +364,7 @@ pub async fn run(command: WebhookCommand) -> anyhow::Result<()> {
                     ("limit", Some(limit.to_string())),
                 ],
             );
-            let list = Client::new(&server).send(Method::GET, &path).await?;
+            let list = Client::new(&server)?.send(Method::GET, &path).await?;
             print(server.json, &list.unwrap_or_default(), DELIVERY_COLUMNS);
         }
         WebhookCommand::Replay {
@@ -379,14 +380,14 @@ pub async fn run(command: WebhookCommand) -> anyhow::Result<()> {
                 ("since", json!(since)),
                 ("include_delivered", json!(include_delivered)),
             ]);
-            let answer = Client::new(&server)
+            let answer = Client::new(&server)?
                 .send_json(Method::POST, "/v1/webhooks/replay", &body)
                 .await?
                 .unwrap_or_default();
             if server.json {
-                println!("{}", serde_json::to_string_pretty(&answer)?);
+                outln!("{}", serde_json::to_string_pretty(&answer)?);
             } else {
-                println!("{} deliveries pending again", answer["replayed"]);
+                outln!("{} deliveries pending again", answer["replayed"]);
             }
         }
     }
@@ -398,7 +399,7 @@ async fn endpoints(command: EndpointCommand) -> anyhow::Result<()> {
     match command {
         EndpointCommand::List { app, server } => {
             let path = with_query("/v1/webhooks/endpoints", &[("app", app)]);
-            let list = Client::new(&server).send(Method::GET, &path).await?;
+            let list = Client::new(&server)?.send(Method::GET, &path).await?;
             print(server.json, &list.unwrap_or_default(), ENDPOINT_COLUMNS);
         }
         EndpointCommand::Create {
@@ -429,7 +430,7 @@ async fn endpoints(command: EndpointCommand) -> anyhow::Result<()> {
                 ("key", json!(key)),
                 ("description", json!(description)),
             ]);
-            let client = Client::new(&server);
+            let client = Client::new(&server)?;
             let endpoint = client
                 .send_json(Method::POST, "/v1/webhooks/endpoints", &body)
                 .await?
@@ -441,40 +442,40 @@ async fn endpoints(command: EndpointCommand) -> anyhow::Result<()> {
                 .unwrap_or_default();
             if server.json {
                 let both = json!({"endpoint": endpoint, "keys": keys});
-                println!("{}", serde_json::to_string_pretty(&both)?);
+                outln!("{}", serde_json::to_string_pretty(&both)?);
             } else {
-                println!("{id}: created");
-                println!(
+                outln!("{id}: created");
+                outln!(
                     "the receiver verifies with: {}",
                     keys[0]["key"].as_str().unwrap_or("?")
                 );
             }
         }
         EndpointCommand::Show { id, server } => {
-            let endpoint = Client::new(&server)
+            let endpoint = Client::new(&server)?
                 .send(Method::GET, &endpoint_path(&id, ""))
                 .await?
                 .unwrap_or_default();
             print_one(server.json, &endpoint, ENDPOINT_COLUMNS);
         }
         EndpointCommand::Enable { id, server } => {
-            Client::new(&server)
+            Client::new(&server)?
                 .send(Method::POST, &endpoint_path(&id, "/enable"))
                 .await?;
-            println!("{id}: enabled");
+            outln!("{id}: enabled");
         }
         EndpointCommand::Disable { id, reason, server } => {
-            Client::new(&server)
+            Client::new(&server)?
                 .send_json(
                     Method::POST,
                     &endpoint_path(&id, "/disable"),
                     &object(vec![("reason", json!(reason))]),
                 )
                 .await?;
-            println!("{id}: disabled");
+            outln!("{id}: disabled");
         }
         EndpointCommand::Keys { id, server } => {
-            let keys = Client::new(&server)
+            let keys = Client::new(&server)?
                 .send(Method::GET, &endpoint_path(&id, "/keys"))
                 .await?
                 .unwrap_or_default();
@@ -498,24 +499,24 @@ async fn endpoints(command: EndpointCommand) -> anyhow::Result<()> {
                 ("key", json!(key)),
                 ("overlap_secs", json!(overlap_secs)),
             ]);
-            let new = Client::new(&server)
+            let new = Client::new(&server)?
                 .send_json(Method::POST, &endpoint_path(&id, "/keys/rotate"), &body)
                 .await?
                 .unwrap_or_default();
             if server.json {
-                println!("{}", serde_json::to_string_pretty(&new)?);
+                outln!("{}", serde_json::to_string_pretty(&new)?);
             } else {
-                println!(
+                outln!(
                     "{id}: now also signing with {}; the older keys stop after the overlap",
                     new["key"].as_str().unwrap_or("?")
                 );
             }
         }
         EndpointCommand::Delete { id, server } => {
-            Client::new(&server)
+            Client::new(&server)?
                 .send(Method::DELETE, &endpoint_path(&id, ""))
                 .await?;
-            println!("{id}: deleted");
+            outln!("{id}: deleted");
         }
     }
     Ok(())

@@ -21,6 +21,11 @@ pub mod limits {
     pub const MAX_HEADER_NAME_LEN: usize = 128;
     /// Longest header value, in bytes.
     pub const MAX_HEADER_VALUE_LEN: usize = 4096;
+    /// Header names starting with this are onephase's own: on transports without a field for
+    /// them, the envelope's id, key and creation time travel as `onephase-id`, `onephase-key`
+    /// and `onephase-created-at`. An envelope header may not start with it, so that an
+    /// application's header can neither overwrite those nor travel beside them.
+    pub const RESERVED_HEADER_PREFIX: &str = "onephase-";
 }
 
 /// One message on its way from a local commit to somewhere else.
@@ -301,6 +306,15 @@ fn validate_headers(headers: &BTreeMap<String, String>) -> Result<(), Validation
                 "headers",
                 format!(
                     "header name {name:?} must be 1 to {MAX_HEADER_NAME_LEN} lowercase letters, digits, '-', '_' or '.'"
+                ),
+            ));
+        }
+        if name.starts_with(limits::RESERVED_HEADER_PREFIX) {
+            return Err(ValidationError::new(
+                "headers",
+                format!(
+                    "header name {name:?} is reserved: names starting with {:?} carry the envelope's own id, key and creation time on the wire; rename the header",
+                    limits::RESERVED_HEADER_PREFIX
                 ),
             ));
         }

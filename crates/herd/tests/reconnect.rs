@@ -36,7 +36,7 @@ async fn forty_redis_clients_cut_off_together_all_reconnect() -> anyhow::Result<
     for _ in 0..CLIENTS {
         connections.push(client.get_multiplexed_async_connection().await?);
     }
-    proxy.cut();
+    proxy.cut().await;
     let tasks: Vec<_> = connections
         .into_iter()
         .map(|mut connection| {
@@ -83,7 +83,7 @@ async fn a_postgres_connection_reconnects_and_a_bounded_one_gives_up_with_the_er
         return Ok(());
     };
     let (proxy, through) = FaultProxy::in_front_of(&url).await?;
-    proxy.cut();
+    proxy.cut().await;
     let refused = quick("pg-test")
         .max_attempts(3)
         .connect(|| sqlx::PgConnection::connect(&through))

@@ -113,7 +113,7 @@ mod suite {
         g.keep_alive();
         tokio::time::sleep(Duration::from_millis(3_500)).await;
         ensure!(g.is_held(), "renewals go through the proxy");
-        proxy.cut();
+        proxy.cut().await;
         let cut_at = Instant::now();
         let deadline = g.deadline();
         let lapse = tokio::time::timeout(Duration::from_secs(10), g.lapsed()).await?;

@@ -342,7 +342,7 @@ async fn a_holder_cut_off_from_postgres_learns_it_before_its_deadline() -> anyho
     g.keep_alive();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     ensure!(g.is_held(), "renewals go through the proxy");
-    proxy.cut();
+    proxy.cut().await;
     let cut_at = std::time::Instant::now();
     let deadline = g.deadline();
     let lapse = tokio::time::timeout(Duration::from_secs(10), g.lapsed()).await?;

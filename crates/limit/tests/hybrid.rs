@@ -275,7 +275,7 @@ mod engines {
             .with_timeout(Duration::from_millis(200));
         let hybrid = HybridLimiter::new(Arc::new(shared), 5)?;
         ensure!(hybrid.check("k", 1).await?.allowed);
-        proxy.cut();
+        proxy.cut().await;
         // The lease in hand is spent without Redis...
         for _ in 0..4 {
             let d = hybrid.check("k", 1).await?;

@@ -87,10 +87,37 @@ pub use sql::{DeadRow, OutboxStatus};
 
 /// The outbox and inbox tables, to pass to [`Store::migrate`](onephase_store::Store::migrate)
 /// or to run against an application's own database.
+///
+/// An outbox table the application created itself (from the shipped SQL, with Flyway,
+/// Alembic or by hand) is adopted: if it has every column of the contract, what else the first
+/// migration creates (indexes, the inbox, on PostgreSQL the wake-up trigger) is added and the
+/// migration recorded as applied; if it lacks a column, the error names it.
 pub fn migrations() -> Migrations {
     Migrations::new(
         "outbox",
         sqlx::migrate!("migrations/sqlite"),
         sqlx::migrate!("migrations/postgres"),
     )
+    .adopting(onephase_store::Adoption {
+        version: 1,
+        table: "onephase_outbox",
+        columns: &[
+            "seq",
+            "id",
+            "topic",
+            "key",
+            "payload",
+            "headers",
+            "created_at",
+            "attempts",
+            "available_at",
+            "claimed_by",
+            "claimed_until",
+            "last_error",
+            "published_at",
+            "dead_at",
+        ],
+        sqlite: include_str!("../adopt/sqlite.sql"),
+        postgres: include_str!("../adopt/postgres.sql"),
+    })
 }

@@ -147,6 +147,19 @@ pub struct Relay<P> {
     rng: Mutex<StdRng>,
     metrics: RelayMetrics,
     stats: RelayStats,
+    failures_log: Mutex<FailureLog>,
+}
+
+/// How often a relay whose publishes keep failing says so in its log.
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Retryable publish failures since the relay last logged them: one line per
+/// [`FAILURE_LOG_EVERY`] at most, with the count and the latest cause, so that a broker outage
+/// is visible in the log without a line per row.
+#[derive(Debug, Default)]
+struct FailureLog {
+    logged_at: Option<std::time::Instant>,
+    unlogged: u64,
 }
 
 impl<P: Publisher> Relay<P> {
@@ -162,6 +175,7 @@ impl<P: Publisher> Relay<P> {
             rng: Mutex::new(onephase_core::rand::make_rng()),
             metrics,
             stats: RelayStats::default(),
+            failures_log: Mutex::default(),
         }
     }
 
@@ -174,6 +188,13 @@ impl<P: Publisher> Relay<P> {
     /// Draws backoff jitter from a generator seeded with `seed`, for reproducible tests.
     pub fn with_seed(mut self, seed: u64) -> Self {
         self.rng = Mutex::new(StdRng::seed_from_u64(seed));
+        self
+    }
+
+    /// Counts into `stats` (made beforehand, so that a status page can show a relay's totals
+    /// before the relay exists, while its sink is still being reached).
+    pub fn with_stats(mut self, stats: RelayStats) -> Self {
+        self.stats = stats;
         self
     }
 
@@ -275,13 +296,24 @@ impl<P: Publisher> Relay<P> {
         }
         if !failures.is_empty() {
             sql.failed(self.id, &failures, now).await?;
+            let mut latest_retry = None;
             for f in &failures {
                 if f.dead {
                     report.dead_lettered += 1;
-                    tracing::warn!(seq = f.seq, error = %f.error, "outbox row dead-lettered");
+                    tracing::warn!(
+                        source = %self.config.source,
+                        sink = self.publisher.transport(),
+                        seq = f.seq,
+                        error = %f.error,
+                        "outbox row dead-lettered"
+                    );
                 } else {
                     report.retrying += 1;
+                    latest_retry = Some(f);
                 }
+            }
+            if let Some(latest) = latest_retry {
+                self.log_retries(report.retrying as u64, latest);
             }
         }
         if !held_back.is_empty() {
@@ -291,6 +323,36 @@ impl<P: Publisher> Relay<P> {
         self.metrics.round(&report, started.elapsed());
         self.stats.add(&report);
         Ok(report)
+    }
+
+    /// Counts `count` retryable failures and logs them (with the latest cause) if the last
+    /// such line is older than [`FAILURE_LOG_EVERY`].
+    fn log_retries(&self, count: u64, latest: &Failure) {
+        let now = self.clock.monotonic();
+        let mut log = self.failures_log.lock().unwrap_or_else(|e| e.into_inner());
+        log.unlogged += count;
+        if log
+            .logged_at
+            .is_some_and(|at| now.saturating_duration_since(at) < FAILURE_LOG_EVERY)
+        {
+            return;
+        }
+        let since = log.logged_at.map_or_else(String::new, |at| {
+            format!(
+                " in the last {} s",
+                now.saturating_duration_since(at).as_secs()
+            )
+        });
+        tracing::warn!(
+            source = %self.config.source,
+            sink = self.publisher.transport(),
+            failures = log.unlogged,
+            error = %latest.error,
+            "outbox publishes failing{since}; the rows are retried with backoff (latest: seq {})",
+            latest.seq
+        );
+        log.unlogged = 0;
+        log.logged_at = Some(now);
     }
 
     /// The row as an envelope. Takes the row's topic and payload (the row keeps its seq, key

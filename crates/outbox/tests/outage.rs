@@ -93,7 +93,7 @@ async fn relay_rides_out_a_broker_outage() -> anyhow::Result<()> {
         })
     };
     tokio::time::sleep(Duration::from_millis(800)).await;
-    proxy.cut();
+    proxy.cut().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     proxy.restore();
 

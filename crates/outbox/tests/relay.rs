@@ -239,6 +239,26 @@ async fn bad_rows_are_dead_lettered_without_blocking_other_keys() -> anyhow::Res
         )
         .await?;
         insert(too_big, topic, Some("k3"), vec![b'x'; 2048], "{}").await?;
+        // Headers in onephase's own namespace would overwrite or travel beside the envelope's
+        // key and id on the wire.
+        let reserved_key = Uuid::now_v7();
+        let reserved_id = Uuid::now_v7();
+        insert(
+            reserved_key,
+            topic,
+            Some("k5"),
+            b"{}".to_vec(),
+            r#"{"onephase-key": "other"}"#,
+        )
+        .await?;
+        insert(
+            reserved_id,
+            topic,
+            Some("k6"),
+            b"{}".to_vec(),
+            r#"{"Onephase-Id": "0190c0de-0000-7000-8000-000000000000"}"#,
+        )
+        .await?;
         insert(unkeyed, topic, None, b"{}".to_vec(), "{}").await?;
         insert(held, topic, Some("poisoned"), b"{}".to_vec(), "{}").await?;
         insert(fine, topic, Some("k4"), b"{}".to_vec(), r#"{"x-a": "b"}"#).await?;
@@ -249,7 +269,7 @@ async fn bad_rows_are_dead_lettered_without_blocking_other_keys() -> anyhow::Res
         };
         let relay = Relay::new(store.clone(), log.publisher(), config);
         let report = relay.run_once().await?;
-        ensure!(report.dead_lettered == 3, "{report:?}");
+        ensure!(report.dead_lettered == 5, "{report:?}");
         ensure!(report.published == 2, "{report:?}");
         let published: Vec<Uuid> = log
             .read(topic, 0, 100)
@@ -265,7 +285,7 @@ async fn bad_rows_are_dead_lettered_without_blocking_other_keys() -> anyhow::Res
             .iter()
             .map(|d| (d.id, d.last_error.clone().unwrap_or_default()))
             .collect();
-        ensure!(dead.len() == 3, "{reasons:?}");
+        ensure!(dead.len() == 5, "{reasons:?}");
         ensure!(
             reasons[0].0 == bad_topic && reasons[0].1.contains("topic"),
             "{reasons:?}"
@@ -278,6 +298,12 @@ async fn bad_rows_are_dead_lettered_without_blocking_other_keys() -> anyhow::Res
             reasons[2].0 == too_big && reasons[2].1.contains("2048 bytes"),
             "{reasons:?}"
         );
+        for (i, id) in [(3, reserved_key), (4, reserved_id)] {
+            ensure!(
+                reasons[i].0 == id && reasons[i].1.contains("is reserved"),
+                "{reasons:?}"
+            );
+        }
 
         // The poisoned key's later row waits behind its dead row...
         let again = relay.run_once().await?;

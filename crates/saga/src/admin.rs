@@ -241,6 +241,9 @@ fn reopen(
             if by_hand {
                 record.status = StepStatus::Resolved;
                 record.finished_at = Some(now);
+                // Done, by the operator's hand: its failures stay in the history.
+                record.last_error = None;
+                record.due_at = None;
             } else {
                 record.status = StepStatus::Pending;
                 record.retry_base = record.attempts;
@@ -255,6 +258,21 @@ fn reopen(
         RunState::Compensating
     } else {
         RunState::Running
+    };
+    // Back to work: the error says why the run compensates (its failed action), not what
+    // parked it, which the history keeps.
+    run.error = if compensating {
+        run.steps
+            .iter()
+            .find(|((_, phase), r)| *phase == Phase::Action && r.status == StepStatus::Failed)
+            .map(|((name, _), r)| {
+                format!(
+                    "step {name:?} failed: {}",
+                    r.last_error.as_deref().unwrap_or("")
+                )
+            })
+    } else {
+        None
     };
     let event = Event::new(&run, become_event(run.state), now);
     (run, steps, vec![event])

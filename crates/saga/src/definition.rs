@@ -320,9 +320,9 @@ impl Definition {
     }
 
     /// Checks that `input` holds every path the templates read.
-    pub(crate) fn check_input(&self, input: &serde_json::Value) -> Result<(), String> {
+    pub(crate) fn check_input(&self, input: &onephase_core::json::RawJson) -> Result<(), String> {
         for path in &self.required_input {
-            if crate::template::lookup(input, path).is_none() {
+            if onephase_core::json::lookup(input.as_raw(), path).is_none() {
                 return Err(format!(
                     "input has no value at input.{}, which the definition's templates use",
                     path.join(".")

@@ -32,6 +32,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use onephase_core::json::RawJson;
 use onephase_core::{Backoff, Jitter};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -410,6 +411,21 @@ impl HttpCall {
             ));
         }
         let url = Template::parse(&spec.url)?;
+        // Where a call goes is the definition's choice, never the input's: every placeholder
+        // must come after the scheme, host and port, so that no value of a run (which a client
+        // token chooses) can send the orchestrator elsewhere.
+        if let Some(first) = spec.url.find("{{") {
+            let after_scheme = spec.url.find("://").map_or(0, |i| i + 3);
+            let authority_end = spec.url[after_scheme..]
+                .find(['/', '?', '#'])
+                .map(|i| after_scheme + i);
+            if authority_end.is_none_or(|end| first < end) {
+                return Err(format!(
+                    "url {:?} has a placeholder in its scheme, host or port: placeholders may only follow the host (write it out, as in http://inventory:8080/items/{{{{input.sku}}}})",
+                    spec.url
+                ));
+            }
+        }
         match reqwest::Url::parse(&url.skeleton()) {
             Ok(parsed) if parsed.host_str().is_some_and(|h| !h.is_empty()) => {}
             Ok(_) => return Err(format!("url {:?} has no host", spec.url)),
@@ -424,7 +440,13 @@ impl HttpCall {
                     "header {name:?} is set by the orchestrator and cannot be templated"
                 ));
             }
-            headers.push((header, Template::parse(value)?));
+            let template = Template::parse(value)?;
+            if reqwest::header::HeaderValue::from_str(&template.skeleton()).is_err() {
+                return Err(format!(
+                    "header {name:?}: its value has a character HTTP headers do not allow (a line break or another control character)"
+                ));
+            }
+            headers.push((header, template));
         }
         let body = spec.body.as_ref().map(BodyTemplate::parse).transpose()?;
         if spec.timeout_ms == Some(0) {
@@ -499,7 +521,7 @@ impl HttpCall {
         }
     }
 
-    async fn perform(self, call: Call) -> Result<Value, StepError> {
+    async fn perform(self, call: Call) -> Result<RawJson, StepError> {
         // A template that cannot be rendered sends nothing: a definite failure.
         let url = self
             .url
@@ -516,33 +538,59 @@ impl HttpCall {
             let value = template
                 .render(&call, false)
                 .map_err(|e| StepError::fail(format!("header {name}: {e}")))?;
+            // A value from the input with a line break would make an invalid request: a
+            // definite failure, never a retry.
+            let value = reqwest::header::HeaderValue::from_str(&value).map_err(|_| {
+                StepError::fail(format!(
+                    "header {name}: the rendered value has a character HTTP headers do not allow (a line break or another control character); nothing was sent"
+                ))
+            })?;
             request = request.header(name, value);
         }
         if let Some(body) = &self.body {
             let body = body
                 .render(&call)
                 .map_err(|e| StepError::fail(format!("body: {e}")))?;
-            request = request.json(&body);
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.get().to_owned());
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| StepError::retry(format!("{} {url}: {}", self.method, error_chain(&e))))?;
+        let response = request.send().await.map_err(|e| {
+            let message = format!("{} {url}: {}", self.method, error_chain(&e));
+            // A request that could not even be built will not build next time either.
+            if e.is_builder() {
+                StepError::fail(message)
+            } else {
+                StepError::retry(message)
+            }
+        })?;
         let status = response.status().as_u16();
         let bytes = response.bytes().await.map_err(|e| {
             StepError::retry(format!("{} {url}: reading the response: {e}", self.method))
         })?;
+        // A JSON answer is kept as written (every digit of its numbers); any other answer as
+        // a JSON string.
         let output = if bytes.is_empty() || bytes.len() > MAX_OUTPUT {
-            Value::Null
+            RawJson::null()
         } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+            std::str::from_utf8(&bytes)
+                .ok()
+                .and_then(|text| RawJson::parse(text).ok())
+                .unwrap_or_else(|| {
+                    RawJson::from(Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+                })
         };
         let describe = || {
-            let body = match &output {
-                Value::Null => String::new(),
-                Value::String(s) => format!(": {}", truncate(s, 300)),
-                v => format!(": {}", truncate(&v.to_string(), 300)),
+            let body = match output.get() {
+                "null" => String::new(),
+                text if text.starts_with('"') => format!(
+                    ": {}",
+                    truncate(
+                        &serde_json::from_str::<String>(text).unwrap_or_default(),
+                        300
+                    )
+                ),
+                text => format!(": {}", truncate(text, 300)),
             };
             format!("{} {url} answered {status}{body}", self.method)
         };
@@ -579,7 +627,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 impl Invoke for HttpCall {
-    fn invoke(&self, call: Call) -> BoxFuture<'static, Result<Value, StepError>> {
+    fn invoke(&self, call: Call) -> BoxFuture<'static, Result<RawJson, StepError>> {
         self.clone().perform(call).boxed()
     }
 }

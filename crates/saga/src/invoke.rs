@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use onephase_core::json::RawJson;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -68,6 +69,11 @@ pub struct Call {
     pub input: Arc<Value>,
     /// Outputs of the steps that succeeded so far, by step name.
     pub outputs: Arc<BTreeMap<String, Value>>,
+    /// The input exactly as it was given (a `Value` rounds numbers beyond an `f64`'s
+    /// precision); templates read this.
+    pub input_json: Arc<RawJson>,
+    /// The outputs exactly as the steps answered them.
+    pub outputs_json: Arc<BTreeMap<String, RawJson>>,
 }
 
 impl Call {
@@ -107,9 +113,10 @@ impl StepError {
 /// `Fn(Call) -> impl Future<Output = Result<Value, StepError>>` and for
 /// [`HttpCall`](crate::HttpCall).
 pub trait Invoke: Send + Sync + 'static {
-    /// Performs the call. The orchestrator bounds it with the step's timeout (a timeout counts
-    /// as [`StepError::Retry`]).
-    fn invoke(&self, call: Call) -> BoxFuture<'static, Result<Value, StepError>>;
+    /// Performs the call and answers the step's output as JSON text (kept as it is, so that
+    /// an HTTP participant's numbers reach later steps with every digit). The orchestrator
+    /// bounds it with the step's timeout (a timeout counts as [`StepError::Retry`]).
+    fn invoke(&self, call: Call) -> BoxFuture<'static, Result<RawJson, StepError>>;
 }
 
 impl<F, Fut> Invoke for F
@@ -117,8 +124,8 @@ where
     F: Fn(Call) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Value, StepError>> + Send + 'static,
 {
-    fn invoke(&self, call: Call) -> BoxFuture<'static, Result<Value, StepError>> {
-        self(call).boxed()
+    fn invoke(&self, call: Call) -> BoxFuture<'static, Result<RawJson, StepError>> {
+        self(call).map(|r| r.map(RawJson::from)).boxed()
     }
 }
 

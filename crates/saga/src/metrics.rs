@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
-use serde_json::Value;
+use onephase_core::json::RawJson;
 
 use crate::invoke::{Phase, StepError};
 use crate::state::RunState;
@@ -21,7 +21,7 @@ pub(crate) fn attempt(
     saga: &str,
     step: &str,
     phase: Phase,
-    result: &Result<Value, StepError>,
+    result: &Result<RawJson, StepError>,
     elapsed: Duration,
 ) {
     let outcome = match result {

@@ -1,7 +1,7 @@
 //! The orchestrator: starts runs, claims due ones, drives each through its steps, and commits
 //! every transition before the next call.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
+use onephase_core::json::RawJson;
 use onephase_core::rand::SeedableRng;
 use onephase_core::rand::rngs::StdRng;
 use onephase_core::{Clock, SharedClock, SystemClock};
@@ -67,8 +68,9 @@ pub struct StartRequest {
     pub saga: String,
     /// The definition version; the latest when `None`.
     pub version: Option<u32>,
-    /// The run's input, available to every step.
-    pub input: Value,
+    /// The run's input, available to every step, kept as written (templates pass numbers on
+    /// with every digit).
+    pub input: RawJson,
     /// Starting twice with the same key (per saga) starts one run; the second start returns
     /// it. Reusing a key with another input is refused.
     pub idempotency_key: Option<String>,
@@ -76,11 +78,11 @@ pub struct StartRequest {
 
 impl StartRequest {
     /// A start of the latest version of `saga` with `input`.
-    pub fn new(saga: impl Into<String>, input: Value) -> Self {
+    pub fn new(saga: impl Into<String>, input: impl Into<RawJson>) -> Self {
         Self {
             saga: saga.into(),
             version: None,
-            input,
+            input: input.into(),
             idempotency_key: None,
         }
     }
@@ -369,7 +371,11 @@ impl Orchestrator {
         definition
             .check_input(&request.input)
             .map_err(SagaError::InvalidInput)?;
-        let digest = hex::encode(Sha256::digest(request.input.to_string().as_bytes()));
+        // Two starts with one key repeat each other when their inputs say the same, however
+        // they are spelled (key order, whitespace).
+        let digest = hex::encode(Sha256::digest(
+            onephase_core::json::canonical(request.input.as_raw()).as_bytes(),
+        ));
         let now = self.inner.clock.now();
         let run = NewRun {
             id: Uuid::now_v7(),
@@ -385,7 +391,7 @@ impl Orchestrator {
             saga: definition.name.clone(),
             version: definition.version,
             state: RunState::Running,
-            input: Arc::new(Value::Null),
+            input: Arc::new(RawJson::null()),
             error: None,
             steps: Default::default(),
         };
@@ -719,9 +725,8 @@ impl Inner {
             match state::next(&definition, &run, now) {
                 Next::Become(state, reason) => {
                     run.state = state;
-                    if reason.is_some() {
-                        run.error = reason.clone();
-                    }
+                    // The run's error says why it is where it is now: none once completed.
+                    run.error = reason.clone();
                     let mut event = Event::new(&run, become_event(state), now);
                     event.detail = reason;
                     events.push(event);
@@ -733,7 +738,14 @@ impl Inner {
                 Next::Start(invocations) if !self.stopping.load(Ordering::SeqCst) => {
                     let mut longest = Duration::ZERO;
                     let mut calls = Vec::new();
-                    let outputs = Arc::new(run.outputs());
+                    let outputs_json = Arc::new(run.outputs());
+                    let outputs = Arc::new(
+                        outputs_json
+                            .iter()
+                            .map(|(name, output)| (name.clone(), output.to_value()))
+                            .collect::<BTreeMap<_, _>>(),
+                    );
+                    let input = Arc::new(run.input.to_value());
                     for (name, phase) in invocations {
                         let Some((_, def)) = definition.step(&name) else {
                             continue;
@@ -758,8 +770,10 @@ impl Inner {
                             phase,
                             attempt: record.attempts,
                             idempotency_key: Call::key_for(run.id, &name, phase),
-                            input: run.input.clone(),
+                            input: input.clone(),
                             outputs: outputs.clone(),
+                            input_json: run.input.clone(),
+                            outputs_json: outputs_json.clone(),
                         };
                         run.steps.insert((name.to_string(), phase), record.clone());
                         steps.push((name.to_string(), phase, record));

@@ -6,7 +6,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
+use onephase_core::json::RawJson;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -138,7 +138,7 @@ pub(crate) struct StepRecord {
     /// The participant refused: the action applied nothing and needs no compensation.
     pub definite: bool,
     pub due_at: Option<OffsetDateTime>,
-    pub output: Option<Value>,
+    pub output: Option<RawJson>,
     pub last_error: Option<String>,
     pub started_at: Option<OffsetDateTime>,
     pub finished_at: Option<OffsetDateTime>,
@@ -180,7 +180,7 @@ pub(crate) struct RunRecord {
     pub saga: Arc<str>,
     pub version: u32,
     pub state: RunState,
-    pub input: Arc<Value>,
+    pub input: Arc<RawJson>,
     pub error: Option<String>,
     pub steps: BTreeMap<(String, Phase), StepRecord>,
 }
@@ -193,11 +193,11 @@ impl RunRecord {
             .unwrap_or_default()
     }
 
-    pub(crate) fn outputs(&self) -> BTreeMap<String, Value> {
+    pub(crate) fn outputs(&self) -> BTreeMap<String, RawJson> {
         self.steps
             .iter()
             .filter(|((_, phase), r)| *phase == Phase::Action && r.status.is_done())
-            .map(|((name, _), r)| (name.clone(), r.output.clone().unwrap_or(Value::Null)))
+            .map(|((name, _), r)| (name.clone(), r.output.clone().unwrap_or_else(RawJson::null)))
             .collect()
     }
 }
@@ -289,7 +289,23 @@ fn backward(definition: &Definition, run: &RunRecord, now: OffsetDateTime) -> Ne
             now,
         );
     }
-    Next::Become(RunState::Compensated, None)
+    // Compensated: why it had to be is the failed action, whatever the compensations went
+    // through on the way (a failure an operator retried is in the history).
+    Next::Become(RunState::Compensated, failed_action(definition, run))
+}
+
+/// Why a run compensates: the first failed action, in stage order.
+fn failed_action(definition: &Definition, run: &RunRecord) -> Option<String> {
+    definition.stages.iter().flatten().find_map(|step| {
+        let r = run.step(&step.name, Phase::Action);
+        (r.status == StepStatus::Failed).then(|| {
+            format!(
+                "step {:?} failed: {}",
+                step.name,
+                r.last_error.as_deref().unwrap_or("")
+            )
+        })
+    })
 }
 
 fn due_or_wait<'a>(
@@ -329,7 +345,7 @@ pub(crate) fn start(record: &mut StepRecord, now: OffsetDateTime) {
 pub(crate) fn finish(
     record: &mut StepRecord,
     policy: &Policy,
-    outcome: Result<Value, StepError>,
+    outcome: Result<RawJson, StepError>,
     retry_in: Duration,
     now: OffsetDateTime,
 ) {
@@ -338,6 +354,9 @@ pub(crate) fn finish(
             record.status = StepStatus::Succeeded;
             record.output = Some(output);
             record.finished_at = Some(now);
+            // The step's state says what is true now; earlier failures are in the history.
+            record.last_error = None;
+            record.due_at = None;
         }
         Err(StepError::Fail(message)) => {
             record.status = StepStatus::Failed;
@@ -352,9 +371,14 @@ pub(crate) fn finish(
             {
                 record.status = StepStatus::Failed;
                 record.definite = false;
+                let counted = record.attempts - record.retry_base.min(record.attempts);
+                let since = if record.retry_base > 0 {
+                    " since the operator's retry"
+                } else {
+                    ""
+                };
                 record.last_error = Some(format!(
-                    "{message} (attempt {} of {max}; giving up)",
-                    record.attempts
+                    "{message} (attempt {counted} of {max}{since}; giving up)"
                 ));
                 record.finished_at = Some(now);
             } else {
@@ -368,6 +392,7 @@ pub(crate) fn finish(
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
     use serde_json::json;
 
     use super::*;
@@ -397,7 +422,7 @@ mod tests {
             saga: "order".into(),
             version: 1,
             state: RunState::Running,
-            input: Arc::new(json!({})),
+            input: Arc::new(json!({}).into()),
             error: None,
             steps: BTreeMap::new(),
         }
@@ -563,7 +588,7 @@ mod properties {
     //! exactly what may have happened, in reverse stage order.
 
     use proptest::prelude::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
     use crate::builder::{Saga, step};
@@ -604,7 +629,7 @@ mod properties {
                 saga: "p".into(),
                 version: 1,
                 state: RunState::Running,
-                input: Arc::new(Value::Null),
+                input: Arc::new(RawJson::null()),
                 error: None,
                 steps: BTreeMap::new(),
             };
@@ -629,7 +654,8 @@ mod properties {
                             let result = match phase {
                                 Phase::Compensation if code % 4 == 3 => Ok(json!(1)),
                                 _ => outcome(code),
-                            };
+                            }
+                            .map(RawJson::from);
                             finish(&mut rec, def.policy(phase), result, Duration::from_secs(1), now);
                             if phase == Phase::Compensation && rec.status == StepStatus::Succeeded {
                                 compensated.push(name.to_string());

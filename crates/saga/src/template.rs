@@ -9,9 +9,11 @@
 //!   undo even when the action's outcome was never recorded (its output is then missing).
 //!
 //! In a JSON body, a string that is exactly one placeholder becomes the value itself (a number
-//! stays a number); elsewhere values are interpolated as text (strings as they are, other values
-//! as JSON). In URLs every interpolated value is percent-encoded.
+//! stays a number, with every digit it was written with); elsewhere values are interpolated as
+//! text (strings as they are, other values as JSON). In URLs every interpolated value is
+//! percent-encoded.
 
+use onephase_core::json::RawJson;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::Value;
 
@@ -130,9 +132,10 @@ impl Template {
                 Part::Text(t) => out.push_str(t),
                 Part::Ref(r) => {
                     let value = resolve(r, call)?;
-                    let text = match &value {
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
+                    let text = if value.get().starts_with('"') {
+                        serde_json::from_str::<String>(value.get()).map_err(|e| e.to_string())?
+                    } else {
+                        value.get().to_owned()
                     };
                     if url {
                         out.extend(utf8_percent_encode(&text, COMPONENT));
@@ -183,48 +186,65 @@ impl BodyTemplate {
         }
     }
 
-    pub(crate) fn render(&self, call: &Call) -> Result<Value, String> {
-        Ok(match self {
+    /// Renders to JSON text: values from the input and outputs are copied as they were
+    /// written, so a number keeps every digit.
+    pub(crate) fn render(&self, call: &Call) -> Result<RawJson, String> {
+        let mut out = String::new();
+        self.render_into(call, &mut out)?;
+        RawJson::parse(&out).map_err(|e| format!("the rendered body is not JSON: {e}"))
+    }
+
+    fn render_into(&self, call: &Call, out: &mut String) -> Result<(), String> {
+        match self {
             BodyTemplate::Str(t) => match t.sole_ref() {
-                Some(r) => resolve(r, call)?,
-                None => Value::String(t.render(call, false)?),
+                Some(r) => out.push_str(resolve(r, call)?.get()),
+                None => out.push_str(&json_string(&t.render(call, false)?)),
             },
-            BodyTemplate::Array(items) => Value::Array(
-                items
-                    .iter()
-                    .map(|i| i.render(call))
-                    .collect::<Result<_, _>>()?,
-            ),
-            BodyTemplate::Object(fields) => Value::Object(
-                fields
-                    .iter()
-                    .map(|(k, v)| Ok((k.clone(), v.render(call)?)))
-                    .collect::<Result<_, String>>()?,
-            ),
-            BodyTemplate::Literal(v) => v.clone(),
-        })
+            BodyTemplate::Array(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    item.render_into(call, out)?;
+                }
+                out.push(']');
+            }
+            BodyTemplate::Object(fields) => {
+                out.push('{');
+                for (i, (key, value)) in fields.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&json_string(key));
+                    out.push(':');
+                    value.render_into(call, out)?;
+                }
+                out.push('}');
+            }
+            BodyTemplate::Literal(v) => out.push_str(&v.to_string()),
+        }
+        Ok(())
     }
 }
 
-/// Follows `path` (object keys, or array indexes) into `value`.
-pub(crate) fn lookup<'a>(value: &'a Value, path: &[String]) -> Option<&'a Value> {
-    path.iter().try_fold(value, |v, segment| match v {
-        Value::Object(map) => map.get(segment),
-        Value::Array(items) => segment.parse::<usize>().ok().and_then(|i| items.get(i)),
-        _ => None,
-    })
+fn json_string(s: &str) -> String {
+    // Serializing a string cannot fail.
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned())
 }
 
-fn resolve(r: &Ref, call: &Call) -> Result<Value, String> {
+fn resolve(r: &Ref, call: &Call) -> Result<RawJson, String> {
+    let sub = |json: &RawJson, path: &[String]| {
+        onephase_core::json::lookup(json.as_raw(), path).map(|v| RawJson::from(v.to_owned()))
+    };
     match r {
-        Ref::Input(path) => lookup(&call.input, path)
-            .cloned()
+        Ref::Input(path) => sub(&call.input_json, path)
             .ok_or_else(|| format!("the input has no value at input.{}", path.join("."))),
         Ref::Step(step, path) => {
-            let output = call.outputs.get(step).ok_or_else(|| {
+            let output = call.outputs_json.get(step).ok_or_else(|| {
                 format!("step {step:?} has no output (it has not succeeded in this run)")
             })?;
-            lookup(output, path).cloned().ok_or_else(|| {
+            sub(output, path).ok_or_else(|| {
                 format!(
                     "the output of step {step:?} has no value at {}",
                     if path.is_empty() {
@@ -235,16 +255,17 @@ fn resolve(r: &Ref, call: &Call) -> Result<Value, String> {
                 )
             })
         }
-        Ref::SagaId => Ok(Value::String(call.run_id.to_string())),
-        Ref::SagaName => Ok(Value::String(call.saga.to_string())),
-        Ref::SagaVersion => Ok(Value::from(call.version)),
-        Ref::IdempotencyKey => Ok(Value::String(call.idempotency_key.clone())),
+        Ref::SagaId => Ok(Value::String(call.run_id.to_string()).into()),
+        Ref::SagaName => Ok(Value::String(call.saga.to_string()).into()),
+        Ref::SagaVersion => Ok(Value::from(call.version).into()),
+        Ref::IdempotencyKey => Ok(Value::String(call.idempotency_key.clone()).into()),
         Ref::ActionKey => Ok(Value::String(Call::key_for(
             call.run_id,
             &call.step,
             crate::invoke::Phase::Action,
-        ))),
-        Ref::Attempt => Ok(Value::from(call.attempt)),
+        ))
+        .into()),
+        Ref::Attempt => Ok(Value::from(call.attempt).into()),
     }
 }
 
@@ -271,6 +292,19 @@ mod tests {
             attempt: 1,
             idempotency_key: "k".into(),
             input: Arc::new(json!({"order": {"id": 42, "sku": "a b"}, "items": [1, 2]})),
+            input_json: Arc::new(
+                RawJson::parse(
+                    r#"{"order": {"id": 42, "sku": "a b", "big": 123456789012345678901234567890},
+                        "items": [1, 2]}"#,
+                )
+                .expect("JSON"),
+            ),
+            outputs_json: Arc::new(
+                outputs
+                    .iter()
+                    .map(|(k, v)| (k.clone(), RawJson::from(v)))
+                    .collect(),
+            ),
             outputs: Arc::new(outputs),
         }
     }
@@ -292,8 +326,16 @@ mod tests {
         }))
         .expect("valid");
         assert_eq!(
-            body.render(&call()).expect("renders"),
+            body.render(&call()).expect("renders").to_value(),
             json!({"order": 42, "label": "order 42 v2", "second": 2, "fixed": true})
+        );
+        // A number is passed on with every digit, alone or inside text.
+        let big =
+            BodyTemplate::parse(&json!({"n": "{{input.order.big}}", "t": "#{{input.order.big}}"}))
+                .expect("valid");
+        assert_eq!(
+            big.render(&call()).expect("renders").get(),
+            r##"{"n":123456789012345678901234567890,"t":"#123456789012345678901234567890"}"##
         );
     }
 

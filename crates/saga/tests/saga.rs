@@ -187,6 +187,13 @@ async fn a_compensation_that_keeps_failing_waits_for_an_operator() -> anyhow::Re
         };
         let stuck = orchestrator.start(start(1)).await?;
         let aborted = orchestrator.start(start(2)).await?;
+        // The release fails 8 times: parked after 6, done on the operator's retry.
+        let recovers = orchestrator
+            .start(StartRequest::new(
+                "order",
+                order_input(3, Some("ship"), None, &[("reserve", "compensation", 8)], 0),
+            ))
+            .await?;
         settle(&orchestrator, Duration::from_secs(20)).await?;
 
         let run = admin.show(stuck.id).await?;
@@ -216,11 +223,50 @@ async fn a_compensation_that_keeps_failing_waits_for_an_operator() -> anyhow::Re
                 ..RunFilter::default()
             })
             .await?;
-        ensure!(parked.len() == 2, "{parked:?}");
+        ensure!(parked.len() == 3, "{parked:?}");
         let active = admin.active_counts().await?;
         ensure!(
-            active.get(&RunState::NeedsOperator) == Some(&2) && active.len() == 1,
+            active.get(&RunState::NeedsOperator) == Some(&3) && active.len() == 1,
             "only the states runs leave are counted: {active:?}"
+        );
+        ensure!(
+            release
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("(attempt 6 of 6; giving up)")),
+            "{release:?}"
+        );
+
+        // A retry that succeeds: the run shows what is true now, the history what happened.
+        admin
+            .retry(recovers.id, &Audit::new("alice", "inventory is back"))
+            .await?;
+        settle(&orchestrator, Duration::from_secs(20)).await?;
+        let run = admin.show(recovers.id).await?;
+        ensure!(run.run.state == RunState::Compensated, "{:?}", run.run);
+        let error = run.run.error.as_deref().unwrap_or_default();
+        ensure!(
+            error.starts_with("step \"ship\" failed") && !error.contains("compensation"),
+            "a compensated run says why it compensated, not what once parked it: {error}"
+        );
+        let release = run
+            .steps
+            .iter()
+            .find(|s| s.step == "reserve" && s.phase == onephase_saga::Phase::Compensation)
+            .context("release")?;
+        ensure!(
+            release.status == StepStatus::Succeeded
+                && release.attempts == 9
+                && release.last_error.is_none(),
+            "a succeeded step keeps no error: {release:?}"
+        );
+        ensure!(
+            run.history
+                .iter()
+                .filter(|h| h.event == "step_retrying" || h.event == "step_failed")
+                .count()
+                >= 8,
+            "the failures stay in the history"
         );
 
         // Retry: it fails six more times and parks again.
@@ -235,6 +281,12 @@ async fn a_compensation_that_keeps_failing_waits_for_an_operator() -> anyhow::Re
             .find(|s| s.step == "reserve" && s.phase == onephase_saga::Phase::Compensation)
             .context("release")?;
         ensure!(release.attempts == 12, "a fresh budget of 6: {release:?}");
+        ensure!(
+            release.last_error.as_deref().is_some_and(
+                |e| e.contains("(attempt 6 of 6 since the operator's retry; giving up)")
+            ),
+            "attempts count from the retry: {release:?}"
+        );
 
         // Resolve by hand: the run finishes compensated, with the audit trail.
         let bad_step = admin

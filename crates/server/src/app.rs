@@ -235,6 +235,7 @@ pub fn router(state: AppState) -> Router {
         )
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(middleware::from_fn(crate::unread::close_if_body_unread))
         .with_state(state)
 }
 
@@ -319,7 +320,7 @@ async fn problem_for_every_error(request: Request, next: Next) -> Response {
     } else {
         text
     };
-    let mut rewritten = Problem::from_status(status, detail)
+    let mut rewritten = Problem::for_status(status, detail)
         .with_instance(path)
         .into_response();
     for name in [header::ALLOW, header::RETRY_AFTER, header::WWW_AUTHENTICATE] {

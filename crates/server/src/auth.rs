@@ -128,6 +128,33 @@ impl Caller {
     }
 }
 
+/// The caller of an admin route: an extractor that answers 403 for any other token.
+///
+/// Put it first among a handler's arguments. Axum runs extractors in order, so the role is
+/// checked before the path, query or body is read: a client token learns nothing about an
+/// admin route's validation (the same 403 whatever it sends).
+#[derive(Debug, Clone)]
+pub struct Admin(pub Caller);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Admin {
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let path = parts.uri.path().to_owned();
+        let caller = parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or(AuthError::MissingToken)
+            .and_then(|caller| caller.require_admin().map(|()| caller))
+            .map_err(|e| Problem::from_error(&e).with_instance(path))?;
+        Ok(Admin(caller))
+    }
+}
+
 /// A token's metadata, never its secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TokenInfo {

@@ -294,12 +294,19 @@ impl ServerConfig {
         file_config.webhook.validate(&file_config.outbox.relay)?;
         file_config.lease.validate()?;
         file_config.limit.validate()?;
+        let store = overrides
+            .store
+            .or(file_config.store)
+            .unwrap_or(defaults.store);
+        crate::outbox::check_sources(&file_config.outbox.relay, &store).map_err(|e| {
+            ConfigError::Invalid {
+                key: "outbox.relay.source",
+                message: e.to_string(),
+            }
+        })?;
         Ok(Self {
             listen,
-            store: overrides
-                .store
-                .or(file_config.store)
-                .unwrap_or(defaults.store),
+            store,
             body_limit,
             log: overrides.log.or(file_config.log).unwrap_or(defaults.log),
             log_format: overrides
@@ -391,5 +398,32 @@ mod tests {
         let err = ServerConfig::load(Some(Path::new("/no/such/file.toml")), Default::default())
             .unwrap_err();
         assert!(err.to_string().contains("/no/such/file.toml"), "{err}");
+    }
+
+    #[test]
+    fn two_relays_on_one_outbox_table_are_refused_however_its_url_is_written() {
+        for (first, second) in [
+            ("", ""),
+            ("source = \"sqlite://onephase.db\"\n", ""),
+            (
+                "source = \"postgres://app:one@db:5432/shop\"\n",
+                "source = \"postgresql://app:two@db/shop?sslmode=disable\"\n",
+            ),
+        ] {
+            let f = file(&format!(
+                "[[outbox.relay]]\nname = \"a\"\nsink = \"log\"\n{first}\
+                 [[outbox.relay]]\nname = \"b\"\nsink = \"log\"\n{second}"
+            ));
+            let err = ServerConfig::load(Some(f.path()), ConfigOverrides::default()).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains("\"a\" and \"b\" both read"), "{text}");
+            assert!(!text.contains("one@") && !text.contains("two@"), "{text}");
+        }
+        let f = file(
+            "[[outbox.relay]]\nname = \"a\"\nsink = \"log\"\n\
+             [[outbox.relay]]\nname = \"b\"\nsink = \"log\"\nsource = \"sqlite://other.db\"\n",
+        );
+        ServerConfig::load(Some(f.path()), ConfigOverrides::default())
+            .expect("two relays on two databases");
     }
 }

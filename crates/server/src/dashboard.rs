@@ -73,8 +73,20 @@ impl Panel for OutboxPanel {
             let sources = state.outbox().sources();
             let mut rows = Vec::with_capacity(sources.len());
             for source in sources {
-                let status =
-                    tokio::time::timeout(Duration::from_secs(1), source.admin.status()).await;
+                let status = match source.admin() {
+                    Ok(admin) => {
+                        match tokio::time::timeout(Duration::from_secs(1), admin.status()).await {
+                            Ok(Ok(status)) => Ok(status),
+                            Ok(Err(e)) => Err(format!("its outbox cannot be read: {e}")),
+                            Err(_) => Err("its source database does not answer".to_owned()),
+                        }
+                    }
+                    Err(error) => Err(error),
+                };
+                let status = match (source.state(), status) {
+                    (crate::outbox::RelayState::Unavailable { error }, _) => Err(error),
+                    (_, status) => status,
+                };
                 rows.push((source, status, source.published_rate()));
             }
             html! {
@@ -89,12 +101,12 @@ impl Panel for OutboxPanel {
                                 td { (source.name) }
                                 td { code { (source.sink) } }
                                 @match status {
-                                    Ok(Ok(status)) => {
+                                    Ok(status) => {
                                         td { (status.oldest_pending_age.map_or("0 s".to_owned(), |d| format!("{:.1} s", d.as_secs_f64()))) }
                                         td { (status.pending) }
                                         td class=(if status.dead > 0 { "bad" } else { "ok" }) { (status.dead) }
                                     }
-                                    _ => { td class="bad" colspan="3" { "the source database does not answer" } }
+                                    Err(error) => { td class="bad" colspan="3" { "unavailable: " (error) } }
                                 }
                                 td { (rate.map_or("-".to_owned(), |r| format!("{r:.0}"))) }
                                 td { (source.stats.published()) }

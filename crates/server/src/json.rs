@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 
 use crate::problem::Problem;
 
@@ -28,23 +29,81 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let path = req.uri().path().to_owned();
-        let mut value = match axum::Json::<serde_json::Value>::from_request(req, state).await {
-            Ok(axum::Json(value)) => value,
+        // Read as raw JSON, not as a `Value`: a payload or a saga's input keeps every digit
+        // of its numbers (a `Value` would turn 123456789012345678901234567890 into a float).
+        let body = match axum::Json::<Box<RawValue>>::from_request(req, state).await {
+            Ok(axum::Json(body)) => body,
             Err(rejection) => return Err(problem_for(rejection).with_instance(path)),
         };
         // Every request body is an object; serde would otherwise read a struct from an array.
-        let serde_json::Value::Object(fields) = &mut value else {
+        if !body.get().trim_start().starts_with('{') {
             return Err(invalid_body("the body must be a JSON object").with_instance(path));
+        }
+        let first =
+            serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(body.get()));
+        let error = match first {
+            Ok(value) => return Ok(Self(value)),
+            Err(e) => e,
         };
-        // Whole floats read as integers in the body's own fields only: nested values
-        // (a payload, a saga's input) are the caller's data and are kept as written.
-        fields
-            .values_mut()
-            .filter(|v| v.is_number())
-            .for_each(|v| onephase_core::json::integers_from_whole_floats(v, &[]));
-        serde_path_to_error::deserialize(value)
-            .map(Self)
-            .map_err(|e| invalid_body(&e.to_string()).with_instance(path))
+        // JSON does not tell 2.0 from 2, but serde refuses a float where it wants an integer:
+        // try again with the body's own whole floats as integers. Members that carry the
+        // caller's data are left as written.
+        match with_whole_floats_as_integers(body.get(), &["payload", "input"]) {
+            Some(text) => {
+                serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(&text))
+                    .map(Self)
+                    .map_err(|e| refused(&e.to_string()).with_instance(path))
+            }
+            None => Err(refused(&error.to_string()).with_instance(path)),
+        }
+    }
+}
+
+/// `object` with its top-level whole floats (`5.0`) written as integers, except in `untouched`
+/// members; `None` if there were none to rewrite.
+fn with_whole_floats_as_integers(object: &str, untouched: &[&str]) -> Option<String> {
+    let members: Vec<(String, Box<RawValue>)> =
+        serde_json::from_str::<std::collections::BTreeMap<String, Box<RawValue>>>(object)
+            .ok()?
+            .into_iter()
+            .collect();
+    let mut changed = false;
+    let mut text = String::with_capacity(object.len());
+    text.push('{');
+    for (i, (name, value)) in members.iter().enumerate() {
+        if i > 0 {
+            text.push(',');
+        }
+        text.push_str(&serde_json::to_string(name).ok()?);
+        text.push(':');
+        let raw = value.get().trim();
+        let float = raw.starts_with(|c: char| c == '-' || c.is_ascii_digit())
+            && raw.contains(['.', 'e', 'E']);
+        match float.then(|| serde_json::from_str::<serde_json::Value>(raw)) {
+            Some(Ok(mut n)) if !untouched.contains(&name.as_str()) => {
+                onephase_core::json::integers_from_whole_floats(&mut n, &[]);
+                changed |= n.is_i64() || n.is_u64();
+                text.push_str(&n.to_string());
+            }
+            _ => text.push_str(raw),
+        }
+    }
+    text.push('}');
+    changed.then_some(text)
+}
+
+/// A body that serde refused: 400 `invalid-input` when a field's value is out of its range
+/// (a negative or too large number), 422 `invalid-body` when the JSON has the wrong shape (an
+/// unknown, missing or mistyped field), the same rule the handlers' own checks follow.
+fn refused(detail: &str) -> Problem {
+    if detail.contains("invalid value: integer") || detail.contains("invalid value: floating point")
+    {
+        Problem::from_kind(
+            onephase_core::ErrorKind::InvalidInput,
+            format!("a value is out of range: {detail}"),
+        )
+    } else {
+        invalid_body(detail)
     }
 }
 
@@ -73,14 +132,12 @@ fn problem_for(rejection: JsonRejection) -> Problem {
         ),
         JsonRejection::JsonDataError(e) => invalid_body(&source_text(&e)),
         JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            Problem::new(
+            Problem::for_status(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "body-too-large",
-                "Body too large",
                 "the body is larger than the server's limit (the `body_limit` setting)",
             )
         }
-        other => Problem::from_status(other.status(), other.body_text()),
+        other => Problem::for_status(other.status(), other.body_text()),
     }
 }
 

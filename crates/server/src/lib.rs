@@ -40,6 +40,7 @@ pub mod outbox;
 pub mod problem;
 pub mod saga;
 mod serve;
+mod unread;
 pub mod v1;
 pub mod webhook;
 

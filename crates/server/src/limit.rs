@@ -64,6 +64,22 @@ pub struct PolicySpec {
 }
 
 impl PolicySpec {
+    /// Whether `other` defines the same policy: the same rule, fail mode and chunk, whatever
+    /// defaults either spells out (`fail_mode` absent is `open`; `burst` absent is the limit).
+    pub fn same_as(&self, other: &PolicySpec) -> bool {
+        let rule = |s: &PolicySpec| {
+            (
+                s.algorithm.trim().to_ascii_lowercase(),
+                s.limit,
+                s.period_ms,
+                s.burst.unwrap_or(s.limit),
+            )
+        };
+        rule(self) == rule(other)
+            && self.fail_mode.unwrap_or_default() == other.fail_mode.unwrap_or_default()
+            && self.chunk == other.chunk
+    }
+
     /// The policy it describes, or why it is invalid.
     pub fn policy(&self) -> Result<Policy, LimitError> {
         let algorithm: Algorithm = self.algorithm.parse()?;
@@ -405,14 +421,22 @@ impl LimitService {
             self.write().remove(name);
             return Err(PolicyError::Unknown(name.to_owned()));
         };
-        if let Some(entry) = cached
-            && entry.spec == spec
+        self.install(name, spec)
+    }
+
+    /// The entry for API policy `name` defined as `spec`: the one in hand if it defines the
+    /// same policy (its counts go on), else a fresh limiter for the new rule. Decided under the
+    /// write lock, so that concurrent first checks share one limiter instead of each counting
+    /// on its own.
+    fn install(&self, name: &str, spec: PolicySpec) -> Result<Arc<Entry>, PolicyError> {
+        let mut policies = self.write();
+        if let Some(entry) = policies.get(name)
+            && entry.spec.same_as(&spec)
         {
-            return Ok(entry);
+            return Ok(Arc::clone(entry));
         }
-        // New here, or changed through another server: a fresh limiter for the new rule.
         let entry = self.entry(name, spec, "api")?;
-        self.write().insert(name.to_owned(), Arc::clone(&entry));
+        policies.insert(name.to_owned(), Arc::clone(&entry));
         Ok(entry)
     }
 
@@ -477,7 +501,12 @@ impl LimitService {
         if self.read().get(name).is_some_and(|e| e.source == "config") {
             return Err(PolicyError::FromConfig(name.to_owned()));
         }
-        let entry = self.entry(name, spec.clone(), "api")?;
+        // Spelled out as it is stored, so the copy read back later is the same document.
+        let spec = PolicySpec {
+            fail_mode: Some(spec.fail_mode.unwrap_or_default()),
+            ..spec
+        };
+        spec.policy()?;
         let existed = self.load(name).await?.is_some();
         let sql = "INSERT INTO onephase_limit_policies (name, algorithm, units, period_ms, burst, fail_mode, created_at, chunk) \
                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (name) DO UPDATE SET \
@@ -504,7 +533,7 @@ impl LimitService {
             Db::Postgres(p) => run!(p),
             Db::Sqlite(s) => run!(s.writer()),
         };
-        self.write().insert(name.to_owned(), entry);
+        self.install(name, spec)?;
         Ok(!existed)
     }
 

@@ -1,13 +1,13 @@
 //! The outbox inside `onephase serve`: relays from configured source databases to configured
 //! sinks, and the embedded log that `POST /v1/outbox/{topic}` appends to.
 
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use onephase_broker::Publisher;
 use onephase_broker::log::EmbeddedLog;
 use onephase_outbox::{OutboxAdmin, Relay, RelayConfig, RelayStats};
-use onephase_store::Store;
+use onephase_store::{Store, redact_url};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -95,26 +95,76 @@ impl SinkKind {
     }
 }
 
-/// Why an outbox relay could not start.
+/// Why the outbox relays' configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxStartError {
-    /// The source database could not be opened or migrated.
-    #[error("outbox relay {name}: source database: {source}")]
-    Source {
-        /// The relay.
-        name: String,
-        /// The store error.
-        #[source]
-        source: onephase_store::StoreError,
+    /// Two relays read one outbox table.
+    #[error(
+        "outbox relays {first:?} and {second:?} both read the outbox of {source_db}: one outbox table feeds one relay (rows are claimed and removed as they are published, so two relays would split the events between their sinks). Publish to one sink and fan out from there, or give each sink its own outbox table in its own database"
+    )]
+    SharedSource {
+        /// The relay configured first.
+        first: String,
+        /// The relay configured second.
+        second: String,
+        /// The source, password redacted.
+        source_db: String,
     },
-    /// The sink could not be reached or is not built in.
-    #[error("outbox relay {name}: sink: {message}")]
-    Sink {
-        /// The relay.
-        name: String,
-        /// What went wrong.
-        message: String,
-    },
+}
+
+/// What the two relays' sources both are: the same database, however its URL is spelled.
+fn source_identity(url: &str) -> String {
+    use std::str::FromStr as _;
+    match onephase_store::Backend::from_url(url) {
+        Ok(onephase_store::Backend::Sqlite) => {
+            let Ok(options) = onephase_store::sqlx::sqlite::SqliteConnectOptions::from_str(url)
+            else {
+                return url.to_owned();
+            };
+            let path = options.get_filename();
+            if path.as_os_str() == ":memory:" {
+                // Every in-memory database is its own.
+                return format!("memory:{}", uuid::Uuid::now_v7());
+            }
+            let absolute = std::fs::canonicalize(path).unwrap_or_else(|_| {
+                std::env::current_dir()
+                    .map(|d| d.join(path))
+                    .unwrap_or_else(|_| path.to_owned())
+            });
+            format!("sqlite:{}", absolute.display())
+        }
+        Ok(onephase_store::Backend::Postgres) => {
+            match onephase_store::sqlx::postgres::PgConnectOptions::from_str(url) {
+                Ok(o) => format!(
+                    "postgres://{}:{}/{}",
+                    o.get_host(),
+                    o.get_port(),
+                    o.get_database().unwrap_or(o.get_username())
+                ),
+                Err(_) => url.to_owned(),
+            }
+        }
+        Err(_) => url.to_owned(),
+    }
+}
+
+/// Refuses a configuration where two relays read one outbox table (`None` is the server's own
+/// store at `store_url`).
+pub fn check_sources(relays: &[RelaySettings], store_url: &str) -> Result<(), OutboxStartError> {
+    let mut seen: Vec<(String, &str)> = Vec::new();
+    for relay in relays {
+        let url = relay.source.as_deref().unwrap_or(store_url);
+        let identity = source_identity(url);
+        if let Some((_, first)) = seen.iter().find(|(id, _)| *id == identity) {
+            return Err(OutboxStartError::SharedSource {
+                first: (*first).to_owned(),
+                second: relay.name.clone(),
+                source_db: redact_url(url),
+            });
+        }
+        seen.push((identity, relay.name.as_str()));
+    }
+    Ok(())
 }
 
 async fn connect_sink(sink: &str, log: &EmbeddedLog) -> Result<Box<dyn Publisher>, String> {
@@ -154,8 +204,36 @@ async fn connect_sink(sink: &str, log: &EmbeddedLog) -> Result<Box<dyn Publisher
 /// Opens an application database and creates or updates its outbox tables.
 async fn open_source(url: &str) -> Result<Store, onephase_store::StoreError> {
     let source = Store::connect(url).await?;
-    source.migrate(&[onephase_outbox::migrations()]).await?;
+    if let Err(e) = source.migrate(&[onephase_outbox::migrations()]).await {
+        source.close().await;
+        return Err(e);
+    }
     Ok(source)
+}
+
+/// Where a relay is: reaching its source and sink, or running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayState {
+    /// Connecting for the first time.
+    Starting,
+    /// Relaying.
+    Running,
+    /// Its source database or its sink does not answer; it keeps trying.
+    Unavailable {
+        /// What does not answer, and why (credentials redacted).
+        error: String,
+    },
+}
+
+impl RelayState {
+    /// `starting`, `running` or `unavailable`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RelayState::Starting => "starting",
+            RelayState::Running => "running",
+            RelayState::Unavailable { .. } => "unavailable",
+        }
+    }
 }
 
 /// One configured source: its name, its admin handle, its relay's totals.
@@ -163,16 +241,44 @@ async fn open_source(url: &str) -> Result<Store, onephase_store::StoreError> {
 pub struct OutboxSource {
     /// The relay's name.
     pub name: String,
-    /// Where it publishes.
+    /// Where it publishes, with any password replaced by `***`.
     pub sink: String,
-    /// Status, dead letters and retries of its outbox.
-    pub admin: OutboxAdmin,
     /// Its relay's running totals.
     pub stats: RelayStats,
+    settings: RelaySettings,
+    admin: Arc<OnceLock<OutboxAdmin>>,
+    state: Arc<Mutex<RelayState>>,
     rate: Arc<Mutex<Option<(Instant, u64)>>>,
 }
 
 impl OutboxSource {
+    /// Status, dead letters and retries of its outbox, once its source database was opened.
+    pub fn admin(&self) -> Result<&OutboxAdmin, String> {
+        self.admin.get().ok_or_else(|| match self.state() {
+            RelayState::Unavailable { error } => error,
+            _ => format!(
+                "relay {:?} has not opened its source database yet",
+                self.name
+            ),
+        })
+    }
+
+    /// Where the relay is.
+    pub fn state(&self) -> RelayState {
+        self.state
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or(RelayState::Starting)
+    }
+
+    fn set_state(&self, state: RelayState) {
+        let up = f64::from(u8::from(state == RelayState::Running));
+        metrics::gauge!("onephase_outbox_relay_up", "source" => self.name.clone()).set(up);
+        if let Ok(mut s) = self.state.lock() {
+            *s = state;
+        }
+    }
+
     /// Events published per second since the previous call (`None` on the first).
     pub fn published_rate(&self) -> Option<f64> {
         let now = Instant::now();
@@ -187,70 +293,43 @@ impl OutboxSource {
     }
 }
 
-/// A relay waiting to be spawned, with its source store when that is not the server's own
-/// (closed when the relay stops).
-type PendingRelay = (Relay<Box<dyn Publisher>>, Option<Store>);
-
 /// The outbox side of the server: the embedded log and the configured relays.
 #[derive(Clone)]
 pub struct OutboxService {
+    store: Store,
     log: EmbeddedLog,
     sources: Vec<OutboxSource>,
-    relays: Arc<Mutex<Vec<PendingRelay>>>,
 }
 
 impl OutboxService {
-    /// Opens each relay's source (migrating its outbox tables) and connects its sink; nothing
-    /// runs until [`OutboxService::spawn`].
-    pub async fn open(store: &Store, settings: &[RelaySettings]) -> Result<Self, OutboxStartError> {
-        let log = EmbeddedLog::new(store.clone());
-        let mut sources = Vec::new();
-        let mut relays = Vec::new();
-        for s in settings {
-            let source = match &s.source {
-                Some(url) => open_source(url)
-                    .await
-                    .map_err(|e| OutboxStartError::Source {
-                        name: s.name.clone(),
-                        source: e,
-                    })?,
-                None => store.clone(),
-            };
-            let publisher =
-                connect_sink(&s.sink, &log)
-                    .await
-                    .map_err(|message| OutboxStartError::Sink {
-                        name: s.name.clone(),
-                        message,
-                    })?;
-            let defaults = RelayConfig::default();
-            let relay = Relay::new(
-                source.clone(),
-                publisher,
-                RelayConfig {
-                    source: s.name.clone(),
-                    batch_size: s.batch_size.unwrap_or(defaults.batch_size),
-                    max_attempts: s.max_attempts.unwrap_or(defaults.max_attempts),
-                    claim_timeout: s
-                        .claim_timeout_secs
-                        .map_or(defaults.claim_timeout, std::time::Duration::from_secs),
-                    ..defaults
-                },
-            );
-            sources.push(OutboxSource {
-                name: s.name.clone(),
-                sink: s.sink.clone(),
-                admin: OutboxAdmin::new(source.clone()),
-                stats: relay.stats(),
-                rate: Arc::default(),
-            });
-            let own = s.source.as_ref().map(|_| source);
-            relays.push((relay, own));
-        }
+    /// The embedded log and one source per configured relay. Nothing is connected yet: each
+    /// relay reaches its source and sink when [spawned](OutboxService::spawn), and keeps
+    /// trying while they do not answer, so that a broker that is down stops only its relay.
+    pub fn open(store: &Store, settings: &[RelaySettings]) -> Result<Self, OutboxStartError> {
+        check_sources(settings, store.url())?;
+        let sources = settings
+            .iter()
+            .map(|s| {
+                let source = OutboxSource {
+                    name: s.name.clone(),
+                    sink: redact_url(&s.sink),
+                    stats: RelayStats::default(),
+                    settings: s.clone(),
+                    admin: Arc::default(),
+                    state: Arc::new(Mutex::new(RelayState::Starting)),
+                    rate: Arc::default(),
+                };
+                if s.source.is_none() {
+                    let _ = source.admin.set(OutboxAdmin::new(store.clone()));
+                }
+                source.set_state(RelayState::Starting);
+                source
+            })
+            .collect();
         Ok(Self {
-            log,
+            store: store.clone(),
+            log: EmbeddedLog::new(store.clone()),
             sources,
-            relays: Arc::new(Mutex::new(relays)),
         })
     }
 
@@ -269,29 +348,131 @@ impl OutboxService {
         self.sources.iter().find(|s| s.name == name)
     }
 
-    /// Starts every relay; each stops when `stop` turns true, and its source store (if it is
-    /// not the server's) is closed after.
+    /// Starts every relay: each opens its source, connects its sink (retrying with backoff,
+    /// reported in its [state](OutboxSource::state) and the log, while either does not
+    /// answer) and relays until `stop` turns true; its source store (if it is not the
+    /// server's) is closed after.
     pub fn spawn(&self, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
-        let relays = match self.relays.lock() {
-            Ok(mut relays) => std::mem::take(&mut *relays),
-            Err(_) => Vec::new(),
-        };
-        relays
-            .into_iter()
-            .map(|(relay, own_source)| {
-                let mut stop = stop.clone();
-                tokio::spawn(async move {
-                    relay
-                        .run(async move {
-                            let _ = stop.wait_for(|s| *s).await;
-                        })
-                        .await;
-                    drop(relay);
-                    if let Some(source) = own_source {
-                        source.close().await;
-                    }
-                })
+        self.sources
+            .iter()
+            .cloned()
+            .map(|source| {
+                let store = self.store.clone();
+                let log = self.log.clone();
+                tokio::spawn(run_relay(source, store, log, stop.clone()))
             })
             .collect()
     }
+}
+
+/// How long a relay waits before trying its source or sink again, at most.
+const RECONNECT_CAP: Duration = Duration::from_secs(30);
+
+/// One relay's life: reach the source and the sink (trying again with jittered backoff while
+/// they do not answer), then relay until `stop`.
+async fn run_relay(
+    source: OutboxSource,
+    store: Store,
+    log: EmbeddedLog,
+    mut stop: watch::Receiver<bool>,
+) {
+    let s = &source.settings;
+    let backoff = onephase_core::Backoff::new(
+        Duration::from_millis(500),
+        RECONNECT_CAP,
+        onephase_core::Jitter::Full,
+    );
+    let mut attempt: u32 = 0;
+    let mut own_source: Option<Store> = None;
+    let publisher = loop {
+        if *stop.borrow() {
+            return;
+        }
+        let reached = async {
+            let db = match (&s.source, &own_source) {
+                (None, _) => store.clone(),
+                (Some(_), Some(db)) => db.clone(),
+                (Some(url), None) => {
+                    let db = open_source(url)
+                        .await
+                        .map_err(|e| format!("source database {}: {e}", redact_url(url)))?;
+                    let _ = source.admin.set(OutboxAdmin::new(db.clone()));
+                    own_source = Some(db.clone());
+                    db
+                }
+            };
+            let publisher = connect_sink(&s.sink, &log)
+                .await
+                .map_err(|e| format!("sink {}: {}", redact_url(&s.sink), redact_in(&e, &s.sink)))?;
+            Ok::<_, String>((db, publisher))
+        }
+        .await;
+        match reached {
+            Ok(reached) => break reached,
+            Err(error) => {
+                let wait = match &backoff {
+                    Ok(b) => b.delay(
+                        attempt,
+                        None,
+                        &mut onephase_core::rand::make_rng::<onephase_core::rand::rngs::StdRng>(),
+                    ),
+                    Err(_) => RECONNECT_CAP,
+                };
+                // Every failure while it is new, then one line a minute or so.
+                if attempt < 3 || attempt.is_multiple_of(8) {
+                    tracing::warn!(
+                        relay = %source.name,
+                        error = %error,
+                        retry_in_ms = wait.as_millis() as u64,
+                        "outbox relay cannot start: {error}; retrying (the rest of the server is unaffected)"
+                    );
+                }
+                source.set_state(RelayState::Unavailable { error });
+                attempt = attempt.saturating_add(1);
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    };
+    let (db, publisher) = publisher;
+    if attempt > 0 {
+        tracing::info!(relay = %source.name, "outbox relay reached its source and sink; relaying");
+    }
+    let defaults = RelayConfig::default();
+    let relay = Relay::new(
+        db,
+        publisher,
+        RelayConfig {
+            source: s.name.clone(),
+            batch_size: s.batch_size.unwrap_or(defaults.batch_size),
+            max_attempts: s.max_attempts.unwrap_or(defaults.max_attempts),
+            claim_timeout: s
+                .claim_timeout_secs
+                .map_or(defaults.claim_timeout, Duration::from_secs),
+            ..defaults
+        },
+    )
+    .with_stats(source.stats.clone());
+    source.set_state(RelayState::Running);
+    relay
+        .run(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await;
+    drop(relay);
+    if let Some(db) = own_source {
+        db.close().await;
+    }
+}
+
+/// `text` with the password of `url` (which a driver may quote in its error) redacted.
+fn redact_in(text: &str, url: &str) -> String {
+    let redacted = redact_url(url);
+    let mut out = text.replace(url, &redacted);
+    if let Some(password) = onephase_store::url_password(url) {
+        out = out.replace(&password, "***");
+    }
+    out
 }

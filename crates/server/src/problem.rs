@@ -65,7 +65,37 @@ impl Problem {
     /// The problem for an error of `kind`, with the error's message as detail.
     pub fn from_kind(kind: ErrorKind, detail: impl Into<String>) -> Self {
         let (status, title) = status_of(kind);
-        Self::new(status, kind.as_str(), title, detail)
+        Self::new(status, slug_of(kind), title, detail)
+    }
+
+    /// The problem for an error response the framework produced (a path or query that does
+    /// not parse, a wrong method, ...), typed by its status with the same types the API's own
+    /// errors use, so that a status always comes with the same `type`.
+    pub fn for_status(status: StatusCode, detail: impl Into<String>) -> Self {
+        let kind = match status {
+            StatusCode::BAD_REQUEST => Some(ErrorKind::InvalidInput),
+            StatusCode::UNAUTHORIZED => Some(ErrorKind::Unauthenticated),
+            StatusCode::FORBIDDEN => Some(ErrorKind::Forbidden),
+            StatusCode::CONFLICT => Some(ErrorKind::Conflict),
+            StatusCode::PAYLOAD_TOO_LARGE => Some(ErrorKind::TooLarge),
+            StatusCode::SERVICE_UNAVAILABLE => Some(ErrorKind::Unavailable),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                return Self::new(
+                    status,
+                    "unsupported-media-type",
+                    "Unsupported media type",
+                    detail,
+                );
+            }
+            StatusCode::UNPROCESSABLE_ENTITY => {
+                return Self::new(status, "invalid-body", "Invalid body", detail);
+            }
+            _ => None,
+        };
+        match kind {
+            Some(kind) => Self::from_kind(kind, detail),
+            None => Self::from_status(status, detail),
+        }
     }
 
     /// The problem for any classified error. Internal errors keep their message out of the
@@ -91,6 +121,15 @@ impl Problem {
     }
 }
 
+/// The `type` slug of each kind of error: `urn:onephase:problem:<slug>`.
+fn slug_of(kind: ErrorKind) -> &'static str {
+    match kind {
+        // One type for every 413, whether the whole body or a payload inside it is too large.
+        ErrorKind::TooLarge => "body-too-large",
+        other => other.as_str(),
+    }
+}
+
 /// The status code and title for each kind of error.
 pub fn status_of(kind: ErrorKind) -> (StatusCode, &'static str) {
     match kind {
@@ -99,7 +138,7 @@ pub fn status_of(kind: ErrorKind) -> (StatusCode, &'static str) {
         ErrorKind::Conflict => (StatusCode::CONFLICT, "Conflict"),
         ErrorKind::Unauthenticated => (StatusCode::UNAUTHORIZED, "Unauthenticated"),
         ErrorKind::Forbidden => (StatusCode::FORBIDDEN, "Forbidden"),
-        ErrorKind::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "Payload too large"),
+        ErrorKind::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "Body too large"),
         ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "Unavailable"),
         ErrorKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "Timeout"),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "Internal error"),
@@ -133,7 +172,7 @@ mod tests {
         for kind in ErrorKind::ALL {
             let problem = Problem::from_kind(kind, "x");
             assert!(problem.status >= 400, "{kind}");
-            assert!(problem.type_uri.ends_with(kind.as_str()));
+            assert!(problem.type_uri.ends_with(slug_of(kind)));
         }
     }
 

@@ -91,18 +91,15 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens and migrates the store, creates the first admin token if the store never had
-    /// one, and binds the listen address.
+    /// Opens and migrates the store, binds the listen address, prepares every capability and,
+    /// once all of that succeeded, creates the first admin token if the store never had one.
     pub async fn bind(config: ServerConfig) -> Result<Self, ServerError> {
+        // Metric handles created from here on (the relays' among them) reach /metrics.
+        crate::metrics::prometheus();
         let store = Store::connect(&config.store).await?;
         store.migrate(&migrations()).await?;
         let tokens = Tokens::new(store.clone(), config.tokens.clone())?;
         let clock: SharedClock = Arc::new(SystemClock);
-        let candidate = generate_token(&mut rand::rng());
-        let bootstrap_token = tokens
-            .bootstrap_admin(&candidate, clock.now())
-            .await?
-            .then_some(candidate);
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -110,7 +107,7 @@ impl Server {
                     addr: config.listen,
                     source,
                 })?;
-        let outbox = OutboxService::open(&store, &config.outbox_relays).await?;
+        let outbox = OutboxService::open(&store, &config.outbox_relays)?;
         let saga = SagaService::new(&store, &config.saga, &config.outbox_relays);
         let webhook = WebhookService::new(&store, &config.webhook, &config.outbox_relays)?;
         let lease = LeaseService::open(&store, &config.lease).await?;
@@ -122,6 +119,13 @@ impl Server {
             lease,
             limit,
         };
+        // Last, once nothing else can fail: a token created by a start that then failed
+        // would be stored but never shown.
+        let candidate = generate_token(&mut rand::rng());
+        let bootstrap_token = tokens
+            .bootstrap_admin(&candidate, clock.now())
+            .await?
+            .then_some(candidate);
         let state = AppState::new(store, tokens, config, clock, services);
         let router = router(state.clone());
         Ok(Self {

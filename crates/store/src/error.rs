@@ -15,7 +15,7 @@ pub enum StoreError {
         reason: String,
     },
     /// The database did not accept a connection.
-    #[error("cannot connect to {backend} at {url}: {source}")]
+    #[error("cannot connect to {backend} at {url}: {source}{}", hint(source))]
     Connect {
         /// Which backend.
         backend: Backend,
@@ -36,6 +36,14 @@ pub enum StoreError {
         #[source]
         source: sqlx::migrate::MigrateError,
     },
+    /// An existing table does not have the shape a component needs.
+    #[error("migrating {component} failed: {message}")]
+    Schema {
+        /// The component whose table it is.
+        component: &'static str,
+        /// What is wrong and what to do about it.
+        message: String,
+    },
     /// A query failed.
     #[error("{what} failed: {source}")]
     Query {
@@ -47,12 +55,27 @@ pub enum StoreError {
     },
 }
 
+/// What the usual cause of a connection error is, where the driver's words do not say.
+fn hint(error: &sqlx::Error) -> &'static str {
+    match error {
+        sqlx::Error::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            " (nothing listens at that address: is the database running, and is the port right?)"
+        }
+        sqlx::Error::Database(e) if e.code().as_deref() == Some("14") => {
+            " (SQLite cannot open or create the file: check that its directory exists and that this user may write there)"
+        }
+        sqlx::Error::PoolTimedOut => " (no connection within the timeout)",
+        _ => "",
+    }
+}
+
 impl Classify for StoreError {
     fn kind(&self) -> ErrorKind {
         match self {
             StoreError::InvalidUrl { .. } => ErrorKind::InvalidInput,
             StoreError::Connect { .. } => ErrorKind::Unavailable,
             StoreError::Migrate { .. } => ErrorKind::Internal,
+            StoreError::Schema { .. } => ErrorKind::InvalidInput,
             StoreError::Query { source, .. } => classify_sqlx(source),
         }
     }

@@ -43,7 +43,7 @@ mod sqlite;
 use std::fmt;
 
 pub use error::{StoreError, classify_sqlx};
-pub use migrate::Migrations;
+pub use migrate::{Adoption, Migrations};
 pub use options::StoreOptions;
 pub use sqlite::SqliteStore;
 
@@ -225,20 +225,68 @@ impl fmt::Debug for Store {
     }
 }
 
-/// `url` with the password, if any, replaced by `***`, for logs and error messages.
+/// Query parameters whose values are secrets, in the URLs of the engines onephase connects to
+/// (PostgreSQL's `password` and `sslpassword`, and the names other drivers use).
+const SECRET_PARAMS: &[&str] = &[
+    "password",
+    "sslpassword",
+    "pass",
+    "pwd",
+    "secret",
+    "token",
+    "access_token",
+    "auth_token",
+    "sasl_password",
+    "api_key",
+];
+
+/// `url` with every credential it carries (the password of its user info, and the values of
+/// query parameters such as `password` or `token`) replaced by `***`: what logs, error
+/// messages, the dashboard and the API show of a database or broker URL.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
+    let authority = match authority.rsplit_once('@') {
         Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_owned(),
+            Some((user, _password)) => format!("{user}:***@{host}"),
+            None => authority.to_owned(),
         },
-        None => url.to_owned(),
-    }
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let (query, fragment) = match query.split_once('#') {
+                Some((q, f)) => (q, format!("#{f}")),
+                None => (query, String::new()),
+            };
+            let params: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((name, _))
+                        if SECRET_PARAMS.contains(&name.to_ascii_lowercase().as_str()) =>
+                    {
+                        format!("{name}=***")
+                    }
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}{fragment}", params.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
+/// The password in `url`'s user info, if it has one (to redact it from text that quotes it).
+pub fn url_password(url: &str) -> Option<String> {
+    let (_, rest) = url.split_once("://")?;
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let (userinfo, _) = authority.rsplit_once('@')?;
+    let (_, password) = userinfo.split_once(':')?;
+    (!password.is_empty()).then(|| password.to_owned())
 }
 
 #[cfg(test)]
@@ -281,5 +329,26 @@ mod tests {
             redact_url("postgres://a:b@c@host/x"),
             "postgres://a:***@host/x"
         );
+        assert_eq!(
+            redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(
+            redact_url("redis://:s3cret@cache:6379/0"),
+            "redis://:***@cache:6379/0"
+        );
+        assert_eq!(
+            redact_url("postgres://db/x?user=app&password=s3cret&sslmode=require"),
+            "postgres://db/x?user=app&password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact_url("nats://host:4222?token=abc#frag"),
+            "nats://host:4222?token=***#frag"
+        );
+        assert_eq!(
+            url_password("amqp://guest:guest@h/"),
+            Some("guest".to_owned())
+        );
+        assert_eq!(url_password("redis://h:6379"), None);
     }
 }

@@ -18,7 +18,18 @@ use tokio::task::JoinHandle;
 pub struct FaultProxy {
     local: SocketAddr,
     cut: Arc<watch::Sender<bool>>,
+    /// Connections being forwarded now.
+    live: Arc<watch::Sender<usize>>,
     task: JoinHandle<()>,
+}
+
+/// Counts a forwarded connection while it lives.
+struct Live(Arc<watch::Sender<usize>>);
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 impl FaultProxy {
@@ -45,6 +56,8 @@ impl FaultProxy {
         let cut = Arc::new(cut);
         let upstream = upstream.to_owned();
         let state = Arc::clone(&cut);
+        let live = Arc::new(watch::channel(0_usize).0);
+        let counted = Arc::clone(&live);
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 if *state.borrow() {
@@ -53,7 +66,10 @@ impl FaultProxy {
                 }
                 let mut cut_now = state.subscribe();
                 let upstream = upstream.clone();
+                counted.send_modify(|n| *n += 1);
+                let alive = Live(Arc::clone(&counted));
                 tokio::spawn(async move {
+                    let _alive = alive;
                     let Ok(server) = TcpStream::connect(&upstream).await else {
                         return;
                     };
@@ -65,7 +81,12 @@ impl FaultProxy {
                 });
             }
         });
-        Ok(Self { local, cut, task })
+        Ok(Self {
+            local,
+            cut,
+            live,
+            task,
+        })
     }
 
     /// The address clients connect to.
@@ -73,9 +94,12 @@ impl FaultProxy {
         self.local
     }
 
-    /// Closes every connection and refuses new ones until [`restore`](Self::restore).
-    pub fn cut(&self) {
+    /// Closes every connection and refuses new ones until [`restore`](Self::restore). Returns
+    /// once every connection that was open is closed, so that what the test does next meets
+    /// the cut, not a connection still being torn down.
+    pub async fn cut(&self) {
         self.cut.send_replace(true);
+        let _ = self.live.subscribe().wait_for(|n| *n == 0).await;
     }
 
     /// Forwards new connections again.

@@ -112,6 +112,8 @@ struct Inner {
     rounds: AtomicUsize,
     /// When the pending deliveries of disabled endpoints were last swept up.
     swept_at: Mutex<Option<Instant>>,
+    /// Where each ordered endpoint's walk over its keys stopped; held through a claim.
+    key_cursors: tokio::sync::Mutex<sql::KeyCursors>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -154,6 +156,7 @@ impl Dispatcher {
                 freed: Notify::new(),
                 rounds: AtomicUsize::new(0),
                 swept_at: Mutex::new(None),
+                key_cursors: tokio::sync::Mutex::default(),
             }),
         })
     }
@@ -208,7 +211,17 @@ impl Dispatcher {
         if inner.sweep_due() {
             sql::sweep_auto_disabled(&inner.store, now_ms).await?;
         }
-        Ok(sql::claim(&inner.store, now_ms, now_us, lease_ms, limit, start).await?)
+        let mut cursors = inner.key_cursors.lock().await;
+        Ok(sql::claim(
+            &inner.store,
+            now_ms,
+            now_us,
+            lease_ms,
+            limit,
+            start,
+            &mut cursors,
+        )
+        .await?)
     }
 
     /// Delivers until `shutdown` completes; then stops claiming and waits (at most one attempt

@@ -4,6 +4,7 @@
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use sha2::{Digest as _, Sha256};
 use sqlx::{PgConnection, Postgres, Sqlite, SqliteConnection, Transaction};
 use time::OffsetDateTime;
@@ -17,7 +18,7 @@ use crate::sql::{self, PreparedMessage, Written};
 pub const DEFAULT_MAX_BODY: usize = 256 * 1024;
 
 /// A message to send.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NewMessage {
@@ -26,8 +27,10 @@ pub struct NewMessage {
     pub app: Option<String>,
     /// Its type, like `invoice.paid`; endpoints filter on it.
     pub event_type: String,
-    /// The event's data, sent as the body's `data`.
-    pub payload: Value,
+    /// The event's data, sent as the body's `data` exactly as written (every digit of every
+    /// number; whitespace between tokens removed).
+    #[cfg_attr(feature = "openapi", schema(value_type = Value))]
+    pub payload: Box<RawValue>,
     /// Messages with the same key reach an ordered endpoint one after another.
     #[serde(default)]
     pub partition_key: Option<String>,
@@ -36,9 +39,25 @@ pub struct NewMessage {
     pub idempotency_key: Option<String>,
 }
 
+impl PartialEq for NewMessage {
+    fn eq(&self, other: &Self) -> bool {
+        self.app == other.app
+            && self.event_type == other.event_type
+            && self.payload.get() == other.payload.get()
+            && self.partition_key == other.partition_key
+            && self.idempotency_key == other.idempotency_key
+    }
+}
+
 impl NewMessage {
     /// A message of the default application.
     pub fn new(event_type: impl Into<String>, payload: Value) -> Self {
+        Self::raw(event_type, onephase_core::json::to_raw(&payload))
+    }
+
+    /// A message whose payload is JSON text, sent as written (a number with more digits than
+    /// a `Value` keeps, say).
+    pub fn raw(event_type: impl Into<String>, payload: Box<RawValue>) -> Self {
         Self {
             app: None,
             event_type: event_type.into(),
@@ -88,11 +107,19 @@ impl NewMessage {
         let timestamp = now
             .format(&Rfc3339)
             .map_err(|e| WebhookError::invalid(format!("time: {e}")))?;
-        let body = serde_json::to_string(&serde_json::json!({
-            "type": self.event_type,
-            "timestamp": timestamp,
-            "data": self.payload,
-        }))
+        #[derive(Serialize)]
+        struct Body<'a> {
+            #[serde(rename = "type")]
+            event_type: &'a str,
+            timestamp: &'a str,
+            data: &'a RawValue,
+        }
+        let data = onephase_core::json::compact(&self.payload);
+        let body = serde_json::to_string(&Body {
+            event_type: &self.event_type,
+            timestamp: &timestamp,
+            data: &data,
+        })
         .map_err(|e| WebhookError::invalid(format!("payload: {e}")))?;
         if body.len() > max_body {
             return Err(WebhookError::TooLarge {
@@ -118,7 +145,7 @@ impl NewMessage {
         for part in [
             self.event_type.as_str(),
             self.partition_key.as_deref().unwrap_or("\u{0}"),
-            &self.payload.to_string(),
+            &onephase_core::json::canonical(&self.payload),
         ] {
             hash.update((part.len() as u64).to_be_bytes());
             hash.update(part.as_bytes());

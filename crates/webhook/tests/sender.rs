@@ -752,3 +752,134 @@ async fn https_endpoints_are_reached_over_tls() -> anyhow::Result<()> {
     db.close().await?;
     Ok(())
 }
+
+/// Sends `count` messages in one transaction, message `n` with key `k{n % keys}`; returns each
+/// message id's (key, n).
+async fn send_backlog(
+    s: &Setup,
+    count: usize,
+    keys: usize,
+) -> anyhow::Result<std::collections::HashMap<String, (String, usize)>> {
+    let mut ids = std::collections::HashMap::new();
+    let now = s.clock.now();
+    let store = s.webhooks.store();
+    macro_rules! send_all {
+        ($tx:expr) => {{
+            let mut tx = $tx;
+            for n in 0..count {
+                let key = format!("k{}", n % keys);
+                let message = NewMessage::new("a.b", json!({"n": n})).partition_key(&key);
+                let sent = onephase_webhook::send(&mut tx, &message, now).await?;
+                ids.insert(sent.id, (key, n));
+            }
+            tx.commit().await?;
+        }};
+    }
+    match store.db() {
+        onephase_store::Db::Sqlite(sqlite) => send_all!(sqlite.writer().begin().await?),
+        onephase_store::Db::Postgres(pool) => send_all!(pool.begin().await?),
+    }
+    Ok(ids)
+}
+
+/// A backlog of 10,000 deliveries on one endpoint whose receiver fails its first 3 requests,
+/// retried on a 0, 1, 2, 4, 8 s schedule: every key must keep moving. Rounds run on a manual
+/// clock that moves a second whenever a round finds nothing to do; 20 idle seconds in a row
+/// (longer than any retry wait) mean a key is stuck. Keys of ordered endpoints must arrive in
+/// send order. With one ordered key the deliveries are strictly one at a time, so that case
+/// stops after `one_key_enough` deliveries: by then the key's head has been retried, delivered
+/// and followed by the rest in order, which is what a stuck claim window prevented.
+async fn backlog_keeps_moving(ordered: bool) -> anyhow::Result<()> {
+    const COUNT: usize = 10_000;
+    let one_key_enough = 300;
+    for db in TestDb::all().await {
+        for keys in [1_usize, 100] {
+            let s = setup(
+                &db,
+                DispatcherConfig {
+                    schedule: RetrySchedule::new(
+                        [0, 1, 2, 4, 8].map(Duration::from_secs).to_vec(),
+                        0.0,
+                    )?,
+                    claim_batch: 500,
+                    max_in_flight: 500,
+                    ..DispatcherConfig::default()
+                },
+            )
+            .await?;
+            let rx = TestReceiver::start().await;
+            rx.script(|_, n| Answer::status(if n < 3 { 500 } else { 200 }));
+            let path = format!("backlog-{keys}");
+            let mut spec = EndpointSpec::new(rx.url(&path));
+            spec.ordered = ordered;
+            spec.max_concurrency = Some(500);
+            let endpoint = s.webhooks.create_endpoint(spec).await?;
+            let ids = send_backlog(&s, COUNT, keys).await?;
+            let target = if ordered && keys == 1 {
+                one_key_enough
+            } else {
+                COUNT
+            };
+            let mut delivered: std::collections::HashSet<String> = Default::default();
+            let mut idle = 0;
+            while delivered.len() < target {
+                let round = s.dispatcher.run_once().await?;
+                if round.attempts == 0 {
+                    idle += 1;
+                    ensure!(
+                        idle < 20,
+                        "{keys} key(s), ordered {ordered}: nothing attempted for 20 s with {} of {target} delivered",
+                        delivered.len()
+                    );
+                    s.clock.advance(Duration::from_secs(1));
+                    s.clock.shift_wall(time::Duration::seconds(1));
+                    continue;
+                }
+                idle = 0;
+                delivered = rx
+                    .arrivals_at(&path)
+                    .iter()
+                    .filter(|a| a.status == 200)
+                    .map(|a| a.id())
+                    .collect();
+            }
+            let arrivals = rx.arrivals_at(&path);
+            if ordered {
+                // Every key's messages arrive in send order (a failed one again before the next).
+                let mut last: std::collections::HashMap<&str, usize> = Default::default();
+                for a in &arrivals {
+                    let (key, n) = ids.get(&a.id()).context("a known message")?;
+                    if let Some(before) = last.insert(key, *n) {
+                        ensure!(
+                            *n >= before,
+                            "key {key}: message {n} arrived after {before}"
+                        );
+                    }
+                }
+            }
+            if target == COUNT {
+                let stats = s.webhooks.stats(Duration::from_secs(86_400)).await?;
+                let e = stats
+                    .iter()
+                    .find(|e| e.endpoint_id == endpoint.id)
+                    .context("the endpoint's stats")?;
+                ensure!(e.pending == 0, "{keys} key(s): {} still pending", e.pending);
+            }
+            // The next case's messages go to its own endpoint only.
+            s.webhooks.delete_endpoint(&endpoint.id).await?;
+        }
+        db.close().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_retrying_key_never_blocks_an_ordered_endpoint_with_a_long_backlog() -> anyhow::Result<()>
+{
+    backlog_keeps_moving(true).await
+}
+
+#[tokio::test]
+async fn a_long_backlog_keeps_moving_on_an_unordered_endpoint() -> anyhow::Result<()> {
+    backlog_keeps_moving(false).await
+}

@@ -108,7 +108,7 @@ pub async fn check_outage(
         first.allowed && first.fallback.is_none() && first.remaining == 1,
         "{first:?}"
     );
-    proxy.cut();
+    proxy.cut().await;
     let started = std::time::Instant::now();
     let d = open.check("k", 1).await?;
     ensure!(

@@ -10,6 +10,7 @@ pub(crate) use batch::GroupCommit;
 use std::collections::BTreeMap;
 
 use onephase_core::Envelope;
+use onephase_core::json::RawJson;
 use onephase_store::{Db, Store};
 use serde::Serialize;
 use serde_json::Value;
@@ -70,8 +71,8 @@ pub struct StepView {
     pub status: StepStatus,
     /// Attempts made.
     pub attempts: u32,
-    /// The participant's answer, once it succeeded.
-    pub output: Option<Value>,
+    /// The participant's answer, once it succeeded, as it answered it.
+    pub output: Option<RawJson>,
     /// The last error.
     pub last_error: Option<String>,
     /// First attempt.
@@ -117,8 +118,8 @@ pub struct RunDetail {
     /// The run.
     #[serde(flatten)]
     pub run: RunSummary,
-    /// The input it was started with.
-    pub input: Value,
+    /// The input it was started with, as it was given.
+    pub input: RawJson,
     /// Every action and compensation attempted so far.
     pub steps: Vec<StepView>,
     /// Every transition, oldest first.
@@ -144,7 +145,7 @@ pub(crate) struct NewRun {
     pub id: Uuid,
     pub saga: String,
     pub version: u32,
-    pub input: Value,
+    pub input: RawJson,
     pub key: Option<String>,
     pub digest: String,
     pub now: OffsetDateTime,

@@ -1,7 +1,9 @@
 use std::collections::BTreeMap;
 
+use onephase_core::json::RawJson;
 use serde_json::Value;
 use sqlx::postgres::PgRow;
+use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, QueryBuilder, Row as _};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -131,7 +133,7 @@ pub(super) async fn start(
     .bind(run.id)
     .bind(&run.saga)
     .bind(to_i32(run.version))
-    .bind(&run.input)
+    .bind(Json(&run.input))
     .bind(&run.key)
     .bind(&run.digest)
     .bind(run.now)
@@ -171,7 +173,9 @@ fn step_record(r: &PgRow) -> Result<((String, Phase), StepRecord), sqlx::Error> 
             retry_base: to_u32(r.try_get("retry_base")?),
             definite: r.try_get("definite")?,
             due_at: r.try_get("due_at")?,
-            output: r.try_get("output")?,
+            output: r
+                .try_get::<Option<Json<RawJson>>, _>("output")?
+                .map(|j| j.0),
             last_error: r.try_get("last_error")?,
             started_at: r.try_get("started_at")?,
             finished_at: r.try_get("finished_at")?,
@@ -185,13 +189,13 @@ const STEP_COLUMNS: &str = "run_id, step, phase, status, attempts, retry_base, d
 fn run_record(r: &PgRow) -> Result<RunRecord, sqlx::Error> {
     let state: String = r.try_get("state")?;
     let saga: String = r.try_get("saga")?;
-    let input: Value = r.try_get("input")?;
+    let input: Json<RawJson> = r.try_get("input")?;
     Ok(RunRecord {
         id: r.try_get("id")?,
         saga: saga.into(),
         version: to_u32(r.try_get("version")?),
         state: parse_state(&state)?,
-        input: input.into(),
+        input: input.0.into(),
         error: r.try_get("error")?,
         steps: BTreeMap::new(),
     })
@@ -301,7 +305,7 @@ async fn write_in(
                 .push_bind(to_i32(r.retry_base))
                 .push_bind(r.definite)
                 .push_bind(r.due_at)
-                .push_bind(&r.output)
+                .push_bind(r.output.as_ref().map(Json))
                 .push_bind(&r.last_error)
                 .push_bind(r.started_at)
                 .push_bind(r.finished_at);
@@ -480,7 +484,7 @@ pub(super) async fn detail(pool: &PgPool, id: Uuid) -> Result<Option<RunDetail>,
     .collect::<Result<Vec<_>, sqlx::Error>>()?;
     Ok(Some(RunDetail {
         run: summary(&row)?,
-        input: row.try_get("input")?,
+        input: row.try_get::<Json<RawJson>, _>("input")?.0,
         steps,
         history,
     }))

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use onephase_core::json::RawJson;
 use serde_json::Value;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{AssertSqlSafe, QueryBuilder, Row as _, Sqlite, SqliteConnection, SqlitePool};
@@ -40,9 +41,15 @@ fn json(r: &SqliteRow, column: &str) -> Result<Value, sqlx::Error> {
     serde_json::from_str(&text).map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
 
-fn json_opt(r: &SqliteRow, column: &str) -> Result<Option<Value>, sqlx::Error> {
+/// A user's JSON (a run's input, a step's output), exactly as stored.
+fn raw_json(r: &SqliteRow, column: &str) -> Result<RawJson, sqlx::Error> {
+    let text: String = r.try_get(column)?;
+    RawJson::parse(&text).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
+fn raw_json_opt(r: &SqliteRow, column: &str) -> Result<Option<RawJson>, sqlx::Error> {
     let text: Option<String> = r.try_get(column)?;
-    text.map(|t| serde_json::from_str(&t).map_err(|e| sqlx::Error::Decode(Box::new(e))))
+    text.map(|t| RawJson::parse(&t).map_err(|e| sqlx::Error::Decode(Box::new(e))))
         .transpose()
 }
 
@@ -173,7 +180,7 @@ pub(super) async fn start(
     .bind(run.id.to_string())
     .bind(&run.saga)
     .bind(to_i32(run.version))
-    .bind(run.input.to_string())
+    .bind(run.input.get())
     .bind(&run.key)
     .bind(&run.digest)
     .bind(ms(run.now))
@@ -213,7 +220,7 @@ fn step_record(r: &SqliteRow) -> Result<((String, Phase), StepRecord), sqlx::Err
             retry_base: to_u32(r.try_get("retry_base")?),
             definite: r.try_get("definite")?,
             due_at: time_opt(r, "due_at")?,
-            output: json_opt(r, "output")?,
+            output: raw_json_opt(r, "output")?,
             last_error: r.try_get("last_error")?,
             started_at: time_opt(r, "started_at")?,
             finished_at: time_opt(r, "finished_at")?,
@@ -232,7 +239,7 @@ fn run_record(r: &SqliteRow) -> Result<RunRecord, sqlx::Error> {
         saga: saga.into(),
         version: to_u32(r.try_get("version")?),
         state: parse_state(&state)?,
-        input: json(r, "input")?.into(),
+        input: raw_json(r, "input")?.into(),
         error: r.try_get("error")?,
         steps: BTreeMap::new(),
     })
@@ -344,7 +351,7 @@ pub(super) async fn write_in(
                 .push_bind(to_i32(r.retry_base))
                 .push_bind(r.definite)
                 .push_bind(r.due_at.map(ms))
-                .push_bind(r.output.as_ref().map(Value::to_string))
+                .push_bind(r.output.as_ref().map(|o| o.get().to_owned()))
                 .push_bind(&r.last_error)
                 .push_bind(r.started_at.map(ms))
                 .push_bind(r.finished_at.map(ms));
@@ -522,7 +529,7 @@ pub(super) async fn detail(pool: &SqlitePool, id: Uuid) -> Result<Option<RunDeta
     .collect::<Result<Vec<_>, sqlx::Error>>()?;
     Ok(Some(RunDetail {
         run: summary(&row)?,
-        input: json(&row, "input")?,
+        input: raw_json(&row, "input")?,
         steps,
         history,
     }))

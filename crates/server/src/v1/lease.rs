@@ -51,10 +51,10 @@ pub struct AcquireLease {
     /// How long the grant lasts unless renewed, in milliseconds (100 to 86,400,000).
     #[schema(minimum = 100, maximum = 86_400_000)]
     pub ttl_ms: u64,
-    /// How long to wait for a held lease, in milliseconds (default 0: answer at once). Longer
-    /// waits are cut to the server's `lease.max_wait_ms` (30,000 by default); over 600,000
-    /// is refused.
-    #[schema(minimum = 0, maximum = 600_000)]
+    /// How long to wait for a held lease, in milliseconds (default 0: answer at once). A
+    /// longer wait than the server's `lease.max_wait_ms` (30,000 by default, at most 600,000)
+    /// is cut to it.
+    #[schema(minimum = 0)]
     pub wait_ms: Option<u64>,
 }
 
@@ -101,13 +101,8 @@ pub async fn acquire(
     ApiJson(body): ApiJson<AcquireLease>,
 ) -> Result<ApiJson<Grant>, Problem> {
     let service = state.lease();
-    let wait_ms = body.wait_ms.unwrap_or(0);
-    if wait_ms > 600_000 {
-        return Err(problem(&LeaseError::Invalid(format!(
-            "wait_ms {wait_ms} is over 600000 (10 minutes)"
-        ))));
-    }
-    let wait = Duration::from_millis(wait_ms).min(service.max_wait());
+    // Cut to the server's bound, as documented: a client asking to wait longer waits that long.
+    let wait = Duration::from_millis(body.wait_ms.unwrap_or(0)).min(service.max_wait());
     let ttl = Duration::from_millis(body.ttl_ms);
     let leases = service.leases();
     let guard = if wait.is_zero() {

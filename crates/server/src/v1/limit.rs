@@ -1,6 +1,5 @@
 //! `/v1/limits`: define rate-limit policies and check keys against them.
 
-use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use onephase_limit::Decision;
@@ -8,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::app::AppState;
-use crate::auth::Caller;
+use crate::auth::Admin;
 use crate::json::ApiJson;
 use crate::limit::{PolicySpec, PolicyView};
 use crate::problem::Problem;
@@ -130,14 +129,11 @@ pub async fn list(State(state): State<AppState>) -> Result<ApiJson<Vec<PolicyVie
     )
 )]
 pub async fn define(
+    _admin: Admin,
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
     Path(policy): Path<String>,
     ApiJson(spec): ApiJson<PolicySpec>,
 ) -> Result<StatusCode, Problem> {
-    caller
-        .require_admin()
-        .map_err(|e| Problem::from_error(&e))?;
     let now = state
         .clock()
         .now()
@@ -171,13 +167,10 @@ pub async fn define(
     )
 )]
 pub async fn remove(
+    _admin: Admin,
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
     Path(policy): Path<String>,
 ) -> Result<StatusCode, Problem> {
-    caller
-        .require_admin()
-        .map_err(|e| Problem::from_error(&e))?;
     state
         .limit()
         .remove(&policy)

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use axum::Extension;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -11,12 +10,13 @@ use base64::Engine as _;
 use onephase_core::{Envelope, MessageId};
 use onephase_outbox::{DEFAULT_MAX_PAYLOAD, OutboxError};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::app::AppState;
-use crate::auth::Caller;
+use crate::auth::Admin;
 use crate::json::ApiJson;
 use crate::outbox::OutboxSource;
 use crate::problem::Problem;
@@ -28,9 +28,10 @@ pub struct AppendEvent {
     /// Partition key: events with the same key keep their order. Omit for unordered events.
     #[schema(example = "order-42", min_length = 1, max_length = 1024)]
     pub key: Option<String>,
-    /// The event body, any JSON value; stored as its compact JSON text.
+    /// The event body, any JSON value; stored as its JSON text without whitespace, every
+    /// number exactly as written.
     #[schema(value_type = Value, example = json!({"order": 42}))]
-    pub payload: serde_json::Value,
+    pub payload: Box<RawValue>,
     /// Headers: names of letters, digits, `.`, `_` and `-` (stored lowercase) to printable-ASCII
     /// values.
     #[serde(default)]
@@ -84,9 +85,9 @@ pub struct LogRecordView {
     pub key: Option<String>,
     /// Headers.
     pub headers: BTreeMap<String, String>,
-    /// The payload, when it is JSON.
+    /// The payload, when it is JSON (exactly as stored).
     #[schema(value_type = Option<Value>)]
-    pub payload: Option<serde_json::Value>,
+    pub payload: Option<Box<RawValue>>,
     /// The payload in base64, when it is not JSON.
     pub payload_base64: Option<String>,
     /// When the event was created.
@@ -133,12 +134,18 @@ impl Page {
 pub struct RelayStatus {
     /// The relay's name.
     pub name: String,
-    /// Where it publishes.
+    /// Where it publishes (credentials shown as `***`).
     pub sink: String,
-    /// Rows waiting to be published.
-    pub pending: i64,
-    /// Rows dead-lettered.
-    pub dead: i64,
+    /// `starting`, `running`, or `unavailable` while its source database or sink does not
+    /// answer (it keeps trying).
+    #[schema(pattern = "^(starting|running|unavailable)$")]
+    pub state: String,
+    /// Why it is unavailable, or why its outbox could not be read.
+    pub error: Option<String>,
+    /// Rows waiting to be published (absent while the source database cannot be read).
+    pub pending: Option<i64>,
+    /// Rows dead-lettered (absent while the source database cannot be read).
+    pub dead: Option<i64>,
     /// Age of the oldest pending row, in seconds: the relay's lag.
     pub oldest_pending_seconds: Option<f64>,
     /// Rows this server's relay published since it started.
@@ -187,16 +194,17 @@ fn source<'a>(state: &'a AppState, name: &str) -> Result<&'a OutboxSource, Probl
     })
 }
 
-/// The outbox of relay `name`, for an admin caller only.
+/// The outbox of relay `name`, or 503 while its source database was never reached.
 fn admin_of<'a>(
     state: &'a AppState,
-    caller: &Caller,
     name: &str,
 ) -> Result<&'a onephase_outbox::OutboxAdmin, Problem> {
-    caller
-        .require_admin()
-        .map_err(|e| Problem::from_error(&e))?;
-    Ok(&source(state, name)?.admin)
+    source(state, name)?.admin().map_err(|error| {
+        Problem::from_kind(
+            onephase_core::ErrorKind::Unavailable,
+            format!("relay {name:?} cannot read its outbox: {error}"),
+        )
+    })
 }
 
 /// Append an event to the embedded log.
@@ -209,7 +217,9 @@ fn admin_of<'a>(
             pattern = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$", max_length = 249)),
     request_body = AppendEvent,
     responses(
-        (status = 201, description = "Appended (or already there, for a repeated id)", body = Appended),
+        (status = 201, description = "Appended", body = Appended),
+        (status = 200, description = "An event with this id and the same key, payload and headers was already there: its position", body = Appended),
+        (status = 409, description = "Another event already has this id in the topic", body = Problem, content_type = "application/problem+json"),
         (status = 400, description = "Invalid topic, key, header or malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body or payload too large", body = Problem, content_type = "application/problem+json"),
@@ -222,8 +232,10 @@ pub async fn append(
     Path(topic): Path<String>,
     ApiJson(event): ApiJson<AppendEvent>,
 ) -> Result<Response, Problem> {
-    let payload = serde_json::to_vec(&event.payload)
-        .map_err(|e| Problem::from_kind(onephase_core::ErrorKind::InvalidInput, e.to_string()))?;
+    let payload = onephase_core::json::compact(&event.payload)
+        .get()
+        .as_bytes()
+        .to_vec();
     if payload.len() > DEFAULT_MAX_PAYLOAD {
         return Err(outbox_problem(&OutboxError::PayloadTooLarge {
             size: payload.len(),
@@ -244,19 +256,41 @@ pub async fn append(
     let envelope = builder
         .build()
         .map_err(|e| outbox_problem(&OutboxError::Invalid(e)))?;
-    let positions = state
+    let placed = state
         .outbox()
         .log()
-        .append(std::slice::from_ref(&envelope))
+        .append_placed(std::slice::from_ref(&envelope))
         .await
         .map_err(|e| broker_problem(&e))?;
-    let position = positions.first().copied().unwrap_or_default();
+    let Some(placed) = placed.first().copied() else {
+        return Err(Problem::from_kind(
+            onephase_core::ErrorKind::Internal,
+            "the log placed nothing",
+        ));
+    };
+    // One rule for every API that takes a client's id or key: 201 for new, 200 for the same
+    // request again, 409 for another request under the same id.
+    if !placed.new && !placed.same {
+        return Err(Problem::from_kind(
+            onephase_core::ErrorKind::Conflict,
+            format!(
+                "an event with id {} is already in topic {:?} with another key, payload or headers; give a new event a new id",
+                envelope.id(),
+                envelope.topic()
+            ),
+        ));
+    }
+    let status = if placed.new {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     let body = Appended {
         id: envelope.id().as_uuid(),
         topic: envelope.topic().to_owned(),
-        position,
+        position: placed.position,
     };
-    Ok((StatusCode::CREATED, ApiJson(body)).into_response())
+    Ok((status, ApiJson(body)).into_response())
 }
 
 /// Read a topic of the embedded log, in order.
@@ -291,7 +325,9 @@ pub async fn read(
             .into_iter()
             .map(|r| {
                 let bytes = r.envelope.payload();
-                let json = serde_json::from_slice::<serde_json::Value>(bytes).ok();
+                let json = std::str::from_utf8(bytes)
+                    .ok()
+                    .and_then(|text| onephase_core::json::parse_raw(text).ok());
                 let base64 = json
                     .is_none()
                     .then(|| base64::engine::general_purpose::STANDARD.encode(bytes));
@@ -317,26 +353,44 @@ pub async fn read(
     tag = "outbox",
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "Every configured relay", body = Vec<RelayStatus>),
+        (status = 200, description = "Every configured relay, with its state and, where its source database answers, its backlog", body = Vec<RelayStatus>),
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "A source database does not answer", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn relays(State(state): State<AppState>) -> Result<ApiJson<Vec<RelayStatus>>, Problem> {
+pub async fn relays(State(state): State<AppState>) -> ApiJson<Vec<RelayStatus>> {
     let mut out = Vec::new();
     for s in state.outbox().sources() {
-        let status = s.admin.status().await.map_err(|e| outbox_problem(&e))?;
+        let relay_state = s.state();
+        let mut error = match &relay_state {
+            crate::outbox::RelayState::Unavailable { error } => Some(error.clone()),
+            _ => None,
+        };
+        let status = match s.admin() {
+            Ok(admin) => match admin.status().await {
+                Ok(status) => Some(status),
+                Err(e) => {
+                    error.get_or_insert_with(|| format!("reading its outbox failed: {e}"));
+                    None
+                }
+            },
+            Err(_) => None,
+        };
         out.push(RelayStatus {
             name: s.name.clone(),
             sink: s.sink.clone(),
-            pending: status.pending,
-            dead: status.dead,
-            oldest_pending_seconds: status.oldest_pending_age.map(|d| d.as_secs_f64()),
+            state: relay_state.as_str().to_owned(),
+            error,
+            pending: status.as_ref().map(|s| s.pending),
+            dead: status.as_ref().map(|s| s.dead),
+            oldest_pending_seconds: status
+                .as_ref()
+                .and_then(|s| s.oldest_pending_age)
+                .map(|d| d.as_secs_f64()),
             published_total: s.stats.published(),
             failed_total: s.stats.failed(),
         });
     }
-    Ok(ApiJson(out))
+    ApiJson(out)
 }
 
 /// Dead-lettered rows of one relay's outbox, oldest first.
@@ -359,8 +413,7 @@ pub async fn dead(
     Query(page): Query<Page>,
 ) -> Result<ApiJson<Vec<DeadRowView>>, Problem> {
     let limit = page.checked()?;
-    let rows = source(&state, &name)?
-        .admin
+    let rows = admin_of(&state, &name)?
         .dead(page.after, limit)
         .await
         .map_err(|e| outbox_problem(&e))?;
@@ -396,11 +449,11 @@ pub async fn dead(
     )
 )]
 pub async fn retry(
+    Admin(caller): Admin,
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
     Path((name, id)): Path<(String, Uuid)>,
 ) -> Result<StatusCode, Problem> {
-    let admin = admin_of(&state, &caller, &name)?;
+    let admin = admin_of(&state, &name)?;
     admin.retry(id).await.map_err(|e| outbox_problem(&e))?;
     tracing::info!(relay = %name, %id, by = %caller.name, "dead outbox row returned to pending");
     Ok(StatusCode::NO_CONTENT)
@@ -422,11 +475,11 @@ pub async fn retry(
     )
 )]
 pub async fn discard(
+    Admin(caller): Admin,
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
     Path((name, id)): Path<(String, Uuid)>,
 ) -> Result<StatusCode, Problem> {
-    let admin = admin_of(&state, &caller, &name)?;
+    let admin = admin_of(&state, &name)?;
     admin.discard(id).await.map_err(|e| outbox_problem(&e))?;
     tracing::warn!(relay = %name, %id, by = %caller.name, "dead outbox row discarded");
     Ok(StatusCode::NO_CONTENT)

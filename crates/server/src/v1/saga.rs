@@ -1,32 +1,29 @@
 //! `/v1/sagas`: register HTTP saga definitions and start runs; `/v1/saga-runs`: list and
 //! inspect runs, and the operator actions on runs waiting for one.
 
-use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use onephase_core::ErrorKind;
+use onephase_core::json::RawJson;
 use onephase_saga::{
     Audit, RunDetail, RunFilter, RunState, RunSummary, SagaError, SagaSpec, StartRequest,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::app::AppState;
-use crate::auth::Caller;
+use crate::auth::{Admin, Caller};
 use crate::json::ApiJson;
 use crate::problem::Problem;
 
 fn problem(e: &SagaError) -> Problem {
     Problem::from_error(e)
-}
-
-fn admin_only(caller: &Caller) -> Result<(), Problem> {
-    caller.require_admin().map_err(|e| Problem::from_error(&e))
 }
 
 /// A registered definition.
@@ -70,9 +67,10 @@ pub struct DefinitionDocument {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartRun {
-    /// The run's input: any JSON value; the definition's templates read it as `input.*`.
+    /// The run's input: any JSON value; the definition's templates read it as `input.*` and
+    /// pass numbers on with every digit they were written with.
     #[schema(value_type = Value)]
-    pub input: Value,
+    pub input: RawJson,
     /// The definition version; the latest when omitted.
     #[schema(minimum = 1, maximum = 2_147_483_647)]
     pub version: Option<u32>,
@@ -136,22 +134,22 @@ impl From<RunSummary> for RunView {
 }
 
 /// A run with its steps and history (see the saga docs for the fields).
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct RunDetailView {
     /// The run.
     #[serde(flatten)]
     pub run: RunView,
-    /// Its input.
+    /// Its input, as it was given.
     #[schema(value_type = Value)]
-    pub input: Value,
-    /// Each action and compensation attempted: step, phase, status, attempts, output,
-    /// last_error, started_at, finished_at, due_at.
+    pub input: RawJson,
+    /// Each action and compensation attempted: step, phase, status, attempts, output (as
+    /// the participant answered it), last_error, started_at, finished_at, due_at.
     #[schema(value_type = Vec<Object>)]
-    pub steps: Vec<Value>,
+    pub steps: Vec<Box<RawValue>>,
     /// Every transition and operator action, oldest first: seq, at, event, step, phase,
     /// attempt, elapsed_ms, detail, actor.
     #[schema(value_type = Vec<Object>)]
-    pub history: Vec<Value>,
+    pub history: Vec<Box<RawValue>>,
 }
 
 impl From<RunDetail> for RunDetailView {
@@ -162,12 +160,12 @@ impl From<RunDetail> for RunDetailView {
             steps: d
                 .steps
                 .iter()
-                .filter_map(|s| serde_json::to_value(s).ok())
+                .filter_map(|s| serde_json::value::to_raw_value(s).ok())
                 .collect(),
             history: d
                 .history
                 .iter()
-                .filter_map(|h| serde_json::to_value(h).ok())
+                .filter_map(|h| serde_json::value::to_raw_value(h).ok())
                 .collect(),
         }
     }
@@ -457,12 +455,11 @@ fn is_toml(headers: &HeaderMap) -> Option<bool> {
     )
 )]
 pub async fn register(
+    _admin: Admin,
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Problem> {
-    admin_only(&caller)?;
     let toml = is_toml(&headers).ok_or_else(|| {
         Problem::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -750,7 +747,6 @@ async fn operator_action(
     run: impl AsyncFnOnce(onephase_saga::SagaAdmin, Audit) -> Result<(), SagaError>,
     note: String,
 ) -> Result<ApiJson<RunDetailView>, Problem> {
-    admin_only(caller)?;
     let admin = state.saga().orchestrator().admin();
     run(admin.clone(), Audit::new(caller.name.clone(), note))
         .await
@@ -773,8 +769,8 @@ async fn operator_action(
     )
 )]
 pub async fn retry(
+    Admin(caller): Admin,
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
     Path(id): Path<Uuid>,
     ApiJson(body): ApiJson<OperatorNote>,
 ) -> Result<ApiJson<RunDetailView>, Problem> {
@@ -802,8 +798,8 @@ pub async fn retry(
     )
 )]
 pub async fn resolve(
+    Admin(caller): Admin,
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
     Path((id, step)): Path<(Uuid, String)>,
     ApiJson(body): ApiJson<OperatorNote>,
 ) -> Result<ApiJson<RunDetailView>, Problem> {
@@ -831,8 +827,8 @@ pub async fn resolve(
     )
 )]
 pub async fn abort(
+    Admin(caller): Admin,
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
     Path(id): Path<Uuid>,
     ApiJson(body): ApiJson<OperatorNote>,
 ) -> Result<ApiJson<RunDetailView>, Problem> {

@@ -1,4 +1,3 @@
-use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -6,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::app::AppState;
-use crate::auth::{AuthError, Caller, Role, TokenInfo, generate_token};
+use crate::auth::{Admin, AuthError, Role, TokenInfo, generate_token};
 use crate::json::ApiJson;
 use crate::problem::Problem;
 
@@ -69,11 +68,10 @@ pub struct CreatedToken {
     )
 )]
 pub async fn create_token(
+    Admin(caller): Admin,
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
     ApiJson(request): ApiJson<CreateToken>,
 ) -> Result<Response, AuthError> {
-    caller.require_admin()?;
     let now = state.clock().now();
     let token = generate_token(&mut rand::rng());
     let info = state
@@ -99,10 +97,9 @@ pub async fn create_token(
     )
 )]
 pub async fn list_tokens(
+    _admin: Admin,
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
 ) -> Result<ApiJson<Vec<TokenInfo>>, AuthError> {
-    caller.require_admin()?;
     Ok(ApiJson(state.tokens().list().await?))
 }
 
@@ -124,11 +121,10 @@ pub async fn list_tokens(
     )
 )]
 pub async fn revoke_token(
+    Admin(caller): Admin,
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, AuthError> {
-    caller.require_admin()?;
     state.tokens().revoke(&name, state.clock().now()).await?;
     tracing::info!(%name, by = %caller.name, "token revoked");
     Ok(StatusCode::NO_CONTENT)

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use axum::Extension;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -14,11 +13,11 @@ use onephase_webhook::{
     EndpointStats, MessageView, NewMessage, Replay, Sent, VerifyingKey, WebhookError,
 };
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::value::RawValue;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::app::AppState;
-use crate::auth::Caller;
+use crate::auth::Admin;
 use crate::json::ApiJson;
 use crate::problem::Problem;
 
@@ -33,10 +32,6 @@ fn problem(e: &WebhookError) -> Problem {
         ),
         _ => Problem::from_error(e),
     }
-}
-
-fn admin_only(caller: &Caller) -> Result<(), Problem> {
-    caller.require_admin().map_err(|e| Problem::from_error(&e))
 }
 
 fn check_limit(limit: Option<u32>) -> Result<u32, Problem> {
@@ -61,8 +56,10 @@ pub struct SendMessage {
     /// Its type, like `invoice.paid`: 1 to 256 visible ASCII characters.
     #[schema(min_length = 1, max_length = 256, pattern = r"^[\x21-\x7e]+$")]
     pub event_type: String,
-    /// The event's data: any JSON value, sent as the body's `data`.
-    pub payload: Value,
+    /// The event's data: any JSON value, sent as the body's `data` exactly as written (every
+    /// digit of every number; whitespace between tokens removed).
+    #[schema(value_type = Value)]
+    pub payload: Box<RawValue>,
     /// Messages with the same key reach an ordered endpoint one after another.
     #[schema(min_length = 1, max_length = 256)]
     pub partition_key: Option<String>,
@@ -124,6 +121,7 @@ pub struct MessageQuery {
     /// Only this application's messages.
     pub app: Option<String>,
     /// Messages sent before this one (paging; newest first).
+    #[param(pattern = "^msg_[0-9a-fA-F]{32}$")]
     pub before: Option<String>,
     /// At most this many (1 to 1000, default 100).
     #[param(minimum = 1, maximum = 1000)]
@@ -148,6 +146,19 @@ pub async fn messages(
     Query(query): Query<MessageQuery>,
 ) -> Result<ApiJson<Vec<MessageView>>, Problem> {
     let limit = check_limit(query.limit)?;
+    // A cursor that names no message would silently page from anywhere.
+    if let Some(before) = &query.before
+        && !(before.len() == 36
+            && before.starts_with("msg_")
+            && before[4..].bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(Problem::from_kind(
+            ErrorKind::InvalidInput,
+            format!(
+                "before {before:?} is not a message id (msg_ and 32 hex digits): pass the id of the last message of the previous page"
+            ),
+        ));
+    }
     let list = state
         .webhook()
         .webhooks()
@@ -200,11 +211,10 @@ pub async fn message(
     )
 )]
 pub async fn create_endpoint(
+    _admin: Admin,
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
     ApiJson(spec): ApiJson<EndpointSpec>,
 ) -> Result<Response, Problem> {
-    admin_only(&caller)?;
     let endpoint = state
         .webhook()
         .webhooks()
@@ -301,12 +311,11 @@ pub async fn endpoint(
     )
 )]
 pub async fn update_endpoint(
+    _admin: Admin,
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     ApiJson(patch): ApiJson<EndpointPatch>,
 ) -> Result<ApiJson<Endpoint>, Problem> {
-    admin_only(&caller)?;
     let endpoint = state
         .webhook()
         .webhooks()
@@ -331,11 +340,10 @@ pub async fn update_endpoint(
     )
 )]
 pub async fn delete_endpoint(
+    _admin: Admin,
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, Problem> {
-    admin_only(&caller)?;
     state
         .webhook()
         .webhooks()
@@ -369,11 +377,10 @@ pub struct DisableEndpoint {
     )
 )]
 pub async fn enable_endpoint(
+    _admin: Admin,
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<ApiJson<Endpoint>, Problem> {
-    admin_only(&caller)?;
     let endpoint = state
         .webhook()
         .webhooks()
@@ -402,12 +409,11 @@ pub async fn enable_endpoint(
     )
 )]
 pub async fn disable_endpoint(
+    Admin(caller): Admin,
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<DisableEndpoint>,
 ) -> Result<ApiJson<Endpoint>, Problem> {
-    admin_only(&caller)?;
     let reason = body
         .reason
         .unwrap_or_else(|| format!("disabled by {}", caller.name));
@@ -435,11 +441,10 @@ pub async fn disable_endpoint(
     )
 )]
 pub async fn keys(
+    _admin: Admin,
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<ApiJson<Vec<VerifyingKey>>, Problem> {
-    admin_only(&caller)?;
     let keys = state
         .webhook()
         .webhooks()
@@ -482,12 +487,11 @@ pub struct RotateKey {
     )
 )]
 pub async fn rotate_key(
+    _admin: Admin,
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<RotateKey>,
 ) -> Result<ApiJson<VerifyingKey>, Problem> {
-    admin_only(&caller)?;
     let overlap = body
         .overlap_secs
         .map_or(DEFAULT_ROTATION_OVERLAP, Duration::from_secs);
@@ -510,6 +514,7 @@ pub struct AttemptQuery {
     /// Only this endpoint's attempts.
     pub endpoint_id: Option<String>,
     /// Attempts recorded before this one (paging; newest first).
+    #[param(minimum = 1)]
     pub before: Option<i64>,
     /// At most this many (1 to 1000, default 100).
     #[param(minimum = 1, maximum = 1000)]
@@ -534,6 +539,16 @@ pub async fn attempts(
     Query(query): Query<AttemptQuery>,
 ) -> Result<ApiJson<Vec<AttemptView>>, Problem> {
     let limit = check_limit(query.limit)?;
+    if let Some(before) = query.before
+        && before < 1
+    {
+        return Err(Problem::from_kind(
+            ErrorKind::InvalidInput,
+            format!(
+                "before {before} is not an attempt id (they start at 1): pass the id of the last attempt of the previous page"
+            ),
+        ));
+    }
     let list = state
         .webhook()
         .webhooks()
@@ -613,11 +628,10 @@ pub struct Replayed {
     )
 )]
 pub async fn replay(
+    _admin: Admin,
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
     ApiJson(body): ApiJson<Replay>,
 ) -> Result<ApiJson<Replayed>, Problem> {
-    admin_only(&caller)?;
     let replayed = state
         .webhook()
         .webhooks()

@@ -38,6 +38,8 @@ pub struct Arrival {
     pub path: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// The status the receiver answered.
+    pub status: u16,
 }
 
 impl Arrival {
@@ -147,13 +149,14 @@ async fn receive(
         *m = (*m).max(*now);
     }
     inner.running.fetch_add(1, Ordering::SeqCst);
+    let script = inner.script.lock().expect("lock").clone();
+    let answer = script(&path, n);
     inner.arrivals.lock().expect("lock").push(Arrival {
         path: path.clone(),
         headers,
         body,
+        status: answer.status,
     });
-    let script = inner.script.lock().expect("lock").clone();
-    let answer = script(&path, n);
     if !answer.delay.is_zero() {
         tokio::time::sleep(answer.delay).await;
     }
