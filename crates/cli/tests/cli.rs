@@ -386,7 +386,11 @@ async fn saga_commands_talk_to_a_running_server() -> anyhow::Result<()> {
         dir.path().join("order.json"),
         participants::order_definition(&parts.base(), 1, 2000),
     )?;
-    let server = serve(dir.path(), &[]).await?;
+    std::fs::write(
+        dir.path().join("onephase.toml"),
+        "[saga]\nallow_networks = [\"127.0.0.0/8\"]\n",
+    )?;
+    let server = serve(dir.path(), &["--config", "onephase.toml"]).await?;
     let token = server.token.clone().context("bootstrap token")?;
     let saga = |args: Vec<String>| {
         let (base, token) = (server.base.clone(), token.clone());

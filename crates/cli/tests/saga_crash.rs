@@ -38,7 +38,7 @@ fn write_config(dir: &Path, store: &str) -> anyhow::Result<std::path::PathBuf> {
             "store = \"{store}\"\n\
              [[auth.tokens]]\nname = \"crash-test\"\nrole = \"admin\"\nsha256 = \"{}\"\n\
              [[outbox.relay]]\nname = \"self\"\nsink = \"log\"\nclaim_timeout_secs = 2\n\
-             [saga]\nlease_margin_secs = 1\npoll_interval_ms = 20\n",
+             [saga]\nlease_margin_secs = 1\npoll_interval_ms = 20\nallow_networks = [\"127.0.0.0/8\"]\n",
             onephase_server::auth::hash_token(TOKEN)
         ),
     )?;

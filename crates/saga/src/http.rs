@@ -232,6 +232,18 @@ impl SagaSpec {
         &self.doc.name
     }
 
+    /// Where its calls go: each action's and compensation's URL as written, placeholders
+    /// replaced by `x` (the scheme, host and port are always literal, so this is where a call
+    /// can go, whatever a run's input).
+    pub fn destinations(&self) -> Vec<String> {
+        self.stages
+            .iter()
+            .flatten()
+            .flat_map(|s| std::iter::once(&s.action).chain(s.compensation.as_ref()))
+            .filter_map(|call| Template::parse(&call.url).ok().map(|t| t.skeleton()))
+            .collect()
+    }
+
     /// Its version.
     pub fn version(&self) -> u32 {
         self.doc.version
@@ -251,6 +263,17 @@ impl SagaSpec {
     /// Validates the whole definition (step kinds and order, templates and what they refer
     /// to, statuses, limits) and builds it, its calls made with `client`.
     pub fn compile(&self, client: &reqwest::Client) -> Result<Definition, DefinitionError> {
+        self.compile_guarded(client, None)
+    }
+
+    /// [`compile`](Self::compile), with calls to a URL whose host is a literal address sent
+    /// only where `permits` allows (names are the client's resolver's to check): a call to
+    /// another address fails without being sent.
+    pub fn compile_guarded(
+        &self,
+        client: &reqwest::Client,
+        permits: Option<Permits>,
+    ) -> Result<Definition, DefinitionError> {
         let name = self.doc.name.as_str();
         let err = |m: String| spec_error(Some(name), m);
         let d = self.doc.defaults.clone().unwrap_or_default();
@@ -292,7 +315,7 @@ impl SagaSpec {
                         &[spec.timeout_ms, spec.backoff_base_ms, spec.backoff_cap_ms],
                     )
                     .map_err(&err)?;
-                    let call = HttpCall::compile(spec, client.clone())
+                    let call = HttpCall::compile(spec, client.clone(), permits.clone())
                         .map_err(|m| err(format!("{at}: {m}")))?;
                     for r in call.refs() {
                         match r {
@@ -378,8 +401,11 @@ fn backoff(base: Duration, cap: Duration) -> Result<Backoff, String> {
     Backoff::new(base, cap, Jitter::Full).map_err(|e| e.to_string())
 }
 
+/// Which addresses calls may go to.
+pub type Permits = std::sync::Arc<dyn Fn(std::net::IpAddr) -> bool + Send + Sync>;
+
 /// An HTTP action or compensation.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HttpCall {
     method: reqwest::Method,
     url: Template,
@@ -390,10 +416,24 @@ pub struct HttpCall {
     /// Explicit refusals; they win over the default classes they fall in.
     fail: Vec<StatusPattern>,
     client: reqwest::Client,
+    permits: Option<Permits>,
+}
+
+impl std::fmt::Debug for HttpCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpCall")
+            .field("method", &self.method)
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
 }
 
 impl HttpCall {
-    fn compile(spec: &CallSpec, client: reqwest::Client) -> Result<Self, String> {
+    fn compile(
+        spec: &CallSpec,
+        client: reqwest::Client,
+        permits: Option<Permits>,
+    ) -> Result<Self, String> {
         let method = match spec.method.to_ascii_uppercase().as_str() {
             m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE") => {
                 reqwest::Method::from_bytes(m.as_bytes()).map_err(|e| e.to_string())?
@@ -497,6 +537,7 @@ impl HttpCall {
             retry,
             fail,
             client,
+            permits,
         })
     }
 
@@ -527,6 +568,20 @@ impl HttpCall {
             .url
             .render(&call, true)
             .map_err(|e| StepError::fail(format!("url: {e}")))?;
+        if let Some(permits) = &self.permits
+            && let Some(ip) = reqwest::Url::parse(&url).ok().and_then(|u| {
+                u.host_str()?
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .ok()
+            })
+            && !permits(ip)
+        {
+            return Err(StepError::fail(format!(
+                "refusing to call {url}: {ip} is an internal address participants may not be at (allow its network with saga.allow_networks); nothing was sent"
+            )));
+        }
         let mut request = self
             .client
             .request(self.method.clone(), &url)

@@ -80,7 +80,7 @@ pub use admin::{Audit, SagaAdmin};
 pub use builder::{Committed, Compensatable, Open, Pivot, Retriable, Saga, SagaBuilder, step};
 pub use definition::{Definition, DefinitionError, Policy, StepDef, StepKind};
 pub use error::SagaError;
-pub use http::{HttpCall, SagaSpec};
+pub use http::{HttpCall, Permits, SagaSpec};
 pub use invoke::{Call, Invoke, Phase, SharedInvoke, StepError};
 pub use orchestrator::{
     Orchestrator, OrchestratorConfig, OrchestratorStats, Registered, StartRequest, Started,

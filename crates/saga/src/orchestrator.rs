@@ -177,6 +177,8 @@ struct Inner {
     rng: Mutex<StdRng>,
     definitions: RwLock<HashMap<(String, u32), Arc<Definition>>>,
     http: reqwest::Client,
+    /// Where calls to literal addresses may go.
+    permits: Option<crate::http::Permits>,
     wake: Notify,
     stopping: AtomicBool,
     stats: OrchestratorStats,
@@ -214,12 +216,27 @@ impl Orchestrator {
                 rng: Mutex::new(onephase_core::rand::make_rng()),
                 definitions: RwLock::new(HashMap::new()),
                 http: reqwest::Client::new(),
+                permits: None,
                 wake: Notify::new(),
                 stopping: AtomicBool::new(false),
                 stats: OrchestratorStats::default(),
                 group_commit: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Makes the HTTP calls of stored definitions with `client` (one whose resolver refuses
+    /// internal destinations, say), and to a literal address only where `permits` allows.
+    /// Call before cloning.
+    pub fn with_http_client(
+        mut self,
+        client: reqwest::Client,
+        permits: crate::http::Permits,
+    ) -> Self {
+        let inner = self.inner_mut();
+        inner.http = client;
+        inner.permits = Some(permits);
+        self
     }
 
     fn inner_mut(&mut self) -> &mut Inner {
@@ -288,7 +305,7 @@ impl Orchestrator {
     /// [`OrchestratorConfig::stored_definitions`] can run it. Registering the same document
     /// again is a no-op; a different document under an existing version is refused.
     pub async fn register_spec(&self, spec: &SagaSpec) -> Result<Registered, SagaError> {
-        let definition = spec.compile(&self.inner.http)?;
+        let definition = spec.compile_guarded(&self.inner.http, self.inner.permits.clone())?;
         let info = DefinitionInfo {
             name: spec.name().to_owned(),
             version: spec.version(),
@@ -595,7 +612,7 @@ impl Inner {
             return Ok(Some(d));
         }
         let spec = SagaSpec::from_value(document)?;
-        let definition = Arc::new(spec.compile(&self.http)?);
+        let definition = Arc::new(spec.compile_guarded(&self.http, self.permits.clone())?);
         self.definitions
             .write()
             .unwrap_or_else(|e| e.into_inner())

@@ -529,7 +529,14 @@ mod tests {
             StepStatus::Resolved,
             false,
         );
-        assert_eq!(next(&d, &r, now), Next::Become(RunState::Compensated, None));
+        // Compensated, and why: the failed action, not the compensation an operator resolved.
+        assert_eq!(
+            next(&d, &r, now),
+            Next::Become(
+                RunState::Compensated,
+                Some("step \"charge\" failed: ".to_owned())
+            )
+        );
     }
 
     #[test]

@@ -467,6 +467,34 @@ async fn invalid_definitions_are_refused_with_the_rule_they_break() -> anyhow::R
                         "action": {"method": "POST", "url": "http://x/{{nothing}}"}}])),
             "is not input",
         ),
+        // Where a call goes is the definition's, never a run's input.
+        (
+            doc(json!([{"name": "a", "kind": "pivot",
+                        "action": {"method": "POST", "url": "http://{{input.host}}:17879/x"}}])),
+            "placeholders may only follow the host",
+        ),
+        (
+            doc(json!([{"name": "a", "kind": "pivot",
+                        "action": {"method": "POST", "url": "http://api{{input.n}}.shop/x"}}])),
+            "placeholders may only follow the host",
+        ),
+        (
+            doc(json!([{"name": "a", "kind": "pivot",
+                        "action": {"method": "POST", "url": "http://shop:{{input.port}}/x"}}])),
+            "placeholders may only follow the host",
+        ),
+        (
+            doc(json!([{"name": "a", "kind": "pivot",
+                        "action": {"method": "POST", "url": "http://shop{{input.path}}"}}])),
+            "placeholders may only follow the host",
+        ),
+        // A header value with a line break would make every call an invalid request.
+        (
+            doc(json!([{"name": "a", "kind": "pivot",
+                        "action": {"method": "POST", "url": "http://x/a",
+                                   "headers": {"x-note": "a\r\nx-evil: 1"}}}])),
+            "HTTP headers do not allow",
+        ),
         (
             doc(json!([{"name": "a", "kind": "pivot",
                         "action": {"method": "POST", "url": "http://x", "success": [200], "retry": [200]}}])),
@@ -901,6 +929,138 @@ async fn parallel_groups_and_retriable_steps_in_rust() -> anyhow::Result<()> {
             .filter(|c| c.ends_with(":2") && c.starts_with("undo"))
             .count();
         ensure!(compensations == 0, "nothing is compensated past the pivot");
+        db.close().await?;
+    }
+    Ok(())
+}
+
+/// A participant that echoes what it receives and answers a number no `f64` holds.
+async fn echo_participant() -> anyhow::Result<(String, Arc<std::sync::Mutex<Vec<String>>>)> {
+    use axum::routing::post;
+    let seen: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let app = axum::Router::new().route(
+        "/{op}",
+        post({
+            let seen = Arc::clone(&seen);
+            move |body: String| {
+                let seen = Arc::clone(&seen);
+                async move {
+                    seen.lock().unwrap_or_else(|e| e.into_inner()).push(body);
+                    (
+                        [("content-type", "application/json")],
+                        r#"{"id": 98765432109876543210987654321, "neg": -9223372036854775809}"#,
+                    )
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((base, seen))
+}
+
+#[tokio::test]
+async fn inputs_and_outputs_reach_participants_with_every_digit() -> anyhow::Result<()> {
+    for db in TestDb::all().await {
+        let store = migrated(&db).await?;
+        let (base, seen) = echo_participant().await?;
+        let orchestrator = Orchestrator::new(store.clone(), config()).with_seed(7);
+        let spec = SagaSpec::from_json(
+            &json!({"name": "exact", "version": 1, "steps": [
+                {"name": "create", "kind": "compensatable",
+                 "action": {"method": "POST", "url": format!("{base}/create"),
+                            "body": {"big": "{{input.big}}", "f": "{{input.f}}"}},
+                 "compensation": {"method": "POST", "url": format!("{base}/undo"), "body": {}}},
+                {"name": "confirm", "kind": "pivot",
+                 "action": {"method": "POST", "url": format!("{base}/confirm"),
+                            "body": {"id": "{{steps.create.output.id}}",
+                                     "neg": "{{steps.create.output.neg}}"}}}
+            ]})
+            .to_string(),
+        )?;
+        orchestrator.register_spec(&spec).await?;
+        let input = onephase_core::json::RawJson::parse(
+            r#"{"big": 123456789012345678901234567890, "f": 1.50}"#,
+        )?;
+        let run = orchestrator
+            .start(StartRequest::new("exact", input.clone()))
+            .await?;
+        settle(&orchestrator, Duration::from_secs(20)).await?;
+        let detail = orchestrator.admin().show(run.id).await?;
+        ensure!(detail.run.state == RunState::Completed, "{:?}", detail.run);
+        // Every digit is kept; PostgreSQL's JSONB may order keys and space them its own way.
+        ensure!(
+            onephase_core::json::canonical(detail.input.as_raw())
+                == onephase_core::json::canonical(input.as_raw()),
+            "the input is kept: {}",
+            detail.input
+        );
+        let bodies = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        ensure!(
+            bodies.first().map(String::as_str)
+                == Some(r#"{"big":123456789012345678901234567890,"f":1.50}"#),
+            "{bodies:?}"
+        );
+        ensure!(
+            bodies.get(1).map(String::as_str)
+                == Some(r#"{"id":98765432109876543210987654321,"neg":-9223372036854775809}"#),
+            "{bodies:?}"
+        );
+        let output = detail
+            .steps
+            .iter()
+            .find(|s| s.step == "create")
+            .and_then(|s| s.output.as_ref())
+            .context("the output")?;
+        ensure!(
+            output.get().contains("98765432109876543210987654321"),
+            "{output}"
+        );
+        db.close().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_header_value_with_a_line_break_fails_the_step_once_and_sends_nothing()
+-> anyhow::Result<()> {
+    for db in TestDb::all().await {
+        let store = migrated(&db).await?;
+        let (base, seen) = echo_participant().await?;
+        let orchestrator = Orchestrator::new(store.clone(), config()).with_seed(7);
+        let spec = SagaSpec::from_json(
+            &json!({"name": "headers", "version": 1, "steps": [
+                {"name": "call", "kind": "pivot",
+                 "action": {"method": "POST", "url": format!("{base}/call"),
+                            "headers": {"x-note": "{{input.note}}"}, "max_attempts": 5}}
+            ]})
+            .to_string(),
+        )?;
+        orchestrator.register_spec(&spec).await?;
+        let run = orchestrator
+            .start(StartRequest::new(
+                "headers",
+                json!({"note": "a\r\nx-evil: 1"}),
+            ))
+            .await?;
+        settle(&orchestrator, Duration::from_secs(20)).await?;
+        let detail = orchestrator.admin().show(run.id).await?;
+        ensure!(
+            detail.run.state == RunState::Compensated,
+            "{:?}",
+            detail.run
+        );
+        let step = detail.steps.first().context("the step")?;
+        ensure!(
+            step.attempts == 1
+                && step
+                    .last_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("HTTP headers do not allow")),
+            "a definite failure, not retried: {step:?}"
+        );
+        ensure!(seen.lock().unwrap_or_else(|e| e.into_inner()).is_empty());
         db.close().await?;
     }
     Ok(())

@@ -292,6 +292,7 @@ impl ServerConfig {
             })?;
         }
         file_config.webhook.validate(&file_config.outbox.relay)?;
+        file_config.saga.policy()?;
         file_config.lease.validate()?;
         file_config.limit.validate()?;
         let store = overrides

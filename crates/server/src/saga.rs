@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use onephase_saga::{Orchestrator, OrchestratorConfig};
+use onephase_saga::{Orchestrator, OrchestratorConfig, SagaSpec};
+use onephase_webhook::destination::{AddressPolicy, DestinationError};
+
+use crate::config::ConfigError;
 use onephase_store::Store;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -34,6 +37,11 @@ pub struct SagaSettings {
     /// Milliseconds between looks for due runs (default 50 on SQLite, 500 on PostgreSQL).
     #[serde(default)]
     pub poll_interval_ms: Option<u64>,
+    /// Networks participants may be in although they are internal (loopback, private,
+    /// link-local), like `["10.0.0.0/8"]`. Empty by default: as for webhooks, a definition
+    /// whose calls go to an internal address is refused, and calls never connect to one.
+    #[serde(default)]
+    pub allow_networks: Vec<String>,
 }
 
 impl SagaSettings {
@@ -61,6 +69,18 @@ impl SagaSettings {
     fn enabled(&self) -> bool {
         self.orchestrator.unwrap_or(true)
     }
+
+    /// Where participants may be: public addresses plus `allow_networks`.
+    pub fn policy(&self) -> Result<AddressPolicy, ConfigError> {
+        self.allow_networks
+            .iter()
+            .try_fold(AddressPolicy::default(), |policy, network| {
+                policy.allow(network).map_err(|e| ConfigError::Invalid {
+                    key: "saga.allow_networks",
+                    message: e.to_string(),
+                })
+            })
+    }
 }
 
 /// The server's orchestrator.
@@ -68,21 +88,52 @@ impl SagaSettings {
 pub struct SagaService {
     orchestrator: Orchestrator,
     enabled: bool,
+    policy: AddressPolicy,
 }
 
 impl SagaService {
-    /// The orchestrator over `store`.
-    pub fn new(store: &Store, settings: &SagaSettings, relays: &[RelaySettings]) -> Self {
+    /// The orchestrator over `store`, its calls confined to the addresses `settings` allow.
+    pub fn new(
+        store: &Store,
+        settings: &SagaSettings,
+        relays: &[RelaySettings],
+    ) -> Result<Self, ConfigError> {
         let config = settings.orchestrator_config(relays);
         if config.events_topic.is_none() {
             tracing::info!(
                 "saga transitions are not published: no [[outbox.relay]] reads the server's store (set saga.events_topic to force)"
             );
         }
-        Self {
-            orchestrator: Orchestrator::new(store.clone(), config),
+        let policy = settings.policy()?;
+        let client = policy
+            .client_builder()
+            .build()
+            .map_err(|e| ConfigError::Invalid {
+                key: "saga",
+                message: format!("the HTTP client for participants: {e}"),
+            })?;
+        Ok(Self {
+            orchestrator: Orchestrator::new(store.clone(), config).with_http_client(client, {
+                let policy = policy.clone();
+                std::sync::Arc::new(move |ip| policy.permits(ip))
+            }),
             enabled: settings.enabled(),
+            policy,
+        })
+    }
+
+    /// Refuses a definition whose calls go where participants may not be (the server's own
+    /// host, private networks, the metadata service) unless `saga.allow_networks` admits it.
+    /// A host that does not resolve yet is let through: its calls fail until it resolves, and
+    /// never connect to a refused address.
+    pub async fn check_destinations(&self, spec: &SagaSpec) -> Result<(), DestinationError> {
+        for url in spec.destinations() {
+            match self.policy.check(&url).await {
+                Ok(()) | Err(DestinationError::Unresolvable { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
+        Ok(())
     }
 
     /// The orchestrator (also what starts runs and registers definitions).

@@ -108,7 +108,7 @@ impl Server {
                     source,
                 })?;
         let outbox = OutboxService::open(&store, &config.outbox_relays)?;
-        let saga = SagaService::new(&store, &config.saga, &config.outbox_relays);
+        let saga = SagaService::new(&store, &config.saga, &config.outbox_relays)?;
         let webhook = WebhookService::new(&store, &config.webhook, &config.outbox_relays)?;
         let lease = LeaseService::open(&store, &config.lease).await?;
         let limit = LimitService::open(&store, &config.limit).await?;

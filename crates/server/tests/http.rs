@@ -588,7 +588,8 @@ async fn outbox_api_appends_reads_relays_and_manages_dead_rows() -> anyhow::Resu
         // `2.0` stays a float: the server never rewrites a payload.
         let event = json!({"key": "order-42", "payload": {"order": 42, "price": 2.0}, "headers": {"correlation-id": "req-1"}, "id": id});
         let mut positions = Vec::new();
-        for _ in 0..2 {
+        // The same rule as sagas and webhooks: 201 new, 200 the same again.
+        for expected in [StatusCode::CREATED, StatusCode::OK] {
             let response = http
                 .post(server.url("/v1/outbox/orders.created"))
                 .bearer_auth(server.admin())
@@ -596,8 +597,8 @@ async fn outbox_api_appends_reads_relays_and_manages_dead_rows() -> anyhow::Resu
                 .send()
                 .await?;
             ensure!(
-                response.status() == StatusCode::CREATED,
-                "{}",
+                response.status() == expected,
+                "{} where {expected} was due",
                 response.status()
             );
             let body: Value = response.json().await?;
@@ -606,6 +607,42 @@ async fn outbox_api_appends_reads_relays_and_manages_dead_rows() -> anyhow::Resu
         ensure!(
             positions == [1, 1],
             "a repeated id was appended twice: {positions:?}"
+        );
+        // Another event under the id: 409, and nothing appended.
+        let mut other = event.clone();
+        other["payload"] = json!({"order": 43});
+        problem(
+            http.post(server.url("/v1/outbox/orders.created"))
+                .bearer_auth(server.admin())
+                .json(&other)
+                .send()
+                .await?,
+            StatusCode::CONFLICT,
+        )
+        .await?;
+        // A payload's numbers are the caller's bytes: every digit comes back.
+        let exact =
+            r#"{"payload": {"big": 123456789012345678901234567890, "neg": -9223372036854775809}}"#;
+        let response = http
+            .post(server.url("/v1/outbox/exact.numbers"))
+            .bearer_auth(server.admin())
+            .header("content-type", "application/json")
+            .body(exact)
+            .send()
+            .await?;
+        ensure!(response.status() == StatusCode::CREATED);
+        let text = http
+            .get(server.url("/v1/outbox/exact.numbers?after=0"))
+            .bearer_auth(server.admin())
+            .send()
+            .await?
+            .text()
+            .await?;
+        ensure!(
+            text.contains(
+                r#""payload":{"big":123456789012345678901234567890,"neg":-9223372036854775809}"#
+            ),
+            "{text}"
         );
         let records = wait_for_records(&http, &server, "orders.created", 1).await?;
         ensure!(records.len() == 1, "{records:?}");
@@ -899,10 +936,36 @@ async fn settled_run(http: &reqwest::Client, server: &Running, id: &str) -> anyh
 #[tokio::test]
 async fn sagas_are_registered_started_inspected_and_operated_over_http() -> anyhow::Result<()> {
     for db in TestDb::all().await {
-        let server = Running::start(config_for(&db)).await?;
         let http = reqwest::Client::new();
         let parts = participants::Participants::start().await?;
         let definition = participants::order_definition(&parts.base(), 1, 2000);
+
+        // Participants on an internal network (here loopback) need saga.allow_networks, as
+        // webhook endpoints need webhook.allow_networks.
+        let first = Running::start(config_for(&db)).await?;
+        let refused = problem(
+            http.post(first.url("/v1/sagas"))
+                .bearer_auth(first.admin())
+                .header("content-type", "application/json")
+                .body(definition.clone())
+                .send()
+                .await?,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .await?;
+        ensure!(
+            refused["type"] == "urn:onephase:problem:destination-refused"
+                && refused["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("saga.allow_networks")),
+            "{refused}"
+        );
+        let admin = first.admin().to_owned();
+        first.stop().await?;
+        let mut config = config_for(&db);
+        config.saga.allow_networks = vec!["127.0.0.0/8".into()];
+        let mut server = Running::start(config).await?;
+        server.admin = Some(admin);
 
         // Registration: admin only, JSON or TOML, immutable versions, clear errors.
         let client_token: Value = http
@@ -1722,7 +1785,8 @@ async fn leases_are_acquired_renewed_released_and_listed_over_http() -> anyhow::
             (
                 "deploy/acquire",
                 json!({"holder": "b", "ttl_ms": -5}),
-                StatusCode::UNPROCESSABLE_ENTITY,
+                // Out of range whatever the sign: 400, as above.
+                StatusCode::BAD_REQUEST,
             ),
             (
                 "deploy/acquire",
@@ -1742,7 +1806,8 @@ async fn leases_are_acquired_renewed_released_and_listed_over_http() -> anyhow::
             (
                 "deploy/release",
                 json!({"token": -1}),
-                StatusCode::UNPROCESSABLE_ENTITY,
+                // Out of range whatever the sign: 400, as above.
+                StatusCode::BAD_REQUEST,
             ),
             (
                 "nothing/release",
@@ -1901,7 +1966,8 @@ async fn limits_are_defined_checked_and_listed_over_http() -> anyhow::Result<()>
             (
                 "api",
                 json!({"key": "k", "cost": -1}),
-                StatusCode::UNPROCESSABLE_ENTITY,
+                // Out of range whatever the sign: 400, as above.
+                StatusCode::BAD_REQUEST,
             ),
             ("api", json!({"cost": 1}), StatusCode::UNPROCESSABLE_ENTITY),
         ] {

@@ -239,18 +239,28 @@ pub struct DeliveryClient {
     policy: Arc<AddressPolicy>,
 }
 
+impl AddressPolicy {
+    /// A client builder whose connections reach only addresses this policy permits (names
+    /// are checked as they resolve) and that follows no redirects. A URL with a literal
+    /// address is not resolved: check it with [`check`](Self::check) first, as
+    /// [`DeliveryClient::send`] does.
+    pub fn client_builder(&self) -> reqwest::ClientBuilder {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(GuardedResolver {
+                policy: Arc::new(self.clone()),
+            }))
+    }
+}
+
 impl DeliveryClient {
     /// A client under `policy`, with a per-request `timeout` and no redirects.
     pub fn new(policy: AddressPolicy, timeout: Duration) -> Result<Self, reqwest::Error> {
-        let policy = Arc::new(policy);
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(Arc::new(GuardedResolver {
-                policy: policy.clone(),
-            }))
-            .build()?;
-        Ok(Self { client, policy })
+        let client = policy.client_builder().timeout(timeout).build()?;
+        Ok(Self {
+            client,
+            policy: Arc::new(policy),
+        })
     }
 
     /// The underlying client, for building requests.

@@ -452,6 +452,7 @@ fn is_toml(headers: &HeaderMap) -> Option<bool> {
         (status = 409, description = "This version holds another document", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Neither JSON nor TOML", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A call goes to an address participants may not be at (see saga.allow_networks)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn register(
@@ -476,6 +477,20 @@ pub async fn register(
         SagaSpec::from_json(text)
     }
     .map_err(|e| problem(&SagaError::from(e)))?;
+    state
+        .saga()
+        .check_destinations(&spec)
+        .await
+        .map_err(|e| {
+            Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "destination-refused",
+                "Destination refused",
+                format!(
+                    "{e} (for saga participants, with `saga.allow_networks` in the server's configuration)"
+                ),
+            )
+        })?;
     let registered = state
         .saga()
         .orchestrator()
