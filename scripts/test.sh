@@ -26,6 +26,19 @@ if ! command -v protoc >/dev/null || [[ ! -e /usr/include/google/protobuf/descri
 fi
 # faketime skews the clocks of the rate-limit tests' worker processes.
 command -v faketime >/dev/null || install_packages faketime
+# The OpenAPI document is checked by the ecosystem's reference validator (Python's
+# openapi-spec-validator), in a virtual environment of its own, made once.
+tools_dir=${ONEPHASE_ENGINES_DIR:-${TMPDIR:-/tmp}/onephase-engines}/tools
+validator=$tools_dir/venv/bin/openapi-spec-validator
+if [[ ! -x $validator ]]; then
+  command -v python3 >/dev/null || install_packages python3
+  python3 -c 'import venv, ensurepip' 2>/dev/null || install_packages python3-venv
+  say "installing openapi-spec-validator (once)"
+  mkdir -p "$tools_dir"
+  python3 -m venv "$tools_dir/venv" >&2
+  "$tools_dir/venv/bin/pip" install --quiet --disable-pip-version-check openapi-spec-validator >&2
+fi
+export ONEPHASE_OPENAPI_VALIDATOR=$validator
 if ! cargo nextest --version >/dev/null 2>&1; then
   say "installing cargo-nextest"
   cargo install --locked --quiet cargo-nextest >&2

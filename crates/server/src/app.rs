@@ -175,6 +175,12 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(health::readyz))
 }
 
+/// The OpenAPI document the server serves at `/openapi.json`: every route, as the handlers
+/// describe themselves.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().merge(v1::routes()).split_for_parts().1
+}
+
 /// The whole application: public endpoints, `/v1` behind bearer auth, and the layers that
 /// turn every failure into a problem document.
 pub fn router(state: AppState) -> Router {

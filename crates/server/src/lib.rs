@@ -44,6 +44,6 @@ mod unread;
 pub mod v1;
 pub mod webhook;
 
-pub use app::{AppState, router};
+pub use app::{AppState, openapi, router};
 pub use config::{ConfigOverrides, LogFormat, ServerConfig};
 pub use serve::{Server, ServerError, migrations, shutdown_signal};

@@ -141,13 +141,46 @@ pub fn engine_not_built(engine: Engine, krate: &str, feature: &str) {
     );
 }
 
+/// Where an outside checking tool is (a validator from another ecosystem, say), if its suite
+/// should run: the path in `var`, when that file exists. Otherwise the suite is skipped with a
+/// line naming the tool and the variable, or, under [`engines_required`], fails.
+///
+/// # Panics
+///
+/// When [`engines_required`] and the tool is not there: the full suite runs every check.
+pub fn tool_path(var: &str, tool: &str) -> Option<std::path::PathBuf> {
+    let reason = match std::env::var(var) {
+        Ok(path) if std::path::Path::new(&path).is_file() => {
+            return Some(std::path::PathBuf::from(path));
+        }
+        Ok(path) => format!("{var} = {path:?} is not a file"),
+        Err(_) => format!("{var} is not set"),
+    };
+    if engines_required() {
+        panic!(
+            "{REQUIRE_ENGINES_VAR}=1 but the {tool} check cannot run: {reason}. scripts/test.sh installs it and sets {var}"
+        );
+    }
+    announce(
+        tool,
+        &reason,
+        &format!("scripts/test.sh installs it and sets {var} to run it"),
+    );
+    None
+}
+
 fn announce_skip(engine: Engine, reason: &str, remedy: &str) {
-    static ANNOUNCED: OnceLock<Mutex<HashSet<Engine>>> = OnceLock::new();
+    announce(engine.name(), reason, remedy);
+}
+
+/// Writes one SKIPPED line per suite and test binary.
+fn announce(suite: &str, reason: &str, remedy: &str) {
+    static ANNOUNCED: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
     let announced = ANNOUNCED.get_or_init(|| Mutex::new(HashSet::new()));
     let first = announced
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(engine);
+        .insert(suite.to_owned());
     if !first {
         return;
     }
@@ -165,8 +198,7 @@ fn announce_skip(engine: Engine, reason: &str, remedy: &str) {
     // and hides for passing tests: a skipped suite must never be silent.
     let _ = writeln!(
         std::io::stderr(),
-        "SKIPPED {} suite in {package} ({binary}): {reason}. {remedy}.",
-        engine.name(),
+        "SKIPPED {suite} suite in {package} ({binary}): {reason}. {remedy}.",
     );
 }
 

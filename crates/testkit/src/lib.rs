@@ -28,5 +28,7 @@ mod engine;
 mod proxy;
 
 pub use db::{TestDb, TestDbError};
-pub use engine::{Engine, REQUIRE_ENGINES_VAR, engine_not_built, engine_url, engines_required};
+pub use engine::{
+    Engine, REQUIRE_ENGINES_VAR, engine_not_built, engine_url, engines_required, tool_path,
+};
 pub use proxy::FaultProxy;

@@ -186,6 +186,7 @@ pub async fn release(
 #[utoipa::path(
     get,
     path = "/v1/leases",
+    operation_id = "list_leases",
     tag = "lease",
     security(("bearer" = [])),
     responses(

@@ -93,6 +93,7 @@ pub async fn check(
 #[utoipa::path(
     get,
     path = "/v1/limits",
+    operation_id = "list_limit_policies",
     tag = "limit",
     security(("bearer" = [])),
     responses(

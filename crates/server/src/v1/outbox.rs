@@ -437,6 +437,7 @@ pub async fn dead(
 #[utoipa::path(
     post,
     path = "/v1/relays/{name}/dead/{id}/retry",
+    operation_id = "retry_dead_outbox_row",
     tag = "outbox",
     security(("bearer" = [])),
     params(("name" = String, Path, description = "The relay"), ("id" = Uuid, Path, description = "The row's message id")),

@@ -774,6 +774,7 @@ async fn operator_action(
 #[utoipa::path(
     post,
     path = "/v1/saga-runs/{id}/retry",
+    operation_id = "retry_saga_run",
     tag = "saga",
     security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The run's id")),
