@@ -1,87 +1,20 @@
 //! The `onephase` binary as a user runs it: in an empty directory, with no settings.
 
+mod common;
 #[path = "../../saga/tests/common/mod.rs"]
 mod participants;
 #[path = "../../webhook/tests/common/mod.rs"]
 mod receiver;
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
+use common::serve;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_onephase");
-
-/// A `onephase serve` child process and what it printed while starting.
-struct Serve {
-    child: Child,
-    base: String,
-    token: Option<String>,
-}
-
-/// Starts `onephase serve` in `dir` on a free port and waits until it listens.
-async fn serve(dir: &Path, extra: &[&str]) -> anyhow::Result<Serve> {
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
-        .args(extra)
-        .current_dir(dir)
-        .env_remove("ONEPHASE_STORE")
-        .env_remove("ONEPHASE_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let mut stderr = BufReader::new(child.stderr.take().context("stderr")?).lines();
-    let mut stdout = BufReader::new(child.stdout.take().context("stdout")?).lines();
-    let base = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = stderr.next_line().await? {
-            let Ok(event) = serde_json::from_str::<Value>(&line) else {
-                bail!("a log line is not JSON: {line}");
-            };
-            if let Some(addr) = event["fields"]["addr"].as_str() {
-                return Ok(format!("http://{addr}"));
-            }
-        }
-        bail!("the server exited before listening")
-    })
-    .await
-    .context("the server did not listen within 30 s")??;
-    // The token banner is printed before the server listens, so it is already in the pipe.
-    let mut token = None;
-    while let Ok(Ok(Some(line))) =
-        tokio::time::timeout(Duration::from_millis(200), stdout.next_line()).await
-    {
-        if let Some(t) = line.split_whitespace().find(|w| w.starts_with("op_")) {
-            token = Some(t.trim_matches('\'').to_owned());
-            break;
-        }
-    }
-    // Keep draining stderr so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
-    Ok(Serve { child, base, token })
-}
-
-impl Serve {
-    /// Sends SIGTERM and returns the exit status.
-    async fn terminate(mut self) -> anyhow::Result<std::process::ExitStatus> {
-        let pid = self.child.id().context("running child")?;
-        // The shell's builtin kill: present wherever sh is, unlike /bin/kill.
-        let status = std::process::Command::new("sh")
-            .args(["-c", "kill -TERM \"$1\"", "sh", &pid.to_string()])
-            .status()?;
-        ensure!(status.success(), "kill -TERM failed");
-        Ok(
-            tokio::time::timeout(Duration::from_secs(20), self.child.wait())
-                .await
-                .context("no exit within 20 s of SIGTERM")??,
-        )
-    }
-}
 
 async fn onephase(dir: &Path, args: &[&str]) -> anyhow::Result<std::process::Output> {
     Ok(Command::new(BIN)

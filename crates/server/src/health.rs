@@ -2,7 +2,9 @@
 //!
 //! `/healthz` answers 200 while the process can serve HTTP at all: restart it if this fails.
 //! `/readyz` answers 200 only when the store answers a query within two seconds: route traffic
-//! elsewhere while it fails, but do not restart for it (the database may be the one down).
+//! elsewhere while it fails, but do not restart for it (the database may be the one down). A
+//! relay whose source or sink does not answer is listed under `unavailable` in a 200: the rest
+//! of the server serves, and routing traffic away would not bring the broker back.
 
 use std::time::Duration;
 
@@ -28,6 +30,10 @@ pub struct Health {
     /// The server's version.
     #[schema(example = "0.1.0")]
     pub version: String,
+    /// Parts that do not work now although the server serves (an outbox relay whose source
+    /// or sink does not answer), each with why; absent when everything works.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unavailable: Vec<String>,
 }
 
 /// Liveness: the process is up and serving HTTP.
@@ -41,6 +47,7 @@ pub async fn healthz() -> ApiJson<Health> {
     ApiJson(Health {
         status: "ok".to_owned(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
+        unavailable: Vec::new(),
     })
 }
 
@@ -59,9 +66,21 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     let detail = match tokio::time::timeout(READY_TIMEOUT, state.store().ping()).await {
         Ok(Ok(())) => {
             metrics::gauge!("onephase_store_up").set(1.0);
+            let unavailable = state
+                .outbox()
+                .sources()
+                .iter()
+                .filter_map(|s| match s.state() {
+                    crate::outbox::RelayState::Unavailable { error } => {
+                        Some(format!("outbox relay {:?}: {error}", s.name))
+                    }
+                    _ => None,
+                })
+                .collect();
             return ApiJson(Health {
                 status: "ready".to_owned(),
                 version: env!("CARGO_PKG_VERSION").to_owned(),
+                unavailable,
             })
             .into_response();
         }

@@ -48,6 +48,7 @@ pub fn prometheus() -> &'static PrometheusHandle {
             "HTTP request latency, by method and route template"
         );
         metrics::gauge!("onephase_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+        describe_capabilities();
         handle
     })
 }
@@ -76,4 +77,124 @@ pub async fn track_http(request: Request, next: Next) -> Response {
     )
     .record(started.elapsed().as_secs_f64());
     response
+}
+
+/// Says what every capability's metric means (Prometheus `# HELP`), and registers at zero the
+/// series whose labels are known in advance, so that a rule or a dashboard finds them before
+/// the first event (`rate()` of a series that does not exist yet is no alert at all). Series
+/// labelled by a relay, a saga or a policy appear with their first use.
+fn describe_capabilities() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        "onephase_store_up",
+        "1 when the store answered the last /readyz, else 0"
+    );
+    describe_counter!(
+        "onephase_outbox_published_total",
+        "Outbox rows published, by relay (source) and sink"
+    );
+    describe_counter!(
+        "onephase_outbox_publish_failures_total",
+        "Failed publish attempts (retried or dead-lettered)"
+    );
+    describe_counter!(
+        "onephase_outbox_dead_lettered_total",
+        "Outbox rows dead-lettered"
+    );
+    describe_counter!(
+        "onephase_outbox_lost_claims_total",
+        "Rows published after their claim had lapsed (published twice)"
+    );
+    describe_counter!(
+        "onephase_outbox_round_errors_total",
+        "Relay rounds that failed on the database"
+    );
+    describe_counter!(
+        "onephase_outbox_vacuums_total",
+        "VACUUMs the relay ran on the outbox table"
+    );
+    describe_histogram!(
+        "onephase_outbox_round_seconds",
+        Unit::Seconds,
+        "Time of one relay round: claim, publish, record"
+    );
+    describe_gauge!("onephase_outbox_pending", "Rows waiting to be published");
+    describe_gauge!(
+        "onephase_outbox_dead",
+        "Rows dead-lettered and not yet retried or discarded"
+    );
+    describe_gauge!(
+        "onephase_outbox_oldest_pending_seconds",
+        "Age of the oldest pending row: the relay's lag"
+    );
+    describe_gauge!(
+        "onephase_outbox_relay_up",
+        "1 while a relay runs, 0 while its source or sink does not answer"
+    );
+    describe_counter!(
+        "onephase_saga_runs_started_total",
+        "Saga runs started, by saga"
+    );
+    describe_counter!(
+        "onephase_saga_runs_finished_total",
+        "Saga runs that ended or parked, by saga and state"
+    );
+    describe_counter!(
+        "onephase_saga_step_attempts_total",
+        "Step invocations, by saga, step, phase and outcome"
+    );
+    describe_histogram!(
+        "onephase_saga_step_seconds",
+        Unit::Seconds,
+        "Step invocation latency"
+    );
+    describe_counter!(
+        "onephase_saga_operator_actions_total",
+        "Operator retries, resolves and aborts"
+    );
+    describe_counter!(
+        "onephase_saga_lost_claims_total",
+        "Transitions refused because another orchestrator took the run over"
+    );
+    describe_counter!(
+        "onephase_saga_round_errors_total",
+        "Orchestrator rounds that failed on the database"
+    );
+    describe_gauge!("onephase_saga_runs", "Saga runs by state");
+    describe_counter!(
+        "onephase_webhook_attempts_total",
+        "Webhook delivery attempts, by outcome"
+    );
+    describe_histogram!(
+        "onephase_webhook_attempt_seconds",
+        Unit::Seconds,
+        "Webhook attempt latency, sending to the answer's headers"
+    );
+    describe_counter!(
+        "onephase_webhook_endpoints_disabled_total",
+        "Endpoints the dispatcher disabled (410, or failing too long)"
+    );
+    describe_counter!(
+        "onephase_lease_operations_total",
+        "Lease acquires, renewals and releases over HTTP, by outcome"
+    );
+    describe_counter!(
+        "onephase_limit_decisions_total",
+        "Rate-limit checks answered, by policy and outcome"
+    );
+    for outcome in ["delivered", "retry", "dead", "gone"] {
+        metrics::counter!("onephase_webhook_attempts_total", "outcome" => outcome).increment(0);
+    }
+    metrics::counter!("onephase_webhook_endpoints_disabled_total").increment(0);
+    for action in ["operator_retry", "operator_resolve", "operator_abort"] {
+        metrics::counter!("onephase_saga_operator_actions_total", "action" => action).increment(0);
+    }
+    metrics::counter!("onephase_saga_lost_claims_total").increment(0);
+    metrics::counter!("onephase_saga_round_errors_total").increment(0);
+    for operation in ["acquire", "renew", "release"] {
+        for outcome in ["ok", "conflict", "refused", "error"] {
+            metrics::counter!("onephase_lease_operations_total", "operation" => operation, "outcome" => outcome)
+                .increment(0);
+        }
+    }
 }

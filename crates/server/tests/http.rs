@@ -1699,7 +1699,9 @@ async fn lease_list(
 #[tokio::test]
 async fn leases_are_acquired_renewed_released_and_listed_over_http() -> anyhow::Result<()> {
     for db in TestDb::all().await {
-        let server = Running::start(config_for(&db)).await?;
+        let mut config = config_for(&db);
+        config.lease.max_wait_ms = Some(300);
+        let server = Running::start(config).await?;
         let http = reqwest::Client::new();
         let client = client_token(&http, &server).await?;
         let hold = json!({"holder": "a", "ttl_ms": 5000});
@@ -1725,6 +1727,15 @@ async fn leases_are_acquired_renewed_released_and_listed_over_http() -> anyhow::
             StatusCode::CONFLICT,
         )
         .await?;
+        // A wait longer than the server allows is cut to its bound (as documented), not
+        // refused: still held after it, so 409.
+        let patient = json!({"holder": "b", "ttl_ms": 5000, "wait_ms": 1_000_000_000_u64});
+        let body = problem(
+            post_lease(&http, &server, &client, "deploy/acquire", &patient).await?,
+            StatusCode::CONFLICT,
+        )
+        .await?;
+        ensure!(body["type"] == "urn:onephase:problem:lease-held", "{body}");
 
         let renewed = post_lease(
             &http,

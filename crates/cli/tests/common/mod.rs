@@ -1,10 +1,17 @@
-//! What the fault tests share: a `onephase serve` child on a fixed port that can be killed and
-//! started again on the same address.
+//! What the tests of the binary share: `onephase serve` as a child process, on a free port
+//! with what it printed kept (its admin token, its log lines), or on a fixed port that can be
+//! killed and started again on the same address.
+
+#![allow(dead_code)]
 
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use anyhow::{Context, bail, ensure};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_onephase");
@@ -39,4 +46,99 @@ pub async fn wait_until_up(http: &reqwest::Client, base: &str) -> anyhow::Result
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     anyhow::bail!("the server did not come up at {base}")
+}
+
+/// A `onephase serve` child process and what it printed.
+pub struct Serve {
+    pub child: Child,
+    pub base: String,
+    pub token: Option<String>,
+    /// Every log line (JSON) it wrote to standard error so far.
+    pub logs: Arc<Mutex<Vec<String>>>,
+}
+
+/// Starts `onephase serve` in `dir` on a free port and waits until it listens.
+pub async fn serve(dir: &Path, extra: &[&str]) -> anyhow::Result<Serve> {
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(extra)
+        .current_dir(dir)
+        .env_remove("ONEPHASE_STORE")
+        .env_remove("ONEPHASE_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut stderr = BufReader::new(child.stderr.take().context("stderr")?).lines();
+    let mut stdout = BufReader::new(child.stdout.take().context("stdout")?).lines();
+    let logs: Arc<Mutex<Vec<String>>> = Arc::default();
+    let base = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = stderr.next_line().await? {
+            logs.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(line.clone());
+            let Ok(event) = serde_json::from_str::<Value>(&line) else {
+                bail!("a log line is not JSON: {line}");
+            };
+            if let Some(addr) = event["fields"]["addr"].as_str() {
+                return Ok(format!("http://{addr}"));
+            }
+        }
+        bail!(
+            "the server exited before listening: {}",
+            logs.lock().unwrap_or_else(|e| e.into_inner()).join("\n")
+        )
+    })
+    .await
+    .context("the server did not listen within 30 s")??;
+    // The token banner is printed before the server listens, so it is already in the pipe.
+    let mut token = None;
+    while let Ok(Ok(Some(line))) =
+        tokio::time::timeout(Duration::from_millis(200), stdout.next_line()).await
+    {
+        if let Some(t) = line.split_whitespace().find(|w| w.starts_with("op_")) {
+            token = Some(t.trim_matches('\'').to_owned());
+            break;
+        }
+    }
+    // Keep reading stderr so the child never blocks on a full pipe, and keep the lines.
+    let kept = Arc::clone(&logs);
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = stderr.next_line().await {
+            kept.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+        }
+    });
+    tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
+    Ok(Serve {
+        child,
+        base,
+        token,
+        logs,
+    })
+}
+
+impl Serve {
+    /// The log lines so far, joined.
+    pub fn log_text(&self) -> String {
+        self.logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .join("\n")
+    }
+
+    /// Sends SIGTERM and returns the exit status.
+    pub async fn terminate(mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let pid = self.child.id().context("running child")?;
+        // The shell's builtin kill: present wherever sh is, unlike /bin/kill.
+        let status = std::process::Command::new("sh")
+            .args(["-c", "kill -TERM \"$1\"", "sh", &pid.to_string()])
+            .status()?;
+        ensure!(status.success(), "kill -TERM failed");
+        Ok(
+            tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+                .await
+                .context("no exit within 20 s of SIGTERM")??,
+        )
+    }
 }

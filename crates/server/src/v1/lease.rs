@@ -12,6 +12,21 @@ use crate::app::AppState;
 use crate::json::ApiJson;
 use crate::problem::Problem;
 
+/// Counts one request in `onephase_lease_operations_total{operation, outcome}`: `ok`,
+/// `conflict` (held by someone else, or a token that is not the current grant), `refused`
+/// (invalid input, unknown lease) or `error`.
+fn counted<T>(operation: &'static str, result: Result<T, Problem>) -> Result<T, Problem> {
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(p) if p.status == 409 => "conflict",
+        Err(p) if p.status < 500 => "refused",
+        Err(_) => "error",
+    };
+    metrics::counter!("onephase_lease_operations_total", "operation" => operation, "outcome" => outcome)
+        .increment(1);
+    result
+}
+
 fn problem(e: &LeaseError) -> Problem {
     match e {
         // Still held after the wait: the same answer as held, not a server timeout.
@@ -105,12 +120,15 @@ pub async fn acquire(
     let wait = Duration::from_millis(body.wait_ms.unwrap_or(0)).min(service.max_wait());
     let ttl = Duration::from_millis(body.ttl_ms);
     let leases = service.leases();
-    let guard = if wait.is_zero() {
-        leases.try_acquire(&name, &body.holder, ttl).await
-    } else {
-        leases.acquire(&name, &body.holder, ttl, wait).await
-    }
-    .map_err(|e| problem(&e))?;
+    let guard = counted(
+        "acquire",
+        if wait.is_zero() {
+            leases.try_acquire(&name, &body.holder, ttl).await
+        } else {
+            leases.acquire(&name, &body.holder, ttl, wait).await
+        }
+        .map_err(|e| problem(&e)),
+    )?;
     // The HTTP holder keeps the token and renews by request; the guard's own deadline is
     // for in-process holders.
     Ok(ApiJson(guard.grant().clone()))
@@ -140,12 +158,15 @@ pub async fn renew(
     Path(name): Path<String>,
     ApiJson(body): ApiJson<RenewLease>,
 ) -> Result<ApiJson<Grant>, Problem> {
-    let grant = state
-        .lease()
-        .leases()
-        .renew(&name, body.token, Duration::from_millis(body.ttl_ms))
-        .await
-        .map_err(|e| problem(&e))?;
+    let grant = counted(
+        "renew",
+        state
+            .lease()
+            .leases()
+            .renew(&name, body.token, Duration::from_millis(body.ttl_ms))
+            .await
+            .map_err(|e| problem(&e)),
+    )?;
     Ok(ApiJson(grant))
 }
 
@@ -173,12 +194,15 @@ pub async fn release(
     Path(name): Path<String>,
     ApiJson(body): ApiJson<ReleaseLease>,
 ) -> Result<StatusCode, Problem> {
-    state
-        .lease()
-        .leases()
-        .release(&name, body.token)
-        .await
-        .map_err(|e| problem(&e))?;
+    counted(
+        "release",
+        state
+            .lease()
+            .leases()
+            .release(&name, body.token)
+            .await
+            .map_err(|e| problem(&e)),
+    )?;
     Ok(StatusCode::NO_CONTENT)
 }
 

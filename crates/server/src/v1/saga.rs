@@ -471,6 +471,14 @@ pub async fn register(
     })?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| Problem::from_kind(ErrorKind::InvalidInput, "the body is not UTF-8"))?;
+    if !toml && let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(text) {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "malformed-json",
+            "Malformed JSON",
+            format!("the body is not valid JSON: {e}"),
+        ));
+    }
     let spec = if toml {
         SagaSpec::from_toml(text)
     } else {
@@ -626,12 +634,10 @@ pub async fn start(
         .start(request)
         .await
         .map_err(|e| match e {
-            // The input is well-formed JSON that does not fit the definition.
-            SagaError::InvalidInput(_) => Problem::new(
+            // The input is well-formed JSON that does not fit the definition: its shape.
+            SagaError::InvalidInput(_) => Problem::for_status(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid-input",
-                "Invalid input",
-                e.to_string(),
+                format!("the JSON does not match the expected shape: {e}"),
             ),
             e => problem(&e),
         })?;

@@ -1,0 +1,732 @@
+//! The release binary driven as a service in another language drives it: `onephase serve` as a
+//! child process, spoken to over plain HTTP (and raw TCP where the bytes matter), its output and
+//! logs read as text. Each test is a defect found this way, kept fixed.
+
+mod common;
+#[path = "../../webhook/tests/common/mod.rs"]
+mod receiver;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use common::{Serve, serve};
+use onephase_testkit::{Engine, FaultProxy, engine_url};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_onephase");
+
+/// Writes `text` as the configuration file and returns the arguments that load it.
+fn config(dir: &Path, text: &str) -> anyhow::Result<Vec<String>> {
+    let path = dir.join("onephase.toml");
+    std::fs::write(&path, text)?;
+    Ok(vec!["--config".to_owned(), path.display().to_string()])
+}
+
+async fn serve_with(dir: &Path, text: &str) -> anyhow::Result<Serve> {
+    let args = config(dir, text)?;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    serve(dir, &args).await
+}
+
+/// A client that sends the server's admin token.
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Api {
+    fn of(server: &Serve) -> anyhow::Result<Self> {
+        Ok(Self {
+            http: reqwest::Client::new(),
+            base: server.base.clone(),
+            token: server
+                .token
+                .clone()
+                .context("the first start prints a token")?,
+        })
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let text = response.text().await?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let (status, body) = self.send(reqwest::Method::GET, path, None).await?;
+        ensure!(status == 200, "GET {path}: {status} {body}");
+        Ok(body)
+    }
+
+    async fn post(&self, path: &str, body: Value) -> anyhow::Result<(u16, Value)> {
+        self.send(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    async fn text(&self, path: &str) -> anyhow::Result<String> {
+        Ok(self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await?
+            .text()
+            .await?)
+    }
+}
+
+/// Polls `check` every 50 ms for up to `within`.
+async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await? {
+            return Ok(());
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn relay(api: &Api, name: &str) -> anyhow::Result<Value> {
+    let relays = api.get("/v1/relays").await?;
+    relays
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["name"] == name))
+        .cloned()
+        .with_context(|| format!("relay {name} in {relays}"))
+}
+
+/// Inserts an outbox row into the SQLite database at `path` as an application would.
+async fn insert_outbox_row(path: &Path, topic: &str) -> anyhow::Result<()> {
+    use sqlx::ConnectOptions as _;
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(path)
+        .busy_timeout(Duration::from_secs(10))
+        .connect()
+        .await?;
+    sqlx::query("INSERT INTO onephase_outbox (id, topic, key, payload) VALUES ($1, $2, 'k', $3)")
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(topic)
+        .bind(b"{}".to_vec())
+        .execute(&mut conn)
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_policy_defined_over_http_keeps_its_counts() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = serve(dir.path(), &[]).await?;
+    let api = Api::of(&server)?;
+    let define = |name: String| {
+        let api = &api;
+        async move {
+            let (status, body) = api
+                .send(
+                    reqwest::Method::PUT,
+                    &format!("/v1/limits/{name}"),
+                    Some(json!({"algorithm": "fixed_window", "limit": 5, "period_ms": 60_000})),
+                )
+                .await?;
+            ensure!(status == 201, "{status} {body}");
+            anyhow::Ok(())
+        }
+    };
+    let admitted = |name: String, n: usize| {
+        let api = &api;
+        async move {
+            let path = format!("/v1/limits/{name}/check");
+            let checks = (0..n).map(|_| api.post(&path, json!({"key": "k"})));
+            let mut allowed = 0;
+            for result in futures::future::join_all(checks).await {
+                let (status, body) = result?;
+                ensure!(status == 200, "{status} {body}");
+                allowed += usize::from(body["allowed"] == true);
+            }
+            anyhow::Ok(allowed)
+        }
+    };
+    define("p".into()).await?;
+    let mut first = 0;
+    for _ in 0..7 {
+        first += admitted("p".into(), 1).await?;
+    }
+    ensure!(first == 5, "{first} of 7 admitted on a limit of 5");
+    // Past the second after which the server reads the policy back from its store.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut later = 0;
+    for _ in 0..7 {
+        later += admitted("p".into(), 1).await?;
+    }
+    ensure!(
+        later == 0,
+        "{later} more admitted after the policy was read back"
+    );
+
+    // Sixteen simultaneous first checks, right after the definition and after the re-read.
+    for trial in 0..12 {
+        let name = format!("burst{trial}");
+        define(name.clone()).await?;
+        if trial % 2 == 1 {
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+        }
+        let allowed = admitted(name, 16).await?;
+        ensure!(
+            allowed == 5,
+            "trial {trial}: {allowed} of 16 admitted on a limit of 5"
+        );
+    }
+    server.terminate().await?;
+    Ok(())
+}
+
+/// The metric names a capability page documents in its `## Metrics` table.
+fn documented_metrics() -> BTreeSet<String> {
+    let pages = [
+        include_str!("../../../docs/server.md"),
+        include_str!("../../../docs/outbox.md"),
+        include_str!("../../../docs/saga.md"),
+        include_str!("../../../docs/webhook.md"),
+        include_str!("../../../docs/lease.md"),
+        include_str!("../../../docs/limit.md"),
+    ];
+    let mut names = BTreeSet::new();
+    for page in pages {
+        let Some(start) = page.find("## Metrics") else {
+            continue;
+        };
+        let section = &page[start..];
+        let end = section[3..].find("\n## ").map_or(section.len(), |i| i + 3);
+        for line in section[..end].lines() {
+            if let Some(rest) = line.strip_prefix("| `onephase_")
+                && let Some(name) = rest.split('`').next()
+            {
+                names.insert(format!("onephase_{name}"));
+            }
+        }
+    }
+    names
+}
+
+/// Drives every capability of a running server, then reads `/metrics`: every metric the docs
+/// list must be there. Also checks that a webhook's and a saga's numbers travel exactly.
+#[tokio::test]
+async fn every_documented_metric_is_on_the_servers_metrics() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let app_db = dir.path().join("app.db");
+    let server = serve_with(
+        dir.path(),
+        &format!(
+            "[[outbox.relay]]\nname = \"app\"\nsource = \"sqlite://{}\"\nsink = \"log\"\n\
+             [webhook]\nallow_networks = [\"127.0.0.0/8\"]\nschedule_secs = [0, 1]\npoll_interval_ms = 20\n\
+             [saga]\nallow_networks = [\"127.0.0.0/8\"]\npoll_interval_ms = 20\n",
+            app_db.display()
+        ),
+    )
+    .await?;
+    let api = Api::of(&server)?;
+    let rx = receiver::TestReceiver::start().await;
+
+    // Outbox: a row written by the application is relayed.
+    eventually(Duration::from_secs(20), "the relay runs", || async {
+        Ok(relay(&api, "app").await?["state"] == "running")
+    })
+    .await?;
+    insert_outbox_row(&app_db, "orders.created").await?;
+    eventually(Duration::from_secs(20), "the row is published", || async {
+        Ok(relay(&api, "app").await?["published_total"].as_u64() >= Some(1))
+    })
+    .await?;
+
+    // Webhook: a payload's numbers arrive with every digit.
+    let (status, endpoint) = api
+        .post("/v1/webhooks/endpoints", json!({"url": rx.url("hook")}))
+        .await?;
+    ensure!(status == 201, "{status} {endpoint}");
+    let response = api
+        .http
+        .post(format!("{}/v1/webhooks/messages", api.base))
+        .bearer_auth(&api.token)
+        .header("content-type", "application/json")
+        .body(r#"{"event_type": "big.numbers", "payload": {"big": 123456789012345678901234567890, "neg": -9223372036854775809, "f": 1.50}}"#)
+        .send()
+        .await?;
+    ensure!(response.status() == 201, "{}", response.text().await?);
+    eventually(Duration::from_secs(20), "the webhook arrives", || async {
+        Ok(!rx.arrivals_at("hook").is_empty())
+    })
+    .await?;
+    let body = String::from_utf8(rx.arrivals_at("hook")[0].body.to_vec())?;
+    ensure!(
+        body.contains(
+            r#""data":{"big":123456789012345678901234567890,"neg":-9223372036854775809,"f":1.50}"#
+        ),
+        "the webhook body: {body}"
+    );
+
+    // Saga: an input number reaches the participant with every digit.
+    let definition = json!({"name": "ping", "version": 1, "steps": [
+        {"name": "call", "kind": "pivot",
+         "action": {"method": "POST", "url": rx.url("saga"), "body": {"n": "{{input.n}}"}}}]});
+    let (status, body) = api.post("/v1/sagas", definition).await?;
+    ensure!(status == 201, "{status} {body}");
+    let response = api
+        .http
+        .post(format!("{}/v1/sagas/ping/runs", api.base))
+        .bearer_auth(&api.token)
+        .header("content-type", "application/json")
+        .body(r#"{"input": {"n": 98765432109876543210987654321}}"#)
+        .send()
+        .await?;
+    ensure!(response.status() == 201, "{}", response.text().await?);
+    let run: Value = response.json().await?;
+    let run_path = format!("/v1/saga-runs/{}", run["id"].as_str().context("run id")?);
+    eventually(Duration::from_secs(20), "the saga completes", || async {
+        Ok(api.get(&run_path).await?["state"] == "completed")
+    })
+    .await?;
+    let body = String::from_utf8(rx.arrivals_at("saga")[0].body.to_vec())?;
+    ensure!(
+        body == r#"{"n":98765432109876543210987654321}"#,
+        "the step's body: {body}"
+    );
+
+    // Lease and limit.
+    let (status, grant) = api
+        .post(
+            "/v1/leases/job/acquire",
+            json!({"holder": "a", "ttl_ms": 10_000}),
+        )
+        .await?;
+    ensure!(status == 200, "{status} {grant}");
+    let token = grant["token"].clone();
+    let (status, _) = api
+        .post(
+            "/v1/leases/job/renew",
+            json!({"token": token, "ttl_ms": 10_000}),
+        )
+        .await?;
+    ensure!(status == 200);
+    let (status, _) = api
+        .post("/v1/leases/job/release", json!({"token": token}))
+        .await?;
+    ensure!(status == 204);
+    let (status, _) = api
+        .send(
+            reqwest::Method::PUT,
+            "/v1/limits/api",
+            Some(json!({"algorithm": "gcra", "limit": 10, "period_ms": 1000})),
+        )
+        .await?;
+    ensure!(status == 201);
+    let (status, _) = api
+        .post("/v1/limits/api/check", json!({"key": "k"}))
+        .await?;
+    ensure!(status == 200);
+    api.text("/readyz").await?;
+    api.text("/").await?;
+
+    let text = api.text("/metrics").await?;
+    let present: BTreeSet<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let missing: Vec<String> = documented_metrics()
+        .into_iter()
+        .filter(|name| {
+            !["", "_bucket", "_count"]
+                .iter()
+                .any(|suffix| present.contains(format!("{name}{suffix}").as_str()))
+        })
+        .collect();
+    ensure!(
+        missing.is_empty(),
+        "documented but not on /metrics: {missing:?}"
+    );
+    ensure!(
+        documented_metrics().len() > 25,
+        "{:?}",
+        documented_metrics()
+    );
+    ensure!(
+        text.contains("# HELP onephase_outbox_published_total"),
+        "metrics carry their help"
+    );
+    server.terminate().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn saga_participants_are_where_the_definition_says_and_the_server_allows()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let rx = receiver::TestReceiver::start().await;
+    let call = |url: String| {
+        json!({"name": "guarded", "version": 1, "steps": [
+            {"name": "call", "kind": "pivot", "action": {"method": "POST", "url": url}}]})
+    };
+
+    // A permissive server registers a definition that calls loopback.
+    let open = serve_with(
+        dir.path(),
+        "[saga]\nallow_networks = [\"127.0.0.0/8\"]\npoll_interval_ms = 20\n",
+    )
+    .await?;
+    let api = Api::of(&open)?;
+    // The host can never come from a run's input, which a client token chooses.
+    let (status, body) = api
+        .post("/v1/sagas", call("http://{{input.host}}:17879/x".into()))
+        .await?;
+    ensure!(
+        status == 400
+            && body["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("placeholders may only follow the host")),
+        "{status} {body}"
+    );
+    let (status, body) = api.post("/v1/sagas", call(rx.url("saga"))).await?;
+    ensure!(status == 201, "{status} {body}");
+    let token = api.token.clone();
+    open.terminate().await?;
+
+    // A server on the same store without that network refuses to register such a call, and
+    // does not make the stored one either.
+    let strict = serve_with(dir.path(), "[saga]\npoll_interval_ms = 20\n").await?;
+    let api = Api {
+        http: reqwest::Client::new(),
+        base: strict.base.clone(),
+        token,
+    };
+    let mut second = call(rx.url("other"));
+    second["version"] = json!(2);
+    let (status, body) = api.post("/v1/sagas", second).await?;
+    ensure!(
+        status == 422 && body["type"] == "urn:onephase:problem:destination-refused",
+        "{status} {body}"
+    );
+    let (status, run) = api
+        .post("/v1/sagas/guarded/runs", json!({"input": {}, "version": 1}))
+        .await?;
+    ensure!(status == 201, "{status} {run}");
+    let run_path = format!("/v1/saga-runs/{}", run["id"].as_str().context("run id")?);
+    eventually(Duration::from_secs(20), "the run ends", || async {
+        Ok(api.get(&run_path).await?["state"] == "compensated")
+    })
+    .await?;
+    let detail = api.get(&run_path).await?;
+    ensure!(
+        detail["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("internal address")),
+        "{detail}"
+    );
+    ensure!(rx.arrivals().is_empty(), "a refused call was sent");
+    strict.terminate().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn credentials_in_sink_urls_are_never_shown() -> anyhow::Result<()> {
+    let Some(amqp) = engine_url(Engine::RabbitMq) else {
+        return Ok(());
+    };
+    let password = amqp
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, p)| p.to_owned())
+        .context("the AMQP URL carries a password")?;
+    let dir = tempfile::tempdir()?;
+    let server = serve_with(
+        dir.path(),
+        &format!("[[outbox.relay]]\nname = \"rabbit\"\nsink = \"{amqp}\"\n"),
+    )
+    .await?;
+    let api = Api::of(&server)?;
+    let secret = format!(":{password}@");
+    let listed = relay(&api, "rabbit").await?;
+    let sink = listed["sink"].as_str().context("sink")?;
+    ensure!(sink.contains(":***@") && !sink.contains(&secret), "{sink}");
+    for page in ["/", "/dashboard/panels"] {
+        let html = api.text(page).await?;
+        ensure!(html.contains("rabbit"), "{page} shows the relay");
+        ensure!(!html.contains(&secret), "{page} shows the password");
+    }
+    let status = Command::new(BIN)
+        .args([
+            "outbox", "status", "--server", &api.base, "--token", &api.token,
+        ])
+        .output()
+        .await?;
+    let out = String::from_utf8_lossy(&status.stdout);
+    ensure!(status.status.success() && out.contains(":***@"), "{out}");
+    ensure!(!out.contains(&secret), "{out}");
+    ensure!(
+        !server.log_text().contains(&secret),
+        "the log shows the password"
+    );
+    server.terminate().await?;
+    Ok(())
+}
+
+/// A relay whose broker is down when the server starts: the server serves everything else,
+/// says what is unavailable (readiness, the relay's status, the log) and keeps trying; once the
+/// broker is back the relay catches up. A broker that stalls later is logged too.
+#[tokio::test]
+async fn a_relay_whose_sink_is_down_leaves_the_server_serving_and_catches_up() -> anyhow::Result<()>
+{
+    use onephase_broker::nats::NatsPublisher;
+    let Some(nats) = engine_url(Engine::Nats) else {
+        return Ok(());
+    };
+    let suffix = uuid::Uuid::now_v7().simple().to_string();
+    let topic = format!("outside.t{suffix}");
+    NatsPublisher::connect(&nats)
+        .await?
+        .ensure_stream(
+            &format!("OUTSIDE_{suffix}"),
+            vec![topic.clone()],
+            Duration::from_secs(120),
+        )
+        .await?;
+    let (proxy, through) = FaultProxy::in_front_of(&nats).await?;
+    proxy.cut().await;
+    let dir = tempfile::tempdir()?;
+    let server = serve_with(
+        dir.path(),
+        &format!("[[outbox.relay]]\nname = \"nats\"\nsink = \"{through}\"\n"),
+    )
+    .await?;
+    let api = Api::of(&server)?;
+    let me = api.get("/v1/whoami").await?;
+    ensure!(me["role"] == "admin", "the API serves: {me}");
+    eventually(
+        Duration::from_secs(20),
+        "the relay says why it waits",
+        || async {
+            let r = relay(&api, "nats").await?;
+            Ok(r["state"] == "unavailable"
+                && r["error"].as_str().is_some_and(|e| e.contains("sink")))
+        },
+    )
+    .await?;
+    let ready: Value = serde_json::from_str(&api.text("/readyz").await?)?;
+    ensure!(
+        ready["status"] == "ready"
+            && ready["unavailable"][0]
+                .as_str()
+                .is_some_and(|u| u.contains("outbox relay \"nats\"")),
+        "{ready}"
+    );
+    ensure!(
+        server.log_text().contains("outbox relay cannot start"),
+        "{}",
+        server.log_text()
+    );
+
+    insert_outbox_row(&dir.path().join("onephase.db"), &topic).await?;
+    proxy.restore();
+    eventually(Duration::from_secs(60), "the relay catches up", || async {
+        let r = relay(&api, "nats").await?;
+        Ok(r["state"] == "running" && r["published_total"].as_u64() >= Some(1))
+    })
+    .await?;
+
+    // A broker that stops answering later: the retries are logged, not silent.
+    proxy.cut().await;
+    insert_outbox_row(&dir.path().join("onephase.db"), &topic).await?;
+    eventually(
+        Duration::from_secs(90),
+        "the failing publishes are logged",
+        || async { Ok(server.log_text().contains("outbox publishes failing")) },
+    )
+    .await?;
+    proxy.restore();
+    eventually(
+        Duration::from_secs(90),
+        "the row goes once the broker is back",
+        || async { Ok(relay(&api, "nats").await?["published_total"].as_u64() >= Some(2)) },
+    )
+    .await?;
+    server.terminate().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_first_admin_token_is_printed_by_the_first_start_that_serves() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = taken.local_addr()?.port();
+    let failed = Command::new(BIN)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .current_dir(dir.path())
+        .env_remove("ONEPHASE_STORE")
+        .env_remove("ONEPHASE_CONFIG")
+        .output()
+        .await?;
+    ensure!(!failed.status.success(), "a start on a taken port failed");
+    let printed = String::from_utf8_lossy(&failed.stdout);
+    ensure!(
+        !printed.contains("op_"),
+        "a failed start printed a token: {printed}"
+    );
+    ensure!(
+        String::from_utf8_lossy(&failed.stderr).contains("cannot listen"),
+        "{}",
+        String::from_utf8_lossy(&failed.stderr)
+    );
+    let server = serve(dir.path(), &[]).await?;
+    ensure!(
+        server.token.is_some(),
+        "the first start that serves prints the admin token"
+    );
+    server.terminate().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_answer_given_before_the_body_arrived_announces_the_close() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = serve(dir.path(), &[]).await?;
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await?;
+    // Headers now, the body later: the 401 is decided before the body is read.
+    stream
+        .write_all(
+            b"POST /v1/tokens HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer op_unknown\r\n\
+              Content-Type: application/json\r\nContent-Length: 20\r\n\r\n",
+        )
+        .await?;
+    let mut head = vec![0_u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut head)).await??;
+    let head = String::from_utf8_lossy(&head[..n]).to_ascii_lowercase();
+    ensure!(head.starts_with("http/1.1 401"), "{head}");
+    ensure!(
+        head.contains("connection: close"),
+        "the client is told not to reuse the connection: {head}"
+    );
+
+    // A client that sends everything at once keeps its connection: 200 requests on one.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()?;
+    for _ in 0..200 {
+        let status = http
+            .post(format!("{}/v1/tokens", server.base))
+            .bearer_auth("op_unknown")
+            .json(&json!({"name": "x"}))
+            .send()
+            .await?
+            .status();
+        ensure!(status == 401);
+    }
+    server.terminate().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn commands_end_quietly_when_their_reader_goes_away() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut child = Command::new(BIN)
+        .args(["token", "list"])
+        .current_dir(dir.path())
+        .env_remove("ONEPHASE_STORE")
+        .env_remove("ONEPHASE_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    // `| head -0`: the reader is gone before the first line.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().await?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.success() && !stderr.contains("panicked"),
+        "{}: {stderr}",
+        out.status
+    );
+    Ok(())
+}
+
+async fn failing(args: &[&str]) -> anyhow::Result<String> {
+    let dir = tempfile::tempdir()?;
+    let out = Command::new(BIN)
+        .args(args)
+        .current_dir(dir.path())
+        .env_remove("ONEPHASE_STORE")
+        .env_remove("ONEPHASE_CONFIG")
+        .output()
+        .await?;
+    ensure!(!out.status.success(), "{args:?} succeeded");
+    Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[tokio::test]
+async fn errors_say_their_cause_once_with_where_and_what_to_do() -> anyhow::Result<()> {
+    let refused = failing(&["serve", "--store", "postgres://postgres@127.0.0.1:1/x"]).await?;
+    ensure!(
+        refused.matches("Connection refused").count() == 1
+            && refused.contains("127.0.0.1:1")
+            && refused.contains("is the database running"),
+        "{refused}"
+    );
+    let missing = failing(&["serve", "--store", "sqlite:///no-such-dir/x.db"]).await?;
+    ensure!(
+        missing.matches("unable to open database file").count() == 1
+            && missing.contains("/no-such-dir/x.db")
+            && missing.contains("check that its directory exists"),
+        "{missing}"
+    );
+    let no_scheme = failing(&[
+        "outbox",
+        "status",
+        "--server",
+        "127.0.0.1:7700",
+        "--token",
+        "t",
+    ])
+    .await?;
+    ensure!(
+        no_scheme.contains("is not a URL like http://"),
+        "{no_scheme}"
+    );
+    let down = failing(&[
+        "outbox",
+        "status",
+        "--server",
+        "http://127.0.0.1:1",
+        "--token",
+        "t",
+    ])
+    .await?;
+    ensure!(
+        down.contains("cannot reach the server at http://127.0.0.1:1")
+            && down.contains("Connection refused")
+            && down.contains("Is `onephase serve` running"),
+        "{down}"
+    );
+    Ok(())
+}
