@@ -1,7 +1,7 @@
 //! Standard output that a closed pipe ends quietly.
 //!
 //! `onephase saga show ID | head -1` closes the pipe after one line; `println!` would then
-//! panic. Every line goes through [`line`] instead: a closed pipe ends the process with
+//! panic. Every line goes through [`line()`] instead: a closed pipe ends the process with
 //! status 0 (the reader has what it wanted), any other write error with a message and 1.
 
 use std::io::Write as _;
@@ -18,7 +18,7 @@ pub fn line(args: std::fmt::Arguments<'_>) {
     }
 }
 
-/// `println!` for the CLI: see [`line`].
+/// `println!` for the CLI: see [`line()`].
 macro_rules! outln {
     () => {
         $crate::output::line(format_args!(""))

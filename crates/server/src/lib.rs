@@ -12,7 +12,7 @@
 //! - **Errors** are RFC 9457 problem documents ([`problem`]), including axum's own rejections
 //!   (unknown route, wrong method, malformed JSON, wrong content type, body too large).
 //! - **Metrics** in Prometheus text format at `/metrics` ([`metrics`]).
-//! - **OpenAPI** at `/openapi.json`, generated from the handlers ([`openapi`]).
+//! - **OpenAPI** at `/openapi.json`, generated from the handlers ([`openapi()`], [`mod@openapi`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), onephase_server::ServerError> {
