@@ -388,7 +388,7 @@ async fn run_relay(
         if *stop.borrow() {
             return;
         }
-        let reached = async {
+        let reaching = async {
             let db = match (&s.source, &own_source) {
                 (None, _) => store.clone(),
                 (Some(_), Some(db)) => db.clone(),
@@ -405,8 +405,12 @@ async fn run_relay(
                 .await
                 .map_err(|e| format!("sink {}: {}", redact_url(&s.sink), redact_in(&e, &s.sink)))?;
             Ok::<_, String>((db, publisher))
-        }
-        .await;
+        };
+        // A connection attempt may hang (a host that drops packets): a stop does not wait.
+        let reached = tokio::select! {
+            reached = reaching => reached,
+            _ = stop.wait_for(|s| *s) => return,
+        };
         match reached {
             Ok(reached) => break reached,
             Err(error) => {
