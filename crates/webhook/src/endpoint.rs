@@ -99,7 +99,8 @@ pub struct EndpointPatch {
     #[serde(default, with = "double_option")]
     #[cfg_attr(feature = "openapi", schema(min_items = 1, max_items = 256))]
     pub event_types: Option<Option<Vec<String>>>,
-    /// New ordering mode.
+    /// The ordering mode, which is fixed when the endpoint is created: the same value is
+    /// accepted, a different one is refused (invalid input) and changes nothing.
     #[serde(default)]
     pub ordered: Option<bool>,
     /// New concurrency.

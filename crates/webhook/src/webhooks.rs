@@ -195,7 +195,8 @@ impl Webhooks {
     }
 
     /// Changes an endpoint's settings. Deliveries already pending keep going to the endpoint
-    /// (at its new URL); a changed filter applies to messages sent from now on.
+    /// (at its new URL); a changed filter applies to messages sent from now on. `ordered` is
+    /// fixed at creation: a patch may repeat it but not change it.
     pub async fn update_endpoint(
         &self,
         id: &str,
@@ -217,8 +218,15 @@ impl Webhooks {
             if let Some(types) = patch.event_types {
                 filter = types;
             }
-            if let Some(ordered) = patch.ordered {
-                row.ordered = ordered;
+            if let Some(ordered) = patch.ordered.filter(|&o| o != row.ordered) {
+                // Deliveries already pending or in flight could not be put in (or out of)
+                // order after the fact, and each carries the mode it was sent under.
+                return Err(WebhookError::invalid(format!(
+                    "ordered is fixed when an endpoint is created, and endpoint {} was created \
+                     with ordered = {}; create a new endpoint with ordered = {ordered} and delete \
+                     this one once its deliveries have gone",
+                    row.id, row.ordered
+                )));
             }
             if let Some(c) = patch.max_concurrency {
                 row.max_concurrency = to_i32(c);

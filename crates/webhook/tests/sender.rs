@@ -694,6 +694,31 @@ async fn bad_input_is_refused_and_changes_nothing() -> anyhow::Result<()> {
         Err(WebhookError::Invalid(_))
     ));
     ensure!(s.webhooks.endpoint(&ep.id).await?.max_concurrency == 10);
+    // `ordered` is fixed at creation: repeating it is fine, changing it is refused.
+    let to_ordered = EndpointPatch {
+        ordered: Some(true),
+        max_concurrency: Some(7),
+        ..EndpointPatch::default()
+    };
+    let refused = s.webhooks.update_endpoint(&ep.id, to_ordered).await;
+    ensure!(
+        matches!(&refused, Err(WebhookError::Invalid(m)) if m.contains("fixed when an endpoint is created")),
+        "{refused:?}"
+    );
+    let unchanged = s.webhooks.endpoint(&ep.id).await?;
+    ensure!(!unchanged.ordered && unchanged.max_concurrency == 10);
+    let same = EndpointPatch {
+        ordered: Some(false),
+        max_concurrency: Some(7),
+        ..EndpointPatch::default()
+    };
+    ensure!(
+        s.webhooks
+            .update_endpoint(&ep.id, same)
+            .await?
+            .max_concurrency
+            == 7
+    );
     for message in [
         NewMessage::new("", json!(1)),
         NewMessage::new("a b", json!(1)),
@@ -788,9 +813,11 @@ async fn send_backlog(
 /// (longer than any retry wait) mean a key is stuck. Keys of ordered endpoints must arrive in
 /// send order. With one ordered key the deliveries are strictly one at a time, so that case
 /// stops after `one_key_enough` deliveries: by then the key's head has been retried, delivered
-/// and followed by the rest in order, which is what a stuck claim window prevented.
+/// and followed by the rest in order, which is what a stuck claim window prevented. 100
+/// unkeyed messages sent behind the backlog must all be delivered as well.
 async fn backlog_keeps_moving(ordered: bool) -> anyhow::Result<()> {
     const COUNT: usize = 10_000;
+    const UNKEYED: usize = 100;
     let one_key_enough = 300;
     for db in TestDb::all().await {
         for keys in [1_usize, 100] {
@@ -815,14 +842,23 @@ async fn backlog_keeps_moving(ordered: bool) -> anyhow::Result<()> {
             spec.max_concurrency = Some(500);
             let endpoint = s.webhooks.create_endpoint(spec).await?;
             let ids = send_backlog(&s, COUNT, keys).await?;
+            // Messages without a key, sent behind the backlog, go without waiting for it.
+            let mut unkeyed: std::collections::HashSet<String> = Default::default();
+            for n in 0..UNKEYED {
+                let sent = s
+                    .webhooks
+                    .send(&NewMessage::new("a.b", json!({"unkeyed": n})))
+                    .await?;
+                unkeyed.insert(sent.id);
+            }
             let target = if ordered && keys == 1 {
                 one_key_enough
             } else {
-                COUNT
+                COUNT + UNKEYED
             };
             let mut delivered: std::collections::HashSet<String> = Default::default();
             let mut idle = 0;
-            while delivered.len() < target {
+            while delivered.len() < target || !unkeyed.is_subset(&delivered) {
                 let round = s.dispatcher.run_once().await?;
                 if round.attempts == 0 {
                     idle += 1;
@@ -847,7 +883,7 @@ async fn backlog_keeps_moving(ordered: bool) -> anyhow::Result<()> {
             if ordered {
                 // Every key's messages arrive in send order (a failed one again before the next).
                 let mut last: std::collections::HashMap<&str, usize> = Default::default();
-                for a in &arrivals {
+                for a in arrivals.iter().filter(|a| !unkeyed.contains(&a.id())) {
                     let (key, n) = ids.get(&a.id()).context("a known message")?;
                     if let Some(before) = last.insert(key, *n) {
                         ensure!(
@@ -857,7 +893,7 @@ async fn backlog_keeps_moving(ordered: bool) -> anyhow::Result<()> {
                     }
                 }
             }
-            if target == COUNT {
+            if target == COUNT + UNKEYED {
                 let stats = s.webhooks.stats(Duration::from_secs(86_400)).await?;
                 let e = stats
                     .iter()

@@ -36,12 +36,16 @@ pub enum Written {
     Existing { id: String, digest: String },
 }
 
+/// One delivery per matching endpoint, carrying the endpoint's `ordered` (fixed when the
+/// endpoint is created) for the index of ordered endpoints' unkeyed deliveries.
 const FAN_OUT_PG: &str = "INSERT INTO onephase_webhook_deliveries \
-     (message_id, endpoint_id, partition_key, next_at_ms, updated_at_ms) \
-     SELECT $1, e, $2, $3, $3 FROM jsonb_array_elements_text($4::jsonb) AS e";
+     (message_id, endpoint_id, partition_key, ordered, next_at_ms, updated_at_ms) \
+     SELECT $1, e.id, $2, e.ordered, $3, $3 FROM onephase_webhook_endpoints e \
+     WHERE e.id IN (SELECT jsonb_array_elements_text($4::jsonb))";
 const FAN_OUT_SQLITE: &str = "INSERT INTO onephase_webhook_deliveries \
-     (message_id, endpoint_id, partition_key, next_at_ms, updated_at_ms) \
-     SELECT $1, value, $2, $3, $3 FROM json_each($4)";
+     (message_id, endpoint_id, partition_key, ordered, next_at_ms, updated_at_ms) \
+     SELECT $1, e.id, $2, e.ordered, $3, $3 FROM onephase_webhook_endpoints e \
+     WHERE e.id IN (SELECT value FROM json_each($4))";
 
 /// The same statements on either backend's connection.
 macro_rules! write_message {
@@ -183,12 +187,24 @@ const CLAIMED_BY_ID_SQLITE: &str = "SELECT d.id, d.endpoint_id, d.message_id, d.
      WHERE d.id IN (SELECT value FROM json_each($1)) \
      ORDER BY d.next_at_ms, d.id";
 
-/// One endpoint's due deliveries, oldest due first: at most `$3` rows are read, so a claim
-/// costs the same whatever the endpoint's backlog. With `$4` = 1 only unkeyed ones (an
-/// ordered endpoint's keyed deliveries are found per key, by [`KEY_HEADS`]).
-const DUE: &str = "SELECT id, next_at_ms FROM onephase_webhook_deliveries \
-     WHERE endpoint_id = $1 AND status = 'pending' AND next_at_ms <= $2 \
-       AND locked_until_ms <= $2 AND ($4 = 0 OR partition_key IS NULL) \
+/// An unordered endpoint's due deliveries, oldest due first, with what sending them needs:
+/// at most `$3` rows are read, so a claim costs the same whatever the endpoint's backlog.
+const DUE: &str = "SELECT d.id, d.endpoint_id, d.message_id, d.attempts, e.url, e.keys, \
+       e.rate_limit, e.rate_tat_us, m.body \
+     FROM (SELECT id, endpoint_id, message_id, attempts, next_at_ms \
+           FROM onephase_webhook_deliveries \
+           WHERE endpoint_id = $1 AND status = 'pending' AND next_at_ms <= $2 \
+             AND locked_until_ms <= $2 \
+           ORDER BY next_at_ms, id LIMIT $3) d \
+     JOIN onephase_webhook_endpoints e ON e.id = d.endpoint_id \
+     JOIN onephase_webhook_messages m ON m.id = d.message_id \
+     ORDER BY d.next_at_ms, d.id";
+
+/// An ordered endpoint's unkeyed due deliveries (its keyed ones are found per key, by
+/// [`KEY_HEADS`]): ids and due times.
+const DUE_UNKEYED: &str = "SELECT id, next_at_ms FROM onephase_webhook_deliveries \
+     WHERE endpoint_id = $1 AND status = 'pending' AND partition_key IS NULL AND ordered \
+       AND next_at_ms <= $2 AND locked_until_ms <= $2 \
      ORDER BY next_at_ms, id LIMIT $3";
 
 /// The head (oldest pending delivery) of each partition key of endpoint `$1`, walking the
@@ -326,48 +342,63 @@ pub(crate) async fn claim(
             rooms.rotate_left(at);
         }
         let mut left = i64::from(limit);
+        let mut candidates: Vec<Claimed> = Vec::new();
         let mut chosen: Vec<i64> = Vec::new();
         for r in rooms {
             if left <= 0 {
                 break;
             }
             let take = r.room.min(left);
-            let mut found: Vec<(i64, i64)> = sqlx::query_as(DUE)
+            if !r.ordered {
+                // One statement: the due rows with what sending them needs.
+                let found: Vec<Claimed> = sqlx::query_as(DUE)
+                    .bind(&r.id)
+                    .bind(now_ms)
+                    .bind(take)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                left -= i64::try_from(found.len()).unwrap_or(i64::MAX);
+                candidates.extend(found);
+                continue;
+            }
+            let mut found: Vec<(i64, i64)> = sqlx::query_as(DUE_UNKEYED)
                 .bind(&r.id)
                 .bind(now_ms)
                 .bind(take)
-                .bind(i32::from(r.ordered))
                 .fetch_all(&mut *tx)
                 .await?;
-            if r.ordered {
-                // Unkeyed deliveries above; each key's head here, however long its backlog.
-                let mut walk = KeyWalk::new(cursors.get(&r.id).cloned(), take);
-                while let Some(after) = walk.next_after() {
-                    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(KEY_HEADS)
-                        .bind(&r.id)
-                        .bind(after.to_owned())
-                        .bind(KEY_WALK)
-                        .fetch_all(&mut *tx)
-                        .await?;
-                    walk.feed(rows, now_ms);
-                }
-                match walk.cursor() {
-                    Some(key) => cursors.insert(r.id.clone(), key),
-                    None => cursors.remove(&r.id),
-                };
-                found.extend(walk.heads);
-                found.sort_unstable_by_key(|&(id, due)| (due, id));
-                found.truncate(usize::try_from(take).unwrap_or(usize::MAX));
+            // Unkeyed deliveries above; each key's head here, however long its backlog.
+            let mut walk = KeyWalk::new(cursors.get(&r.id).cloned(), take);
+            while let Some(after) = walk.next_after() {
+                let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(KEY_HEADS)
+                    .bind(&r.id)
+                    .bind(after.to_owned())
+                    .bind(KEY_WALK)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                walk.feed(rows, now_ms);
             }
+            match walk.cursor() {
+                Some(key) => cursors.insert(r.id.clone(), key),
+                None => cursors.remove(&r.id),
+            };
+            found.extend(walk.heads);
+            found.sort_unstable_by_key(|&(id, due)| (due, id));
+            found.truncate(usize::try_from(take).unwrap_or(usize::MAX));
             left -= i64::try_from(found.len()).unwrap_or(i64::MAX);
             chosen.extend(found.into_iter().map(|(id, _)| id));
         }
-        if chosen.is_empty() {
+        if !chosen.is_empty() {
+            let ids =
+                serde_json::to_string(&chosen).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+            let by_id = if pg { CLAIMED_BY_ID_PG } else { CLAIMED_BY_ID_SQLITE };
+            let ordered: Vec<Claimed> =
+                sqlx::query_as(by_id).bind(&ids).fetch_all(&mut *tx).await?;
+            candidates.extend(ordered);
+        }
+        if candidates.is_empty() {
             return Ok(Vec::new());
         }
-        let ids = serde_json::to_string(&chosen).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-        let by_id = if pg { CLAIMED_BY_ID_PG } else { CLAIMED_BY_ID_SQLITE };
-        let candidates: Vec<Claimed> = sqlx::query_as(by_id).bind(&ids).fetch_all(&mut *tx).await?;
         let (taken, tats) = within_rate(candidates, now_us);
         let ids: Vec<i64> = taken.iter().map(|c| c.id).collect();
         let ids = serde_json::to_string(&ids).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
