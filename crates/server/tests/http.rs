@@ -1487,10 +1487,26 @@ async fn webhooks_are_sent_delivered_and_operated_over_http() -> anyhow::Result<
             .send()
             .await?;
         ensure!(rotated.status() == StatusCode::OK);
+        // Whether an endpoint is ordered is fixed when it is created: a change is refused and
+        // changes nothing, the same value is accepted.
+        let refused = http
+            .patch(server.url(&format!("/v1/webhooks/endpoints/{ok_id}")))
+            .bearer_auth(server.admin())
+            .json(&json!({"max_concurrency": 7, "ordered": true}))
+            .send()
+            .await?;
+        ensure!(refused.status() == StatusCode::BAD_REQUEST);
+        let problem: Value = refused.json().await?;
+        ensure!(
+            problem["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("ordered is fixed")),
+            "{problem}"
+        );
         let patched: Value = http
             .patch(server.url(&format!("/v1/webhooks/endpoints/{ok_id}")))
             .bearer_auth(server.admin())
-            .json(&json!({"event_types": null, "max_concurrency": 3, "ordered": true}))
+            .json(&json!({"event_types": null, "max_concurrency": 3, "ordered": false}))
             .send()
             .await?
             .json()
