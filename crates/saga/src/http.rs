@@ -22,7 +22,10 @@
 //! ```
 //!
 //! Each step invocation sends `Idempotency-Key: <run-id>/<step>/<action|compensation>` (plus
-//! `Onephase-Saga-Run`, `Onephase-Saga-Step` and `Onephase-Attempt`). The response status
+//! `Onephase-Saga-Run`, `Onephase-Saga-Step`, `Onephase-Attempt` and `Fencing-Token`, the
+//! fence of the orchestrator's claim: per run it only grows, so a participant that refuses a
+//! token lower than one it saw for the run, as `onephase_lease::FenceLayer` does, cannot be
+//! reached by an orchestrator paused past its claim). The response status
 //! decides the outcome: `success` statuses (default `2xx`) store the response body (JSON, or
 //! text) as the step's output; `retry` statuses (default 408, 425, 429 and `5xx`), connection
 //! errors and timeouts are retried; every other status is a refusal (`fail`).
@@ -475,7 +478,10 @@ impl HttpCall {
         for (name, value) in spec.headers.iter().flatten() {
             let header = reqwest::header::HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| format!("header name {name:?} is not a valid HTTP header name"))?;
-            if header == "idempotency-key" || name.to_ascii_lowercase().starts_with("onephase-") {
+            if header == "idempotency-key"
+                || header == "fencing-token"
+                || name.to_ascii_lowercase().starts_with("onephase-")
+            {
                 return Err(format!(
                     "header {name:?} is set by the orchestrator and cannot be templated"
                 ));
@@ -588,7 +594,8 @@ impl HttpCall {
             .header("Idempotency-Key", &call.idempotency_key)
             .header("Onephase-Saga-Run", call.run_id.to_string())
             .header("Onephase-Saga-Step", &*call.step)
-            .header("Onephase-Attempt", call.attempt.to_string());
+            .header("Onephase-Attempt", call.attempt.to_string())
+            .header("Fencing-Token", call.fencing_token.to_string());
         for (name, template) in &self.headers {
             let value = template
                 .render(&call, false)

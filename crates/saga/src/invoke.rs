@@ -61,6 +61,12 @@ pub struct Call {
     pub phase: Phase,
     /// 1 for the first attempt; counts attempts across orchestrator restarts.
     pub attempt: u32,
+    /// The fence of the claim that makes this call: it grows with every claim of the run
+    /// (and every operator change to it), and the attempt was recorded under it before the
+    /// call. A participant that remembers the highest token it saw per run (or per
+    /// idempotency key) and refuses a lower one cannot be reached by an orchestrator that
+    /// was paused past its claim. Sent over HTTP as `Fencing-Token`.
+    pub fencing_token: u64,
     /// `<run-id>/<step>/<action|compensation>`: the same for every attempt of this
     /// invocation, whichever orchestrator makes it. A participant that applies each key at
     /// most once makes retries harmless.

@@ -410,6 +410,7 @@ impl Orchestrator {
             state: RunState::Running,
             input: Arc::new(RawJson::null()),
             error: None,
+            fence: 0,
             steps: Default::default(),
         };
         let event = Event::new(&record, "run_started", now);
@@ -624,7 +625,7 @@ impl Inner {
         let now = self.clock.now();
         // Long enough to load the definition and record the first attempt's start, which
         // extends it to cover the call.
-        let lease = now + self.config.lease_margin;
+        let lease = self.config.lease_margin;
         let runs = Sql::new(&self.store)
             .claim(
                 self.id,
@@ -650,10 +651,12 @@ impl Inner {
         }
     }
 
-    async fn commit(&self, transition: Transition) -> Result<bool, SagaError> {
+    /// Writes `transition` if the run's fence is still `fence`, the one its claim raised it
+    /// to; returns whether it did.
+    async fn commit(&self, fence: i64, transition: Transition) -> Result<bool, SagaError> {
         let id = transition.run.id;
         let topic = self.config.events_topic.as_deref();
-        let guard = Guard::Claim(self.id);
+        let guard = Guard::Claim(fence);
         let written = match self.store.db() {
             Db::Sqlite(s) => {
                 let group = self.group_commit.get_or_init(|| {
@@ -673,20 +676,20 @@ impl Inner {
         };
         if !written {
             metrics::lost_claim();
-            tracing::warn!(run = %id, orchestrator = %self.id,
-                "saga run was taken over by another orchestrator (this one's claim lapsed); leaving it");
+            tracing::warn!(run = %id, orchestrator = %self.id, fence,
+                "saga run was claimed again since this claim (it lapsed) or changed by an operator; this write was refused and the run is left to the newer claim");
         }
         Ok(written)
     }
 
     async fn drive(self: Arc<Self>, run: RunRecord) {
-        let id = run.id;
+        let (id, fence) = (run.id, run.fence);
         if let Err(e) = self.drive_inner(run).await {
             metrics::round_error();
             // Hand the run back for a retry in a second rather than after the whole lease; if
             // the database is what failed, the lease still brings it back.
             let due = self.clock.now() + Duration::from_secs(1);
-            let released = Sql::new(&self.store).release(id, self.id, due).await;
+            let released = Sql::new(&self.store).release(id, fence, due).await;
             tracing::error!(run = %id, error = %e, released = released.is_ok(),
                 "driving a saga run failed; it is retried in a second, or when its claim lapses");
         }
@@ -786,6 +789,7 @@ impl Inner {
                             step: name.clone(),
                             phase,
                             attempt: record.attempts,
+                            fencing_token: u64::try_from(run.fence).unwrap_or(0),
                             idempotency_key: Call::key_for(run.id, &name, phase),
                             input: input.clone(),
                             outputs: outputs.clone(),
@@ -797,15 +801,11 @@ impl Inner {
                         calls.push((name, phase, policy, invoker, call));
                     }
                     let transition = Transition {
-                        run: self.write_of(
-                            &run,
-                            now,
-                            Some(now + longest + self.config.lease_margin),
-                        ),
+                        run: self.write_of(&run, now, Some(longest + self.config.lease_margin)),
                         steps: std::mem::take(&mut steps),
                         events: std::mem::take(&mut events),
                     };
-                    if !self.commit(transition).await? {
+                    if !self.commit(run.fence, transition).await? {
                         return Ok(());
                     }
                     let results = futures::future::join_all(calls.into_iter().map(
@@ -862,26 +862,32 @@ impl Inner {
                         steps,
                         events,
                     };
-                    self.commit(transition).await?;
+                    self.commit(run.fence, transition).await?;
                     return Ok(());
                 }
                 Next::Wait(at) => {
                     let mut write = self.write_of(&run, now, None);
                     write.due_at = at;
-                    self.commit(Transition {
-                        run: write,
-                        steps,
-                        events,
-                    })
+                    self.commit(
+                        run.fence,
+                        Transition {
+                            run: write,
+                            steps,
+                            events,
+                        },
+                    )
                     .await?;
                     return Ok(());
                 }
                 Next::Idle => {
-                    self.commit(Transition {
-                        run: self.write_of(&run, now, None),
-                        steps,
-                        events,
-                    })
+                    self.commit(
+                        run.fence,
+                        Transition {
+                            run: self.write_of(&run, now, None),
+                            steps,
+                            events,
+                        },
+                    )
                     .await?;
                     return Ok(());
                 }
@@ -889,12 +895,7 @@ impl Inner {
         }
     }
 
-    fn write_of(
-        &self,
-        run: &RunRecord,
-        now: OffsetDateTime,
-        lease: Option<OffsetDateTime>,
-    ) -> RunWrite {
+    fn write_of(&self, run: &RunRecord, now: OffsetDateTime, lease: Option<Duration>) -> RunWrite {
         RunWrite {
             id: run.id,
             state: run.state,

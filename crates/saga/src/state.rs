@@ -182,6 +182,8 @@ pub(crate) struct RunRecord {
     pub state: RunState,
     pub input: Arc<RawJson>,
     pub error: Option<String>,
+    /// The fence of the claim this record was read under (0 outside a claim).
+    pub fence: i64,
     pub steps: BTreeMap<(String, Phase), StepRecord>,
 }
 
@@ -424,6 +426,7 @@ mod tests {
             state: RunState::Running,
             input: Arc::new(json!({}).into()),
             error: None,
+            fence: 0,
             steps: BTreeMap::new(),
         }
     }
@@ -638,6 +641,7 @@ mod properties {
                 state: RunState::Running,
                 input: Arc::new(RawJson::null()),
                 error: None,
+            fence: 0,
                 steps: BTreeMap::new(),
             };
             let mut now = OffsetDateTime::UNIX_EPOCH;

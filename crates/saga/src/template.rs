@@ -290,6 +290,7 @@ mod tests {
             step: "charge".into(),
             phase: Phase::Action,
             attempt: 1,
+            fencing_token: 1,
             idempotency_key: "k".into(),
             input: Arc::new(json!({"order": {"id": 42, "sku": "a b"}, "items": [1, 2]})),
             input_json: Arc::new(

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use common::*;
-use onephase_core::{Classify, ErrorKind};
+use onephase_core::{Backoff, Classify, ErrorKind, Jitter};
 use onephase_saga::{
     Audit, Call, Orchestrator, OrchestratorConfig, RunFilter, RunState, SagaError, SagaSpec,
     StartRequest, StepError, StepStatus, step,
@@ -814,6 +814,210 @@ async fn two_orchestrators_never_run_the_same_attempt_concurrently() -> anyhow::
     );
     second_store.close().await;
     db.close().await?;
+    Ok(())
+}
+
+/// Steps that log every call as (key, attempt, fencing token) and hold the calls `held`
+/// names until the test opens their gate.
+#[derive(Clone, Default)]
+struct Gated {
+    calls: Arc<std::sync::Mutex<Vec<(String, u32, u64)>>>,
+    gates: Arc<std::sync::Mutex<HashMap<(String, u32), Arc<tokio::sync::Semaphore>>>>,
+}
+
+impl Gated {
+    /// Calls of `step` at `attempt` wait until [`open`](Self::open).
+    fn hold(&self, step: &str, attempt: u32) {
+        self.gates.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            (step.to_owned(), attempt),
+            Arc::new(tokio::sync::Semaphore::new(0)),
+        );
+    }
+
+    fn open(&self, step: &str, attempt: u32) {
+        if let Some(gate) = self
+            .gates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(step.to_owned(), attempt))
+        {
+            gate.add_permits(1000);
+        }
+    }
+
+    fn calls(&self) -> Vec<(String, u32, u64)> {
+        self.calls.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn step(
+        &self,
+        name: &'static str,
+    ) -> impl Fn(Call) -> futures::future::BoxFuture<'static, Result<Value, StepError>>
+    + Send
+    + Sync
+    + 'static {
+        let this = self.clone();
+        move |call: Call| {
+            let this = this.clone();
+            Box::pin(async move {
+                this.calls.lock().unwrap_or_else(|e| e.into_inner()).push((
+                    call.idempotency_key.clone(),
+                    call.attempt,
+                    call.fencing_token,
+                ));
+                let gate = this
+                    .gates
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&(name.to_owned(), call.attempt))
+                    .cloned();
+                if let Some(gate) = gate {
+                    let _ = gate.acquire().await;
+                }
+                Ok(json!({"by": name}))
+            })
+        }
+    }
+}
+
+async fn wait_for_call(gated: &Gated, what: &str, attempt: u32, n: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while gated
+        .calls()
+        .iter()
+        .filter(|(k, a, _)| k.contains(what) && *a == attempt)
+        .count()
+        < n
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "no call {what} #{attempt} within 20 s: {:?}",
+            gated.calls()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
+/// The pause of a lease holder, applied to the orchestrator itself: its claim on a run lapses
+/// while a call is in flight (here the lapse is written into the store, as a pause of any
+/// length would leave it), and the same orchestrator claims the run again and retries the
+/// step. When the first call returns, its driver must not record an outcome over the new
+/// claim's, nor go on to start the next step a second time: every (key, attempt) is made
+/// once, and a later claim's calls carry a higher fencing token.
+#[tokio::test]
+async fn a_driver_paused_past_its_claim_can_neither_record_nor_start_an_attempt()
+-> anyhow::Result<()> {
+    for db in TestDb::all().await {
+        let store = migrated(&db).await?;
+        let gated = Gated::default();
+        gated.hold("reserve", 1);
+        gated.hold("charge", 1);
+        let orchestrator = Orchestrator::new(store.clone(), config());
+        orchestrator.register(
+            onephase_saga::Saga::builder("fenced", 1)
+                .step(
+                    step::compensatable("reserve", gated.step("reserve"), gated.step("release"))
+                        .backoff(Backoff::new(
+                            Duration::from_millis(1),
+                            Duration::from_millis(1),
+                            Jitter::None,
+                        )?),
+                )
+                .step(step::compensatable(
+                    "charge",
+                    gated.step("charge"),
+                    gated.step("refund"),
+                ))
+                .build()?,
+        )?;
+        let run = orchestrator
+            .start(StartRequest::new("fenced", json!({})))
+            .await?;
+        let first = tokio::spawn({
+            let o = orchestrator.clone();
+            async move { o.run_once().await }
+        });
+        wait_for_call(&gated, "/reserve/action", 1, 1).await?;
+        // The first driver's claim lapses while its call is in flight.
+        let lapse = match store.db() {
+            Db::Postgres(pool) => sqlx::query(
+                "UPDATE onephase_saga_runs SET claimed_until = now() - interval '1 second' WHERE id = $1",
+            )
+            .bind(run.id)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+            Db::Sqlite(s) => sqlx::query(
+                "UPDATE onephase_saga_runs SET claimed_until = 0 WHERE id = ?1",
+            )
+            .bind(run.id.to_string())
+            .execute(s.writer())
+            .await?
+            .rows_affected(),
+        };
+        ensure!(lapse == 1, "the run's claim was not found");
+        // The same orchestrator claims it again (its loop would, with a slot free).
+        let second = tokio::spawn({
+            let (o, gated) = (orchestrator.clone(), gated.clone());
+            async move {
+                while !gated
+                    .calls()
+                    .iter()
+                    .any(|(k, _, _)| k.ends_with("/charge/action"))
+                {
+                    o.run_once().await?;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                anyhow::Ok(())
+            }
+        });
+        // The second claim takes attempt 1 of reserve for interrupted, succeeds with attempt
+        // 2 and holds charge's first attempt.
+        wait_for_call(&gated, "/charge/action", 1, 1).await?;
+        gated.open("reserve", 1);
+        // The first driver's call returns now. Before fences it recorded its outcome over the
+        // second claim's (the run still named this orchestrator) and called charge again.
+        let finished = tokio::time::timeout(Duration::from_secs(20), first).await;
+        gated.open("charge", 1);
+        ensure!(
+            finished.is_ok(),
+            "the first driver did not finish: it is waiting on a second charge call {:?}",
+            gated.calls()
+        );
+        second.await??;
+        settle(&orchestrator, Duration::from_secs(20)).await?;
+        let calls = gated.calls();
+        let mut seen = std::collections::HashSet::new();
+        for (key, attempt, _) in &calls {
+            ensure!(
+                seen.insert((key.clone(), *attempt)),
+                "{key} attempt {attempt} was made twice: {calls:?}"
+            );
+        }
+        let token = |what: &str, attempt: u32| {
+            calls
+                .iter()
+                .find(|(k, a, _)| k.ends_with(what) && *a == attempt)
+                .map(|(_, _, t)| *t)
+        };
+        ensure!(
+            token("/reserve/action", 1) < token("/reserve/action", 2),
+            "the second claim's call carries a higher fencing token: {calls:?}"
+        );
+        let shown = orchestrator.admin().show(run.id).await?;
+        ensure!(shown.run.state == RunState::Completed, "{shown:?}");
+        let reserve = shown
+            .steps
+            .iter()
+            .find(|s| s.step == "reserve" && s.phase == onephase_saga::Phase::Action)
+            .context("reserve's action")?;
+        ensure!(
+            reserve.attempts == 2,
+            "the stale driver's outcome (attempt 1) did not overwrite attempt 2's: {reserve:?}"
+        );
+        db.close().await?;
+    }
     Ok(())
 }
 

@@ -154,7 +154,7 @@ fn describe_capabilities() {
     );
     describe_counter!(
         "onephase_saga_lost_claims_total",
-        "Transitions refused because another orchestrator took the run over"
+        "Saga transitions refused because a newer claim (or an operator) fenced the run since its driver claimed it"
     );
     describe_counter!(
         "onephase_saga_round_errors_total",

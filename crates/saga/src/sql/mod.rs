@@ -8,6 +8,7 @@ mod sqlite;
 pub(crate) use batch::GroupCommit;
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use onephase_core::Envelope;
 use onephase_core::json::RawJson;
@@ -163,8 +164,9 @@ pub(crate) struct ExistingRun {
 /// What a write must still find true to go ahead.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Guard {
-    /// The run is still claimed by this orchestrator.
-    Claim(Uuid),
+    /// The run's fence is still the one this claim raised it to: no other claim (and no
+    /// operator change) came between.
+    Claim(i64),
     /// The run is (still) in this state; the caller holds its row lock.
     State(RunState),
 }
@@ -176,8 +178,8 @@ pub(crate) struct RunWrite {
     pub state: RunState,
     pub error: Option<String>,
     pub due_at: OffsetDateTime,
-    /// Keep the claim until this time; `None` releases it.
-    pub lease: Option<OffsetDateTime>,
+    /// Keep the claim this much longer, measured on the store's clock; `None` releases it.
+    pub lease: Option<Duration>,
     pub now: OffsetDateTime,
 }
 
@@ -307,7 +309,7 @@ impl<'a> Sql<'a> {
         limit: u32,
         names: &[String],
         stored: bool,
-        lease: OffsetDateTime,
+        lease: Duration,
         now: OffsetDateTime,
     ) -> Result<Vec<RunRecord>, sqlx::Error> {
         match self.db {
@@ -316,17 +318,17 @@ impl<'a> Sql<'a> {
         }
     }
 
-    /// Hands a run claimed by `me` back, due at `due_at`; what was committed stays (an attempt
-    /// recorded as started is then taken for interrupted).
+    /// Hands back a run whose claim is still the one with `fence`, due at `due_at`; what was
+    /// committed stays (an attempt recorded as started is then taken for interrupted).
     pub(crate) async fn release(
         &self,
         id: Uuid,
-        me: Uuid,
+        fence: i64,
         due_at: OffsetDateTime,
     ) -> Result<u64, sqlx::Error> {
         match self.db {
-            Db::Postgres(pool) => postgres::release(pool, id, me, due_at).await,
-            Db::Sqlite(s) => sqlite::release(s.writer(), id, me, due_at).await,
+            Db::Postgres(pool) => postgres::release(pool, id, fence, due_at).await,
+            Db::Sqlite(s) => sqlite::release(s.writer(), id, fence, due_at).await,
         }
     }
 
@@ -406,4 +408,9 @@ pub(crate) fn to_u32(v: i32) -> u32 {
 
 pub(crate) fn to_i32(v: u32) -> i32 {
     i32::try_from(v).unwrap_or(i32::MAX)
+}
+
+/// `d` in whole milliseconds, as the store's interval arithmetic takes it.
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }

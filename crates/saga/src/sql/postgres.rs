@@ -1,4 +1,5 @@
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use onephase_core::json::RawJson;
 use serde_json::Value;
@@ -8,6 +9,7 @@ use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, QueryBuilder, Row as _
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::millis;
 use super::{
     DefinitionInfo, Event, ExistingRun, Guard, HistoryEntry, NewRun, RunDetail, RunFilter,
     RunSummary, StepView, Transition, parse_phase, parse_state, parse_status, to_i32, to_u32,
@@ -197,6 +199,7 @@ fn run_record(r: &PgRow) -> Result<RunRecord, sqlx::Error> {
         state: parse_state(&state)?,
         input: input.0.into(),
         error: r.try_get("error")?,
+        fence: r.try_get("fence")?,
         steps: BTreeMap::new(),
     })
 }
@@ -226,25 +229,27 @@ pub(super) async fn claim(
     limit: u32,
     names: &[String],
     stored: bool,
-    lease: OffsetDateTime,
+    lease: Duration,
     now: OffsetDateTime,
 ) -> Result<Vec<RunRecord>, sqlx::Error> {
     let mut conn = pool.acquire().await?;
     let rows = sqlx::query(
-        "UPDATE onephase_saga_runs r SET claimed_by = $1, claimed_until = $2 \
+        "UPDATE onephase_saga_runs r \
+            SET claimed_by = $1, claimed_until = now() + $2 * interval '1 millisecond', \
+                fence = r.fence + 1 \
          FROM ( \
              SELECT id FROM onephase_saga_runs \
              WHERE state IN ('running', 'compensating') AND due_at <= $3 \
-               AND (claimed_until IS NULL OR claimed_until < $3) \
+               AND (claimed_until IS NULL OR claimed_until < now()) \
                AND (saga = ANY($4) OR ($5 AND saga IN (SELECT name FROM onephase_saga_definitions))) \
              ORDER BY due_at LIMIT $6 \
              FOR UPDATE SKIP LOCKED \
          ) c \
          WHERE r.id = c.id \
-         RETURNING r.id, r.saga, r.version, r.state, r.input, r.error",
+         RETURNING r.id, r.saga, r.version, r.state, r.input, r.error, r.fence",
     )
     .bind(me)
-    .bind(lease)
+    .bind(millis(lease))
     .bind(now)
     .bind(names)
     .bind(stored)
@@ -265,16 +270,17 @@ async fn write_in(
     topic: Option<&str>,
 ) -> Result<bool, SagaError> {
     let run = &t.run;
-    let (claimed_by, state): (Option<Uuid>, Option<&str>) = match guard {
-        Guard::Claim(me) => (Some(me), None),
+    let (fence, state): (Option<i64>, Option<&str>) = match guard {
+        Guard::Claim(fence) => (Some(fence), None),
         Guard::State(s) => (None, Some(s.as_str())),
     };
     let updated = sqlx::query(
         "UPDATE onephase_saga_runs SET state = $2, error = $3, due_at = $4, updated_at = $5, \
                 finished_at = CASE WHEN $2 IN ('completed', 'compensated', 'aborted') THEN $5 END, \
-                claimed_by = CASE WHEN $6::timestamptz IS NULL THEN NULL ELSE claimed_by END, \
-                claimed_until = $6 \
-         WHERE id = $1 AND ($7::uuid IS NULL OR claimed_by = $7) \
+                claimed_by = CASE WHEN $6::bigint IS NULL THEN NULL ELSE claimed_by END, \
+                claimed_until = now() + $6 * interval '1 millisecond', \
+                fence = CASE WHEN $7::bigint IS NULL THEN fence + 1 ELSE fence END \
+         WHERE id = $1 AND ($7::bigint IS NULL OR fence = $7) \
            AND ($8::text IS NULL OR state = $8)",
     )
     .bind(run.id)
@@ -282,8 +288,8 @@ async fn write_in(
     .bind(&run.error)
     .bind(run.due_at)
     .bind(run.now)
-    .bind(run.lease)
-    .bind(claimed_by)
+    .bind(run.lease.map(millis))
+    .bind(fence)
     .bind(state)
     .execute(&mut *conn)
     .await?
@@ -327,15 +333,15 @@ async fn write_in(
 pub(super) async fn release(
     pool: &PgPool,
     id: Uuid,
-    me: Uuid,
+    fence: i64,
     due_at: OffsetDateTime,
 ) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query(
         "UPDATE onephase_saga_runs SET claimed_by = NULL, claimed_until = NULL, due_at = $3 \
-         WHERE id = $1 AND claimed_by = $2",
+         WHERE id = $1 AND fence = $2",
     )
     .bind(id)
-    .bind(me)
+    .bind(fence)
     .bind(due_at)
     .execute(pool)
     .await?
@@ -367,7 +373,7 @@ where
 {
     let mut tx = pool.begin().await?;
     let Some(row) = sqlx::query(
-        "SELECT id, saga, version, state, input, error FROM onephase_saga_runs \
+        "SELECT id, saga, version, state, input, error, fence FROM onephase_saga_runs \
          WHERE id = $1 FOR UPDATE",
     )
     .bind(id)

@@ -3,6 +3,7 @@
 //! milliseconds, ids UUID text, JSON text.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use onephase_core::json::RawJson;
 use serde_json::Value;
@@ -241,6 +242,7 @@ fn run_record(r: &SqliteRow) -> Result<RunRecord, sqlx::Error> {
         state: parse_state(&state)?,
         input: raw_json(r, "input")?.into(),
         error: r.try_get("error")?,
+        fence: r.try_get("fence")?,
         steps: BTreeMap::new(),
     })
 }
@@ -274,12 +276,12 @@ pub(super) async fn claim(
     limit: u32,
     names: &[String],
     stored: bool,
-    lease: OffsetDateTime,
+    lease: Duration,
     now: OffsetDateTime,
 ) -> Result<Vec<RunRecord>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let rows = sqlx::query(
-        "UPDATE onephase_saga_runs SET claimed_by = ?1, claimed_until = ?2 \
+        "UPDATE onephase_saga_runs SET claimed_by = ?1, claimed_until = ?2, fence = fence + 1 \
          WHERE id IN ( \
              SELECT id FROM onephase_saga_runs \
              WHERE state IN ('running', 'compensating') AND due_at <= ?3 \
@@ -287,10 +289,10 @@ pub(super) async fn claim(
                AND (saga IN (SELECT value FROM json_each(?4)) \
                     OR (?5 AND saga IN (SELECT name FROM onephase_saga_definitions))) \
              ORDER BY due_at LIMIT ?6) \
-         RETURNING id, saga, version, state, input, error",
+         RETURNING id, saga, version, state, input, error, fence",
     )
     .bind(me.to_string())
-    .bind(ms(lease))
+    .bind(ms(now + lease))
     .bind(ms(now))
     .bind(serde_json::to_string(names).unwrap_or_else(|_| "[]".into()))
     .bind(stored)
@@ -312,24 +314,24 @@ pub(super) async fn write_in(
     topic: Option<&str>,
 ) -> Result<bool, SagaError> {
     let run = &t.run;
-    let (claimed_by, state): (Option<String>, Option<&str>) = match guard {
-        Guard::Claim(me) => (Some(me.to_string()), None),
+    let (fence, state): (Option<i64>, Option<&str>) = match guard {
+        Guard::Claim(fence) => (Some(fence), None),
         Guard::State(s) => (None, Some(s.as_str())),
     };
     let updated = sqlx::query(
         "UPDATE onephase_saga_runs SET state = ?2, error = ?3, due_at = ?4, updated_at = ?5, \
                 finished_at = CASE WHEN ?2 IN ('completed', 'compensated', 'aborted') THEN ?5 END, \
                 claimed_by = CASE WHEN ?6 IS NULL THEN NULL ELSE claimed_by END, \
-                claimed_until = ?6 \
-         WHERE id = ?1 AND (?7 IS NULL OR claimed_by = ?7) AND (?8 IS NULL OR state = ?8)",
+                claimed_until = ?6, fence = CASE WHEN ?7 IS NULL THEN fence + 1 ELSE fence END \
+         WHERE id = ?1 AND (?7 IS NULL OR fence = ?7) AND (?8 IS NULL OR state = ?8)",
     )
     .bind(run.id.to_string())
     .bind(run.state.as_str())
     .bind(&run.error)
     .bind(ms(run.due_at))
     .bind(ms(run.now))
-    .bind(run.lease.map(ms))
-    .bind(claimed_by)
+    .bind(run.lease.map(|lease| ms(run.now + lease)))
+    .bind(fence)
     .bind(state)
     .execute(&mut *conn)
     .await?
@@ -373,15 +375,15 @@ pub(super) async fn write_in(
 pub(super) async fn release(
     pool: &SqlitePool,
     id: Uuid,
-    me: Uuid,
+    fence: i64,
     due_at: OffsetDateTime,
 ) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query(
         "UPDATE onephase_saga_runs SET claimed_by = NULL, claimed_until = NULL, due_at = ?3 \
-         WHERE id = ?1 AND claimed_by = ?2",
+         WHERE id = ?1 AND fence = ?2",
     )
     .bind(id.to_string())
-    .bind(me.to_string())
+    .bind(fence)
     .bind(ms(due_at))
     .execute(pool)
     .await?
@@ -413,7 +415,7 @@ where
 {
     let mut tx = pool.begin().await?;
     let Some(row) = sqlx::query(
-        "SELECT id, saga, version, state, input, error FROM onephase_saga_runs WHERE id = ?1",
+        "SELECT id, saga, version, state, input, error, fence FROM onephase_saga_runs WHERE id = ?1",
     )
     .bind(id.to_string())
     .fetch_optional(&mut *tx)
