@@ -817,12 +817,15 @@ async fn two_orchestrators_never_run_the_same_attempt_concurrently() -> anyhow::
     Ok(())
 }
 
+/// Calls wait on it until it is given permits.
+type Gate = Arc<tokio::sync::Semaphore>;
+
 /// Steps that log every call as (key, attempt, fencing token) and hold the calls `held`
 /// names until the test opens their gate.
 #[derive(Clone, Default)]
 struct Gated {
     calls: Arc<std::sync::Mutex<Vec<(String, u32, u64)>>>,
-    gates: Arc<std::sync::Mutex<HashMap<(String, u32), Arc<tokio::sync::Semaphore>>>>,
+    gates: Arc<std::sync::Mutex<HashMap<(String, u32), Gate>>>,
 }
 
 impl Gated {
