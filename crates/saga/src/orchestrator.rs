@@ -653,7 +653,22 @@ impl Inner {
 
     /// Writes `transition` if the run's fence is still `fence`, the one its claim raised it
     /// to; returns whether it did.
-    async fn commit(&self, fence: i64, transition: Transition) -> Result<bool, SagaError> {
+    async fn commit(&self, fence: i64, mut transition: Transition) -> Result<bool, SagaError> {
+        // One row per (step, phase): an attempt taken for interrupted and retried at once is
+        // recorded twice in one transition, and only the later record is the step's state
+        // (PostgreSQL refuses an upsert that touches a row twice).
+        let mut steps: Vec<(String, Phase, state::StepRecord)> =
+            Vec::with_capacity(transition.steps.len());
+        for step in transition.steps {
+            match steps
+                .iter_mut()
+                .find(|(n, p, _)| *n == step.0 && *p == step.1)
+            {
+                Some(earlier) => *earlier = step,
+                None => steps.push(step),
+            }
+        }
+        transition.steps = steps;
         let id = transition.run.id;
         let topic = self.config.events_topic.as_deref();
         let guard = Guard::Claim(fence);

@@ -921,9 +921,11 @@ async fn a_driver_paused_past_its_claim_can_neither_record_nor_start_an_attempt(
             onephase_saga::Saga::builder("fenced", 1)
                 .step(
                     step::compensatable("reserve", gated.step("reserve"), gated.step("release"))
+                        // Retried at once after the takeover: the interrupted attempt and the
+                        // next one's start go in one transition.
                         .backoff(Backoff::new(
-                            Duration::from_millis(1),
-                            Duration::from_millis(1),
+                            Duration::from_nanos(1),
+                            Duration::from_nanos(1),
                             Jitter::None,
                         )?),
                 )
