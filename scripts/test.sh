@@ -5,8 +5,10 @@
 #   scripts/test.sh -E 'test(kafka)'  # extra arguments go to `cargo nextest run`
 #
 # On a fresh Debian machine (as root) it first installs what the build needs (a C toolchain
-# for SQLite and librdkafka, protoc for etcd-client, faketime), cargo-nextest, and the engines
-# (scripts/engines.sh). ONEPHASE_SKIP_LINT=1 skips rustfmt, clippy and rustdoc.
+# for SQLite and librdkafka, protoc for etcd-client, faketime, stress-ng, iproute2),
+# cargo-nextest, and the engines (scripts/engines.sh). After the tests, the crash tests run
+# again under stress-ng on every core. The torture tests make network namespaces, so the suite
+# runs as root (CI does). ONEPHASE_SKIP_LINT=1 skips rustfmt, clippy and rustdoc.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -24,8 +26,11 @@ command -v pkg-config >/dev/null || install_packages pkg-config
 if ! command -v protoc >/dev/null || [[ ! -e /usr/include/google/protobuf/descriptor.proto ]]; then
   install_packages protobuf-compiler libprotobuf-dev
 fi
-# faketime skews the clocks of the rate-limit tests' worker processes.
+# faketime skews the clocks of the rate-limit tests' worker processes; stress-ng starves the
+# crash tests of CPU; ip (iproute2) makes the torture tests' network namespaces.
 command -v faketime >/dev/null || install_packages faketime
+command -v stress-ng >/dev/null || install_packages stress-ng
+command -v ip >/dev/null || install_packages iproute2
 # The OpenAPI document is checked by the ecosystem's reference validator (Python's
 # openapi-spec-validator), in a virtual environment of its own, made once.
 tools_dir=${ONEPHASE_ENGINES_DIR:-${TMPDIR:-/tmp}/onephase-engines}/tools
@@ -61,6 +66,17 @@ fi
 say "tests (every engine required)"
 cargo nextest run --workspace --all-features --profile ci "$@"
 if (($# == 0)); then
+  # The crash tests again, with a competing load on every core: a guarantee that holds only
+  # when the machine is idle depends on timing, and the torture tests exist to find that.
+  say "crash tests under CPU starvation (stress-ng, $(($(nproc) * 2)) workers)"
+  stress-ng --cpu "$(($(nproc) * 2))" --timeout 0 --quiet &
+  stress=$!
+  trap 'kill "$stress" 2>/dev/null || true' EXIT
+  cargo nextest run --workspace --all-features --profile ci \
+    -E 'binary(crash) | binary(saga_crash) | binary(webhook_crash)'
+  kill "$stress"
+  wait "$stress" 2>/dev/null || true
+  trap - EXIT
   say "doc tests"
   cargo test --workspace --all-features --doc --quiet
 fi

@@ -51,8 +51,30 @@ async fn a_slow_append_is_never_skipped_by_a_reader() -> anyhow::Result<()> {
         let fast = fast.clone();
         tokio::spawn(async move { log.append(std::slice::from_ref(&fast)).await })
     };
-    // While the slow transaction is open, the fast append cannot commit and nothing is readable.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // While the slow transaction is open, the fast append cannot commit and nothing is
+    // readable. Seen in the database rather than waited for: the append's backend is waiting
+    // on the slow transaction's lock.
+    let give_up = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&pool)
+        .await?;
+        if waiting > 0 {
+            break;
+        }
+        ensure!(
+            !fast_append.is_finished(),
+            "the second append committed past an open position"
+        );
+        ensure!(
+            std::time::Instant::now() < give_up,
+            "the second append never waited on the open position"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     ensure!(
         !fast_append.is_finished(),
         "the second append committed past an open position"

@@ -459,6 +459,8 @@ async fn run_relay(
         },
     )
     .with_stats(source.stats.clone());
+    // The id is what the source's rows name in `claimed_by` while this relay holds them.
+    tracing::info!(relay = %source.name, claimed_by = %relay.id(), "outbox relay running");
     source.set_state(RelayState::Running);
     relay
         .run(async move {

@@ -36,6 +36,11 @@ impl FaultProxy {
     /// Starts a proxy in front of the engine `url` points at (`scheme://[user@]host:port/...`)
     /// and returns it with the same URL pointed at the proxy, for a client to connect through.
     pub async fn in_front_of(url: &str) -> io::Result<(Self, String)> {
+        Self::in_front_of_on(url, "127.0.0.1:0").await
+    }
+
+    /// [`in_front_of`](Self::in_front_of), listening on `listen` (`ip:port`).
+    pub async fn in_front_of_on(url: &str, listen: &str) -> io::Result<(Self, String)> {
         let bad = || io::Error::new(io::ErrorKind::InvalidInput, format!("not a URL: {url}"));
         let (scheme, rest) = url.split_once("://").ok_or_else(bad)?;
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
@@ -43,14 +48,21 @@ impl FaultProxy {
             Some((user, host)) => (format!("{user}@"), host),
             None => (String::new(), authority),
         };
-        let proxy = Self::start(host).await?;
+        let proxy = Self::start_on(listen, host).await?;
         let through = format!("{scheme}://{user}{}/{path}", proxy.local_addr());
         Ok((proxy, through))
     }
 
     /// Starts forwarding `127.0.0.1:<some port>` to `upstream` (`host:port`).
     pub async fn start(upstream: &str) -> io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on("127.0.0.1:0", upstream).await
+    }
+
+    /// Starts forwarding `listen` (`ip:port`, port 0 for any) to `upstream`: an address of a
+    /// network namespace's link, say, so that a process inside the namespace reaches an engine
+    /// that listens on loopback only.
+    pub async fn start_on(listen: &str, upstream: &str) -> io::Result<Self> {
+        let listener = TcpListener::bind(listen).await?;
         let local = listener.local_addr()?;
         let (cut, _) = watch::channel(false);
         let cut = Arc::new(cut);

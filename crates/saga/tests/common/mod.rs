@@ -5,6 +5,10 @@
 //! invocations fail and how: `{"fail_times": 2}` answers 503 twice then applies,
 //! `{"refuse": true}` answers 422 and applies nothing, `{"always_fail": true}` answers 503
 //! forever, `{"delay_ms": 50}` waits before answering.
+//!
+//! Like a participant behind `onephase_lease::FenceLayer`, they remember the highest
+//! `Fencing-Token` seen per run and refuse a lower one (409, nothing applied): such a call
+//! comes from an orchestrator that was paused past its claim.
 
 #![allow(dead_code)]
 
@@ -53,6 +57,11 @@ pub struct Books {
     pub noop_compensations: u32,
     tombstones: HashSet<String>,
     next_seq: usize,
+    /// The highest `Fencing-Token` seen per run; a lower one comes from an orchestrator that
+    /// was paused past its claim, and is refused (409) with nothing applied.
+    fences: HashMap<String, u64>,
+    /// Requests refused that way.
+    pub stale_fenced: u32,
 }
 
 impl Books {
@@ -132,13 +141,24 @@ async fn handle(
     let flag = |name: &str| plan.get(name).and_then(Value::as_bool).unwrap_or(false);
     let fail_times = plan.get("fail_times").and_then(Value::as_u64).unwrap_or(0);
     let delay = plan.get("delay_ms").and_then(Value::as_u64).unwrap_or(0);
+    let run = header("onephase-saga-run").unwrap_or_default();
+    let token: Option<u64> = header("fencing-token").and_then(|t| t.parse().ok());
     let n = {
         let mut b = books.lock().unwrap_or_else(|e| e.into_inner());
-        if !b.in_flight.insert(key.clone()) {
-            b.overlaps.push(key.clone());
-        }
         if !b.attempts.insert((key.clone(), attempt.clone())) {
             b.repeated_attempts.push((key.clone(), attempt));
+        }
+        // The fence, as onephase_lease::FenceLayer keeps it: per run, equal tokens pass.
+        if let Some(token) = token {
+            let highest = b.fences.entry(run).or_default();
+            if token < *highest {
+                b.stale_fenced += 1;
+                return (StatusCode::CONFLICT, "stale fencing token").into_response();
+            }
+            *highest = token;
+        }
+        if !b.in_flight.insert(key.clone()) {
+            b.overlaps.push(key.clone());
         }
         let n = b.requests.entry(key.clone()).or_default();
         *n += 1;
