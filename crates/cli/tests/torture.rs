@@ -15,7 +15,10 @@
 //! run terminal in the state its plan makes, each (key, attempt) sent at most once, the books
 //! balanced, and how many runs were taken over, transitions fenced and stale calls refused by
 //! the participants' fence. Outbox: every event published, each key's first deliveries in
-//! order, each applied once through the inbox, and how many duplicates the inbox absorbed.
+//! order, each applied once through the inbox, and how many duplicates the inbox absorbed
+//! (JetStream's own deduplication by message id takes most before it). Webhooks: every
+//! delivery delivered and seen by the receiver, an ordered endpoint's first deliveries in
+//! order per partition key, and how many repeats the receiver's dedup by `webhook-id` absorbed.
 
 #[path = "../../saga/tests/common/mod.rs"]
 mod participants;
@@ -778,4 +781,210 @@ async fn the_outbox_holds_while_relays_are_paused_past_their_claims() -> anyhow:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_outbox_holds_while_relays_are_partitioned_from_the_database() -> anyhow::Result<()> {
     outbox_under(Fault::Partition).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Webhooks
+
+const MESSAGES: usize = 1500;
+const PARTITION_KEYS: usize = 20;
+
+/// What the receiver saw: every (endpoint, webhook-id) request, and the payload order per
+/// (endpoint, partition key) of first deliveries.
+#[derive(Default)]
+struct Received {
+    seen: std::collections::HashSet<(usize, String)>,
+    repeats: usize,
+    order: HashMap<(usize, String), Vec<u64>>,
+}
+
+type Inbox = std::sync::Arc<std::sync::Mutex<Received>>;
+
+async fn receive(
+    axum::extract::State(inbox): axum::extract::State<Inbox>,
+    axum::extract::Path(endpoint): axum::extract::Path<usize>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::http::StatusCode {
+    let id = headers
+        .get("webhook-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let message: Value = serde_json::from_slice(&body).unwrap_or_default();
+    {
+        let mut inbox = inbox.lock().unwrap_or_else(|e| e.into_inner());
+        if inbox.seen.insert((endpoint, id)) {
+            let key = message["data"]["key"].as_str().unwrap_or("").to_owned();
+            let n = message["data"]["n"].as_u64().unwrap_or(u64::MAX);
+            inbox.order.entry((endpoint, key)).or_default().push(n);
+        } else {
+            inbox.repeats += 1;
+        }
+    }
+    // Answers take a while, so that attempts are in flight when a server is stopped.
+    tokio::time::sleep(Duration::from_millis((body.len() % 20) as u64)).await;
+    axum::http::StatusCode::NO_CONTENT
+}
+
+fn webhook_config(dir: &Path, i: usize, store: &str) -> anyhow::Result<std::path::PathBuf> {
+    let path = dir.join(format!("webhook-{i}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "store = \"{store}\"\n\
+             [[auth.tokens]]\nname = \"torture\"\nrole = \"admin\"\nsha256 = \"{}\"\n\
+             [webhook]\nallow_networks = [\"127.0.0.0/8\", \"10.0.0.0/8\"]\n\
+             schedule_secs = [0, 1, 1, 2, 2, 3, 3, 5, 5, 5]\n\
+             attempt_timeout_secs = 1\nlease_margin_secs = 1\npoll_interval_ms = 50\n",
+            onephase_server::auth::hash_token(TOKEN)
+        ),
+    )?;
+    Ok(path)
+}
+
+async fn webhooks_under(fault: Fault) -> anyhow::Result<()> {
+    let Some(db) = TestDb::postgres().await else {
+        return Ok(());
+    };
+    let Some(mut site) = site(fault).await? else {
+        return Ok(());
+    };
+    let inbox = Inbox::default();
+    let app = axum::Router::new()
+        .route("/hooks/{endpoint}", axum::routing::post(receive))
+        .with_state(inbox.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let receiver = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let receiver = site.reach(&receiver).await?;
+    let receiver = receiver.trim_end_matches('/').to_owned();
+    let store_url = site.reach(db.url()).await?;
+    let dir = tempfile::tempdir()?;
+    let (mut servers, mut bases) = (Vec::new(), Vec::new());
+    for i in 0..2 {
+        let config = webhook_config(dir.path(), i, &store_url)?;
+        let listen = site.listen(i)?;
+        servers.push(site.spawn(i, &config, &listen)?);
+        bases.push(format!("http://{listen}"));
+    }
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()?;
+    for base in &bases {
+        common::wait_until_up(&http, base).await?;
+    }
+    // Endpoint 0 is ordered (per partition key), endpoint 1 is not.
+    for endpoint in 0..2 {
+        post_anywhere(
+            &http,
+            &bases,
+            "/v1/webhooks/endpoints",
+            &format!("endpoint-{endpoint}"),
+            &json!({"url": format!("{receiver}/hooks/{endpoint}"), "ordered": endpoint == 0}),
+        )
+        .await?;
+    }
+    let sender = {
+        let (http, bases) = (http.clone(), bases.clone());
+        tokio::spawn(async move {
+            for n in 0..MESSAGES {
+                let key = format!("k{}", n % PARTITION_KEYS);
+                post_anywhere(
+                    &http,
+                    &bases,
+                    "/v1/webhooks/messages",
+                    &format!("message-{n}"),
+                    &json!({"event_type": "torture", "payload": {"n": n, "key": key}, "partition_key": key}),
+                )
+                .await?;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            anyhow::Ok(())
+        })
+    };
+    let started = Instant::now();
+    // A delivery's lock lasts 2 s (attempt timeout + margin); each fault is held 2.5 to 4 s.
+    torment(&site, &servers, fault, 2500..4000, 0x3EB, None).await?;
+    sender.await??;
+    eprintln!(
+        "{fault:?}: {FAULTS} faults over {:.1} s while {MESSAGES} messages went to 2 endpoints",
+        started.elapsed().as_secs_f64()
+    );
+    let pool = db.store().as_postgres().context("PostgreSQL")?.clone();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let (pending, other): (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE status = 'pending'), \
+                    count(*) FILTER (WHERE status NOT IN ('pending', 'delivered')) \
+             FROM onephase_webhook_deliveries",
+        )
+        .fetch_one(&pool)
+        .await?;
+        ensure!(
+            other == 0,
+            "{other} deliveries neither pending nor delivered"
+        );
+        if pending == 0 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{pending} deliveries still pending 180 s after the faults"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (deliveries, retried): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE attempts > 1) FROM onephase_webhook_deliveries",
+    )
+    .fetch_one(&pool)
+    .await?;
+    for mut server in servers {
+        let _ = signal("CONT", server.id().unwrap_or(0));
+        server.start_kill()?;
+        server.wait().await?;
+    }
+    ensure!(
+        retried > 0,
+        "no fault landed while a delivery was locked; the test proved nothing"
+    );
+    ensure!(
+        deliveries == i64::try_from(2 * MESSAGES)?,
+        "{deliveries} deliveries for {MESSAGES} messages to 2 endpoints"
+    );
+    {
+        let inbox = inbox.lock().unwrap_or_else(|e| e.into_inner());
+        ensure!(
+            inbox.seen.len() == 2 * MESSAGES,
+            "the receiver saw {} of {} deliveries",
+            inbox.seen.len(),
+            2 * MESSAGES
+        );
+        for ((endpoint, key), order) in &inbox.order {
+            if *endpoint == 0 {
+                ensure!(
+                    order.windows(2).all(|w| w[0] < w[1]),
+                    "ordered endpoint, key {key}: first deliveries out of order {order:?}"
+                );
+            }
+        }
+        eprintln!(
+            "{fault:?}: {deliveries} deliveries all delivered; {retried} needed more than one \
+         attempt; {} repeats absorbed by the receiver's dedup by webhook-id; the ordered \
+         endpoint's first deliveries in order per key",
+            inbox.repeats
+        );
+    }
+    db.close().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_hold_while_dispatchers_are_paused_past_their_locks() -> anyhow::Result<()> {
+    webhooks_under(Fault::Pause).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_hold_while_dispatchers_are_partitioned_from_the_database() -> anyhow::Result<()> {
+    webhooks_under(Fault::Partition).await
 }
