@@ -251,6 +251,24 @@ impl Site {
         }
     }
 
+    /// Starts the two servers, configured by `config(i)`, and waits until both answer.
+    async fn start_pair(
+        &self,
+        http: &reqwest::Client,
+        config: impl Fn(usize) -> anyhow::Result<std::path::PathBuf>,
+    ) -> anyhow::Result<(Vec<Child>, Vec<String>)> {
+        let (mut servers, mut bases) = (Vec::new(), Vec::new());
+        for i in 0..2 {
+            let listen = self.listen(i)?;
+            servers.push(self.spawn(i, &config(i)?, &listen)?);
+            bases.push(format!("http://{listen}"));
+        }
+        for base in &bases {
+            common::wait_until_up(http, base).await?;
+        }
+        Ok((servers, bases))
+    }
+
     fn spawn(&self, i: usize, config: &Path, listen: &str) -> anyhow::Result<Child> {
         Ok(self
             .command(i)
@@ -277,6 +295,16 @@ impl Site {
             }
         }
     }
+}
+
+/// Kills every server (continuing a stopped one first, so that it can die).
+async fn stop_all(servers: Vec<Child>) -> anyhow::Result<()> {
+    for mut server in servers {
+        let _ = signal("CONT", server.id().unwrap_or(0));
+        server.start_kill()?;
+        server.wait().await?;
+    }
+    Ok(())
 }
 
 fn signal(name: &str, pid: u32) -> anyhow::Result<()> {
@@ -490,20 +518,12 @@ async fn sagas_under(fault: Fault) -> anyhow::Result<()> {
     let participants_base = site.reach(&participants.base()).await?;
     let participants_base = participants_base.trim_end_matches('/').to_owned();
     let dir = tempfile::tempdir()?;
-    let mut servers = Vec::new();
-    let mut bases = Vec::new();
-    for i in 0..2 {
-        let config = saga_config(dir.path(), i, &store_url)?;
-        let listen = site.listen(i)?;
-        servers.push(site.spawn(i, &config, &listen)?);
-        bases.push(format!("http://{listen}"));
-    }
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(3))
         .build()?;
-    for base in &bases {
-        common::wait_until_up(&http, base).await?;
-    }
+    let (servers, bases) = site
+        .start_pair(&http, |i| saga_config(dir.path(), i, &store_url))
+        .await?;
     // Calls time out after 1.5 s: with the 1 s margin a claim lasts 2.5 s, and every fault
     // below is held longer than that.
     let definition: Value = serde_json::from_str(&order_definition(&participants_base, 1, 1500))?;
@@ -562,11 +582,7 @@ async fn sagas_under(fault: Fault) -> anyhow::Result<()> {
         }
         sum
     };
-    for mut server in servers {
-        let _ = signal("CONT", server.id().unwrap_or(0));
-        server.start_kill()?;
-        server.wait().await?;
-    }
+    stop_all(servers).await?;
 
     let runs: Vec<(Uuid, String)> = sqlx::query_as("SELECT id, state FROM onephase_saga_runs")
         .fetch_all(&pool)
@@ -750,10 +766,7 @@ async fn outbox_under(fault: Fault) -> anyhow::Result<()> {
     );
     writer.await??;
     let consumed = consumer.await??;
-    for mut server in servers {
-        server.start_kill()?;
-        server.wait().await?;
-    }
+    stop_all(servers).await?;
     outbox::assert_effects_once(&store, &events).await?;
     ensure!(
         lapsed > 0,
@@ -861,19 +874,12 @@ async fn webhooks_under(fault: Fault) -> anyhow::Result<()> {
     let receiver = receiver.trim_end_matches('/').to_owned();
     let store_url = site.reach(db.url()).await?;
     let dir = tempfile::tempdir()?;
-    let (mut servers, mut bases) = (Vec::new(), Vec::new());
-    for i in 0..2 {
-        let config = webhook_config(dir.path(), i, &store_url)?;
-        let listen = site.listen(i)?;
-        servers.push(site.spawn(i, &config, &listen)?);
-        bases.push(format!("http://{listen}"));
-    }
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(3))
         .build()?;
-    for base in &bases {
-        common::wait_until_up(&http, base).await?;
-    }
+    let (servers, bases) = site
+        .start_pair(&http, |i| webhook_config(dir.path(), i, &store_url))
+        .await?;
     // Endpoint 0 is ordered (per partition key), endpoint 1 is not.
     for endpoint in 0..2 {
         post_anywhere(
@@ -939,11 +945,7 @@ async fn webhooks_under(fault: Fault) -> anyhow::Result<()> {
     )
     .fetch_one(&pool)
     .await?;
-    for mut server in servers {
-        let _ = signal("CONT", server.id().unwrap_or(0));
-        server.start_kill()?;
-        server.wait().await?;
-    }
+    stop_all(servers).await?;
     ensure!(
         retried > 0,
         "no fault landed while a delivery was locked; the test proved nothing"
