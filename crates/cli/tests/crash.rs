@@ -131,37 +131,16 @@ async fn crash_and_restart(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_killed_ten_times_relaying_postgres_to_nats() -> anyhow::Result<()> {
-    use onephase_broker::nats::{NatsPublisher, NatsSubscriber, NatsSubscription};
     let Some(db) = TestDb::postgres().await else {
         return Ok(());
     };
     let Some(nats) = engine_url(Engine::Nats) else {
         return Ok(());
     };
-    let suffix = Uuid::now_v7().simple().to_string();
-    let topic = format!("crash.t{suffix}");
-    let stream = format!("CRASH_{suffix}");
-    let publisher = NatsPublisher::connect(&nats).await?;
-    publisher
-        .ensure_stream(&stream, vec![topic.clone()], Duration::from_secs(120))
-        .await?;
-    let sub = NatsSubscriber::subscribe(
-        publisher.jetstream(),
-        NatsSubscription {
-            stream: stream.clone(),
-            durable: "checker".into(),
-            filter_subject: topic.clone(),
-            ack_wait: Duration::from_secs(30),
-        },
-    )
-    .await?;
-    crash_and_restart(db, &nats, Box::new(sub), &topic).await?;
-    publisher
-        .jetstream()
-        .delete_stream(&stream)
-        .await
-        .context("deleting the stream")?;
-    Ok(())
+    let NatsChecker { sub, stream } =
+        NatsChecker::start(&nats, "crash", Duration::from_secs(120)).await?;
+    crash_and_restart(db, &nats, Box::new(sub), &stream.topic).await?;
+    stream.delete().await
 }
 
 #[cfg(feature = "kafka")]

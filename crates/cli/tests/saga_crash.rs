@@ -23,7 +23,7 @@ use common::{free_port, spawn_server, wait_until_up};
 use onephase_core::rand::rngs::StdRng;
 use onephase_core::rand::{RngExt, SeedableRng};
 use onephase_testkit::TestDb;
-use participants::{Expect, Participants, expected, order_definition, order_input};
+use participants::{Expect, Participants, expected, expected_books, order_definition, order_input};
 use serde_json::{Value, json};
 
 const RUNS: i64 = 1000;
@@ -282,20 +282,11 @@ fn check_books(participants: &Participants, plans: &[Plan]) -> anyhow::Result<()
     for (order, plan) in plans.iter().enumerate() {
         let order = i64::try_from(order)?;
         let get = |service: &str| net.get(&(service.to_owned(), order)).copied().unwrap_or(0);
-        let (inventory, payment, shipping) = (get("inventory"), get("payment"), get("shipping"));
-        let ok = match expected(plan.refuse_at, plan.stuck) {
-            Expect::Completed => (inventory, payment, shipping) == (2, 1999, 1),
-            Expect::Compensated => (inventory, payment, shipping) == (0, 0, 0),
-            // Compensation stops at the one that keeps failing: a stuck refund leaves the
-            // reservation in place too (it would have been released after the refund).
-            Expect::NeedsOperator => match plan.stuck {
-                Some("reserve") => (inventory, payment, shipping) == (2, 0, 0),
-                _ => (inventory, payment, shipping) == (2, 1999, 0),
-            },
-        };
+        let got = (get("inventory"), get("payment"), get("shipping"));
+        let want = expected_books(plan.refuse_at, plan.stuck);
         ensure!(
-            ok,
-            "order {order} ({plan:?}): inventory {inventory}, payment {payment}, shipping {shipping}"
+            got == want,
+            "order {order} ({plan:?}): books (inventory, payment, shipping) {got:?}, expected {want:?}"
         );
     }
     eprintln!(

@@ -37,7 +37,7 @@ use anyhow::{Context, bail, ensure};
 use onephase_core::rand::rngs::StdRng;
 use onephase_core::rand::{RngExt, SeedableRng};
 use onephase_testkit::{Engine, FaultProxy, TestDb, engine_url, engines_required};
-use participants::{Expect, Participants, expected, order_definition, order_input};
+use participants::{Expect, Participants, expected, expected_books, order_definition, order_input};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 use uuid::Uuid;
@@ -623,11 +623,7 @@ async fn sagas_under(fault: Fault) -> anyhow::Result<()> {
             let order = i64::try_from(order)?;
             let get = |service: &str| net.get(&(service.to_owned(), order)).copied().unwrap_or(0);
             let got = (get("inventory"), get("payment"), get("shipping"));
-            let want = match expected(plan.refuse_at, plan.stuck) {
-                Expect::Completed => (2, 1999, 1),
-                Expect::Compensated => (0, 0, 0),
-                Expect::NeedsOperator => (2, 0, 0),
-            };
+            let want = expected_books(plan.refuse_at, plan.stuck);
             ensure!(
                 got == want,
                 "order {order} ({plan:?}): books {got:?}, expected {want:?}"
@@ -686,7 +682,6 @@ fn relay_config(
 }
 
 async fn outbox_under(fault: Fault) -> anyhow::Result<()> {
-    use onephase_broker::nats::{NatsPublisher, NatsSubscriber, NatsSubscription};
     let Some(db) = TestDb::postgres().await else {
         return Ok(());
     };
@@ -699,23 +694,8 @@ async fn outbox_under(fault: Fault) -> anyhow::Result<()> {
     let store = db.store().clone();
     store.migrate(&[onephase_outbox::migrations()]).await?;
     outbox::create_effects(&store).await?;
-    let suffix = Uuid::now_v7().simple().to_string();
-    let topic = format!("torture.t{suffix}");
-    let stream = format!("TORTURE_{suffix}");
-    let publisher = NatsPublisher::connect(&nats).await?;
-    publisher
-        .ensure_stream(&stream, vec![topic.clone()], Duration::from_secs(300))
-        .await?;
-    let mut sub = NatsSubscriber::subscribe(
-        publisher.jetstream(),
-        NatsSubscription {
-            stream: stream.clone(),
-            durable: "checker".into(),
-            filter_subject: topic.clone(),
-            ack_wait: Duration::from_secs(30),
-        },
-    )
-    .await?;
+    let outbox::NatsChecker { mut sub, stream } =
+        outbox::NatsChecker::start(&nats, "torture", Duration::from_secs(300)).await?;
     let source = site.reach(db.url()).await?;
     let sink = site.reach(&nats).await?;
     let dir = tempfile::tempdir()?;
@@ -728,7 +708,7 @@ async fn outbox_under(fault: Fault) -> anyhow::Result<()> {
         relays.push(relay);
     }
 
-    let events = outbox::workload(&topic, EVENTS, KEYS);
+    let events = outbox::workload(&stream.topic, EVENTS, KEYS);
     let writer = {
         let (store, events) = (store.clone(), events.clone());
         tokio::spawn(async move {
@@ -777,11 +757,7 @@ async fn outbox_under(fault: Fault) -> anyhow::Result<()> {
          each key's first deliveries in order",
         consumed.deliveries, consumed.duplicates
     );
-    publisher
-        .jetstream()
-        .delete_stream(&stream)
-        .await
-        .context("deleting the stream")?;
+    stream.delete().await?;
     db.close().await?;
     Ok(())
 }

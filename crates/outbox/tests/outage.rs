@@ -7,11 +7,10 @@ use std::time::Duration;
 
 use anyhow::ensure;
 use common::*;
-use onephase_broker::nats::{NatsPublisher, NatsSubscriber, NatsSubscription};
+use onephase_broker::nats::NatsPublisher;
 use onephase_outbox::{Relay, RelayConfig, RoundReport};
 use onephase_testkit::{Engine, FaultProxy, TestDb, engine_url};
 use tokio::sync::watch;
-use uuid::Uuid;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_rides_out_a_broker_outage() -> anyhow::Result<()> {
@@ -25,23 +24,9 @@ async fn relay_rides_out_a_broker_outage() -> anyhow::Result<()> {
     store.migrate(&[onephase_outbox::migrations()]).await?;
     create_effects(&store).await?;
 
-    let suffix = Uuid::now_v7().simple().to_string();
-    let topic = format!("outage.t{suffix}");
-    let stream = format!("OUTAGE_{suffix}");
-    let direct = NatsPublisher::connect(&nats).await?;
-    direct
-        .ensure_stream(&stream, vec![topic.clone()], Duration::from_secs(120))
-        .await?;
-    let mut sub = NatsSubscriber::subscribe(
-        direct.jetstream(),
-        NatsSubscription {
-            stream: stream.clone(),
-            durable: "checker".into(),
-            filter_subject: topic.clone(),
-            ack_wait: Duration::from_secs(30),
-        },
-    )
-    .await?;
+    let NatsChecker { mut sub, stream } =
+        NatsChecker::start(&nats, "outage", Duration::from_secs(120)).await?;
+    let topic = stream.topic.clone();
 
     let upstream = nats.trim_start_matches("nats://").to_owned();
     let proxy = FaultProxy::start(&upstream).await?;
@@ -108,7 +93,7 @@ async fn relay_rides_out_a_broker_outage() -> anyhow::Result<()> {
     );
     ensure!(total.dead_lettered == 0, "{total:?}");
     assert_effects_once(&store, &events).await?;
-    direct.jetstream().delete_stream(&stream).await?;
+    stream.delete().await?;
     db.close().await?;
     Ok(())
 }

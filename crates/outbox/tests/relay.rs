@@ -134,7 +134,6 @@ async fn committed_events_arrive_once_in_key_order_and_rolled_back_ones_never() 
 /// key in order, effects once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_relays_on_postgres_keep_order_per_key() -> anyhow::Result<()> {
-    use onephase_broker::nats::{NatsPublisher, NatsSubscriber, NatsSubscription};
     let Some(db) = TestDb::postgres().await else {
         return Ok(());
     };
@@ -143,24 +142,10 @@ async fn four_relays_on_postgres_keep_order_per_key() -> anyhow::Result<()> {
     };
     let store = migrated(&db).await?;
     create_effects(&store).await?;
-    let suffix = Uuid::now_v7().simple().to_string();
-    let topic = format!("multi.t{suffix}");
-    let stream = format!("MULTI_{suffix}");
-    let publisher = NatsPublisher::connect(&nats).await?;
-    publisher
-        .ensure_stream(&stream, vec![topic.clone()], Duration::from_secs(120))
-        .await?;
-    let mut sub = NatsSubscriber::subscribe(
-        publisher.jetstream(),
-        NatsSubscription {
-            stream: stream.clone(),
-            durable: "checker".into(),
-            filter_subject: topic.clone(),
-            ack_wait: Duration::from_secs(30),
-        },
-    )
-    .await?;
-    let events = workload(&topic, 5_000, 100);
+    let NatsChecker { mut sub, stream } =
+        NatsChecker::start(&nats, "multi", Duration::from_secs(120)).await?;
+    let (topic, publisher) = (&stream.topic, &stream.publisher);
+    let events = workload(topic, 5_000, 100);
     let config = RelayConfig {
         batch_size: 200,
         ..fast_config()
@@ -180,7 +165,7 @@ async fn four_relays_on_postgres_keep_order_per_key() -> anyhow::Result<()> {
     consume_and_apply(&mut sub, &store, &events, Duration::from_secs(120)).await?;
     stop(stopper, handles).await?;
     assert_effects_once(&store, &events).await?;
-    publisher.jetstream().delete_stream(&stream).await?;
+    stream.delete().await?;
     db.close().await?;
     Ok(())
 }

@@ -62,6 +62,64 @@ pub async fn create_effects(store: &Store) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A fresh JetStream stream and a durable subscriber that checks what a relay publishes to it.
+pub struct NatsChecker {
+    pub sub: onephase_broker::nats::NatsSubscriber,
+    pub stream: CheckedStream,
+}
+
+/// The stream a [`NatsChecker`] reads; [`delete`](Self::delete) it when done.
+pub struct CheckedStream {
+    pub publisher: onephase_broker::nats::NatsPublisher,
+    pub topic: String,
+    pub name: String,
+}
+
+impl NatsChecker {
+    /// A stream named `<PREFIX>_<uuid>` over the topic `<prefix>.t<uuid>`, keeping messages for
+    /// `max_age`.
+    pub async fn start(nats: &str, prefix: &str, max_age: Duration) -> anyhow::Result<Self> {
+        use onephase_broker::nats::{NatsPublisher, NatsSubscriber, NatsSubscription};
+        let suffix = uuid::Uuid::now_v7().simple().to_string();
+        let topic = format!("{prefix}.t{suffix}");
+        let name = format!("{}_{suffix}", prefix.to_uppercase());
+        let publisher = NatsPublisher::connect(nats).await?;
+        publisher
+            .ensure_stream(&name, vec![topic.clone()], max_age)
+            .await?;
+        let sub = NatsSubscriber::subscribe(
+            publisher.jetstream(),
+            NatsSubscription {
+                stream: name.clone(),
+                durable: "checker".into(),
+                filter_subject: topic.clone(),
+                ack_wait: Duration::from_secs(30),
+            },
+        )
+        .await?;
+        Ok(Self {
+            sub,
+            stream: CheckedStream {
+                publisher,
+                topic,
+                name,
+            },
+        })
+    }
+}
+
+impl CheckedStream {
+    /// Deletes the stream.
+    pub async fn delete(&self) -> anyhow::Result<()> {
+        self.publisher
+            .jetstream()
+            .delete_stream(&self.name)
+            .await
+            .context("deleting the stream")?;
+        Ok(())
+    }
+}
+
 /// What a checking consumer saw.
 #[derive(Debug, Default)]
 pub struct Consumed {

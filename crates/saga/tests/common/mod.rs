@@ -312,6 +312,18 @@ pub fn order_input(
 }
 
 /// The outcome `order_input` leads to.
+/// The books an order should end with, (inventory, payment, shipping), for its plan.
+/// Compensation stops at the one that keeps failing: a stuck refund leaves the reservation in
+/// place too (it would have been released after the refund).
+pub fn expected_books(refuse_at: Option<&str>, stuck: Option<&str>) -> (i64, i64, i64) {
+    match expected(refuse_at, stuck) {
+        Expect::Completed => (2, 1999, 1),
+        Expect::Compensated => (0, 0, 0),
+        Expect::NeedsOperator if stuck == Some("reserve") => (2, 0, 0),
+        Expect::NeedsOperator => (2, 1999, 0),
+    }
+}
+
 pub fn expected(refuse_at: Option<&str>, stuck: Option<&str>) -> Expect {
     let order = ["reserve", "charge", "ship"];
     match refuse_at {
