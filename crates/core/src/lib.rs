@@ -12,7 +12,8 @@
 //!   clock, in microseconds of real time.
 //! - [`Backoff`]: exponential backoff with the jitter strategies from AWS's *Exponential Backoff
 //!   And Jitter* (full, equal, decorrelated). Randomness is an input too: pass any
-//!   [`rand::Rng`], seeded when you need a reproducible schedule.
+//!   [`rand::Rng`], seeded when you need a reproducible schedule; [`Random`] is the lock-free,
+//!   seedable one the workers and herd protection share.
 //! - [`ErrorKind`] and [`Classify`]: how every library error in onephase says what kind of
 //!   failure it is, so the server can map it to an HTTP problem document in one place.
 //!
@@ -36,12 +37,14 @@ mod error;
 pub mod headers;
 mod id;
 pub mod json;
+mod random;
 
 pub use backoff::{Backoff, BackoffSchedule, InvalidBackoff, Jitter};
 pub use clock::{Clock, ManualClock, SharedClock, Sleep, SystemClock};
 pub use envelope::{Envelope, EnvelopeBuilder, limits, validate_topic};
 pub use error::{Classify, ErrorKind, ValidationError};
 pub use id::MessageId;
+pub use random::Random;
 
 /// Re-exported so that callers pass the same RNG traits this crate samples with.
 pub use rand;

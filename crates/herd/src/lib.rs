@@ -39,7 +39,6 @@ pub mod http;
 #[cfg(feature = "tower")]
 pub mod layer;
 mod outcome;
-mod random;
 pub mod reconnect;
 pub mod retry;
 pub mod single_flight;
@@ -51,8 +50,8 @@ pub use breaker::{
 };
 pub use budget::{InvalidBudget, RetryBudget};
 pub use cache::{CacheConfig, CacheStats, HerdCache};
+pub use onephase_core::Random;
 pub use outcome::Outcome;
-pub use random::Random;
 pub use reconnect::Reconnect;
 pub use retry::{Report, Retry, Stopped, Verdict};
 pub use single_flight::{FlightStats, SingleFlight};

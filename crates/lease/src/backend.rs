@@ -80,18 +80,3 @@ pub trait LeaseBackend: Send + Sync + fmt::Debug {
     /// Every lease the backend knows, by name.
     fn list(&self, now: OffsetDateTime) -> BoxFuture<'_, Result<Vec<LeaseInfo>, LeaseError>>;
 }
-
-/// Unix milliseconds.
-pub(crate) fn ms(at: OffsetDateTime) -> i64 {
-    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
-}
-
-/// The time at Unix milliseconds `ms`.
-pub(crate) fn from_ms(ms: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
-}
-
-pub(crate) fn duration_ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}

@@ -71,11 +71,11 @@ pub enum LeaseError {
     Unknown(String),
     /// The store (SQLite or PostgreSQL) failed or could not be reached.
     #[error("lease store failed: {0}")]
-    Store(#[from] sqlx::Error),
+    Store(sqlx::Error),
     /// etcd failed or could not be reached.
     #[cfg(feature = "etcd")]
     #[error("etcd failed: {0}")]
-    Etcd(#[from] etcd_client::Error),
+    Etcd(etcd_client::Error),
     /// The backend answered something it should not have.
     #[error("lease backend failed: {0}")]
     Backend(String),
@@ -129,5 +129,24 @@ pub enum FenceError {
     OutOfRange(FencingToken),
     /// The fence's store failed; nothing was decided.
     #[error("fence store failed: {0}")]
-    Store(#[from] sqlx::Error),
+    Store(sqlx::Error),
+}
+
+impl From<sqlx::Error> for LeaseError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Store(e)
+    }
+}
+
+#[cfg(feature = "etcd")]
+impl From<etcd_client::Error> for LeaseError {
+    fn from(e: etcd_client::Error) -> Self {
+        Self::Etcd(e)
+    }
+}
+
+impl From<sqlx::Error> for FenceError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Store(e)
+    }
 }

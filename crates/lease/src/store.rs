@@ -17,33 +17,15 @@ use std::time::Duration;
 
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
-use onephase_store::{Db, Store};
+use onephase_store::{Store, on_store};
 use time::OffsetDateTime;
 
-use crate::backend::{duration_ms, from_ms, ms};
 use crate::{FencingToken, Grant, LeaseBackend, LeaseError, LeaseInfo};
+use onephase_store::convert::{duration_ms, stored_ms, unix_ms as ms};
 
-/// Runs `$body` with `$pool` bound to the store's pool (SQLite: the writer, or with `read` the
-/// reader). Both backends take the same SQL here.
-macro_rules! on_store {
-    ($store:expr, $pool:ident => $body:expr) => {
-        match $store.db() {
-            Db::Postgres($pool) => $body,
-            Db::Sqlite(s) => {
-                let $pool = s.writer();
-                $body
-            }
-        }
-    };
-    (read $store:expr, $pool:ident => $body:expr) => {
-        match $store.db() {
-            Db::Postgres($pool) => $body,
-            Db::Sqlite(s) => {
-                let $pool = s.reader();
-                $body
-            }
-        }
-    };
+/// A stored expiry; out of range is an error, never a time in 1970.
+fn from_ms(ms: i64) -> Result<OffsetDateTime, LeaseError> {
+    Ok(stored_ms("expires_at_ms", ms).map_err(sqlx::Error::from)?)
 }
 
 const ACQUIRE: &str = "INSERT INTO onephase_leases \
@@ -79,7 +61,7 @@ impl StoreLeases {
     }
 
     async fn current(&self, name: &str) -> Result<Option<Current>, sqlx::Error> {
-        on_store!(self.store, pool => {
+        on_store!(self.store.db(), pool => {
             sqlx::query_as::<_, Current>(CURRENT).bind(name).fetch_optional(pool).await
         })
     }
@@ -121,7 +103,7 @@ impl LeaseBackend for StoreLeases {
             // then it is reported held by whoever was seen last, as it was a moment ago.
             let mut seen = None;
             for _ in 0..5 {
-                let granted: Option<i64> = on_store!(self.store, pool => {
+                let granted: Option<i64> = on_store!(self.store.db(), pool => {
                     sqlx::query_scalar(ACQUIRE)
                         .bind(name)
                         .bind(holder)
@@ -137,7 +119,7 @@ impl LeaseBackend for StoreLeases {
                         holder: holder.to_owned(),
                         token: FencingToken::from_i64(token),
                         ttl_ms: u64::try_from(ttl_ms).unwrap_or(0),
-                        expires_at: from_ms(expires_ms),
+                        expires_at: from_ms(expires_ms)?,
                     });
                 }
                 let current = self.current(name).await?;
@@ -152,7 +134,7 @@ impl LeaseBackend for StoreLeases {
                         name: name.to_owned(),
                         holder: current.clone(),
                         token: FencingToken::from_i64(*token),
-                        expires_at: from_ms(*expires_at_ms),
+                        expires_at: from_ms(*expires_at_ms)?,
                     });
                 }
                 seen = current;
@@ -187,7 +169,7 @@ impl LeaseBackend for StoreLeases {
             let now_ms = ms(now);
             let ttl_ms = duration_ms(ttl);
             let expires_ms = now_ms.saturating_add(ttl_ms);
-            let holder: Option<Option<String>> = on_store!(self.store, pool => {
+            let holder: Option<Option<String>> = on_store!(self.store.db(), pool => {
                 sqlx::query_scalar(RENEW)
                     .bind(name)
                     .bind(token_i64)
@@ -203,7 +185,7 @@ impl LeaseBackend for StoreLeases {
                     holder: holder.unwrap_or_default(),
                     token,
                     ttl_ms: u64::try_from(ttl_ms).unwrap_or(0),
-                    expires_at: from_ms(expires_ms),
+                    expires_at: from_ms(expires_ms)?,
                 }),
                 None => Err(self.not_held(name, token).await),
             }
@@ -221,7 +203,7 @@ impl LeaseBackend for StoreLeases {
             let Some(token_i64) = token.as_i64() else {
                 return Err(self.not_held(name, token).await);
             };
-            let released = on_store!(self.store, pool => {
+            let released = on_store!(self.store.db(), pool => {
                 sqlx::query(RELEASE)
                     .bind(name)
                     .bind(token_i64)
@@ -242,18 +224,19 @@ impl LeaseBackend for StoreLeases {
     fn list(&self, now: OffsetDateTime) -> BoxFuture<'_, Result<Vec<LeaseInfo>, LeaseError>> {
         async move {
             let now_ms = ms(now);
-            let rows: Vec<(String, Option<String>, i64, i64)> = on_store!(read self.store, pool => {
+            let rows: Vec<(String, Option<String>, i64, i64)> = on_store!(read self.store.db(), pool => {
                 sqlx::query_as(LIST).fetch_all(pool).await?
             });
-            Ok(rows
-                .into_iter()
-                .map(|(name, holder, token, expires_at_ms)| LeaseInfo {
-                    name,
-                    holder: holder.filter(|_| expires_at_ms > now_ms),
-                    token: FencingToken::from_i64(token),
-                    expires_at: Some(from_ms(expires_at_ms)),
+            rows.into_iter()
+                .map(|(name, holder, token, expires_at_ms)| {
+                    Ok(LeaseInfo {
+                        name,
+                        holder: holder.filter(|_| expires_at_ms > now_ms),
+                        token: FencingToken::from_i64(token),
+                        expires_at: Some(from_ms(expires_at_ms)?),
+                    })
                 })
-                .collect())
+                .collect()
         }
         .boxed()
     }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use onephase_core::SharedClock;
+use onephase_core::{SharedClock, SystemClock};
 use onephase_store::{Db, Migrations, Store};
 use sqlx::Row as _;
 
@@ -95,7 +95,9 @@ pub struct StoreLimiter {
     prefix: String,
     fail_mode: FailMode,
     timeout: Duration,
-    clock: Option<SharedClock>,
+    /// Set by `with_clock`: decide on it on PostgreSQL too, rather than on the server's clock.
+    clock_given: bool,
+    clock: SharedClock,
     last_sweep: Arc<AtomicI64>,
 }
 
@@ -133,7 +135,8 @@ impl StoreLimiter {
             prefix,
             fail_mode: FailMode::Open,
             timeout: Duration::from_millis(250),
-            clock: None,
+            clock_given: false,
+            clock: Arc::new(SystemClock),
             last_sweep: Arc::new(AtomicI64::new(i64::MIN)),
         })
     }
@@ -154,7 +157,8 @@ impl StoreLimiter {
     /// The same limiter deciding on `clock`'s wall time, also on PostgreSQL (for tests with
     /// a manual clock, or to share a clock with other stores).
     pub fn with_clock(mut self, clock: SharedClock) -> Self {
-        self.clock = Some(clock);
+        self.clock = clock;
+        self.clock_given = true;
         self
     }
 
@@ -209,7 +213,7 @@ impl StoreLimiter {
                 .map(to_u64),
             Db::Sqlite(s) => {
                 async {
-                    let now = now.unwrap_or_else(wall_now);
+                    let now = now.unwrap_or_else(|| unix_us(self.clock.now()));
                     let mut tx = s.writer().begin_with("BEGIN IMMEDIATE").await?;
                     let mut swept = 0;
                     for statement in [SQLITE_SWEEP_LOG, SQLITE_SWEEP] {
@@ -243,7 +247,7 @@ impl StoreLimiter {
         }
         let this = self.clone();
         // As of the decision that started it, not of whenever the task runs.
-        let at = self.clock.as_ref().map(|_| now);
+        let at = self.clock_given.then_some(now);
         tokio::spawn(async move {
             if let Err(e) = this.sweep_at(at).await {
                 tracing::warn!(error = %e, "rate-limit sweep failed");
@@ -253,7 +257,7 @@ impl StoreLimiter {
 
     /// The caller's clock in Unix microseconds, if it has one.
     fn clock_now(&self) -> Option<i64> {
-        self.clock.as_ref().map(|c| unix_us(c.now()))
+        self.clock_given.then(|| unix_us(self.clock.now()))
     }
 
     async fn decide(&self, key: &str, cost: u64) -> Result<Decision, sqlx::Error> {
@@ -286,7 +290,7 @@ impl StoreLimiter {
                 // Read after the write lock is taken, so that decisions on the key are made in
                 // the order of their clock readings (a reading from before a wait for the lock
                 // would take a fixed window back).
-                let now = self.clock_now().unwrap_or_else(wall_now);
+                let now = unix_us(self.clock.now());
                 let row: Option<(i64, i64, i64, i64)> = sqlx::query_as(SQLITE_READ)
                     .bind(key)
                     .fetch_optional(&mut *tx)
@@ -370,10 +374,6 @@ impl StoreLimiter {
             }
         }
     }
-}
-
-fn wall_now() -> i64 {
-    unix_us(time::OffsetDateTime::now_utc())
 }
 
 fn unix_us(t: time::OffsetDateTime) -> i64 {

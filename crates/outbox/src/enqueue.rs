@@ -1,7 +1,8 @@
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use onephase_core::{Envelope, MessageId};
-use sqlx::{PgConnection, Postgres, Sqlite, SqliteConnection, Transaction};
+use onephase_core::Envelope;
+use onephase_store::Conn;
+use sqlx::{PgConnection, Postgres, Sqlite, SqliteConnection};
 
 use crate::OutboxError;
 
@@ -10,29 +11,9 @@ use crate::OutboxError;
 pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
 
 /// A connection or transaction the outbox can write to: PostgreSQL or SQLite, a bare
-/// connection or a [`Transaction`]. Sealed; implemented for sqlx's types.
-pub trait OutboxConnection: sealed::Sealed + Send {
-    #[doc(hidden)]
-    fn insert<'a>(
-        &'a mut self,
-        envelopes: &'a [Envelope],
-    ) -> BoxFuture<'a, Result<(), sqlx::Error>>;
-
-    #[doc(hidden)]
-    fn record_inbox<'a>(
-        &'a mut self,
-        consumer: &'a str,
-        id: MessageId,
-    ) -> BoxFuture<'a, Result<bool, sqlx::Error>>;
-}
-
-mod sealed {
-    pub trait Sealed {}
-    impl Sealed for sqlx::PgConnection {}
-    impl Sealed for sqlx::SqliteConnection {}
-    impl Sealed for sqlx::Transaction<'_, sqlx::Postgres> {}
-    impl Sealed for sqlx::Transaction<'_, sqlx::Sqlite> {}
-}
+/// connection or a [`Transaction`](sqlx::Transaction). The store's one connection bound,
+/// under the name this crate's documentation has always used.
+pub use onephase_store::Connection as OutboxConnection;
 
 /// Writes `envelope` to the outbox as part of the caller's transaction.
 ///
@@ -101,7 +82,10 @@ pub async fn enqueue_all_with_limit<C: OutboxConnection + ?Sized>(
         });
     }
     for chunk in envelopes.chunks(1000) {
-        tx.insert(chunk).await?;
+        match tx.connection() {
+            Conn::Postgres(c) => insert_pg(c, chunk).await?,
+            Conn::Sqlite(c) => insert_sqlite(c, chunk).await?,
+        }
     }
     if !envelopes.is_empty() {
         crate::wake::enqueued();
@@ -154,33 +138,4 @@ fn insert_sqlite<'a>(
         query.build().execute(conn).await.map(drop)
     }
     .boxed()
-}
-
-/// Both backends' statements, for each connection and transaction type of that backend.
-macro_rules! outbox_connection {
-    ($($ty:ty => $insert:ident, $record:ident;)*) => {$(
-        impl OutboxConnection for $ty {
-            fn insert<'a>(
-                &'a mut self,
-                e: &'a [Envelope],
-            ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
-                $insert(self, e)
-            }
-
-            fn record_inbox<'a>(
-                &'a mut self,
-                consumer: &'a str,
-                id: MessageId,
-            ) -> BoxFuture<'a, Result<bool, sqlx::Error>> {
-                crate::inbox::$record(self, consumer, id)
-            }
-        }
-    )*};
-}
-
-outbox_connection! {
-    PgConnection => insert_pg, record_pg;
-    SqliteConnection => insert_sqlite, record_sqlite;
-    Transaction<'_, Postgres> => insert_pg, record_pg;
-    Transaction<'_, Sqlite> => insert_sqlite, record_sqlite;
 }

@@ -6,7 +6,7 @@ use onephase_core::{Classify, ErrorKind, ValidationError};
 pub enum OutboxError {
     /// The envelope cannot go into the outbox as it is; nothing was written.
     #[error("invalid envelope: {0}")]
-    Invalid(#[from] ValidationError),
+    Invalid(ValidationError),
     /// The payload is larger than the configured limit; nothing was written.
     #[error("payload is {size} bytes; the outbox limit is {limit} bytes")]
     PayloadTooLarge {
@@ -20,7 +20,7 @@ pub enum OutboxError {
     NotDead(uuid::Uuid),
     /// The database failed.
     #[error("outbox database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
 }
 
 impl Classify for OutboxError {
@@ -31,5 +31,17 @@ impl Classify for OutboxError {
             OutboxError::NotDead(_) => ErrorKind::NotFound,
             OutboxError::Database(e) => onephase_store::classify_sqlx(e),
         }
+    }
+}
+
+impl From<ValidationError> for OutboxError {
+    fn from(e: ValidationError) -> Self {
+        Self::Invalid(e)
+    }
+}
+
+impl From<sqlx::Error> for OutboxError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Database(e)
     }
 }

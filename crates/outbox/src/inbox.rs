@@ -1,20 +1,18 @@
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use onephase_core::{Envelope, MessageId};
-use onephase_store::Store;
+use onephase_store::{Conn, Store};
 use sqlx::{PgConnection, SqliteConnection};
 use std::time::Duration;
 
 use crate::OutboxError;
 use crate::sql::Sql;
 
-/// A connection or transaction the inbox can record in: the same types as
-/// [`OutboxConnection`](crate::OutboxConnection), which it is implemented for.
-pub trait InboxConnection: crate::enqueue::OutboxConnection {}
+/// A connection or transaction the inbox can record in: the store's one connection bound,
+/// as for [`OutboxConnection`](crate::OutboxConnection).
+pub use onephase_store::Connection as InboxConnection;
 
-impl<C: crate::enqueue::OutboxConnection + ?Sized> InboxConnection for C {}
-
-pub(crate) fn record_pg<'a>(
+fn record_pg<'a>(
     conn: &'a mut PgConnection,
     consumer: &'a str,
     id: MessageId,
@@ -34,7 +32,7 @@ pub(crate) fn record_pg<'a>(
     .boxed()
 }
 
-pub(crate) fn record_sqlite<'a>(
+fn record_sqlite<'a>(
     conn: &'a mut SqliteConnection,
     consumer: &'a str,
     id: MessageId,
@@ -93,7 +91,10 @@ impl Inbox {
         tx: &mut C,
         id: MessageId,
     ) -> Result<bool, OutboxError> {
-        Ok(tx.record_inbox(&self.consumer, id).await?)
+        Ok(match tx.connection() {
+            Conn::Postgres(c) => record_pg(c, &self.consumer, id).await?,
+            Conn::Sqlite(c) => record_sqlite(c, &self.consumer, id).await?,
+        })
     }
 
     /// Runs `handler` in `tx` if `envelope`'s id is new to this consumer, and records the id.
@@ -156,14 +157,14 @@ impl Inbox {
     /// Deletes up to `limit` inbox rows (of every consumer) recorded more than `older_than` ago;
     /// returns how many. Keep rows longer than any redelivery can arrive (the broker's
     /// retention, the relay's longest retry): a redelivery after its row is gone is applied
-    /// again.
+    /// again. `now` is the time ages are measured from on SQLite (PostgreSQL uses its own
+    /// clock): pass your clock's `now()`.
     pub async fn prune(
         store: &Store,
         older_than: Duration,
         limit: u32,
+        now: time::OffsetDateTime,
     ) -> Result<u64, OutboxError> {
-        Ok(Sql::new(store)
-            .prune_inbox(older_than, limit, time::OffsetDateTime::now_utc())
-            .await?)
+        Ok(Sql::new(store).prune_inbox(older_than, limit, now).await?)
     }
 }

@@ -1,3 +1,6 @@
+use std::sync::Arc;
+
+use onephase_core::{SharedClock, SystemClock};
 use onephase_store::Store;
 use uuid::Uuid;
 
@@ -8,19 +11,27 @@ use crate::sql::{DeadRow, OutboxStatus, Sql};
 #[derive(Clone)]
 pub struct OutboxAdmin {
     store: Store,
+    clock: SharedClock,
 }
 
 impl OutboxAdmin {
     /// The outbox in `store`.
     pub fn new(store: Store) -> Self {
-        Self { store }
+        Self {
+            store,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Measures the oldest pending row's age on `clock` (SQLite; PostgreSQL uses its own).
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Pending and dead-lettered counts and the age of the oldest pending row.
     pub async fn status(&self) -> Result<OutboxStatus, OutboxError> {
-        Ok(Sql::new(&self.store)
-            .status(time::OffsetDateTime::now_utc())
-            .await?)
+        Ok(Sql::new(&self.store).status(self.clock.now()).await?)
     }
 
     /// Dead-lettered rows after `after_seq`, oldest first, at most `limit`.

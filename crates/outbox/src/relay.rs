@@ -8,13 +8,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use onephase_broker::{BrokerError, Publisher};
-use onephase_core::rand::SeedableRng;
-use onephase_core::rand::rngs::StdRng;
 use onephase_core::{
-    Backoff, Classify, Envelope, ErrorKind, Jitter, MessageId, SharedClock, SystemClock,
+    Backoff, Classify, Envelope, ErrorKind, Jitter, MessageId, Random, SharedClock, SystemClock,
 };
-use onephase_store::{Db, Store, sqlx};
-use sqlx::postgres::PgListener;
+use onephase_store::Store;
+use onephase_store::worker::{Every, Pace, Wake, WorkerLoop};
 use uuid::Uuid;
 
 use crate::metrics::RelayMetrics;
@@ -144,7 +142,7 @@ pub struct Relay<P> {
     config: RelayConfig,
     id: Uuid,
     clock: SharedClock,
-    rng: Mutex<StdRng>,
+    random: Arc<Random>,
     metrics: RelayMetrics,
     stats: RelayStats,
     failures_log: Mutex<FailureLog>,
@@ -172,7 +170,7 @@ impl<P: Publisher> Relay<P> {
             config,
             id: Uuid::now_v7(),
             clock: Arc::new(SystemClock),
-            rng: Mutex::new(onephase_core::rand::make_rng()),
+            random: Arc::new(Random::from_entropy()),
             metrics,
             stats: RelayStats::default(),
             failures_log: Mutex::default(),
@@ -185,10 +183,15 @@ impl<P: Publisher> Relay<P> {
         self
     }
 
-    /// Draws backoff jitter from a generator seeded with `seed`, for reproducible tests.
-    pub fn with_seed(mut self, seed: u64) -> Self {
-        self.rng = Mutex::new(StdRng::seed_from_u64(seed));
+    /// Draws backoff jitter from `random` (seeded for reproducible tests).
+    pub fn with_random(mut self, random: Random) -> Self {
+        self.random = Arc::new(random);
         self
+    }
+
+    /// Draws backoff jitter from a sequence seeded with `seed`, for reproducible tests.
+    pub fn with_seed(self, seed: u64) -> Self {
+        self.with_random(Random::seeded(seed))
     }
 
     /// Counts into `stats` (made beforehand, so that a status page can show a relay's totals
@@ -210,7 +213,7 @@ impl<P: Publisher> Relay<P> {
 
     /// Claims one batch, publishes it and records the outcome.
     pub async fn run_once(&self) -> Result<RoundReport, OutboxError> {
-        let started = std::time::Instant::now();
+        let started = self.clock.monotonic();
         let sql = Sql::new(&self.store);
         let rows = sql
             .claim(
@@ -320,7 +323,8 @@ impl<P: Publisher> Relay<P> {
             sql.release(self.id, &held_back).await?;
             report.held_back = held_back.len();
         }
-        self.metrics.round(&report, started.elapsed());
+        let took = self.clock.monotonic().saturating_duration_since(started);
+        self.metrics.round(&report, took);
         self.stats.add(&report);
         Ok(report)
     }
@@ -388,12 +392,10 @@ impl<P: Publisher> Relay<P> {
     }
 
     fn failure(&self, row: &Row, kind: ErrorKind, error: String, permanent: bool) -> Failure {
+        // A negative count (never written by the relay) counts as the first attempt.
         let attempt = u32::try_from(row.attempts).unwrap_or(0);
-        let dead = permanent || attempt + 1 >= self.config.max_attempts;
-        let retry_in = match self.rng.lock() {
-            Ok(mut rng) => self.config.backoff.delay(attempt, None, &mut *rng),
-            Err(_) => self.config.backoff.ceiling(attempt),
-        };
+        let dead = permanent || attempt.saturating_add(1) >= self.config.max_attempts;
+        let retry_in = self.config.backoff.delay(attempt, None, &mut &*self.random);
         Failure {
             seq: row.seq,
             error: format!("{kind}: {error}"),
@@ -430,19 +432,18 @@ impl<P: Publisher> Relay<P> {
     /// broker errors are logged and retried; only `shutdown` ends the loop, after the round
     /// in progress (bounded by the publisher's timeouts) has been recorded.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) {
-        tokio::pin!(shutdown);
-        let poll = self.config.poll_interval.unwrap_or(match self.store.db() {
-            Db::Postgres(_) => Duration::from_secs(1),
-            Db::Sqlite(_) => Duration::from_millis(50),
-        });
-        let mut listener = self.listen().await;
-        let mut last_housekeeping: Option<std::time::Instant> = None;
-        let mut errors = 0_u32;
-        let mut woken = false;
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut worker = WorkerLoop::new(&self.store, self.clock.clone())
+            .listen_on("onephase_outbox")
+            .with_random(self.random.clone());
+        if let Some(poll) = self.config.poll_interval {
+            worker = worker.poll_interval(poll);
+        }
+        worker.start().await;
+        let mut housekeeping = Every::new(self.config.housekeeping_interval);
         loop {
-            if last_housekeeping.is_none_or(|t| t.elapsed() >= self.config.housekeeping_interval) {
+            if housekeeping.due(self.clock.monotonic()) {
                 self.housekeeping().await;
-                last_housekeeping = Some(std::time::Instant::now());
             }
             // A round in hand is finished before shutdown is looked at, so that a graceful stop
             // does not leave claimed rows waiting out their claim timeout.
@@ -450,72 +451,26 @@ impl<P: Publisher> Relay<P> {
             if futures::FutureExt::now_or_never(shutdown.as_mut()).is_some() {
                 return;
             }
-            let wait = match round {
+            let pace = match round {
                 Ok(report) => {
-                    errors = 0;
-                    if report.claimed >= self.config.batch_size as usize {
-                        continue;
-                    }
-                    if report.claimed > 0 && report.published > 0 {
-                        woken = false;
-                        continue;
-                    }
-                    if woken {
-                        // Woken by an enqueue whose transaction had not committed yet: look
-                        // again soon rather than after a whole poll interval.
-                        woken = false;
-                        Some(Duration::from_millis(2))
+                    worker.succeeded();
+                    let full = report.claimed >= self.config.batch_size as usize;
+                    if full || (report.claimed > 0 && report.published > 0) {
+                        Pace::Now
                     } else {
-                        None
+                        Pace::Poll
                     }
                 }
                 Err(e) => {
-                    errors = errors.saturating_add(1);
                     self.metrics.round_error();
                     tracing::error!(relay = %self.id, error = %e, "relay round failed; retrying");
-                    Some(
-                        self.config
-                            .backoff
-                            .ceiling(errors.min(8))
-                            .max(Duration::from_millis(100)),
-                    )
+                    Pace::After(worker.failed())
                 }
             };
-            let sleep = self.clock.sleep(wait.unwrap_or(poll));
-            let in_process = crate::wake::notified();
-            tokio::select! {
-                biased;
-                () = &mut shutdown => return,
-                () = in_process, if wait.is_none() => woken = true,
-                notification = recv(&mut listener), if wait.is_none() => {
-                    if let Err(e) = notification {
-                        tracing::warn!(error = %e, "outbox LISTEN connection failed; polling until it is back");
-                        listener = None;
-                    }
-                }
-                () = sleep => {
-                    if listener.is_none() {
-                        listener = self.listen().await;
-                    }
-                }
-            }
-        }
-    }
-
-    async fn listen(&self) -> Option<PgListener> {
-        let Db::Postgres(pool) = self.store.db() else {
-            return None;
-        };
-        let connect = async {
-            let mut listener = PgListener::connect_with(pool).await?;
-            listener.listen("onephase_outbox").await?;
-            Ok::<_, sqlx::Error>(listener)
-        };
-        match connect.await {
-            Ok(listener) => Some(listener),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot LISTEN for outbox inserts; polling");
-                None
+            let signal = crate::wake::notified();
+            let never = std::future::pending::<()>();
+            if worker.wait(pace, signal, never, shutdown.as_mut()).await == Wake::Stop {
+                return;
             }
         }
     }
@@ -540,13 +495,6 @@ impl<P: Publisher> Relay<P> {
             Ok(status) => self.metrics.status(&status),
             Err(e) => tracing::warn!(error = %e, "reading outbox status failed"),
         }
-    }
-}
-
-async fn recv(listener: &mut Option<PgListener>) -> Result<(), sqlx::Error> {
-    match listener {
-        Some(listener) => listener.recv().await.map(drop),
-        None => std::future::pending().await,
     }
 }
 

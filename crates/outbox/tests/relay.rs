@@ -556,11 +556,47 @@ async fn inbox_rows_are_pruned_by_age_in_bounded_batches() -> anyhow::Result<()>
         let mut sub = log.subscribe("pruned", "g").await?;
         consume_and_apply(&mut sub, &store, &events, Duration::from_secs(10)).await?;
         drop(sub);
-        ensure!(onephase_outbox::Inbox::prune(&store, Duration::from_secs(3600), 10).await? == 0);
+        ensure!(
+            onephase_outbox::Inbox::prune(
+                &store,
+                Duration::from_secs(3600),
+                10,
+                time::OffsetDateTime::now_utc()
+            )
+            .await?
+                == 0
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
-        ensure!(onephase_outbox::Inbox::prune(&store, Duration::ZERO, 2).await? == 2);
-        ensure!(onephase_outbox::Inbox::prune(&store, Duration::ZERO, 2).await? == 1);
-        ensure!(onephase_outbox::Inbox::prune(&store, Duration::ZERO, 2).await? == 0);
+        ensure!(
+            onephase_outbox::Inbox::prune(
+                &store,
+                Duration::ZERO,
+                2,
+                time::OffsetDateTime::now_utc()
+            )
+            .await?
+                == 2
+        );
+        ensure!(
+            onephase_outbox::Inbox::prune(
+                &store,
+                Duration::ZERO,
+                2,
+                time::OffsetDateTime::now_utc()
+            )
+            .await?
+                == 1
+        );
+        ensure!(
+            onephase_outbox::Inbox::prune(
+                &store,
+                Duration::ZERO,
+                2,
+                time::OffsetDateTime::now_utc()
+            )
+            .await?
+                == 0
+        );
         db.close().await?;
     }
     Ok(())

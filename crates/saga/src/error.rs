@@ -64,13 +64,13 @@ pub enum SagaError {
     },
     /// An event could not be built for the outbox (a topic that is not valid).
     #[error("saga event: {0}")]
-    Event(#[from] onephase_core::ValidationError),
+    Event(onephase_core::ValidationError),
     /// The outbox refused an event.
     #[error(transparent)]
     Outbox(#[from] onephase_outbox::OutboxError),
     /// The database failed.
     #[error("saga store: {0}")]
-    Store(#[from] sqlx::Error),
+    Store(sqlx::Error),
 }
 
 impl Classify for SagaError {
@@ -88,5 +88,17 @@ impl Classify for SagaError {
             SagaError::Outbox(e) => e.kind(),
             SagaError::Store(e) => onephase_store::classify_sqlx(e),
         }
+    }
+}
+
+impl From<onephase_core::ValidationError> for SagaError {
+    fn from(e: onephase_core::ValidationError) -> Self {
+        Self::Event(e)
+    }
+}
+
+impl From<sqlx::Error> for SagaError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Store(e)
     }
 }

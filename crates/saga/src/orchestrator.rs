@@ -5,18 +5,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use futures::FutureExt;
 use onephase_core::json::RawJson;
-use onephase_core::rand::SeedableRng;
-use onephase_core::rand::rngs::StdRng;
-use onephase_core::{Clock, SharedClock, SystemClock};
-use onephase_store::{Db, Store};
+use onephase_core::{Clock, Random, SharedClock, SystemClock};
+use onephase_store::worker::{Every, Pace, Wake, WorkerLoop};
+use onephase_store::{Backend, Db, Store};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use sqlx::postgres::PgListener;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -174,7 +172,7 @@ struct Inner {
     config: OrchestratorConfig,
     id: Uuid,
     clock: SharedClock,
-    rng: Mutex<StdRng>,
+    random: Arc<Random>,
     definitions: RwLock<HashMap<(String, u32), Arc<Definition>>>,
     http: reqwest::Client,
     /// Where calls to literal addresses may go.
@@ -184,6 +182,32 @@ struct Inner {
     stats: OrchestratorStats,
     /// SQLite's group commit, started on the first transition.
     group_commit: std::sync::OnceLock<GroupCommit>,
+}
+
+/// A copy is a separate orchestrator over the same store: a new id (so its claims are its
+/// own), the definitions registered so far, the same counters; nothing in flight is shared.
+impl Clone for Inner {
+    fn clone(&self) -> Self {
+        let definitions = self
+            .definitions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        Self {
+            store: self.store.clone(),
+            config: self.config.clone(),
+            id: Uuid::now_v7(),
+            clock: self.clock.clone(),
+            random: self.random.clone(),
+            definitions: RwLock::new(definitions),
+            http: self.http.clone(),
+            permits: self.permits.clone(),
+            wake: Notify::new(),
+            stopping: AtomicBool::new(false),
+            stats: self.stats.clone(),
+            group_commit: std::sync::OnceLock::new(),
+        }
+    }
 }
 
 impl OrchestratorStats {
@@ -213,7 +237,7 @@ impl Orchestrator {
                 config,
                 id: Uuid::now_v7(),
                 clock: Arc::new(SystemClock),
-                rng: Mutex::new(onephase_core::rand::make_rng()),
+                random: Arc::new(Random::from_entropy()),
                 definitions: RwLock::new(HashMap::new()),
                 http: reqwest::Client::new(),
                 permits: None,
@@ -239,20 +263,30 @@ impl Orchestrator {
         self
     }
 
+    /// The inner state to configure: this orchestrator's own, or, when clones share it, a
+    /// copy that becomes a separate orchestrator (see [`Inner`]'s `Clone`).
     fn inner_mut(&mut self) -> &mut Inner {
-        Arc::get_mut(&mut self.inner).expect("configure an orchestrator before cloning it")
+        Arc::make_mut(&mut self.inner)
     }
 
-    /// Reads time from `clock` (backoffs, leases, history). Call before cloning.
+    /// Reads time from `clock` (backoffs, leases, history). Configure before cloning: on an
+    /// orchestrator whose clones are alive, this makes a separate orchestrator (its own id and
+    /// claims, the same definitions and counters) and leaves the clones as they were.
     pub fn with_clock(mut self, clock: SharedClock) -> Self {
         self.inner_mut().clock = clock;
         self
     }
 
-    /// Seeds the backoff jitter, for reproducible tests. Call before cloning.
-    pub fn with_seed(mut self, seed: u64) -> Self {
-        self.inner_mut().rng = Mutex::new(StdRng::seed_from_u64(seed));
+    /// Draws the backoff jitter from `random` (seeded for reproducible tests); like
+    /// [`with_clock`](Self::with_clock) on a shared orchestrator.
+    pub fn with_random(mut self, random: Random) -> Self {
+        self.inner_mut().random = Arc::new(random);
         self
+    }
+
+    /// Seeds the backoff jitter, for reproducible tests.
+    pub fn with_seed(self, seed: u64) -> Self {
+        self.with_random(Random::seeded(seed))
     }
 
     /// This orchestrator's id, as written in `claimed_by`.
@@ -466,75 +500,69 @@ impl Orchestrator {
     /// Drives runs until `shutdown` completes, then lets the calls in flight finish and
     /// records their outcomes (bounded by the steps' timeouts) before returning.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) {
-        tokio::pin!(shutdown);
+        let mut shutdown = std::pin::pin!(shutdown);
         let inner = &self.inner;
-        let poll = inner
-            .config
-            .poll_interval
-            .unwrap_or(match inner.store.db() {
-                Db::Postgres(_) => Duration::from_millis(500),
-                Db::Sqlite(_) => Duration::from_millis(50),
-            });
-        let mut listener = inner.listen().await;
+        let mut worker = WorkerLoop::new(&inner.store, inner.clock.clone())
+            .listen_on("onephase_saga")
+            .poll_interval(
+                inner
+                    .config
+                    .poll_interval
+                    .unwrap_or(match inner.store.backend() {
+                        Backend::Postgres => Duration::from_millis(500),
+                        Backend::Sqlite => Duration::from_millis(50),
+                    }),
+            )
+            .with_random(inner.random.clone());
+        worker.start().await;
         let mut tasks: JoinSet<()> = JoinSet::new();
-        let mut errors = 0_u32;
         // Once a quarter of the slots are free: one claim per several finished runs rather
         // than one per run, which matters on SQLite's single writer.
         let refill = (inner.config.concurrency / 4).max(1);
         let mut claim_now = true;
-        let mut counted: Option<Instant> = None;
+        // Keeps the onephase_saga_runs gauge of the active states current.
+        let mut count = Every::new(Duration::from_secs(15));
         loop {
-            if counted.is_none_or(|at| at.elapsed() >= Duration::from_secs(15)) {
-                // Keeps the onephase_saga_runs gauge of the active states current.
-                if let Err(e) = self.admin().active_counts().await {
-                    tracing::warn!(error = %e, "counting saga runs by state failed");
-                }
-                counted = Some(Instant::now());
+            if count.due(inner.clock.monotonic())
+                && let Err(e) = self.admin().active_counts().await
+            {
+                tracing::warn!(error = %e, "counting saga runs by state failed");
             }
             while tasks.try_join_next().is_some() {}
             let free = inner.config.concurrency.saturating_sub(tasks.len());
-            let mut wait = poll;
+            let mut pace = Pace::Poll;
             if free > 0 && claim_now {
                 match inner.claim(free).await {
                     Ok(runs) => {
-                        errors = 0;
-                        let full = runs.len() == free;
+                        worker.succeeded();
+                        if runs.len() == free {
+                            pace = Pace::Now;
+                        }
                         for run in runs {
                             tasks.spawn(inner.clone().drive(run));
                         }
-                        if full {
-                            wait = Duration::ZERO;
-                        }
                     }
                     Err(e) => {
-                        errors = errors.saturating_add(1);
                         metrics::round_error();
                         tracing::error!(orchestrator = %inner.id, error = %e, "claiming saga runs failed; retrying");
-                        wait = Duration::from_millis(100 << errors.min(6));
+                        pace = Pace::After(worker.failed());
                     }
                 }
             }
-            let sleep = inner.clock.sleep(wait);
-            let worth_a_claim = |tasks: &JoinSet<()>| {
-                tasks.is_empty() || inner.config.concurrency.saturating_sub(tasks.len()) >= refill
+            let finished = async {
+                if tasks.join_next().await.is_none() {
+                    std::future::pending::<()>().await;
+                }
             };
-            claim_now = tokio::select! {
-                biased;
-                () = &mut shutdown => break,
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => worth_a_claim(&tasks),
-                () = inner.wake.notified() => worth_a_claim(&tasks),
-                notification = recv(&mut listener) => {
-                    if notification.is_err() {
-                        listener = None;
-                    }
-                    worth_a_claim(&tasks)
-                }
-                () = sleep => {
-                    if listener.is_none() {
-                        listener = inner.listen().await;
-                    }
-                    true
-                }
+            let wake = worker
+                .wait(pace, inner.wake.notified(), finished, shutdown.as_mut())
+                .await;
+            let worth_a_claim =
+                tasks.is_empty() || inner.config.concurrency.saturating_sub(tasks.len()) >= refill;
+            claim_now = match wake {
+                Wake::Stop => break,
+                Wake::Elapsed => true,
+                Wake::Signal | Wake::Notify | Wake::Event(()) => worth_a_claim,
             };
         }
         inner.stopping.store(true, Ordering::SeqCst);
@@ -543,32 +571,7 @@ impl Orchestrator {
     }
 }
 
-async fn recv(listener: &mut Option<PgListener>) -> Result<(), sqlx::Error> {
-    match listener {
-        Some(l) => l.recv().await.map(|_| ()),
-        None => std::future::pending().await,
-    }
-}
-
 impl Inner {
-    async fn listen(&self) -> Option<PgListener> {
-        let Db::Postgres(pool) = self.store.db() else {
-            return None;
-        };
-        let connect = async {
-            let mut listener = PgListener::connect_with(pool).await?;
-            listener.listen("onephase_saga").await?;
-            Ok::<_, sqlx::Error>(listener)
-        };
-        match connect.await {
-            Ok(l) => Some(l),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot LISTEN for new saga runs; polling");
-                None
-            }
-        }
-    }
-
     fn names(&self) -> Vec<String> {
         let map = self.definitions.read().unwrap_or_else(|e| e.into_inner());
         let mut names: Vec<String> = map.keys().map(|(n, _)| n.clone()).collect();
@@ -643,12 +646,9 @@ impl Inner {
     }
 
     fn backoff(&self, policy: &crate::definition::Policy, attempt: u32) -> Duration {
-        match self.rng.lock() {
-            Ok(mut rng) => policy
-                .backoff
-                .delay(attempt.saturating_sub(1), None, &mut *rng),
-            Err(_) => policy.backoff.ceiling(attempt),
-        }
+        policy
+            .backoff
+            .delay(attempt.saturating_sub(1), None, &mut &*self.random)
     }
 
     /// Writes `transition` if the run's fence is still `fence`, the one its claim raised it
@@ -826,8 +826,9 @@ impl Inner {
                     let results = futures::future::join_all(calls.into_iter().map(
                         |(name, phase, policy, invoker, call)| {
                             let saga = run.saga.clone();
+                            let clock = self.clock.clone();
                             async move {
-                                let started = Instant::now();
+                                let started = clock.monotonic();
                                 let attempt = call.attempt;
                                 let result = match tokio::time::timeout(
                                     policy.timeout,
@@ -844,7 +845,7 @@ impl Inner {
                                         policy.timeout.as_millis()
                                     ))),
                                 };
-                                let elapsed = started.elapsed();
+                                let elapsed = clock.monotonic().saturating_duration_since(started);
                                 metrics::attempt(&saga, &name, phase, &result, elapsed);
                                 (name, phase, policy, attempt, result, elapsed)
                             }

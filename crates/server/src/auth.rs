@@ -17,7 +17,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use onephase_core::{Classify, ErrorKind};
 use onephase_store::sqlx;
-use onephase_store::{Db, Store, StoreError};
+use onephase_store::{Store, StoreError, on_store};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -320,15 +320,9 @@ impl Tokens {
         }
         let sql = "SELECT name, role FROM onephase_api_tokens \
                    WHERE token_sha256 = $1 AND revoked_at IS NULL";
-        let row: Option<(String, String)> = match self.store.db() {
-            Db::Sqlite(s) => {
-                sqlx::query_as(sql)
-                    .bind(&hash)
-                    .fetch_optional(s.reader())
-                    .await
-            }
-            Db::Postgres(p) => sqlx::query_as(sql).bind(&hash).fetch_optional(p).await,
-        }
+        let row: Option<(String, String)> = on_store!(read self.store.db(), pool => {
+            sqlx::query_as(sql).bind(&hash).fetch_optional(pool).await
+        })
         .map_err(query_error("token lookup"))?;
         let (name, role) = row.ok_or(AuthError::InvalidToken)?;
         Ok(Caller {
@@ -375,24 +369,16 @@ impl Tokens {
     ) -> Result<bool, AuthError> {
         let sql = "INSERT INTO onephase_api_tokens (name, role, token_sha256, created_at) \
                    VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING";
-        let result = match self.store.db() {
-            Db::Sqlite(s) => sqlx::query(sql)
+        let result = on_store!(self.store.db(), pool => {
+            sqlx::query(sql)
                 .bind(name)
                 .bind(role.as_str())
                 .bind(hash)
                 .bind(now)
-                .execute(s.writer())
+                .execute(pool)
                 .await
-                .map(|r| r.rows_affected()),
-            Db::Postgres(p) => sqlx::query(sql)
-                .bind(name)
-                .bind(role.as_str())
-                .bind(hash)
-                .bind(now)
-                .execute(p)
-                .await
-                .map(|r| r.rows_affected()),
-        }
+                .map(|r| r.rows_affected())
+        })
         .map_err(query_error("token insert"))?;
         Ok(result == 1)
     }
@@ -401,11 +387,9 @@ impl Tokens {
     pub async fn list(&self) -> Result<Vec<TokenInfo>, AuthError> {
         let sql =
             "SELECT name, role, created_at, revoked_at FROM onephase_api_tokens ORDER BY name";
-        let rows: Vec<TokenRow> = match self.store.db() {
-            Db::Sqlite(s) => sqlx::query_as(sql).fetch_all(s.reader()).await,
-            Db::Postgres(p) => sqlx::query_as(sql).fetch_all(p).await,
-        }
-        .map_err(query_error("token list"))?;
+        let rows: Vec<TokenRow> =
+            on_store!(read self.store.db(), pool => sqlx::query_as(sql).fetch_all(pool).await)
+                .map_err(query_error("token list"))?;
         let configured = self.configured.iter().map(|c| TokenInfo {
             name: c.name.clone(),
             role: c.role,
@@ -437,20 +421,14 @@ impl Tokens {
         }
         let sql = "UPDATE onephase_api_tokens SET revoked_at = COALESCE(revoked_at, $2) \
                    WHERE name = $1";
-        let affected = match self.store.db() {
-            Db::Sqlite(s) => sqlx::query(sql)
+        let affected = on_store!(self.store.db(), pool => {
+            sqlx::query(sql)
                 .bind(name)
                 .bind(now)
-                .execute(s.writer())
+                .execute(pool)
                 .await
-                .map(|r| r.rows_affected()),
-            Db::Postgres(p) => sqlx::query(sql)
-                .bind(name)
-                .bind(now)
-                .execute(p)
-                .await
-                .map(|r| r.rows_affected()),
-        }
+                .map(|r| r.rows_affected())
+        })
         .map_err(query_error("token revoke"))?;
         if affected == 0 {
             return Err(AuthError::NotFound(name.to_owned()));
@@ -473,11 +451,9 @@ impl Tokens {
             return Ok(false);
         }
         let sql = "SELECT COUNT(*) FROM onephase_api_tokens";
-        let count: i64 = match self.store.db() {
-            Db::Sqlite(s) => sqlx::query_scalar(sql).fetch_one(s.writer()).await,
-            Db::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await,
-        }
-        .map_err(query_error("token count"))?;
+        let count: i64 =
+            on_store!(self.store.db(), pool => sqlx::query_scalar(sql).fetch_one(pool).await)
+                .map_err(query_error("token count"))?;
         if count > 0 {
             return Ok(false);
         }

@@ -10,7 +10,8 @@ use std::time::Duration;
 use onephase_limit::{
     Algorithm, Decision, HybridLimiter, LimitError, Limiter, LocalLimiter, Policy, StoreLimiter,
 };
-use onephase_store::{Db, Store};
+use onephase_store::convert::narrow;
+use onephase_store::{Store, on_store};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -254,7 +255,7 @@ pub enum PolicyError {
     Limit(#[from] LimitError),
     /// The store failed.
     #[error("store failed: {0}")]
-    Store(#[from] sqlx::Error),
+    Store(sqlx::Error),
 }
 
 /// The server's policies and their limiters.
@@ -443,30 +444,24 @@ impl LimitService {
     async fn load(&self, name: &str) -> Result<Option<PolicySpec>, sqlx::Error> {
         let sql = "SELECT algorithm, units, period_ms, burst, fail_mode, chunk FROM onephase_limit_policies WHERE name = $1";
         #[allow(clippy::type_complexity)]
-        let row: Option<(String, i64, i64, Option<i64>, String, Option<i64>)> =
-            match self.store.db() {
-                Db::Postgres(p) => sqlx::query_as(sql).bind(name).fetch_optional(p).await?,
-                Db::Sqlite(s) => {
-                    sqlx::query_as(sql)
-                        .bind(name)
-                        .fetch_optional(s.reader())
-                        .await?
-                }
-            };
-        Ok(row.map(
-            |(algorithm, units, period_ms, burst, fail_mode, chunk)| PolicySpec {
-                algorithm,
-                limit: u64::try_from(units).unwrap_or(0),
-                period_ms: u64::try_from(period_ms).unwrap_or(0),
-                burst: burst.and_then(|b| u64::try_from(b).ok()),
-                fail_mode: Some(if fail_mode == "closed" {
-                    FailMode::Closed
-                } else {
-                    FailMode::Open
-                }),
-                chunk: chunk.and_then(|c| u64::try_from(c).ok()),
-            },
-        ))
+        let row: Option<(String, i64, i64, Option<i64>, String, Option<i64>)> = on_store!(read self.store.db(), pool => {
+            sqlx::query_as(sql).bind(name).fetch_optional(pool).await?
+        });
+        let Some((algorithm, units, period_ms, burst, fail_mode, chunk)) = row else {
+            return Ok(None);
+        };
+        Ok(Some(PolicySpec {
+            algorithm,
+            limit: narrow("units", units)?,
+            period_ms: narrow("period_ms", period_ms)?,
+            burst: burst.map(|b| narrow("burst", b)).transpose()?,
+            fail_mode: Some(if fail_mode == "closed" {
+                FailMode::Closed
+            } else {
+                FailMode::Open
+            }),
+            chunk: chunk.map(|c| narrow("chunk", c)).transpose()?,
+        }))
     }
 
     /// Checks `cost` units for `key` under policy `name`.
@@ -513,26 +508,20 @@ impl LimitService {
                    algorithm = excluded.algorithm, units = excluded.units, period_ms = excluded.period_ms, \
                    burst = excluded.burst, fail_mode = excluded.fail_mode, chunk = excluded.chunk";
         let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        macro_rules! run {
-            ($pool:expr) => {
-                sqlx::query(sql)
-                    .bind(name)
-                    .bind(&spec.algorithm)
-                    .bind(to_i64(spec.limit))
-                    .bind(to_i64(spec.period_ms))
-                    .bind(spec.burst.map(to_i64))
-                    .bind(spec.fail_mode.unwrap_or_default().as_str())
-                    .bind(now)
-                    .bind(spec.chunk.map(to_i64))
-                    .execute($pool)
-                    .await
-                    .map(drop)?
-            };
-        }
-        match self.store.db() {
-            Db::Postgres(p) => run!(p),
-            Db::Sqlite(s) => run!(s.writer()),
-        };
+        on_store!(self.store.db(), pool => {
+            sqlx::query(sql)
+                .bind(name)
+                .bind(&spec.algorithm)
+                .bind(to_i64(spec.limit))
+                .bind(to_i64(spec.period_ms))
+                .bind(spec.burst.map(to_i64))
+                .bind(spec.fail_mode.unwrap_or_default().as_str())
+                .bind(now)
+                .bind(spec.chunk.map(to_i64))
+                .execute(pool)
+                .await
+                .map(drop)?
+        });
         self.install(name, spec)?;
         Ok(!existed)
     }
@@ -543,18 +532,9 @@ impl LimitService {
             return Err(PolicyError::FromConfig(name.to_owned()));
         }
         let sql = "DELETE FROM onephase_limit_policies WHERE name = $1";
-        let removed = match self.store.db() {
-            Db::Postgres(p) => sqlx::query(sql)
-                .bind(name)
-                .execute(p)
-                .await?
-                .rows_affected(),
-            Db::Sqlite(s) => sqlx::query(sql)
-                .bind(name)
-                .execute(s.writer())
-                .await?
-                .rows_affected(),
-        };
+        let removed = on_store!(self.store.db(), pool => {
+            sqlx::query(sql).bind(name).execute(pool).await?.rows_affected()
+        });
         self.write().remove(name);
         if removed == 0 {
             return Err(PolicyError::Unknown(name.to_owned()));
@@ -565,10 +545,8 @@ impl LimitService {
     /// Every policy: configured ones, then the store's.
     pub async fn list(&self) -> Result<Vec<PolicyView>, PolicyError> {
         let sql = "SELECT name FROM onephase_limit_policies ORDER BY name";
-        let names: Vec<String> = match self.store.db() {
-            Db::Postgres(p) => sqlx::query_scalar(sql).fetch_all(p).await?,
-            Db::Sqlite(s) => sqlx::query_scalar(sql).fetch_all(s.reader()).await?,
-        };
+        let names: Vec<String> =
+            on_store!(read self.store.db(), pool => sqlx::query_scalar(sql).fetch_all(pool).await?);
         for name in names {
             self.get(&name).await?;
         }
@@ -600,5 +578,11 @@ impl onephase_core::Classify for PolicyError {
             Self::Limit(e) => e.kind(),
             Self::Store(e) => onephase_store::classify_sqlx(e),
         }
+    }
+}
+
+impl From<sqlx::Error> for PolicyError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Store(e)
     }
 }

@@ -66,7 +66,7 @@ pub enum ServerError {
     Config(#[from] crate::config::ConfigError),
     /// Serving failed.
     #[error("serving HTTP failed: {0}")]
-    Serve(#[source] std::io::Error),
+    Serve(std::io::Error),
 }
 
 impl Classify for ServerError {

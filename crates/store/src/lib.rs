@@ -34,14 +34,19 @@
 //! # Ok(()) }
 //! ```
 
+mod connection;
+pub mod convert;
+pub mod dispatch;
 mod error;
 mod migrate;
 mod options;
 mod postgres;
 mod sqlite;
+pub mod worker;
 
 use std::fmt;
 
+pub use connection::{Conn, Connection};
 pub use error::{StoreError, classify_sqlx};
 pub use migrate::{Adoption, Migrations};
 pub use options::StoreOptions;

@@ -18,7 +18,7 @@ const STALE_AFTER: Duration = Duration::from_secs(3600);
 pub enum TestDbError {
     /// The temporary directory for a SQLite file could not be created.
     #[error("cannot create a temporary directory: {0}")]
-    TempDir(#[from] std::io::Error),
+    TempDir(std::io::Error),
     /// The store refused to open.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -268,5 +268,11 @@ mod tests {
             "postgresql://u:p@h/x?sslmode=disable"
         );
         assert_eq!(with_database("postgres://h", "x"), "postgres://h/x");
+    }
+}
+
+impl From<std::io::Error> for TestDbError {
+    fn from(e: std::io::Error) -> Self {
+        Self::TempDir(e)
     }
 }

@@ -14,10 +14,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
-use onephase_core::rand::SeedableRng;
-use onephase_core::rand::rngs::StdRng;
-use onephase_core::{SharedClock, SystemClock};
+use onephase_core::{Random, SharedClock, SystemClock};
 use onephase_store::Store;
+use onephase_store::worker::{Pace, Wake, WorkerLoop};
 use tokio::sync::{Notify, mpsc};
 
 use crate::WebhookError;
@@ -105,7 +104,7 @@ struct Inner {
     config: DispatcherConfig,
     client: DeliveryClient,
     clock: SharedClock,
-    rng: Mutex<StdRng>,
+    random: Arc<Random>,
     in_flight: AtomicUsize,
     freed: Notify,
     /// Claims made, to rotate which endpoint a claim starts with.
@@ -141,9 +140,9 @@ impl Dispatcher {
     pub fn new(store: Store, config: DispatcherConfig) -> Result<Self, WebhookError> {
         let client = DeliveryClient::new(config.policy.clone(), config.attempt_timeout)
             .map_err(|e| WebhookError::invalid(format!("HTTP client: {e}")))?;
-        let rng = match config.seed {
-            Some(seed) => StdRng::seed_from_u64(seed),
-            None => onephase_core::rand::make_rng(),
+        let random = match config.seed {
+            Some(seed) => Random::seeded(seed),
+            None => Random::from_entropy(),
         };
         Ok(Self {
             inner: Arc::new(Inner {
@@ -151,7 +150,7 @@ impl Dispatcher {
                 config,
                 client,
                 clock: Arc::new(SystemClock),
-                rng: Mutex::new(rng),
+                random: Arc::new(random),
                 in_flight: AtomicUsize::new(0),
                 freed: Notify::new(),
                 rounds: AtomicUsize::new(0),
@@ -224,6 +223,20 @@ impl Dispatcher {
         .await?)
     }
 
+    /// Starts one task per claimed delivery; each sends its outcome to the recording task.
+    fn spawn_attempts(&self, claimed: Vec<Claimed>, results: &mpsc::UnboundedSender<Finished>) {
+        self.inner
+            .in_flight
+            .fetch_add(claimed.len(), Ordering::AcqRel);
+        for c in claimed {
+            let inner = self.inner.clone();
+            let results = results.clone();
+            tokio::spawn(async move {
+                let _ = results.send(inner.attempt(c).await);
+            });
+        }
+    }
+
     /// Delivers until `shutdown` completes; then stops claiming and waits (at most one attempt
     /// timeout and lease margin) for the attempts in flight to be recorded. Store errors are
     /// logged and retried; they never end the loop.
@@ -250,53 +263,44 @@ impl Dispatcher {
         });
         let mut shutdown = std::pin::pin!(shutdown);
         let config = &self.inner.config;
-        let mut eager = 0_u8;
+        // No LISTEN: a message committed elsewhere is found by the next poll.
+        let mut worker = WorkerLoop::new(&self.inner.store, self.inner.clock.clone())
+            .poll_interval(config.poll_interval)
+            .with_random(self.inner.random.clone());
         loop {
             let room = config
                 .max_in_flight
                 .saturating_sub(self.inner.in_flight.load(Ordering::Acquire));
-            let mut full = false;
+            let mut pace = Pace::Poll;
             if room > 0 {
                 let limit = u32::try_from(room)
                     .unwrap_or(u32::MAX)
                     .min(config.claim_batch);
                 match self.claim(limit).await {
                     Ok(claimed) => {
-                        full = claimed.len() == limit as usize;
-                        self.inner
-                            .in_flight
-                            .fetch_add(claimed.len(), Ordering::AcqRel);
-                        for c in claimed {
-                            let inner = self.inner.clone();
-                            let results = results.clone();
-                            tokio::spawn(async move {
-                                let _ = results.send(inner.attempt(c).await);
-                            });
+                        worker.succeeded();
+                        if claimed.len() == limit as usize {
+                            pace = Pace::Now;
                         }
+                        self.spawn_attempts(claimed, &results);
                     }
-                    Err(e) => tracing::warn!(error = %e, "webhook claim failed; retrying"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "webhook claim failed; retrying");
+                        pace = Pace::After(
+                            worker
+                                .failed()
+                                .min(config.poll_interval.max(MAX_CLAIM_BACKOFF)),
+                        );
+                    }
                 }
             }
-            if full {
-                tokio::select! {
-                    () = &mut shutdown => break,
-                    () = tokio::task::yield_now() => continue,
-                }
-            }
-            // A message sent in this process wakes the loop before its transaction commits,
-            // so after a wake the loop looks again a few times at short intervals.
-            let wait = if eager > 0 {
-                eager -= 1;
-                config.poll_interval.min(Duration::from_millis(5))
-            } else {
-                config.poll_interval
-            };
-            let woken = SENT.notified();
-            tokio::select! {
-                () = &mut shutdown => break,
-                () = woken => eager = 3,
-                () = self.inner.freed.notified() => {}
-                () = self.inner.clock.sleep(wait) => {}
+            let freed = self.inner.freed.notified();
+            if worker
+                .wait(pace, SENT.notified(), freed, shutdown.as_mut())
+                .await
+                == Wake::Stop
+            {
+                break;
             }
         }
         drop(results);
@@ -308,6 +312,9 @@ impl Dispatcher {
         }
     }
 }
+
+/// The longest a dispatcher waits after a failed claim before it tries again.
+const MAX_CLAIM_BACKOFF: Duration = Duration::from_secs(1);
 
 /// How often a dispatcher looks for deliveries left pending on an endpoint it disabled.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -370,10 +377,7 @@ impl Inner {
                     slow_until_ms = Some(ended_ms + millis(period));
                 }
                 let next = u32::try_from(attempt).unwrap_or(u32::MAX).saturating_add(1);
-                let scheduled = {
-                    let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
-                    self.config.schedule.delay_before(next, &mut *rng)
-                };
+                let scheduled = self.config.schedule.delay_before(next, &mut &*self.random);
                 match scheduled {
                     Some(delay) => {
                         let delay = next_delay(delay, retry_after, self.config.max_retry_after);

@@ -231,11 +231,11 @@ impl StoredKey {
         parse_key(&self.key)
     }
 
-    pub(crate) fn info(&self) -> KeyInfo {
-        KeyInfo {
+    pub(crate) fn info(&self) -> Result<KeyInfo, sqlx::Error> {
+        Ok(KeyInfo {
             scheme: scheme_of(&self.key),
-            expires_at: self.expires_at_ms.map(crate::sql::from_ms),
-        }
+            expires_at: self.expires_at_ms.map(crate::sql::from_ms).transpose()?,
+        })
     }
 
     pub(crate) fn verifying(&self) -> Result<VerifyingKey, KeyError> {
@@ -246,7 +246,11 @@ impl StoredKey {
         Ok(VerifyingKey {
             scheme: scheme_of(&self.key),
             key,
-            expires_at: self.expires_at_ms.map(crate::sql::from_ms),
+            expires_at: self
+                .expires_at_ms
+                .map(crate::sql::from_ms)
+                .transpose()
+                .map_err(|_| KeyError::new("a stored key's expiry is out of range"))?,
         })
     }
 }

@@ -44,10 +44,10 @@ pub enum WebhookError {
     },
     /// The store failed.
     #[error("webhook store: {0}")]
-    Store(#[from] sqlx::Error),
+    Store(sqlx::Error),
     /// The operational event could not be written to the outbox.
     #[error("webhook event: {0}")]
-    Outbox(#[from] onephase_outbox::OutboxError),
+    Outbox(onephase_outbox::OutboxError),
 }
 
 impl WebhookError {
@@ -74,5 +74,17 @@ impl Classify for WebhookError {
             Self::Store(e) => onephase_store::classify_sqlx(e),
             Self::Outbox(e) => e.kind(),
         }
+    }
+}
+
+impl From<sqlx::Error> for WebhookError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Store(e)
+    }
+}
+
+impl From<onephase_outbox::OutboxError> for WebhookError {
+    fn from(e: onephase_outbox::OutboxError) -> Self {
+        Self::Outbox(e)
     }
 }

@@ -1,12 +1,11 @@
 //! Sending: a message is written, with one pending delivery per matching endpoint, in the
 //! caller's transaction.
 
-use futures::future::BoxFuture;
+use onephase_store::Conn;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use sha2::{Digest as _, Sha256};
-use sqlx::{PgConnection, Postgres, Sqlite, SqliteConnection, Transaction};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -167,42 +166,8 @@ pub struct Sent {
 }
 
 /// A connection or transaction a message can be written with: PostgreSQL or SQLite, a bare
-/// connection or a [`Transaction`]. Sealed; implemented for sqlx's types.
-pub trait WebhookConnection: sealed::Sealed + Send {
-    #[doc(hidden)]
-    fn write<'a>(
-        &'a mut self,
-        m: &'a PreparedMessage,
-    ) -> BoxFuture<'a, Result<Written, sqlx::Error>>;
-}
-
-mod sealed {
-    pub trait Sealed {}
-    impl Sealed for sqlx::PgConnection {}
-    impl Sealed for sqlx::SqliteConnection {}
-    impl Sealed for sqlx::Transaction<'_, sqlx::Postgres> {}
-    impl Sealed for sqlx::Transaction<'_, sqlx::Sqlite> {}
-}
-
-macro_rules! webhook_connection {
-    ($($ty:ty => $write:path;)*) => {$(
-        impl WebhookConnection for $ty {
-            fn write<'a>(
-                &'a mut self,
-                m: &'a PreparedMessage,
-            ) -> BoxFuture<'a, Result<Written, sqlx::Error>> {
-                $write(self, m)
-            }
-        }
-    )*};
-}
-
-webhook_connection! {
-    PgConnection => sql::write_pg;
-    SqliteConnection => sql::write_sqlite;
-    Transaction<'_, Postgres> => sql::write_pg;
-    Transaction<'_, Sqlite> => sql::write_sqlite;
-}
+/// connection or a [`Transaction`](sqlx::Transaction). The store's one connection bound.
+pub use onephase_store::Connection as WebhookConnection;
 
 /// Writes `message` as part of the caller's transaction, with one pending delivery to each
 /// enabled endpoint of its application whose filter accepts its type. It is delivered only
@@ -246,7 +211,11 @@ pub async fn send_with_limit<C: WebhookConnection + ?Sized>(
     max_body: usize,
 ) -> Result<Sent, WebhookError> {
     let prepared = message.prepare(now, max_body)?;
-    match conn.write(&prepared).await? {
+    let written = match conn.connection() {
+        Conn::Postgres(c) => sql::write_pg(c, &prepared).await?,
+        Conn::Sqlite(c) => sql::write_sqlite(c, &prepared).await?,
+    };
+    match written {
         Written::New { endpoints } => {
             if endpoints > 0 {
                 crate::dispatcher::wake();

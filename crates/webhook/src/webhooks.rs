@@ -239,8 +239,8 @@ impl Webhooks {
                 &row.url,
                 row.description.as_deref(),
                 filter.as_deref(),
-                sql::to_u32(row.max_concurrency),
-                row.rate_limit.map(sql::to_u32),
+                sql::to_u32(row.max_concurrency)?,
+                row.rate_limit.map(sql::to_u32).transpose()?,
             )?;
             row.event_types = encode_filter(filter.as_deref())?;
             Ok(())

@@ -1,8 +1,6 @@
 //! The fence in a SQL transaction.
 
-use futures::FutureExt as _;
-use futures::future::BoxFuture;
-use sqlx::{PgConnection, Postgres, Sqlite, SqliteConnection, Transaction};
+use onephase_store::Conn;
 
 use crate::{FenceError, FencingToken};
 
@@ -16,68 +14,47 @@ const ADVANCE: &str = "INSERT INTO onephase_fences (resource, token) VALUES ($1,
 
 const HIGHEST: &str = "SELECT token FROM onephase_fences WHERE resource = $1";
 
-/// A PostgreSQL or SQLite connection or transaction the fence can be checked on. Sealed;
-/// implemented for sqlx's types.
-pub trait FenceConnection: sealed::Sealed + Send {
-    #[doc(hidden)]
-    fn advance<'a>(
-        &'a mut self,
-        resource: &'a str,
-        token: i64,
-    ) -> BoxFuture<'a, Result<Option<i64>, sqlx::Error>>;
-    #[doc(hidden)]
-    fn highest<'a>(
-        &'a mut self,
-        resource: &'a str,
-    ) -> BoxFuture<'a, Result<Option<i64>, sqlx::Error>>;
-}
+/// A PostgreSQL or SQLite connection or transaction the fence can be checked on: the
+/// store's one connection bound.
+pub use onephase_store::Connection as FenceConnection;
 
-mod sealed {
-    pub trait Sealed {}
-    impl Sealed for sqlx::PgConnection {}
-    impl Sealed for sqlx::SqliteConnection {}
-    impl Sealed for sqlx::Transaction<'_, sqlx::Postgres> {}
-    impl Sealed for sqlx::Transaction<'_, sqlx::Sqlite> {}
-}
-
-macro_rules! fence_connection {
-    ($($ty:ty => $conn:ty;)*) => {$(
-        impl FenceConnection for $ty {
-            fn advance<'a>(
-                &'a mut self,
-                resource: &'a str,
-                token: i64,
-            ) -> BoxFuture<'a, Result<Option<i64>, sqlx::Error>> {
-                async move {
-                    let conn: &mut $conn = &mut *self;
-                    sqlx::query_scalar(ADVANCE)
-                        .bind(resource)
-                        .bind(token)
-                        .fetch_optional(conn)
-                        .await
-                }
-                .boxed()
-            }
-
-            fn highest<'a>(
-                &'a mut self,
-                resource: &'a str,
-            ) -> BoxFuture<'a, Result<Option<i64>, sqlx::Error>> {
-                async move {
-                    let conn: &mut $conn = &mut *self;
-                    sqlx::query_scalar(HIGHEST).bind(resource).fetch_optional(conn).await
-                }
-                .boxed()
-            }
+/// Raises the fence; `Some` when it did.
+async fn advance<C: FenceConnection + ?Sized>(
+    conn: &mut C,
+    resource: &str,
+    token: i64,
+) -> Result<Option<i64>, sqlx::Error> {
+    match conn.connection() {
+        Conn::Postgres(c) => {
+            let query = sqlx::query_scalar(ADVANCE).bind(resource).bind(token);
+            query.fetch_optional(c).await
         }
-    )*};
+        Conn::Sqlite(c) => {
+            let query = sqlx::query_scalar(ADVANCE).bind(resource).bind(token);
+            query.fetch_optional(c).await
+        }
+    }
 }
 
-fence_connection! {
-    PgConnection => PgConnection;
-    SqliteConnection => SqliteConnection;
-    Transaction<'_, Postgres> => PgConnection;
-    Transaction<'_, Sqlite> => SqliteConnection;
+/// The resource's highest accepted token.
+async fn read_highest<C: FenceConnection + ?Sized>(
+    conn: &mut C,
+    resource: &str,
+) -> Result<Option<i64>, sqlx::Error> {
+    match conn.connection() {
+        Conn::Postgres(c) => {
+            sqlx::query_scalar(HIGHEST)
+                .bind(resource)
+                .fetch_optional(c)
+                .await
+        }
+        Conn::Sqlite(c) => {
+            sqlx::query_scalar(HIGHEST)
+                .bind(resource)
+                .fetch_optional(c)
+                .await
+        }
+    }
 }
 
 /// Admits `token` to `resource` in the caller's transaction: records it as the resource's
@@ -111,10 +88,10 @@ pub async fn check<C: FenceConnection + ?Sized>(
     token: FencingToken,
 ) -> Result<(), FenceError> {
     let value = token.as_i64().ok_or(FenceError::OutOfRange(token))?;
-    if conn.advance(resource, value).await?.is_some() {
+    if advance(conn, resource, value).await?.is_some() {
         return Ok(());
     }
-    let highest = conn.highest(resource).await?.unwrap_or(value);
+    let highest = read_highest(conn, resource).await?.unwrap_or(value);
     Err(FenceError::Stale {
         resource: resource.to_owned(),
         token,
@@ -127,5 +104,7 @@ pub async fn highest<C: FenceConnection + ?Sized>(
     conn: &mut C,
     resource: &str,
 ) -> Result<Option<FencingToken>, FenceError> {
-    Ok(conn.highest(resource).await?.map(FencingToken::from_i64))
+    Ok(read_highest(conn, resource)
+        .await?
+        .map(FencingToken::from_i64))
 }

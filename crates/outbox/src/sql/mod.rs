@@ -6,7 +6,7 @@ mod sqlite;
 
 use std::time::Duration;
 
-use onephase_store::{Db, Store};
+use onephase_store::{Db, Store, on_store};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -76,6 +76,8 @@ fn secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Er
     }
 }
 
+/// The relay's and the admin's statements, on whichever backend the store has. PostgreSQL
+/// times claims and retention on its own clock and ignores `now`; SQLite uses `now`.
 pub(crate) struct Sql<'a> {
     db: Db<'a>,
 }
@@ -92,10 +94,7 @@ impl<'a> Sql<'a> {
         claim_for: Duration,
         now: OffsetDateTime,
     ) -> Result<Vec<Row>, sqlx::Error> {
-        match self.db {
-            Db::Postgres(pool) => postgres::claim(pool, relay, limit, claim_for).await,
-            Db::Sqlite(s) => sqlite::claim(s.writer(), relay, limit, claim_for, now).await,
-        }
+        on_store!(self.db, pool, sql: postgres | sqlite => sql::claim(pool, relay, limit, claim_for, now).await)
     }
 
     /// Marks rows published (deleting them when `keep` is false); returns how many were still
@@ -107,10 +106,7 @@ impl<'a> Sql<'a> {
         keep: bool,
         now: OffsetDateTime,
     ) -> Result<u64, sqlx::Error> {
-        match self.db {
-            Db::Postgres(pool) => postgres::published(pool, relay, seqs, keep).await,
-            Db::Sqlite(s) => sqlite::published(s.writer(), relay, seqs, keep, now).await,
-        }
+        on_store!(self.db, pool, sql: postgres | sqlite => sql::published(pool, relay, seqs, keep, now).await)
     }
 
     pub(crate) async fn failed(
@@ -119,17 +115,11 @@ impl<'a> Sql<'a> {
         failures: &[Failure],
         now: OffsetDateTime,
     ) -> Result<u64, sqlx::Error> {
-        match self.db {
-            Db::Postgres(pool) => postgres::failed(pool, relay, failures).await,
-            Db::Sqlite(s) => sqlite::failed(s.writer(), relay, failures, now).await,
-        }
+        on_store!(self.db, pool, sql: postgres | sqlite => sql::failed(pool, relay, failures, now).await)
     }
 
     pub(crate) async fn release(&self, relay: Uuid, seqs: &[i64]) -> Result<u64, sqlx::Error> {
-        match self.db {
-            Db::Postgres(pool) => postgres::release(pool, relay, seqs).await,
-            Db::Sqlite(s) => sqlite::release(s.writer(), relay, seqs).await,
-        }
+        on_store!(self.db, pool, sql: postgres | sqlite => sql::release(pool, relay, seqs).await)
     }
 
     /// Deletes up to `limit` published rows older than `keep`; returns how many.
@@ -139,10 +129,7 @@ impl<'a> Sql<'a> {
         limit: u32,
         now: OffsetDateTime,
     ) -> Result<u64, sqlx::Error> {
-        match self.db {
-            Db::Postgres(pool) => postgres::prune_published(pool, keep, limit).await,
-            Db::Sqlite(s) => sqlite::prune_published(s.writer(), keep, limit, now).await,
-        }
+        on_store!(self.db, pool, sql: postgres | sqlite => sql::prune_published(pool, keep, limit, now).await)
     }
 
     pub(crate) async fn prune_inbox(
@@ -151,10 +138,7 @@ impl<'a> Sql<'a> {
         limit: u32,
         now: OffsetDateTime,
     ) -> Result<u64, sqlx::Error> {
-        match self.db {
-            Db::Postgres(pool) => postgres::prune_inbox(pool, older_than, limit).await,
-            Db::Sqlite(s) => sqlite::prune_inbox(s.writer(), older_than, limit, now).await,
-        }
+        on_store!(self.db, pool, sql: postgres | sqlite => sql::prune_inbox(pool, older_than, limit, now).await)
     }
 
     /// PostgreSQL: vacuums the outbox when its dead tuples exceed `threshold`. SQLite has no
@@ -163,19 +147,12 @@ impl<'a> Sql<'a> {
         &self,
         threshold: u64,
     ) -> Result<Option<i64>, sqlx::Error> {
-        match self.db {
-            Db::Postgres(pool) => {
-                postgres::vacuum_if_needed(pool, i64::try_from(threshold).unwrap_or(i64::MAX)).await
-            }
-            Db::Sqlite(_) => Ok(None),
-        }
+        let threshold = i64::try_from(threshold).unwrap_or(i64::MAX);
+        on_store!(self.db, pool, sql: postgres | sqlite => sql::vacuum_if_needed(pool, threshold).await)
     }
 
     pub(crate) async fn status(&self, now: OffsetDateTime) -> Result<OutboxStatus, sqlx::Error> {
-        match self.db {
-            Db::Postgres(pool) => postgres::status(pool).await,
-            Db::Sqlite(s) => sqlite::status(s.reader(), now).await,
-        }
+        on_store!(read self.db, pool, sql: postgres | sqlite => sql::status(pool, now).await)
     }
 
     pub(crate) async fn dead(
@@ -183,29 +160,16 @@ impl<'a> Sql<'a> {
         after_seq: i64,
         limit: u32,
     ) -> Result<Vec<DeadRow>, sqlx::Error> {
-        match self.db {
-            Db::Postgres(pool) => postgres::dead(pool, after_seq, limit).await,
-            Db::Sqlite(s) => sqlite::dead(s.reader(), after_seq, limit).await,
-        }
+        on_store!(read self.db, pool, sql: postgres | sqlite => sql::dead(pool, after_seq, limit).await)
     }
 
     /// Returns dead rows to pending with a fresh attempt count: the named ones, or all.
     pub(crate) async fn retry(&self, ids: Option<&[Uuid]>) -> Result<u64, sqlx::Error> {
-        match self.db {
-            Db::Postgres(pool) => postgres::retry(pool, ids).await,
-            Db::Sqlite(s) => sqlite::retry(s.writer(), ids).await,
-        }
+        on_store!(self.db, pool, sql: postgres | sqlite => sql::retry(pool, ids).await)
     }
 
     /// Deletes the named dead rows.
     pub(crate) async fn discard(&self, ids: &[Uuid]) -> Result<u64, sqlx::Error> {
-        match self.db {
-            Db::Postgres(pool) => postgres::discard(pool, ids).await,
-            Db::Sqlite(s) => sqlite::discard(s.writer(), ids).await,
-        }
+        on_store!(self.db, pool, sql: postgres | sqlite => sql::discard(pool, ids).await)
     }
-}
-
-pub(crate) fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }

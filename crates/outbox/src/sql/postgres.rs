@@ -1,9 +1,12 @@
 use std::time::Duration;
 
 use sqlx::{PgPool, Row as _};
+use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{DeadRow, Failure, OutboxStatus, Row, millis};
+use onephase_store::convert::duration_ms as millis;
+
+use super::{DeadRow, Failure, OutboxStatus, Row};
 
 /// Claims up to `limit` rows that are due, never a row whose key has an earlier unpublished
 /// row outside this claim (held by another relay, backing off, or dead-lettered).
@@ -17,6 +20,7 @@ pub(super) async fn claim(
     relay: Uuid,
     limit: u32,
     claim_for: Duration,
+    _now: OffsetDateTime,
 ) -> Result<Vec<Row>, sqlx::Error> {
     let rows = sqlx::query(
         "WITH candidates AS ( \
@@ -67,6 +71,7 @@ pub(super) async fn published(
     relay: Uuid,
     seqs: &[i64],
     keep: bool,
+    _now: OffsetDateTime,
 ) -> Result<u64, sqlx::Error> {
     let sql = if keep {
         "UPDATE onephase_outbox SET published_at = now(), claimed_by = NULL, claimed_until = NULL, \
@@ -87,6 +92,7 @@ pub(super) async fn failed(
     pool: &PgPool,
     relay: Uuid,
     failures: &[Failure],
+    _now: OffsetDateTime,
 ) -> Result<u64, sqlx::Error> {
     let seqs: Vec<i64> = failures.iter().map(|f| f.seq).collect();
     let errors: Vec<&str> = failures.iter().map(|f| f.error.as_str()).collect();
@@ -128,6 +134,7 @@ pub(super) async fn prune_published(
     pool: &PgPool,
     keep: Duration,
     limit: u32,
+    _now: OffsetDateTime,
 ) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query(
         "DELETE FROM onephase_outbox WHERE seq IN ( \
@@ -148,6 +155,7 @@ pub(super) async fn prune_inbox(
     pool: &PgPool,
     older_than: Duration,
     limit: u32,
+    _now: OffsetDateTime,
 ) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query(
         "DELETE FROM onephase_inbox WHERE (consumer, message_id) IN ( \
@@ -163,7 +171,10 @@ pub(super) async fn prune_inbox(
     .rows_affected())
 }
 
-pub(super) async fn status(pool: &PgPool) -> Result<OutboxStatus, sqlx::Error> {
+pub(super) async fn status(
+    pool: &PgPool,
+    _now: OffsetDateTime,
+) -> Result<OutboxStatus, sqlx::Error> {
     let row = sqlx::query(
         "SELECT count(*) FILTER (WHERE published_at IS NULL AND dead_at IS NULL) AS pending, \
                 count(*) FILTER (WHERE dead_at IS NOT NULL) AS dead, \

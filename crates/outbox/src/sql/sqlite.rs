@@ -5,16 +5,9 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
-use super::{DeadRow, Failure, OutboxStatus, Row, millis};
+use onephase_store::convert::{duration_ms as millis, stored_ms, unix_ms as ms};
 
-fn ms(at: OffsetDateTime) -> i64 {
-    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
-}
-
-fn from_ms(ms: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
-}
+use super::{DeadRow, Failure, OutboxStatus, Row};
 
 fn parse_time(text: &str) -> Result<OffsetDateTime, sqlx::Error> {
     OffsetDateTime::parse(text, &Rfc3339).map_err(|e| sqlx::Error::Decode(Box::new(e)))
@@ -231,13 +224,13 @@ pub(super) async fn dead(
         let dead_at: Option<i64> = r.try_get("dead_at")?;
         Ok(DeadRow {
             seq: r.try_get("seq")?,
-            id: Uuid::parse_str(&id).unwrap_or_default(),
+            id: Uuid::parse_str(&id).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
             topic: r.try_get("topic")?,
             key: r.try_get("key")?,
             attempts: r.try_get("attempts")?,
             last_error: r.try_get("last_error")?,
-            created_at: parse_time(&created_at).unwrap_or(OffsetDateTime::UNIX_EPOCH),
-            dead_at: dead_at.map(from_ms),
+            created_at: parse_time(&created_at)?,
+            dead_at: dead_at.map(|ms| stored_ms("dead_at", ms)).transpose()?,
         })
     })
     .collect()
@@ -272,4 +265,12 @@ pub(super) async fn discard(pool: &SqlitePool, ids: &[Uuid]) -> Result<u64, sqlx
     .execute(pool)
     .await?
     .rows_affected())
+}
+
+/// SQLite has no dead tuples (freed pages are reused): nothing to vacuum.
+pub(super) async fn vacuum_if_needed(
+    _pool: &SqlitePool,
+    _threshold: i64,
+) -> Result<Option<i64>, sqlx::Error> {
+    Ok(None)
 }

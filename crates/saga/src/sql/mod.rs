@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use onephase_core::Envelope;
 use onephase_core::json::RawJson;
-use onephase_store::{Db, Store};
+use onephase_store::convert::narrow;
+use onephase_store::{Db, Store, on_store};
 use serde::Serialize;
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -227,13 +228,16 @@ impl Event {
 
     /// The outbox envelope announcing this event on `topic`, keyed by run so that a run's
     /// events keep their order.
-    pub(crate) fn envelope(&self, topic: &str) -> Result<Envelope, onephase_core::ValidationError> {
-        let payload = serde_json::to_vec(self).unwrap_or_default();
-        Envelope::builder(topic.to_owned(), payload)
+    /// Fails rather than enqueue an empty event should the event not serialize.
+    pub(crate) fn envelope(&self, topic: &str) -> Result<Envelope, crate::SagaError> {
+        let payload = serde_json::to_vec(self).map_err(|e| {
+            crate::SagaError::InvalidInput(format!("saga event does not serialize: {e}"))
+        })?;
+        Ok(Envelope::builder(topic.to_owned(), payload)
             .key(self.run_id.to_string())
             .header("content-type", "application/json")
             .created_at(self.at)
-            .build()
+            .build()?)
     }
 }
 
@@ -261,10 +265,7 @@ impl<'a> Sql<'a> {
         info: &DefinitionInfo,
         document: &Value,
     ) -> Result<Option<String>, sqlx::Error> {
-        match self.db {
-            Db::Postgres(pool) => postgres::insert_definition(pool, info, document).await,
-            Db::Sqlite(s) => sqlite::insert_definition(s.writer(), info, document).await,
-        }
+        on_store!(self.db, pool, sql: postgres | sqlite => sql::insert_definition(pool, info, document).await)
     }
 
     /// The document of `name` at `version`, or at its latest version.
@@ -273,17 +274,11 @@ impl<'a> Sql<'a> {
         name: &str,
         version: Option<u32>,
     ) -> Result<Option<(u32, Value)>, sqlx::Error> {
-        match self.db {
-            Db::Postgres(pool) => postgres::definition(pool, name, version).await,
-            Db::Sqlite(s) => sqlite::definition(s.reader(), name, version).await,
-        }
+        on_store!(read self.db, pool, sql: postgres | sqlite => sql::definition(pool, name, version).await)
     }
 
     pub(crate) async fn definitions(&self) -> Result<Vec<DefinitionInfo>, sqlx::Error> {
-        match self.db {
-            Db::Postgres(pool) => postgres::definitions(pool).await,
-            Db::Sqlite(s) => sqlite::definitions(s.reader()).await,
-        }
+        on_store!(read self.db, pool, sql: postgres | sqlite => sql::definitions(pool).await)
     }
 
     /// Inserts a run with its first history entry and event; or returns the run that already
@@ -294,10 +289,7 @@ impl<'a> Sql<'a> {
         event: &Event,
         topic: Option<&str>,
     ) -> Result<Option<ExistingRun>, crate::SagaError> {
-        match self.db {
-            Db::Postgres(pool) => postgres::start(pool, run, event, topic).await,
-            Db::Sqlite(s) => sqlite::start(s.writer(), run, event, topic).await,
-        }
+        on_store!(self.db, pool, sql: postgres | sqlite => sql::start(pool, run, event, topic).await)
     }
 
     /// Claims up to `limit` due runs of the named sagas (and of stored definitions when
@@ -312,10 +304,7 @@ impl<'a> Sql<'a> {
         lease: Duration,
         now: OffsetDateTime,
     ) -> Result<Vec<RunRecord>, sqlx::Error> {
-        match self.db {
-            Db::Postgres(pool) => postgres::claim(pool, me, limit, names, stored, lease, now).await,
-            Db::Sqlite(s) => sqlite::claim(s.writer(), me, limit, names, stored, lease, now).await,
-        }
+        on_store!(self.db, pool, sql: postgres | sqlite => sql::claim(pool, me, limit, names, stored, lease, now).await)
     }
 
     /// Hands back a run whose claim is still the one with `fence`, due at `due_at`; what was
@@ -326,10 +315,7 @@ impl<'a> Sql<'a> {
         fence: i64,
         due_at: OffsetDateTime,
     ) -> Result<u64, sqlx::Error> {
-        match self.db {
-            Db::Postgres(pool) => postgres::release(pool, id, fence, due_at).await,
-            Db::Sqlite(s) => sqlite::release(s.writer(), id, fence, due_at).await,
-        }
+        on_store!(self.db, pool, sql: postgres | sqlite => sql::release(pool, id, fence, due_at).await)
     }
 
     /// Writes a transition if `guard` still holds; returns whether it did.
@@ -339,10 +325,7 @@ impl<'a> Sql<'a> {
         transition: &Transition,
         topic: Option<&str>,
     ) -> Result<bool, crate::SagaError> {
-        match self.db {
-            Db::Postgres(pool) => postgres::write(pool, guard, transition, topic).await,
-            Db::Sqlite(s) => sqlite::write(s.writer(), guard, transition, topic).await,
-        }
+        on_store!(self.db, pool, sql: postgres | sqlite => sql::write(pool, guard, transition, topic).await)
     }
 
     /// Loads a run, applies `change` to it and writes the result, all in one transaction
@@ -356,24 +339,15 @@ impl<'a> Sql<'a> {
     where
         F: FnOnce(RunRecord) -> Result<Transition, crate::SagaError> + Send,
     {
-        match self.db {
-            Db::Postgres(pool) => postgres::modify(pool, id, topic, change).await,
-            Db::Sqlite(s) => sqlite::modify(s.writer(), id, topic, change).await,
-        }
+        on_store!(self.db, pool, sql: postgres | sqlite => sql::modify(pool, id, topic, change).await)
     }
 
     pub(crate) async fn list(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, sqlx::Error> {
-        match self.db {
-            Db::Postgres(pool) => postgres::list(pool, filter).await,
-            Db::Sqlite(s) => sqlite::list(s.reader(), filter).await,
-        }
+        on_store!(read self.db, pool, sql: postgres | sqlite => sql::list(pool, filter).await)
     }
 
     pub(crate) async fn detail(&self, id: Uuid) -> Result<Option<RunDetail>, sqlx::Error> {
-        match self.db {
-            Db::Postgres(pool) => postgres::detail(pool, id).await,
-            Db::Sqlite(s) => sqlite::detail(s.reader(), id).await,
-        }
+        on_store!(read self.db, pool, sql: postgres | sqlite => sql::detail(pool, id).await)
     }
 
     /// Runs per state; with `active_only`, only the states a run leaves (running, compensating,
@@ -382,10 +356,7 @@ impl<'a> Sql<'a> {
         &self,
         active_only: bool,
     ) -> Result<BTreeMap<String, i64>, sqlx::Error> {
-        match self.db {
-            Db::Postgres(pool) => postgres::counts(pool, active_only).await,
-            Db::Sqlite(s) => sqlite::counts(s.reader(), active_only).await,
-        }
+        on_store!(read self.db, pool, sql: postgres | sqlite => sql::counts(pool, active_only).await)
     }
 }
 
@@ -402,15 +373,13 @@ pub(crate) fn parse_phase(s: &str) -> Result<Phase, sqlx::Error> {
     Phase::parse(s).ok_or_else(|| sqlx::Error::Decode(format!("unknown phase {s:?}").into()))
 }
 
-pub(crate) fn to_u32(v: i32) -> u32 {
-    u32::try_from(v).unwrap_or(0)
+/// A stored version or count read back: a negative value is damage, not a zero.
+pub(crate) fn to_u32(v: i32) -> Result<u32, sqlx::Error> {
+    Ok(narrow("saga integer column", v)?)
 }
 
+/// A version or count to store. Versions and attempts are bounded far below `i32::MAX` by the
+/// definition's validation and retry limits, so the clamp never applies in practice.
 pub(crate) fn to_i32(v: u32) -> i32 {
     i32::try_from(v).unwrap_or(i32::MAX)
-}
-
-/// `d` in whole milliseconds, as the store's interval arithmetic takes it.
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }

@@ -9,7 +9,6 @@ use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, QueryBuilder, Row as _
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::millis;
 use super::{
     DefinitionInfo, Event, ExistingRun, Guard, HistoryEntry, NewRun, RunDetail, RunFilter,
     RunSummary, StepView, Transition, parse_phase, parse_state, parse_status, to_i32, to_u32,
@@ -17,6 +16,7 @@ use super::{
 use crate::SagaError;
 use crate::invoke::Phase;
 use crate::state::{RunRecord, StepRecord};
+use onephase_store::convert::duration_ms as millis;
 
 pub(super) async fn insert_definition(
     pool: &PgPool,
@@ -61,7 +61,7 @@ pub(super) async fn definition(
     .bind(version.map(to_i32))
     .fetch_optional(pool)
     .await?;
-    row.map(|r| Ok((to_u32(r.try_get("version")?), r.try_get("definition")?)))
+    row.map(|r| Ok((to_u32(r.try_get("version")?)?, r.try_get("definition")?)))
         .transpose()
 }
 
@@ -76,7 +76,7 @@ pub(super) async fn definitions(pool: &PgPool) -> Result<Vec<DefinitionInfo>, sq
     .map(|r| {
         Ok(DefinitionInfo {
             name: r.try_get("name")?,
-            version: to_u32(r.try_get("version")?),
+            version: to_u32(r.try_get("version")?)?,
             digest: r.try_get("digest")?,
             created_at: r.try_get("created_at")?,
         })
@@ -154,7 +154,7 @@ pub(super) async fn start(
         let state: String = row.try_get("state")?;
         return Ok(Some(ExistingRun {
             id: row.try_get("id")?,
-            version: to_u32(row.try_get("version")?),
+            version: to_u32(row.try_get("version")?)?,
             digest: row.try_get("input_digest")?,
             state: parse_state(&state)?,
         }));
@@ -171,8 +171,8 @@ fn step_record(r: &PgRow) -> Result<((String, Phase), StepRecord), sqlx::Error> 
         (r.try_get("step")?, parse_phase(&phase)?),
         StepRecord {
             status: parse_status(&status)?,
-            attempts: to_u32(r.try_get("attempts")?),
-            retry_base: to_u32(r.try_get("retry_base")?),
+            attempts: to_u32(r.try_get("attempts")?)?,
+            retry_base: to_u32(r.try_get("retry_base")?)?,
             definite: r.try_get("definite")?,
             due_at: r.try_get("due_at")?,
             output: r
@@ -195,7 +195,7 @@ fn run_record(r: &PgRow) -> Result<RunRecord, sqlx::Error> {
     Ok(RunRecord {
         id: r.try_get("id")?,
         saga: saga.into(),
-        version: to_u32(r.try_get("version")?),
+        version: to_u32(r.try_get("version")?)?,
         state: parse_state(&state)?,
         input: input.0.into(),
         error: r.try_get("error")?,
@@ -399,7 +399,7 @@ fn summary(r: &PgRow) -> Result<RunSummary, sqlx::Error> {
     Ok(RunSummary {
         id: r.try_get("id")?,
         saga: r.try_get("saga")?,
-        version: to_u32(r.try_get("version")?),
+        version: to_u32(r.try_get("version")?)?,
         state: parse_state(&state)?,
         error: r.try_get("error")?,
         idempotency_key: r.try_get("idempotency_key")?,
@@ -481,7 +481,7 @@ pub(super) async fn detail(pool: &PgPool, id: Uuid) -> Result<Option<RunDetail>,
             event: r.try_get("event")?,
             step: r.try_get("step")?,
             phase: phase.as_deref().map(parse_phase).transpose()?,
-            attempt: attempt.map(to_u32),
+            attempt: attempt.map(to_u32).transpose()?,
             elapsed_ms: r.try_get("elapsed_ms")?,
             detail: r.try_get("detail")?,
             actor: r.try_get("actor")?,

@@ -16,25 +16,20 @@ use super::{
     DefinitionInfo, Event, ExistingRun, Guard, HistoryEntry, NewRun, RunDetail, RunFilter,
     RunSummary, StepView, Transition, parse_phase, parse_state, parse_status, to_i32, to_u32,
 };
+use onephase_store::convert::{from_unix_ms, unix_ms as ms};
+
 use crate::SagaError;
 use crate::invoke::Phase;
 use crate::state::{RunRecord, StepRecord};
 
-fn ms(at: OffsetDateTime) -> i64 {
-    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
-}
-
-fn from_ms(ms: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
-}
-
 fn time_at(r: &SqliteRow, column: &str) -> Result<OffsetDateTime, sqlx::Error> {
-    Ok(from_ms(r.try_get(column)?))
+    Ok(from_unix_ms(r.try_get(column)?)?)
 }
 
 fn time_opt(r: &SqliteRow, column: &str) -> Result<Option<OffsetDateTime>, sqlx::Error> {
-    Ok(r.try_get::<Option<i64>, _>(column)?.map(from_ms))
+    Ok(r.try_get::<Option<i64>, _>(column)?
+        .map(from_unix_ms)
+        .transpose()?)
 }
 
 fn json(r: &SqliteRow, column: &str) -> Result<Value, sqlx::Error> {
@@ -107,7 +102,7 @@ pub(super) async fn definition(
     .bind(version.map(to_i32))
     .fetch_optional(pool)
     .await?;
-    row.map(|r| Ok((to_u32(r.try_get("version")?), json(&r, "definition")?)))
+    row.map(|r| Ok((to_u32(r.try_get("version")?)?, json(&r, "definition")?)))
         .transpose()
 }
 
@@ -122,7 +117,7 @@ pub(super) async fn definitions(pool: &SqlitePool) -> Result<Vec<DefinitionInfo>
     .map(|r| {
         Ok(DefinitionInfo {
             name: r.try_get("name")?,
-            version: to_u32(r.try_get("version")?),
+            version: to_u32(r.try_get("version")?)?,
             digest: r.try_get("digest")?,
             created_at: time_at(r, "created_at")?,
         })
@@ -200,7 +195,7 @@ pub(super) async fn start(
         let state: String = row.try_get("state")?;
         return Ok(Some(ExistingRun {
             id: uuid(&row, "id")?,
-            version: to_u32(row.try_get("version")?),
+            version: to_u32(row.try_get("version")?)?,
             digest: row.try_get("input_digest")?,
             state: parse_state(&state)?,
         }));
@@ -217,8 +212,8 @@ fn step_record(r: &SqliteRow) -> Result<((String, Phase), StepRecord), sqlx::Err
         (r.try_get("step")?, parse_phase(&phase)?),
         StepRecord {
             status: parse_status(&status)?,
-            attempts: to_u32(r.try_get("attempts")?),
-            retry_base: to_u32(r.try_get("retry_base")?),
+            attempts: to_u32(r.try_get("attempts")?)?,
+            retry_base: to_u32(r.try_get("retry_base")?)?,
             definite: r.try_get("definite")?,
             due_at: time_opt(r, "due_at")?,
             output: raw_json_opt(r, "output")?,
@@ -238,7 +233,7 @@ fn run_record(r: &SqliteRow) -> Result<RunRecord, sqlx::Error> {
     Ok(RunRecord {
         id: uuid(r, "id")?,
         saga: saga.into(),
-        version: to_u32(r.try_get("version")?),
+        version: to_u32(r.try_get("version")?)?,
         state: parse_state(&state)?,
         input: raw_json(r, "input")?.into(),
         error: r.try_get("error")?,
@@ -440,7 +435,7 @@ fn summary(r: &SqliteRow) -> Result<RunSummary, sqlx::Error> {
     Ok(RunSummary {
         id: uuid(r, "id")?,
         saga: r.try_get("saga")?,
-        version: to_u32(r.try_get("version")?),
+        version: to_u32(r.try_get("version")?)?,
         state: parse_state(&state)?,
         error: r.try_get("error")?,
         idempotency_key: r.try_get("idempotency_key")?,
@@ -522,7 +517,7 @@ pub(super) async fn detail(pool: &SqlitePool, id: Uuid) -> Result<Option<RunDeta
             event: r.try_get("event")?,
             step: r.try_get("step")?,
             phase: phase.as_deref().map(parse_phase).transpose()?,
-            attempt: attempt.map(to_u32),
+            attempt: attempt.map(to_u32).transpose()?,
             elapsed_ms: r.try_get("elapsed_ms")?,
             detail: r.try_get("detail")?,
             actor: r.try_get("actor")?,

@@ -54,27 +54,29 @@ impl EndpointRow {
             description: self.description.clone(),
             event_types: self.filter()?,
             ordered: self.ordered,
-            max_concurrency: to_u32(self.max_concurrency),
-            rate_limit: self.rate_limit.map(to_u32),
+            max_concurrency: to_u32(self.max_concurrency)?,
+            rate_limit: self.rate_limit.map(to_u32).transpose()?,
             enabled: self.disabled_at_ms.is_none(),
             disabled_reason: self.disabled_reason.clone(),
-            disabled_at: self.disabled_at_ms.map(from_ms),
-            failing_since: self.failing_since_ms.map(from_ms),
-            slowed_until: (self.slow_until_ms > now_ms).then(|| from_ms(self.slow_until_ms)),
+            disabled_at: self.disabled_at_ms.map(from_ms).transpose()?,
+            failing_since: self.failing_since_ms.map(from_ms).transpose()?,
+            slowed_until: (self.slow_until_ms > now_ms)
+                .then(|| from_ms(self.slow_until_ms))
+                .transpose()?,
             keys: self
                 .stored_keys()?
                 .iter()
                 .filter(|k| k.live(now_ms))
                 .map(StoredKey::info)
-                .collect(),
-            created_at: from_ms(self.created_at_ms),
-            updated_at: from_ms(self.updated_at_ms),
+                .collect::<Result<_, _>>()?,
+            created_at: from_ms(self.created_at_ms)?,
+            updated_at: from_ms(self.updated_at_ms)?,
         })
     }
 }
 
 pub(crate) async fn insert_endpoint(store: &Store, row: &EndpointRow) -> Result<(), sqlx::Error> {
-    on_store!(store.db(), pool, _pg => {
+    on_store!(store.db(), pool => {
         sqlx::query(
             "INSERT INTO onephase_webhook_endpoints (id, app, url, description, event_types, \
              ordered, max_concurrency, rate_limit, keys, created_at_ms, updated_at_ms) \
@@ -98,7 +100,7 @@ pub(crate) async fn insert_endpoint(store: &Store, row: &EndpointRow) -> Result<
 
 pub(crate) async fn endpoint(store: &Store, id: &str) -> Result<Option<EndpointRow>, sqlx::Error> {
     let sql = format!("SELECT {ENDPOINT_COLUMNS} FROM onephase_webhook_endpoints WHERE id = $1");
-    on_store!(read store.db(), pool, _pg => {
+    on_store!(read store.db(), pool => {
         sqlx::query_as::<_, EndpointRow>(AssertSqlSafe(sql)).bind(id).fetch_optional(pool).await
     })
 }
@@ -113,7 +115,7 @@ pub(crate) async fn endpoints(
         "SELECT {ENDPOINT_COLUMNS} FROM onephase_webhook_endpoints \
          WHERE ($1 IS NULL OR app = $1) AND ($2 IS NULL OR id > $2) ORDER BY id LIMIT $3"
     );
-    on_store!(read store.db(), pool, _pg => {
+    on_store!(read store.db(), pool => {
         sqlx::query_as::<_, EndpointRow>(AssertSqlSafe(sql))
             .bind(app)
             .bind(after)
@@ -130,7 +132,7 @@ pub(crate) async fn update_endpoint(
     row: &EndpointRow,
     read_at_ms: i64,
 ) -> Result<bool, sqlx::Error> {
-    on_store!(store.db(), pool, _pg => {
+    on_store!(store.db(), pool => {
         sqlx::query(
             "UPDATE onephase_webhook_endpoints SET url = $2, description = $3, event_types = $4, \
              ordered = $5, max_concurrency = $6, rate_limit = $7, keys = $8, updated_at_ms = $9 \
@@ -153,7 +155,7 @@ pub(crate) async fn update_endpoint(
 }
 
 pub(crate) async fn delete_endpoint(store: &Store, id: &str) -> Result<bool, sqlx::Error> {
-    on_store!(store.db(), pool, _pg => {
+    on_store!(store.db(), pool => {
         sqlx::query("DELETE FROM onephase_webhook_endpoints WHERE id = $1")
             .bind(id)
             .execute(pool)
@@ -170,7 +172,7 @@ pub(crate) async fn set_enabled(
     disabled: Option<&str>,
     now_ms: i64,
 ) -> Result<bool, sqlx::Error> {
-    on_store!(store.db(), pool, _pg => {
+    on_store!(store.db(), pool => {
         let result = match disabled {
             None => sqlx::query(
                 "UPDATE onephase_webhook_endpoints SET disabled_at_ms = NULL, \
@@ -253,17 +255,17 @@ struct MessageRow {
 }
 
 impl MessageRow {
-    fn view(self) -> MessageView {
-        MessageView {
+    fn view(self) -> Result<MessageView, sqlx::Error> {
+        Ok(MessageView {
             id: self.id,
             app: self.app,
             event_type: self.event_type,
             partition_key: self.partition_key,
             idempotency_key: self.idempotency_key,
             body: self.body,
-            created_at: from_ms(self.created_at_ms),
+            created_at: from_ms(self.created_at_ms)?,
             deliveries: Vec::new(),
-        }
+        })
     }
 }
 
@@ -279,16 +281,18 @@ struct DeliveryRow {
 }
 
 impl DeliveryRow {
-    fn view(self) -> DeliveryView {
-        DeliveryView {
-            next_attempt_at: (self.status == "pending").then(|| from_ms(self.next_at_ms)),
+    fn view(self) -> Result<DeliveryView, sqlx::Error> {
+        Ok(DeliveryView {
+            next_attempt_at: (self.status == "pending")
+                .then(|| from_ms(self.next_at_ms))
+                .transpose()?,
             message_id: self.message_id,
             endpoint_id: self.endpoint_id,
             status: self.status,
-            attempts: to_u32(self.attempts),
+            attempts: to_u32(self.attempts)?,
             last_error: self.last_error,
-            updated_at: from_ms(self.updated_at_ms),
-        }
+            updated_at: from_ms(self.updated_at_ms)?,
+        })
     }
 }
 
@@ -303,7 +307,7 @@ pub(crate) async fn message(store: &Store, id: &str) -> Result<Option<MessageVie
         "SELECT {DELIVERY_COLUMNS} FROM onephase_webhook_deliveries WHERE message_id = $1 \
          ORDER BY endpoint_id"
     );
-    on_store!(read store.db(), pool, _pg => {
+    on_store!(read store.db(), pool => {
         let Some(row) = sqlx::query_as::<_, MessageRow>(AssertSqlSafe(sql))
             .bind(id)
             .fetch_optional(pool)
@@ -315,8 +319,11 @@ pub(crate) async fn message(store: &Store, id: &str) -> Result<Option<MessageVie
             .bind(id)
             .fetch_all(pool)
             .await?;
-        let mut view = row.view();
-        view.deliveries = deliveries.into_iter().map(DeliveryRow::view).collect();
+        let mut view = row.view()?;
+        view.deliveries = deliveries
+            .into_iter()
+            .map(DeliveryRow::view)
+            .collect::<Result<_, _>>()?;
         Ok(Some(view))
     })
 }
@@ -332,14 +339,14 @@ pub(crate) async fn messages(
         "SELECT {MESSAGE_COLUMNS} FROM onephase_webhook_messages \
          WHERE ($1 IS NULL OR app = $1) AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"
     );
-    on_store!(read store.db(), pool, _pg => {
+    on_store!(read store.db(), pool => {
         let rows = sqlx::query_as::<_, MessageRow>(AssertSqlSafe(sql))
             .bind(app)
             .bind(before)
             .bind(i64::from(limit))
             .fetch_all(pool)
             .await?;
-        Ok(rows.into_iter().map(MessageRow::view).collect())
+        rows.into_iter().map(MessageRow::view).collect()
     })
 }
 
@@ -382,7 +389,7 @@ pub(crate) async fn attempts(
          latency_ms, response, error FROM onephase_webhook_attempts \
          WHERE ($1 IS NULL OR message_id = $1) AND ($2 IS NULL OR endpoint_id = $2) \
          AND ($3 IS NULL OR id < $3) ORDER BY id DESC LIMIT $4";
-    on_store!(read store.db(), pool, _pg => {
+    on_store!(read store.db(), pool => {
         sqlx::query_as::<_, AttemptView>(sql)
             .bind(message)
             .bind(endpoint)
@@ -403,13 +410,13 @@ pub(crate) async fn dead_letters(
         "SELECT {DELIVERY_COLUMNS} FROM onephase_webhook_deliveries \
          WHERE status = 'dead' AND ($1 IS NULL OR endpoint_id = $1) ORDER BY id DESC LIMIT $2"
     );
-    on_store!(read store.db(), pool, _pg => {
+    on_store!(read store.db(), pool => {
         let rows = sqlx::query_as::<_, DeliveryRow>(AssertSqlSafe(sql))
             .bind(endpoint)
             .bind(i64::from(limit))
             .fetch_all(pool)
             .await?;
-        Ok(rows.into_iter().map(DeliveryRow::view).collect())
+        rows.into_iter().map(DeliveryRow::view).collect()
     })
 }
 
@@ -448,7 +455,7 @@ pub(crate) async fn replay(
          WHERE created_at_ms >= $5)) \
          AND endpoint_id IN (SELECT id FROM onephase_webhook_endpoints \
          WHERE disabled_at_ms IS NULL)";
-    let replayed = on_store!(store.db(), pool, _pg => {
+    let replayed = on_store!(store.db(), pool => {
         sqlx::query(sql)
             .bind(now_ms)
             .bind(replay.include_delivered)
@@ -522,7 +529,7 @@ pub(crate) async fn stats(store: &Store, since_ms: i64) -> Result<Vec<EndpointSt
              FROM onephase_webhook_deliveries WHERE status <> 'delivered' GROUP BY endpoint_id) d \
            ON d.endpoint_id = e.id \
          ORDER BY e.id";
-    let rows = on_store!(read store.db(), pool, _pg => {
+    let rows = on_store!(read store.db(), pool => {
         sqlx::query_as::<_, StatsRow>(sql).bind(since_ms).fetch_all(pool).await?
     });
     Ok(rows

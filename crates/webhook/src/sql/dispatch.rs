@@ -322,7 +322,8 @@ pub(crate) async fn claim(
     start: usize,
     cursors: &mut KeyCursors,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
-    on_store!(store.db(), pool, pg => {
+    on_store!(store.db(), pool, backend => {
+        let pg = backend == onephase_store::Backend::Postgres;
         let mut tx = pool.begin().await?;
         if pg {
             // One claimer at a time across servers, so that concurrency and rate limits
@@ -552,7 +553,8 @@ pub(crate) async fn record(
     }
     let json = serde_json::to_string(finished).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     let health = health(finished);
-    on_store!(store.db(), pool, pg => {
+    on_store!(store.db(), pool, backend => {
+        let pg = backend == onephase_store::Backend::Postgres;
         let mut tx = pool.begin().await?;
         let (attempts_sql, deliveries_sql) = if pg {
             (RECORD_ATTEMPTS_PG, RECORD_DELIVERIES_PG)
@@ -603,7 +605,7 @@ pub(crate) async fn record(
                         Some(since) if now_ms - since >= rules.disable_after_ms => Some(format!(
                             "every attempt failed for {} s (since {})",
                             (now_ms - since) / 1000,
-                            super::from_ms(since)
+                            super::from_ms(since)?
                         )),
                         _ => None,
                     }
@@ -660,7 +662,7 @@ const DEAD_LETTER_PENDING: &str = "UPDATE onephase_webhook_deliveries SET status
 /// finds those. The `auto_disabled` index and one probe of the `due` index per such endpoint
 /// keep it cheap when there is nothing to do, which is nearly always.
 pub(crate) async fn sweep_auto_disabled(store: &Store, now_ms: i64) -> Result<u64, sqlx::Error> {
-    on_store!(store.db(), pool, _pg => {
+    on_store!(store.db(), pool => {
         let strays: Vec<(String, Option<String>)> = sqlx::query_as(
             "SELECT e.id, e.disabled_reason FROM onephase_webhook_endpoints e \
              WHERE e.disabled_auto AND EXISTS (SELECT 1 FROM onephase_webhook_deliveries d \

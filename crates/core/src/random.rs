@@ -1,14 +1,28 @@
 //! A seeded, lock-free source of uniform numbers, shared by every task of a component.
 //!
 //! Herd protection draws a random number on hot paths (the cache on every read near expiry,
-//! the throttle on every call while it sheds), from many tasks at once. A `Mutex<StdRng>`
-//! would serialize them; this is SplitMix64 over one atomic counter: each draw is a
-//! `fetch_add` and a few multiplications, and the same seed replays the same sequence of
-//! draws, which is what the lab needs for deterministic runs.
+//! the throttle on every call while it sheds), and the workers draw backoff jitter, from many
+//! tasks at once. A `Mutex<StdRng>` would serialize them; this is SplitMix64 over one atomic
+//! counter: each draw is a `fetch_add` and a few multiplications, and the same seed replays the
+//! same sequence of draws, which is what the lab and the tests need for deterministic runs.
+//!
+//! `&Random` is a [`rand::Rng`], so it can be handed to [`Backoff::delay`](crate::Backoff::delay):
+//!
+//! ```
+//! use std::time::Duration;
+//! use onephase_core::{Backoff, Jitter, Random};
+//!
+//! let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10), Jitter::Full)?;
+//! let random = Random::seeded(7);
+//! let delay = backoff.delay(3, None, &mut &random);
+//! assert!(delay <= Duration::from_millis(800));
+//! # Ok::<(), onephase_core::InvalidBackoff>(())
+//! ```
 
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use onephase_core::rand::{self, RngExt as _};
+use rand::RngExt as _;
 
 /// SplitMix64's increment: the golden ratio in 64 bits.
 const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -60,6 +74,27 @@ impl Random {
             return max;
         }
         std::time::Duration::from_nanos(self.next_u64() % nanos.saturating_add(1).max(1))
+    }
+}
+
+/// Draws from the shared sequence, so that `&Random` serves wherever a [`rand::Rng`] is taken.
+impl rand::TryRng for &Random {
+    type Error = Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Infallible> {
+        Ok((self.next_u64() >> 32) as u32)
+    }
+
+    fn try_next_u64(&mut self) -> Result<u64, Infallible> {
+        Ok(self.next_u64())
+    }
+
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
+        for chunk in dst.chunks_mut(8) {
+            let bytes = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+        Ok(())
     }
 }
 
