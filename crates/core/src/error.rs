@@ -77,6 +77,24 @@ impl fmt::Display for ErrorKind {
 pub trait Classify {
     /// The kind of this error.
     fn kind(&self) -> ErrorKind;
+
+    /// A problem type more specific than the kind's, for the few errors a client must tell
+    /// apart from others of their kind (a lease held by someone else, a destination the
+    /// policy refuses). `None`, the default, means the kind's own type.
+    fn specific(&self) -> Option<ProblemType> {
+        None
+    }
+}
+
+/// An HTTP problem type (RFC 9457) that an error asks for instead of its kind's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProblemType {
+    /// The status code.
+    pub status: u16,
+    /// The slug of its `type` URI (`urn:onephase:problem:<slug>`).
+    pub slug: &'static str,
+    /// Its title.
+    pub title: &'static str,
 }
 
 /// A value was rejected before anything was changed: which field, and why.

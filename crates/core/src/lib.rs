@@ -42,7 +42,7 @@ mod random;
 pub use backoff::{Backoff, BackoffSchedule, InvalidBackoff, Jitter};
 pub use clock::{Clock, ManualClock, SharedClock, Sleep, SystemClock};
 pub use envelope::{Envelope, EnvelopeBuilder, limits, validate_topic};
-pub use error::{Classify, ErrorKind, ValidationError};
+pub use error::{Classify, ErrorKind, ProblemType, ValidationError};
 pub use id::MessageId;
 pub use random::Random;
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use onephase_core::{Classify, ErrorKind};
+use onephase_core::{Classify, ErrorKind, ProblemType};
 use time::OffsetDateTime;
 
 use crate::FencingToken;
@@ -93,6 +93,20 @@ impl Classify for LeaseError {
             Self::Etcd(_) => ErrorKind::Unavailable,
             Self::Backend(_) => ErrorKind::Internal,
         }
+    }
+
+    /// Held (also still held when a wait timed out) and not held are their own problem types.
+    fn specific(&self) -> Option<ProblemType> {
+        let (slug, title) = match self {
+            Self::Held { .. } | Self::Timeout { .. } => ("lease-held", "Lease held"),
+            Self::NotHeld { .. } => ("lease-not-held", "Lease not held"),
+            _ => return None,
+        };
+        Some(ProblemType {
+            status: 409,
+            slug,
+            title,
+        })
     }
 }
 

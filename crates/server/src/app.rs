@@ -1,7 +1,4 @@
-//! The axum application: state, routes and the layers every request passes through.
-
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+//! The axum application: routes and the layers every request passes through.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -10,8 +7,6 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use onephase_core::{Clock, SharedClock};
-use onephase_store::Store;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -19,152 +14,14 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::{Tokens, require_token};
-use crate::config::ServerConfig;
-use crate::dashboard::{
-    self, LeasePanel, LimitPanel, OutboxPanel, Panel, SagaPanel, ServerPanel, WebhookPanel,
-};
+use crate::auth::require_token;
+use crate::dashboard;
 use crate::health;
-use crate::lease::LeaseService;
-use crate::limit::LimitService;
 use crate::metrics::{prometheus, track_http};
 use crate::openapi::ApiDoc;
-use crate::outbox::OutboxService;
 use crate::problem::{PROBLEM_JSON, Problem};
-use crate::saga::SagaService;
+use crate::state::AppState;
 use crate::v1;
-use crate::webhook::WebhookService;
-
-/// The capability services a server runs.
-pub struct Services {
-    /// The embedded log and the outbox relays.
-    pub outbox: OutboxService,
-    /// The saga orchestrator.
-    pub saga: SagaService,
-    /// Webhooks.
-    pub webhook: WebhookService,
-    /// Fenced leases.
-    pub lease: LeaseService,
-    /// Rate limits.
-    pub limit: LimitService,
-}
-
-/// What every handler can reach: the store, the token registry, the clock, the dashboard's
-/// panels. Cheap to clone.
-#[derive(Clone)]
-pub struct AppState(Arc<StateInner>);
-
-struct StateInner {
-    store: Store,
-    tokens: Tokens,
-    config: ServerConfig,
-    clock: SharedClock,
-    started: Instant,
-    panels: Vec<Arc<dyn Panel>>,
-    outbox: OutboxService,
-    saga: SagaService,
-    webhook: WebhookService,
-    lease: LeaseService,
-    limit: LimitService,
-}
-
-impl AppState {
-    /// State over an open, migrated `store`.
-    pub fn new(
-        store: Store,
-        tokens: Tokens,
-        config: ServerConfig,
-        clock: SharedClock,
-        services: Services,
-    ) -> Self {
-        let Services {
-            outbox,
-            saga,
-            webhook,
-            lease,
-            limit,
-        } = services;
-        let started = clock.monotonic();
-        Self(Arc::new(StateInner {
-            store,
-            tokens,
-            config,
-            clock,
-            started,
-            panels: vec![
-                Arc::new(ServerPanel),
-                Arc::new(OutboxPanel),
-                Arc::new(SagaPanel),
-                Arc::new(WebhookPanel),
-                Arc::new(LeasePanel),
-                Arc::new(LimitPanel),
-            ],
-            outbox,
-            saga,
-            webhook,
-            lease,
-            limit,
-        }))
-    }
-
-    /// The embedded log and the configured outbox relays.
-    pub fn outbox(&self) -> &OutboxService {
-        &self.0.outbox
-    }
-
-    /// The saga orchestrator.
-    pub fn saga(&self) -> &SagaService {
-        &self.0.saga
-    }
-
-    /// Webhook endpoints, sending and the dispatcher.
-    pub fn webhook(&self) -> &WebhookService {
-        &self.0.webhook
-    }
-
-    /// Fenced leases.
-    pub fn lease(&self) -> &LeaseService {
-        &self.0.lease
-    }
-
-    /// Rate limits.
-    pub fn limit(&self) -> &LimitService {
-        &self.0.limit
-    }
-
-    /// The store.
-    pub fn store(&self) -> &Store {
-        &self.0.store
-    }
-
-    /// The token registry.
-    pub fn tokens(&self) -> &Tokens {
-        &self.0.tokens
-    }
-
-    /// The resolved configuration.
-    pub fn config(&self) -> &ServerConfig {
-        &self.0.config
-    }
-
-    /// The clock handlers read time from.
-    pub fn clock(&self) -> &SharedClock {
-        &self.0.clock
-    }
-
-    /// How long this server has been up.
-    pub fn uptime(&self) -> Duration {
-        self.0
-            .clock
-            .monotonic()
-            .saturating_duration_since(self.0.started)
-    }
-
-    /// The dashboard's panels, in display order.
-    pub fn panels(&self) -> &[Arc<dyn Panel>] {
-        &self.0.panels
-    }
-}
 
 /// The public routes, in a router that collects the OpenAPI document as routes are added.
 fn api() -> OpenApiRouter<AppState> {

@@ -24,8 +24,8 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
-use crate::app::AppState;
 use crate::problem::Problem;
+use crate::state::AppState;
 
 const TOKEN_PREFIX: &str = "op_";
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::extract::State;
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// One box on the dashboard.
 pub trait Panel: Send + Sync {

@@ -40,10 +40,12 @@ pub mod outbox;
 pub mod problem;
 pub mod saga;
 mod serve;
+pub mod state;
 mod unread;
 pub mod v1;
 pub mod webhook;
 
-pub use app::{AppState, openapi, router};
+pub use app::{openapi, router};
 pub use config::{ConfigOverrides, LogFormat, ServerConfig};
 pub use serve::{Server, ServerError, migrations, shutdown_signal};
+pub use state::{AppState, Services};

@@ -106,6 +106,11 @@ impl Problem {
             tracing::error!(error = %error, "internal error");
             return Self::from_kind(kind, "the server failed; the error is in its log");
         }
+        if let Some(specific) = error.specific() {
+            let status =
+                StatusCode::from_u16(specific.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return Self::new(status, specific.slug, specific.title, error.to_string());
+        }
         Self::from_kind(kind, error.to_string())
     }
 
@@ -118,6 +123,14 @@ impl Problem {
     /// The status code as a [`StatusCode`].
     pub fn status_code(&self) -> StatusCode {
         StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+}
+
+/// Every library error becomes its problem document with `?` in a handler: the one mapping
+/// from [`Classify`] to RFC 9457.
+impl<E: Classify + std::fmt::Display> From<E> for Problem {
+    fn from(error: E) -> Self {
+        Self::from_error(&error)
     }
 }
 

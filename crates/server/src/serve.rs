@@ -10,13 +10,14 @@ use onephase_core::{Classify, Clock, ErrorKind, SharedClock, SystemClock};
 use onephase_store::{Migrations, Store, StoreError};
 use tokio::net::TcpListener;
 
-use crate::app::{AppState, Services, router};
+use crate::app::router;
 use crate::auth::{AuthError, Tokens, generate_token};
 use crate::config::ServerConfig;
 use crate::lease::LeaseService;
 use crate::limit::LimitService;
 use crate::outbox::{OutboxService, OutboxStartError};
 use crate::saga::SagaService;
+use crate::state::{AppState, Services};
 use crate::webhook::WebhookService;
 
 /// Every component's migrations, in dependency order. `onephase migrate` and `onephase serve`

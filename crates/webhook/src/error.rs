@@ -1,6 +1,6 @@
 //! What can go wrong when managing endpoints and sending messages.
 
-use onephase_core::{Classify, ErrorKind};
+use onephase_core::{Classify, ErrorKind, ProblemType};
 
 use crate::destination::DestinationError;
 
@@ -74,6 +74,17 @@ impl Classify for WebhookError {
             Self::Store(e) => onephase_store::classify_sqlx(e),
             Self::Outbox(e) => e.kind(),
         }
+    }
+
+    /// A URL the policy refuses is a well-formed request the server will not carry out.
+    fn specific(&self) -> Option<ProblemType> {
+        matches!(self, Self::Destination(DestinationError::Forbidden { .. })).then_some(
+            ProblemType {
+                status: 422,
+                slug: "destination-refused",
+                title: "Destination refused",
+            },
+        )
     }
 }
 

@@ -4,13 +4,16 @@ use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use onephase_lease::{FencingToken, Grant, LeaseError, LeaseInfo};
+use onephase_lease::{FencingToken, Grant, LeaseInfo};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::app::AppState;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
 use crate::json::ApiJson;
 use crate::problem::Problem;
+use crate::state::AppState;
 
 /// Counts one request in `onephase_lease_operations_total{operation, outcome}`: `ok`,
 /// `conflict` (held by someone else, or a token that is not the current grant), `refused`
@@ -25,31 +28,6 @@ fn counted<T>(operation: &'static str, result: Result<T, Problem>) -> Result<T, 
     metrics::counter!("onephase_lease_operations_total", "operation" => operation, "outcome" => outcome)
         .increment(1);
     result
-}
-
-fn problem(e: &LeaseError) -> Problem {
-    match e {
-        // Still held after the wait: the same answer as held, not a server timeout.
-        LeaseError::Timeout { .. } => Problem::new(
-            StatusCode::CONFLICT,
-            "lease-held",
-            "Lease held",
-            e.to_string(),
-        ),
-        LeaseError::Held { .. } => Problem::new(
-            StatusCode::CONFLICT,
-            "lease-held",
-            "Lease held",
-            e.to_string(),
-        ),
-        LeaseError::NotHeld { .. } => Problem::new(
-            StatusCode::CONFLICT,
-            "lease-not-held",
-            "Lease not held",
-            e.to_string(),
-        ),
-        _ => Problem::from_error(e),
-    }
 }
 
 /// A request for a lease.
@@ -127,7 +105,7 @@ pub async fn acquire(
         } else {
             leases.acquire(&name, &body.holder, ttl, wait).await
         }
-        .map_err(|e| problem(&e)),
+        .map_err(Problem::from),
     )?;
     // The HTTP holder keeps the token and renews by request; the guard's own deadline is
     // for in-process holders.
@@ -165,7 +143,7 @@ pub async fn renew(
             .leases()
             .renew(&name, body.token, Duration::from_millis(body.ttl_ms))
             .await
-            .map_err(|e| problem(&e)),
+            .map_err(Problem::from),
     )?;
     Ok(ApiJson(grant))
 }
@@ -201,7 +179,7 @@ pub async fn release(
             .leases()
             .release(&name, body.token)
             .await
-            .map_err(|e| problem(&e)),
+            .map_err(Problem::from),
     )?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -219,11 +197,15 @@ pub async fn release(
     )
 )]
 pub async fn list(State(state): State<AppState>) -> Result<ApiJson<Vec<LeaseInfo>>, Problem> {
-    let leases = state
-        .lease()
-        .leases()
-        .list()
-        .await
-        .map_err(|e| problem(&e))?;
+    let leases = state.lease().leases().list().await?;
     Ok(ApiJson(leases))
+}
+
+/// The lease routes.
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(acquire))
+        .routes(routes!(renew))
+        .routes(routes!(release))
 }

@@ -6,11 +6,14 @@ use onephase_limit::Decision;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::app::AppState;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
 use crate::auth::Admin;
 use crate::json::ApiJson;
 use crate::limit::{PolicySpec, PolicyView};
 use crate::problem::Problem;
+use crate::state::AppState;
 
 /// A check.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -84,8 +87,7 @@ pub async fn check(
     let decision = state
         .limit()
         .check(&policy, &body.key, body.cost.unwrap_or(1))
-        .await
-        .map_err(|e| Problem::from_error(&e))?;
+        .await?;
     Ok(ApiJson(decision.into()))
 }
 
@@ -102,11 +104,7 @@ pub async fn check(
     )
 )]
 pub async fn list(State(state): State<AppState>) -> Result<ApiJson<Vec<PolicyView>>, Problem> {
-    let list = state
-        .limit()
-        .list()
-        .await
-        .map_err(|e| Problem::from_error(&e))?;
+    let list = state.limit().list().await?;
     Ok(ApiJson(list))
 }
 
@@ -140,11 +138,7 @@ pub async fn define(
         .now()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
-    let new = state
-        .limit()
-        .define(&policy, spec, &now)
-        .await
-        .map_err(|e| Problem::from_error(&e))?;
+    let new = state.limit().define(&policy, spec, &now).await?;
     Ok(if new {
         StatusCode::CREATED
     } else {
@@ -172,10 +166,14 @@ pub async fn remove(
     State(state): State<AppState>,
     Path(policy): Path<String>,
 ) -> Result<StatusCode, Problem> {
-    state
-        .limit()
-        .remove(&policy)
-        .await
-        .map_err(|e| Problem::from_error(&e))?;
+    state.limit().remove(&policy).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The limit routes.
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(define, remove))
+        .routes(routes!(check))
 }

@@ -15,11 +15,14 @@ use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::app::AppState;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
 use crate::auth::Admin;
 use crate::json::ApiJson;
 use crate::outbox::OutboxSource;
 use crate::problem::Problem;
+use crate::state::AppState;
 
 /// An event to append to the embedded log.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -177,14 +180,6 @@ pub struct DeadRowView {
     pub dead_at: Option<OffsetDateTime>,
 }
 
-fn outbox_problem(e: &OutboxError) -> Problem {
-    Problem::from_error(e)
-}
-
-fn broker_problem(e: &onephase_broker::BrokerError) -> Problem {
-    Problem::from_error(e)
-}
-
 fn source<'a>(state: &'a AppState, name: &str) -> Result<&'a OutboxSource, Problem> {
     state.outbox().source(name).ok_or_else(|| {
         Problem::from_kind(
@@ -237,7 +232,7 @@ pub async fn append(
         .as_bytes()
         .to_vec();
     if payload.len() > DEFAULT_MAX_PAYLOAD {
-        return Err(outbox_problem(&OutboxError::PayloadTooLarge {
+        return Err(Problem::from(OutboxError::PayloadTooLarge {
             size: payload.len(),
             limit: DEFAULT_MAX_PAYLOAD,
         }));
@@ -250,18 +245,14 @@ pub async fn append(
         builder = builder.header(name, value);
     }
     if let Some(id) = event.id {
-        builder = builder
-            .id(MessageId::from_uuid(id).map_err(|e| outbox_problem(&OutboxError::Invalid(e)))?);
+        builder = builder.id(MessageId::from_uuid(id).map_err(OutboxError::Invalid)?);
     }
-    let envelope = builder
-        .build()
-        .map_err(|e| outbox_problem(&OutboxError::Invalid(e)))?;
+    let envelope = builder.build().map_err(OutboxError::Invalid)?;
     let placed = state
         .outbox()
         .log()
         .append_placed(std::slice::from_ref(&envelope))
-        .await
-        .map_err(|e| broker_problem(&e))?;
+        .await?;
     let Some(placed) = placed.first().copied() else {
         return Err(Problem::from_kind(
             onephase_core::ErrorKind::Internal,
@@ -313,13 +304,8 @@ pub async fn read(
 ) -> Result<ApiJson<Vec<LogRecordView>>, Problem> {
     let limit = page.checked()?;
     // A name no envelope can have is an error, not an empty topic.
-    onephase_core::validate_topic(&topic).map_err(|e| outbox_problem(&OutboxError::Invalid(e)))?;
-    let records = state
-        .outbox()
-        .log()
-        .read(&topic, page.after, limit)
-        .await
-        .map_err(|e| broker_problem(&e))?;
+    onephase_core::validate_topic(&topic).map_err(OutboxError::Invalid)?;
+    let records = state.outbox().log().read(&topic, page.after, limit).await?;
     Ok(ApiJson(
         records
             .into_iter()
@@ -413,10 +399,7 @@ pub async fn dead(
     Query(page): Query<Page>,
 ) -> Result<ApiJson<Vec<DeadRowView>>, Problem> {
     let limit = page.checked()?;
-    let rows = admin_of(&state, &name)?
-        .dead(page.after, limit)
-        .await
-        .map_err(|e| outbox_problem(&e))?;
+    let rows = admin_of(&state, &name)?.dead(page.after, limit).await?;
     Ok(ApiJson(
         rows.into_iter()
             .map(|d| DeadRowView {
@@ -455,7 +438,7 @@ pub async fn retry(
     Path((name, id)): Path<(String, Uuid)>,
 ) -> Result<StatusCode, Problem> {
     let admin = admin_of(&state, &name)?;
-    admin.retry(id).await.map_err(|e| outbox_problem(&e))?;
+    admin.retry(id).await?;
     tracing::info!(relay = %name, %id, by = %caller.name, "dead outbox row returned to pending");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -481,7 +464,17 @@ pub async fn discard(
     Path((name, id)): Path<(String, Uuid)>,
 ) -> Result<StatusCode, Problem> {
     let admin = admin_of(&state, &name)?;
-    admin.discard(id).await.map_err(|e| outbox_problem(&e))?;
+    admin.discard(id).await?;
     tracing::warn!(relay = %name, %id, by = %caller.name, "dead outbox row discarded");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The outbox routes.
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(append, read))
+        .routes(routes!(relays))
+        .routes(routes!(dead))
+        .routes(routes!(retry))
+        .routes(routes!(discard))
 }

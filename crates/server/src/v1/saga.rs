@@ -17,14 +17,13 @@ use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::app::AppState;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
 use crate::auth::{Admin, Caller};
 use crate::json::ApiJson;
 use crate::problem::Problem;
-
-fn problem(e: &SagaError) -> Problem {
-    Problem::from_error(e)
-}
+use crate::state::AppState;
 
 /// A registered definition.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -484,7 +483,7 @@ pub async fn register(
     } else {
         SagaSpec::from_json(text)
     }
-    .map_err(|e| problem(&SagaError::from(e)))?;
+    .map_err(SagaError::from)?;
     state
         .saga()
         .check_destinations(&spec)
@@ -499,12 +498,7 @@ pub async fn register(
                 ),
             )
         })?;
-    let registered = state
-        .saga()
-        .orchestrator()
-        .register_spec(&spec)
-        .await
-        .map_err(|e| problem(&e))?;
+    let registered = state.saga().orchestrator().register_spec(&spec).await?;
     let status = if registered.created {
         StatusCode::CREATED
     } else {
@@ -532,12 +526,7 @@ pub async fn register(
 pub async fn definitions(
     State(state): State<AppState>,
 ) -> Result<ApiJson<Vec<DefinitionView>>, Problem> {
-    let list = state
-        .saga()
-        .orchestrator()
-        .stored_definitions()
-        .await
-        .map_err(|e| problem(&e))?;
+    let list = state.saga().orchestrator().stored_definitions().await?;
     Ok(ApiJson(
         list.into_iter()
             .map(|d| DefinitionView {
@@ -583,8 +572,7 @@ pub async fn definition(
         .saga()
         .orchestrator()
         .stored_definition(&name, query.version)
-        .await
-        .map_err(|e| problem(&e))?;
+        .await?;
     Ok(ApiJson(DefinitionDocument {
         name,
         version,
@@ -639,7 +627,7 @@ pub async fn start(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 format!("the JSON does not match the expected shape: {e}"),
             ),
-            e => problem(&e),
+            e => Problem::from(e),
         })?;
     let status = if started.created {
         StatusCode::CREATED
@@ -696,13 +684,7 @@ pub async fn runs(
         before: query.before,
         limit,
     };
-    let runs = state
-        .saga()
-        .orchestrator()
-        .admin()
-        .list(&filter)
-        .await
-        .map_err(|e| problem(&e))?;
+    let runs = state.saga().orchestrator().admin().list(&filter).await?;
     Ok(ApiJson(runs.into_iter().map(RunView::from).collect()))
 }
 
@@ -724,13 +706,7 @@ pub async fn run(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
 ) -> Result<ApiJson<RunDetailView>, Problem> {
-    let detail = state
-        .saga()
-        .orchestrator()
-        .admin()
-        .show(id)
-        .await
-        .map_err(|e| problem(&e))?;
+    let detail = state.saga().orchestrator().admin().show(id).await?;
     Ok(ApiJson(detail.into()))
 }
 
@@ -769,10 +745,8 @@ async fn operator_action(
     note: String,
 ) -> Result<ApiJson<RunDetailView>, Problem> {
     let admin = state.saga().orchestrator().admin();
-    run(admin.clone(), Audit::new(caller.name.clone(), note))
-        .await
-        .map_err(|e| problem(&e))?;
-    let detail = admin.show(id).await.map_err(|e| problem(&e))?;
+    run(admin.clone(), Audit::new(caller.name.clone(), note)).await?;
+    let detail = admin.show(id).await?;
     Ok(ApiJson(detail.into()))
 }
 
@@ -862,4 +836,17 @@ pub async fn abort(
         body.note,
     )
     .await
+}
+
+/// The saga routes.
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register, definitions))
+        .routes(routes!(definition))
+        .routes(routes!(start))
+        .routes(routes!(runs))
+        .routes(routes!(run))
+        .routes(routes!(retry))
+        .routes(routes!(resolve))
+        .routes(routes!(abort))
 }

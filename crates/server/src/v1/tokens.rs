@@ -4,10 +4,13 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::app::AppState;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
 use crate::auth::{Admin, AuthError, Role, TokenInfo, generate_token};
 use crate::json::ApiJson;
 use crate::problem::Problem;
+use crate::state::AppState;
 
 /// A request to create a token.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -128,4 +131,11 @@ pub async fn revoke_token(
     state.tokens().revoke(&name, state.clock().now()).await?;
     tracing::info!(%name, by = %caller.name, "token revoked");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The tokens routes.
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_token, list_tokens))
+        .routes(routes!(revoke_token))
 }

@@ -1,10 +1,13 @@
 use axum::Extension;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::{Caller, Role, TokenSource};
 use crate::json::ApiJson;
 use crate::problem::Problem;
+use crate::state::AppState;
 
 /// Who the presented token belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -36,4 +39,9 @@ pub async fn whoami(Extension(caller): Extension<Caller>) -> ApiJson<Whoami> {
         role: caller.role,
         source: caller.source,
     })
+}
+
+/// The whoami routes.
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(whoami))
 }
