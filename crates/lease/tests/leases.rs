@@ -2,6 +2,7 @@
 //! clock, tokens across releases and restarts, waiting, renewal, a backend cut off while a
 //! holder works, and bad input.
 
+use onephase_testkit::per_backend;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -93,9 +94,9 @@ fn manual() -> ManualClock {
     ManualClock::new(datetime!(2026-11-28 12:00 UTC))
 }
 
-#[tokio::test]
-async fn a_paused_holder_loses_its_update_unless_the_write_is_fenced() -> anyhow::Result<()> {
-    for db in TestDb::all().await {
+per_backend! {
+    #[tokio::test]
+    async fn a_paused_holder_loses_its_update_unless_the_write_is_fenced(db) -> anyhow::Result<()> {
         let store = migrated(&db).await?;
         let clock = manual();
         let leases = Leases::store(store.clone()).with_clock(Arc::new(clock.clone()));
@@ -153,13 +154,13 @@ async fn a_paused_holder_loses_its_update_unless_the_write_is_fenced() -> anyhow
         b.release().await?;
         drop(a);
         db.close().await?;
+        Ok(())
     }
-    Ok(())
 }
 
-#[tokio::test]
-async fn a_clock_that_jumps_ahead_cannot_give_two_writers_the_resource() -> anyhow::Result<()> {
-    for db in TestDb::all().await {
+per_backend! {
+    #[tokio::test]
+    async fn a_clock_that_jumps_ahead_cannot_give_two_writers_the_resource(db) -> anyhow::Result<()> {
         let store = migrated(&db).await?;
         // A and B are separate processes on one store, each granting with its own clock.
         let clock_a = manual();
@@ -197,13 +198,13 @@ async fn a_clock_that_jumps_ahead_cannot_give_two_writers_the_resource() -> anyh
         ensure!(ledger.write(c.token(), |v| *v += 100).await.is_err());
         ensure!(ledger.read(|v| *v).await == 1);
         db.close().await?;
+        Ok(())
     }
-    Ok(())
 }
 
-#[tokio::test]
-async fn tokens_rise_across_releases_lapses_and_restarts() -> anyhow::Result<()> {
-    for db in TestDb::all().await {
+per_backend! {
+    #[tokio::test]
+    async fn tokens_rise_across_releases_lapses_and_restarts(db) -> anyhow::Result<()> {
         migrated(&db).await?;
         let clock = manual();
         let mut last = FencingToken::new(0);
@@ -233,13 +234,13 @@ async fn tokens_rise_across_releases_lapses_and_restarts() -> anyhow::Result<()>
         }
         ensure!(last == FencingToken::new(15));
         db.close().await?;
+        Ok(())
     }
-    Ok(())
 }
 
-#[tokio::test]
-async fn acquire_waits_for_a_release_or_a_lapse_and_times_out() -> anyhow::Result<()> {
-    for db in TestDb::all().await {
+per_backend! {
+    #[tokio::test]
+    async fn acquire_waits_for_a_release_or_a_lapse_and_times_out(db) -> anyhow::Result<()> {
         let store = migrated(&db).await?;
         let leases = Leases::store(store);
         let a = leases
@@ -292,13 +293,13 @@ async fn acquire_waits_for_a_release_or_a_lapse_and_times_out() -> anyhow::Resul
             "{listed:?}"
         );
         db.close().await?;
+        Ok(())
     }
-    Ok(())
 }
 
-#[tokio::test]
-async fn keep_alive_holds_and_run_stops_work_when_the_lease_lapses() -> anyhow::Result<()> {
-    for db in TestDb::all().await {
+per_backend! {
+    #[tokio::test]
+    async fn keep_alive_holds_and_run_stops_work_when_the_lease_lapses(db) -> anyhow::Result<()> {
         let store = migrated(&db).await?;
         let leases = Leases::store(store);
         let ttl = Duration::from_secs(3);
@@ -342,8 +343,8 @@ async fn keep_alive_holds_and_run_stops_work_when_the_lease_lapses() -> anyhow::
         ensure!(started.elapsed() < Duration::from_secs(5));
         g.release().await?;
         db.close().await?;
+        Ok(())
     }
-    Ok(())
 }
 
 #[tokio::test]
@@ -404,9 +405,9 @@ async fn a_holder_cut_off_from_postgres_learns_it_before_its_deadline() -> anyho
     Ok(())
 }
 
-#[tokio::test]
-async fn bad_input_is_refused_and_changes_nothing() -> anyhow::Result<()> {
-    for db in TestDb::all().await {
+per_backend! {
+    #[tokio::test]
+    async fn bad_input_is_refused_and_changes_nothing(db) -> anyhow::Result<()> {
         let store = migrated(&db).await?;
         let leases = Leases::store(store.clone());
         let held = leases
@@ -487,6 +488,6 @@ async fn bad_input_is_refused_and_changes_nothing() -> anyhow::Result<()> {
         );
         held.release().await?;
         db.close().await?;
+        Ok(())
     }
-    Ok(())
 }

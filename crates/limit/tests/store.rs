@@ -31,16 +31,16 @@ mod suite {
         migrations,
     };
     use onephase_store::{Db, Store};
-    use onephase_testkit::{FaultProxy, TestDb};
+    use onephase_testkit::{FaultProxy, TestDb, per_backend};
 
     async fn migrated(db: &TestDb) -> anyhow::Result<Store> {
         db.store().migrate(&[migrations()]).await?;
         Ok(db.store().clone())
     }
 
-    #[tokio::test]
-    async fn every_decision_equals_the_reference_step_on_a_manual_clock() -> anyhow::Result<()> {
-        for db in TestDb::all().await {
+    per_backend! {
+        #[tokio::test]
+        async fn every_decision_equals_the_reference_step_on_a_manual_clock(db) -> anyhow::Result<()> {
             let store = migrated(&db).await?;
             for algorithm in Algorithm::ALL {
                 let policy =
@@ -76,13 +76,13 @@ mod suite {
                 }
             }
             db.close().await?;
+            Ok(())
         }
-        Ok(())
     }
 
-    #[tokio::test]
-    async fn the_boundary_burst_is_the_fixed_window_s_alone() -> anyhow::Result<()> {
-        for db in TestDb::all().await {
+    per_backend! {
+        #[tokio::test]
+        async fn the_boundary_burst_is_the_fixed_window_s_alone(db) -> anyhow::Result<()> {
             let store = migrated(&db).await?;
             for algorithm in Algorithm::ALL {
                 let policy = Policy::new(algorithm, 10, Duration::from_secs(60))?;
@@ -115,8 +115,8 @@ mod suite {
                 );
             }
             db.close().await?;
+            Ok(())
         }
-        Ok(())
     }
 
     /// Admission times (store clock) of 3 pools × 16 tasks checking one key for `run`.
@@ -133,9 +133,9 @@ mod suite {
         common::hammer(nodes, run, common::Timing::Store).await
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn many_pools_on_one_key_never_exceed_the_limit() -> anyhow::Result<()> {
-        for db in TestDb::all().await {
+    per_backend! {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn many_pools_on_one_key_never_exceed_the_limit(db) -> anyhow::Result<()> {
             migrated(&db).await?;
             for algorithm in Algorithm::ALL {
                 let policy = Policy::new(algorithm, 40, Duration::from_millis(500))?;
@@ -144,8 +144,8 @@ mod suite {
                 common::check_bounds(algorithm, &times, 500_000, 40, &what)?;
             }
             db.close().await?;
+            Ok(())
         }
-        Ok(())
     }
 
     async fn count(store: &Store, table: &'static str) -> anyhow::Result<i64> {
@@ -159,9 +159,9 @@ mod suite {
         })
     }
 
-    #[tokio::test]
-    async fn keys_back_to_fresh_are_swept_and_no_other_limiter_s() -> anyhow::Result<()> {
-        for db in TestDb::all().await {
+    per_backend! {
+        #[tokio::test]
+        async fn keys_back_to_fresh_are_swept_and_no_other_limiter_s(db) -> anyhow::Result<()> {
             let store = migrated(&db).await?;
             let start = time::OffsetDateTime::from_unix_timestamp(1_800_000_000)?;
             let clock = ManualClock::new(start);
@@ -188,8 +188,8 @@ mod suite {
             let d = limiter.check("a", 5).await?;
             ensure!(d.allowed && d.remaining == 0, "{d:?}");
             db.close().await?;
+            Ok(())
         }
-        Ok(())
     }
 
     #[tokio::test]
@@ -211,9 +211,9 @@ mod suite {
         Ok(())
     }
 
-    #[tokio::test]
-    async fn bad_input_is_refused_and_changes_nothing() -> anyhow::Result<()> {
-        for db in TestDb::all().await {
+    per_backend! {
+        #[tokio::test]
+        async fn bad_input_is_refused_and_changes_nothing(db) -> anyhow::Result<()> {
             let store = migrated(&db).await?;
             let policy = Policy::new(Algorithm::FixedWindow, 3, Duration::from_secs(60))?;
             let limiter =
@@ -228,7 +228,7 @@ mod suite {
             let d = limiter.check("k", 3).await?;
             ensure!(d.allowed && d.remaining == 0, "{d:?}");
             db.close().await?;
+            Ok(())
         }
-        Ok(())
     }
 }

@@ -8,6 +8,7 @@ use onephase_core::Envelope;
 use onephase_outbox::{OutboxAdmin, Relay, RelayConfig};
 use onephase_store::{Db, Store};
 use onephase_testkit::TestDb;
+use onephase_testkit::per_backend;
 
 /// Runs the shipped migration's SQL as the application's own migration tool would.
 async fn create_as_the_application(store: &Store, sql: &str) -> anyhow::Result<()> {
@@ -33,9 +34,9 @@ fn shipped(store: &Store) -> &'static str {
     }
 }
 
-#[tokio::test]
-async fn a_table_made_from_the_shipped_sql_is_adopted_and_relayed() -> anyhow::Result<()> {
-    for db in TestDb::all().await {
+per_backend! {
+    #[tokio::test]
+    async fn a_table_made_from_the_shipped_sql_is_adopted_and_relayed(db) -> anyhow::Result<()> {
         let store = db.store().clone();
         create_as_the_application(&store, shipped(&store)).await?;
         // Twice: the second run finds the migration recorded and does nothing.
@@ -71,13 +72,13 @@ async fn a_table_made_from_the_shipped_sql_is_adopted_and_relayed() -> anyhow::R
         ensure!(report.published == 1, "{report:?}");
         ensure!(OutboxAdmin::new(store.clone()).status().await?.pending == 0);
         db.close().await?;
+        Ok(())
     }
-    Ok(())
 }
 
-#[tokio::test]
-async fn a_table_that_breaks_the_contract_is_refused_with_what_it_lacks() -> anyhow::Result<()> {
-    for db in TestDb::all().await {
+per_backend! {
+    #[tokio::test]
+    async fn a_table_that_breaks_the_contract_is_refused_with_what_it_lacks(db) -> anyhow::Result<()> {
         let store = db.store().clone();
         let sql = match store.db() {
             Db::Postgres(_) => {
@@ -117,6 +118,6 @@ async fn a_table_that_breaks_the_contract_is_refused_with_what_it_lacks() -> any
         };
         ensure!(!inbox, "a refused adoption created the inbox");
         db.close().await?;
+        Ok(())
     }
-    Ok(())
 }

@@ -3,6 +3,7 @@
 
 mod common;
 
+use onephase_testkit::per_backend;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -73,10 +74,9 @@ async fn stop(
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn committed_events_arrive_once_in_key_order_and_rolled_back_ones_never() -> anyhow::Result<()>
-{
-    for db in TestDb::all().await {
+per_backend! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn committed_events_arrive_once_in_key_order_and_rolled_back_ones_never(db) -> anyhow::Result<()> {
         let store = migrated(&db).await?;
         create_effects(&store).await?;
         let log = EmbeddedLog::new(store.clone()).with_poll_interval(Duration::from_millis(20));
@@ -126,8 +126,8 @@ async fn committed_events_arrive_once_in_key_order_and_rolled_back_ones_never() 
         );
         ensure!(consumed.deliveries >= events.len());
         db.close().await?;
+        Ok(())
     }
-    Ok(())
 }
 
 /// Four relays on one PostgreSQL outbox, publishing to NATS JetStream: all events arrive, each
@@ -170,12 +170,12 @@ async fn four_relays_on_postgres_keep_order_per_key() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A row inserted by plain SQL with a topic no transport accepts, one with headers that are
-/// not strings, an oversized payload and a NULL key: the bad rows are dead-lettered with the
-/// reason, the NULL-key row is published unordered, and no other key is held up.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_rows_are_dead_lettered_without_blocking_other_keys() -> anyhow::Result<()> {
-    for db in TestDb::all().await {
+per_backend! {
+    /// A row inserted by plain SQL with a topic no transport accepts, one with headers that are
+    /// not strings, an oversized payload and a NULL key: the bad rows are dead-lettered with the
+    /// reason, the NULL-key row is published unordered, and no other key is held up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_rows_are_dead_lettered_without_blocking_other_keys(db) -> anyhow::Result<()> {
         let store = migrated(&db).await?;
         let log = EmbeddedLog::new(store.clone());
         let topic = "bad.input";
@@ -300,13 +300,13 @@ async fn bad_rows_are_dead_lettered_without_blocking_other_keys() -> anyhow::Res
         let err = admin.retry(Uuid::now_v7()).await.expect_err("unknown id");
         ensure!(err.kind() == ErrorKind::NotFound, "{err}");
         db.close().await?;
+        Ok(())
     }
-    Ok(())
 }
 
-#[tokio::test]
-async fn oversized_payloads_are_refused_at_enqueue_and_nothing_is_written() -> anyhow::Result<()> {
-    for db in TestDb::all().await {
+per_backend! {
+    #[tokio::test]
+    async fn oversized_payloads_are_refused_at_enqueue_and_nothing_is_written(db) -> anyhow::Result<()> {
         let store = migrated(&db).await?;
         let big =
             Envelope::builder("t", vec![0_u8; onephase_outbox::DEFAULT_MAX_PAYLOAD + 1]).build()?;
@@ -357,8 +357,8 @@ async fn oversized_payloads_are_refused_at_enqueue_and_nothing_is_written() -> a
         let status = OutboxAdmin::new(store.clone()).status().await?;
         ensure!(status.pending == 4, "{status:?}");
         db.close().await?;
+        Ok(())
     }
-    Ok(())
 }
 
 /// The broker refuses one topic (RabbitMQ: no queue bound for it). That row retries with
@@ -490,10 +490,10 @@ async fn a_late_committing_transaction_is_still_published() -> anyhow::Result<()
     Ok(())
 }
 
-/// With `keep_published`, rows are marked, kept, and deleted in bounded batches once old.
-#[tokio::test]
-async fn retention_deletes_published_rows_in_batches() -> anyhow::Result<()> {
-    for db in TestDb::all().await {
+per_backend! {
+    /// With `keep_published`, rows are marked, kept, and deleted in bounded batches once old.
+    #[tokio::test]
+    async fn retention_deletes_published_rows_in_batches(db) -> anyhow::Result<()> {
         let store = migrated(&db).await?;
         let log = EmbeddedLog::new(store.clone());
         let events = workload("retained", 120, 3);
@@ -520,13 +520,13 @@ async fn retention_deletes_published_rows_in_batches() -> anyhow::Result<()> {
             "{status:?}"
         );
         db.close().await?;
+        Ok(())
     }
-    Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_inbox_applies_a_redelivered_message_once() -> anyhow::Result<()> {
-    for db in TestDb::all().await {
+per_backend! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_inbox_applies_a_redelivered_message_once(db) -> anyhow::Result<()> {
         let store = migrated(&db).await?;
         create_effects(&store).await?;
         let events = workload("inbox", 3, 1);
@@ -541,13 +541,13 @@ async fn the_inbox_applies_a_redelivered_message_once() -> anyhow::Result<()> {
         }
         assert_effects_once(&store, &events).await?;
         db.close().await?;
+        Ok(())
     }
-    Ok(())
 }
 
-#[tokio::test]
-async fn inbox_rows_are_pruned_by_age_in_bounded_batches() -> anyhow::Result<()> {
-    for db in TestDb::all().await {
+per_backend! {
+    #[tokio::test]
+    async fn inbox_rows_are_pruned_by_age_in_bounded_batches(db) -> anyhow::Result<()> {
         let store = migrated(&db).await?;
         create_effects(&store).await?;
         let events = workload("pruned", 3, 1);
@@ -598,6 +598,6 @@ async fn inbox_rows_are_pruned_by_age_in_bounded_batches() -> anyhow::Result<()>
                 == 0
         );
         db.close().await?;
+        Ok(())
     }
-    Ok(())
 }

@@ -17,6 +17,7 @@ use crate::invoke::{Phase, SharedInvoke};
 /// runs to completion; if anything up to and including the pivot fails, the compensatable
 /// steps before it are undone in reverse order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = KindDocument))]
 #[serde(rename_all = "snake_case")]
 pub enum StepKind {
     /// Has a compensation; stands before the pivot.

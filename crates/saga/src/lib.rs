@@ -81,6 +81,14 @@ pub use builder::{Committed, Compensatable, Open, Pivot, Retriable, Saga, SagaBu
 pub use definition::{Definition, DefinitionError, Policy, StepDef, StepKind};
 pub use error::SagaError;
 pub use http::{HttpCall, Permits, SagaSpec};
+/// The definition document's OpenAPI schema, from the types its parser reads.
+#[cfg(feature = "openapi")]
+pub mod schema {
+    pub use crate::http::{
+        CallDocument, DefaultsDocument, KindDocument, MethodDocument, ParallelDocument,
+        SagaDocument, StageDocument, StepDocument,
+    };
+}
 pub use invoke::{Call, Invoke, Phase, SharedInvoke, StepError};
 pub use orchestrator::{
     Orchestrator, OrchestratorConfig, OrchestratorStats, Registered, StartRequest, Started,

@@ -4,6 +4,7 @@
 
 mod common;
 
+use onephase_testkit::per_backend;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -72,9 +73,9 @@ async fn order_saga(store: &Store, participants: &Participants) -> anyhow::Resul
     Ok(orchestrator)
 }
 
-#[tokio::test]
-async fn shipment_failure_compensates_in_reverse_and_the_books_balance() -> anyhow::Result<()> {
-    for db in TestDb::all().await {
+per_backend! {
+    #[tokio::test]
+    async fn shipment_failure_compensates_in_reverse_and_the_books_balance(db) -> anyhow::Result<()> {
         let store = migrated(&db).await?;
         let participants = Participants::start().await?;
         let orchestrator = order_saga(&store, &participants).await?;
@@ -168,13 +169,13 @@ async fn shipment_failure_compensates_in_reverse_and_the_books_balance() -> anyh
             .all(|h| h.elapsed_ms.is_some());
         ensure!(timed, "outcomes carry their timing");
         db.close().await?;
+        Ok(())
     }
-    Ok(())
 }
 
-#[tokio::test]
-async fn a_compensation_that_keeps_failing_waits_for_an_operator() -> anyhow::Result<()> {
-    for db in TestDb::all().await {
+per_backend! {
+    #[tokio::test]
+    async fn a_compensation_that_keeps_failing_waits_for_an_operator(db) -> anyhow::Result<()> {
         let store = migrated(&db).await?;
         let participants = Participants::start().await?;
         let orchestrator = order_saga(&store, &participants).await?;
@@ -342,13 +343,13 @@ async fn a_compensation_that_keeps_failing_waits_for_an_operator() -> anyhow::Re
             .expect_err("unknown run");
         ensure!(unknown.kind() == ErrorKind::NotFound, "{unknown}");
         db.close().await?;
+        Ok(())
     }
-    Ok(())
 }
 
-#[tokio::test]
-async fn starts_are_idempotent_and_bad_input_starts_nothing() -> anyhow::Result<()> {
-    for db in TestDb::all().await {
+per_backend! {
+    #[tokio::test]
+    async fn starts_are_idempotent_and_bad_input_starts_nothing(db) -> anyhow::Result<()> {
         let store = migrated(&db).await?;
         let participants = Participants::start().await?;
         let orchestrator = order_saga(&store, &participants).await?;
@@ -397,8 +398,8 @@ async fn starts_are_idempotent_and_bad_input_starts_nothing() -> anyhow::Result<
         let runs = count(&store, "SELECT count(*) FROM onephase_saga_runs").await?;
         ensure!(runs == 1, "only the first start created a run: {runs}");
         db.close().await?;
+        Ok(())
     }
-    Ok(())
 }
 
 #[tokio::test]
@@ -583,9 +584,9 @@ async fn invalid_definitions_are_refused_with_the_rule_they_break() -> anyhow::R
     Ok(())
 }
 
-#[tokio::test]
-async fn a_run_finishes_on_the_version_it_started_with() -> anyhow::Result<()> {
-    for db in TestDb::all().await {
+per_backend! {
+    #[tokio::test]
+    async fn a_run_finishes_on_the_version_it_started_with(db) -> anyhow::Result<()> {
         let store = migrated(&db).await?;
         let participants = Participants::start().await?;
         let orchestrator = order_saga(&store, &participants).await?;
@@ -613,16 +614,16 @@ async fn a_run_finishes_on_the_version_it_started_with() -> anyhow::Result<()> {
         ensure!(net.get(&("courier".to_owned(), 2)) == Some(&1), "{net:?}");
         ensure!(!net.contains_key(&("courier".to_owned(), 1)), "{net:?}");
         db.close().await?;
+        Ok(())
     }
-    Ok(())
 }
 
-/// An orchestrator dies mid-call (its future is dropped while the participant holds the
-/// request); after its lease lapses another takes over and repeats the attempt under the same
-/// idempotency key, counted as a new attempt.
-#[tokio::test]
-async fn a_crashed_orchestrators_run_is_taken_over_with_the_same_key() -> anyhow::Result<()> {
-    for db in TestDb::all().await {
+per_backend! {
+    /// An orchestrator dies mid-call (its future is dropped while the participant holds the
+    /// request); after its lease lapses another takes over and repeats the attempt under the same
+    /// idempotency key, counted as a new attempt.
+    #[tokio::test]
+    async fn a_crashed_orchestrators_run_is_taken_over_with_the_same_key(db) -> anyhow::Result<()> {
         let store = migrated(&db).await?;
         let calls: Arc<std::sync::Mutex<Vec<(String, u32)>>> = Arc::default();
         let first_call = Arc::new(AtomicU32::new(0));
@@ -712,8 +713,8 @@ async fn a_crashed_orchestrators_run_is_taken_over_with_the_same_key() -> anyhow
             "the interrupted attempt is in the history"
         );
         db.close().await?;
+        Ok(())
     }
-    Ok(())
 }
 
 /// Two orchestrators on one PostgreSQL, each with its own pool, share 300 runs with slow and
@@ -902,16 +903,15 @@ async fn wait_for_call(gated: &Gated, what: &str, attempt: u32, n: usize) -> any
     Ok(())
 }
 
-/// The pause of a lease holder, applied to the orchestrator itself: its claim on a run lapses
-/// while a call is in flight (here the lapse is written into the store, as a pause of any
-/// length would leave it), and the same orchestrator claims the run again and retries the
-/// step. When the first call returns, its driver must not record an outcome over the new
-/// claim's, nor go on to start the next step a second time: every (key, attempt) is made
-/// once, and a later claim's calls carry a higher fencing token.
-#[tokio::test]
-async fn a_driver_paused_past_its_claim_can_neither_record_nor_start_an_attempt()
--> anyhow::Result<()> {
-    for db in TestDb::all().await {
+per_backend! {
+    /// The pause of a lease holder, applied to the orchestrator itself: its claim on a run lapses
+    /// while a call is in flight (here the lapse is written into the store, as a pause of any
+    /// length would leave it), and the same orchestrator claims the run again and retries the
+    /// step. When the first call returns, its driver must not record an outcome over the new
+    /// claim's, nor go on to start the next step a second time: every (key, attempt) is made
+    /// once, and a later claim's calls carry a higher fencing token.
+    #[tokio::test]
+    async fn a_driver_paused_past_its_claim_can_neither_record_nor_start_an_attempt(db) -> anyhow::Result<()> {
         let store = migrated(&db).await?;
         let gated = Gated::default();
         gated.hold("reserve", 1);
@@ -1022,8 +1022,8 @@ async fn a_driver_paused_past_its_claim_can_neither_record_nor_start_an_attempt(
             "the stale driver's outcome (attempt 1) did not overwrite attempt 2's: {reserve:?}"
         );
         db.close().await?;
+        Ok(())
     }
-    Ok(())
 }
 
 fn expected_state(refuse: Option<&str>, stuck: Option<&str>) -> RunState {
@@ -1034,12 +1034,12 @@ fn expected_state(refuse: Option<&str>, stuck: Option<&str>) -> RunState {
     }
 }
 
-/// A Rust saga with a parallel group and a retriable step: a refusal in the group compensates
-/// the group's other step and then the first; a refused retriable step after the pivot parks
-/// the run, and resolving it by hand completes the run.
-#[tokio::test]
-async fn parallel_groups_and_retriable_steps_in_rust() -> anyhow::Result<()> {
-    for db in TestDb::all().await {
+per_backend! {
+    /// A Rust saga with a parallel group and a retriable step: a refusal in the group compensates
+    /// the group's other step and then the first; a refused retriable step after the pivot parks
+    /// the run, and resolving it by hand completes the run.
+    #[tokio::test]
+    async fn parallel_groups_and_retriable_steps_in_rust(db) -> anyhow::Result<()> {
         let store = migrated(&db).await?;
         let log: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
         let record = |label: &'static str, refuse_when: &'static str| {
@@ -1139,8 +1139,8 @@ async fn parallel_groups_and_retriable_steps_in_rust() -> anyhow::Result<()> {
             .count();
         ensure!(compensations == 0, "nothing is compensated past the pivot");
         db.close().await?;
+        Ok(())
     }
-    Ok(())
 }
 
 /// A participant that echoes what it receives and answers a number no `f64` holds.
@@ -1169,9 +1169,9 @@ async fn echo_participant() -> anyhow::Result<(String, Arc<std::sync::Mutex<Vec<
     Ok((base, seen))
 }
 
-#[tokio::test]
-async fn inputs_and_outputs_reach_participants_with_every_digit() -> anyhow::Result<()> {
-    for db in TestDb::all().await {
+per_backend! {
+    #[tokio::test]
+    async fn inputs_and_outputs_reach_participants_with_every_digit(db) -> anyhow::Result<()> {
         let store = migrated(&db).await?;
         let (base, seen) = echo_participant().await?;
         let orchestrator = Orchestrator::new(store.clone(), config()).with_seed(7);
@@ -1227,14 +1227,13 @@ async fn inputs_and_outputs_reach_participants_with_every_digit() -> anyhow::Res
             "{output}"
         );
         db.close().await?;
+        Ok(())
     }
-    Ok(())
 }
 
-#[tokio::test]
-async fn a_header_value_with_a_line_break_fails_the_step_once_and_sends_nothing()
--> anyhow::Result<()> {
-    for db in TestDb::all().await {
+per_backend! {
+    #[tokio::test]
+    async fn a_header_value_with_a_line_break_fails_the_step_once_and_sends_nothing(db) -> anyhow::Result<()> {
         let store = migrated(&db).await?;
         let (base, seen) = echo_participant().await?;
         let orchestrator = Orchestrator::new(store.clone(), config()).with_seed(7);
@@ -1271,6 +1270,6 @@ async fn a_header_value_with_a_line_break_fails_the_step_once_and_sends_nothing(
         );
         ensure!(seen.lock().unwrap_or_else(|e| e.into_inner()).is_empty());
         db.close().await?;
+        Ok(())
     }
-    Ok(())
 }

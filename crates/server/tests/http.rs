@@ -5,6 +5,7 @@ mod participants;
 #[path = "../../webhook/tests/common/mod.rs"]
 mod receiver;
 
+use onephase_testkit::per_backend;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -96,9 +97,9 @@ async fn problem(response: reqwest::Response, status: StatusCode) -> anyhow::Res
     Ok(body)
 }
 
-#[tokio::test]
-async fn public_endpoints_answer_and_metrics_count_requests() -> anyhow::Result<()> {
-    for db in TestDb::all().await {
+per_backend! {
+    #[tokio::test]
+    async fn public_endpoints_answer_and_metrics_count_requests(db) -> anyhow::Result<()> {
         let server = Running::start(config_for(&db)).await?;
         let http = reqwest::Client::new();
 
@@ -156,13 +157,13 @@ async fn public_endpoints_answer_and_metrics_count_requests() -> anyhow::Result<
 
         server.stop().await?;
         db.close().await?;
+        Ok(())
     }
-    Ok(())
 }
 
-#[tokio::test]
-async fn first_start_creates_one_admin_token_and_later_starts_do_not() -> anyhow::Result<()> {
-    for db in TestDb::all().await {
+per_backend! {
+    #[tokio::test]
+    async fn first_start_creates_one_admin_token_and_later_starts_do_not(db) -> anyhow::Result<()> {
         let first = Running::start(config_for(&db)).await?;
         let token = first.admin.clone().context("first start creates a token")?;
         ensure!(token.starts_with("op_"));
@@ -186,8 +187,8 @@ async fn first_start_creates_one_admin_token_and_later_starts_do_not() -> anyhow
         );
         second.stop().await?;
         db.close().await?;
+        Ok(())
     }
-    Ok(())
 }
 
 #[tokio::test]
@@ -258,9 +259,9 @@ async fn v1_needs_a_valid_bearer_token() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn tokens_are_created_listed_and_revoked_by_admins_only() -> anyhow::Result<()> {
-    for db in TestDb::all().await {
+per_backend! {
+    #[tokio::test]
+    async fn tokens_are_created_listed_and_revoked_by_admins_only(db) -> anyhow::Result<()> {
         let server = Running::start(config_for(&db)).await?;
         let http = reqwest::Client::new();
         let tokens = server.url("/v1/tokens");
@@ -359,8 +360,8 @@ async fn tokens_are_created_listed_and_revoked_by_admins_only() -> anyhow::Resul
 
         server.stop().await?;
         db.close().await?;
+        Ok(())
     }
-    Ok(())
 }
 
 #[tokio::test]
@@ -577,9 +578,9 @@ async fn wait_for_records(
     anyhow::bail!("{topic} did not reach {count} records")
 }
 
-#[tokio::test]
-async fn outbox_api_appends_reads_relays_and_manages_dead_rows() -> anyhow::Result<()> {
-    for db in TestDb::all().await {
+per_backend! {
+    #[tokio::test]
+    async fn outbox_api_appends_reads_relays_and_manages_dead_rows(db) -> anyhow::Result<()> {
         let server = Running::start(with_log_relay(&db)).await?;
         let http = reqwest::Client::new();
 
@@ -807,8 +808,8 @@ async fn outbox_api_appends_reads_relays_and_manages_dead_rows() -> anyhow::Resu
         store.close().await;
         server.stop().await?;
         db.close().await?;
+        Ok(())
     }
-    Ok(())
 }
 
 #[tokio::test]
@@ -933,9 +934,9 @@ async fn settled_run(http: &reqwest::Client, server: &Running, id: &str) -> anyh
     anyhow::bail!("run {id} did not settle within 60 s: {last}")
 }
 
-#[tokio::test]
-async fn sagas_are_registered_started_inspected_and_operated_over_http() -> anyhow::Result<()> {
-    for db in TestDb::all().await {
+per_backend! {
+    #[tokio::test]
+    async fn sagas_are_registered_started_inspected_and_operated_over_http(db) -> anyhow::Result<()> {
         let http = reqwest::Client::new();
         let parts = participants::Participants::start().await?;
         let definition = participants::order_definition(&parts.base(), 1, 2000);
@@ -1271,8 +1272,8 @@ async fn sagas_are_registered_started_inspected_and_operated_over_http() -> anyh
         );
         server.stop().await?;
         db.close().await?;
+        Ok(())
     }
-    Ok(())
 }
 
 fn with_webhooks(db: &TestDb, schedule_secs: Vec<u64>) -> ServerConfig {
@@ -1325,9 +1326,9 @@ async fn settled_message(
     anyhow::bail!("message {id} still pending after 60 s: {last}")
 }
 
-#[tokio::test]
-async fn webhooks_are_sent_delivered_and_operated_over_http() -> anyhow::Result<()> {
-    for db in TestDb::all().await {
+per_backend! {
+    #[tokio::test]
+    async fn webhooks_are_sent_delivered_and_operated_over_http(db) -> anyhow::Result<()> {
         let server = Running::start(with_webhooks(&db, vec![0])).await?;
         let http = reqwest::Client::new();
         let client = client_token(&http, &server).await?;
@@ -1535,8 +1536,8 @@ async fn webhooks_are_sent_delivered_and_operated_over_http() -> anyhow::Result<
         ensure!(deleted.status() == StatusCode::NO_CONTENT);
         server.stop().await?;
         db.close().await?;
+        Ok(())
     }
-    Ok(())
 }
 
 #[tokio::test]
@@ -1712,9 +1713,9 @@ async fn lease_list(
         .await?)
 }
 
-#[tokio::test]
-async fn leases_are_acquired_renewed_released_and_listed_over_http() -> anyhow::Result<()> {
-    for db in TestDb::all().await {
+per_backend! {
+    #[tokio::test]
+    async fn leases_are_acquired_renewed_released_and_listed_over_http(db) -> anyhow::Result<()> {
         let mut config = config_for(&db);
         config.lease.max_wait_ms = Some(300);
         let server = Running::start(config).await?;
@@ -1891,13 +1892,13 @@ async fn leases_are_acquired_renewed_released_and_listed_over_http() -> anyhow::
         );
         server.stop().await?;
         db.close().await?;
+        Ok(())
     }
-    Ok(())
 }
 
-#[tokio::test]
-async fn limits_are_defined_checked_and_listed_over_http() -> anyhow::Result<()> {
-    for db in TestDb::all().await {
+per_backend! {
+    #[tokio::test]
+    async fn limits_are_defined_checked_and_listed_over_http(db) -> anyhow::Result<()> {
         let mut config = config_for(&db);
         config
             .limit
@@ -2065,13 +2066,13 @@ async fn limits_are_defined_checked_and_listed_over_http() -> anyhow::Result<()>
         .await?;
         server.stop().await?;
         db.close().await?;
+        Ok(())
     }
-    Ok(())
 }
 
-#[tokio::test]
-async fn servers_on_one_database_share_its_limits_whole_or_in_chunks() -> anyhow::Result<()> {
-    for db in TestDb::all().await {
+per_backend! {
+    #[tokio::test]
+    async fn servers_on_one_database_share_its_limits_whole_or_in_chunks(db) -> anyhow::Result<()> {
         let shared_config = || {
             let mut config = config_for(&db);
             config.limit.store = Some(onephase_server::limit::LimitStore::Database);
@@ -2130,13 +2131,13 @@ async fn servers_on_one_database_share_its_limits_whole_or_in_chunks() -> anyhow
         b.stop().await?;
         a.stop().await?;
         db.close().await?;
+        Ok(())
     }
-    Ok(())
 }
 
-#[tokio::test]
-async fn a_policy_changed_through_one_server_reaches_the_others() -> anyhow::Result<()> {
-    for db in TestDb::all().await {
+per_backend! {
+    #[tokio::test]
+    async fn a_policy_changed_through_one_server_reaches_the_others(db) -> anyhow::Result<()> {
         let a = Running::start(config_for(&db)).await?;
         let b = Running::start(config_for(&db)).await?;
         let http = reqwest::Client::new();
@@ -2180,6 +2181,6 @@ async fn a_policy_changed_through_one_server_reaches_the_others() -> anyhow::Res
         b.stop().await?;
         a.stop().await?;
         db.close().await?;
+        Ok(())
     }
-    Ok(())
 }

@@ -3,6 +3,7 @@
 use onephase_store::sqlx::{self, Row};
 use onephase_store::{Db, Migrations, Store, StoreError};
 use onephase_testkit::TestDb;
+use onephase_testkit::per_backend;
 
 fn widgets_v1() -> Migrations {
     Migrations::new(
@@ -41,9 +42,9 @@ async fn insert_widget(store: &Store, name: &str) -> Result<(), sqlx::Error> {
     }
 }
 
-#[tokio::test]
-async fn migrations_apply_once_and_upgrade_in_place() {
-    for db in TestDb::all().await {
+per_backend! {
+    #[tokio::test]
+    async fn migrations_apply_once_and_upgrade_in_place(db) {
         let store = db.store();
         store.ping().await.unwrap();
         store.migrate(&[widgets_v1()]).await.unwrap();
@@ -56,9 +57,9 @@ async fn migrations_apply_once_and_upgrade_in_place() {
     }
 }
 
-#[tokio::test]
-async fn a_database_migrated_by_a_newer_binary_is_refused_with_advice() {
-    for db in TestDb::all().await {
+per_backend! {
+    #[tokio::test]
+    async fn a_database_migrated_by_a_newer_binary_is_refused_with_advice(db) {
         let store = db.store();
         store.migrate(&[widgets_v2()]).await.unwrap();
         let err = store.migrate(&[widgets_v1()]).await.unwrap_err();
@@ -78,9 +79,9 @@ async fn a_database_migrated_by_a_newer_binary_is_refused_with_advice() {
     }
 }
 
-#[tokio::test]
-async fn components_record_versions_in_their_own_tables() {
-    for db in TestDb::all().await {
+per_backend! {
+    #[tokio::test]
+    async fn components_record_versions_in_their_own_tables(db) {
         let store = db.store();
         let other = Migrations::new(
             "gadgets",

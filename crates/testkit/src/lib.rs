@@ -25,6 +25,7 @@
 
 mod db;
 mod engine;
+pub mod per_backend;
 mod proxy;
 
 pub use db::{TestDb, TestDbError};

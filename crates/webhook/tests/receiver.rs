@@ -2,6 +2,7 @@
 //! `webhook-id` in the receiver's own transaction; everything else is refused with its reason
 //! and changes nothing.
 
+use onephase_testkit::per_backend;
 use std::sync::Arc;
 
 use anyhow::ensure;
@@ -93,9 +94,9 @@ async fn ledger_total(store: &Store) -> anyhow::Result<(i64, i64)> {
     })
 }
 
-#[tokio::test]
-async fn verified_webhooks_apply_once_and_bad_ones_change_nothing() -> anyhow::Result<()> {
-    for db in TestDb::all().await {
+per_backend! {
+    #[tokio::test]
+    async fn verified_webhooks_apply_once_and_bad_ones_change_nothing(db) -> anyhow::Result<()> {
         let store = db.store().clone();
         store.migrate(&[onephase_outbox::migrations()]).await?;
         let create = "CREATE TABLE ledger (amount BIGINT NOT NULL)";
@@ -174,13 +175,13 @@ async fn verified_webhooks_apply_once_and_bad_ones_change_nothing() -> anyhow::R
             "only msg_1 and msg_2 applied"
         );
         db.close().await?;
+        Ok(())
     }
-    Ok(())
 }
 
-#[tokio::test]
-async fn accept_stores_the_webhook_in_the_outbox_for_after_the_ack() -> anyhow::Result<()> {
-    for db in TestDb::all().await {
+per_backend! {
+    #[tokio::test]
+    async fn accept_stores_the_webhook_in_the_outbox_for_after_the_ack(db) -> anyhow::Result<()> {
         let store = db.store().clone();
         store.migrate(&[onephase_outbox::migrations()]).await?;
         let secret = Secret::parse(SECRET)?;
@@ -227,6 +228,6 @@ async fn accept_stores_the_webhook_in_the_outbox_for_after_the_ack() -> anyhow::
             .await?;
         ensure!(status.pending == 1, "stored once: {status:?}");
         db.close().await?;
+        Ok(())
     }
-    Ok(())
 }

@@ -4,6 +4,7 @@
 
 mod common;
 
+use onephase_testkit::per_backend;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,9 +78,9 @@ async fn drain(s: &Setup) -> anyhow::Result<usize> {
     anyhow::bail!("still attempting after 100 rounds")
 }
 
-#[tokio::test]
-async fn messages_fan_out_signed_to_matching_endpoints_once() -> anyhow::Result<()> {
-    for db in TestDb::all().await {
+per_backend! {
+    #[tokio::test]
+    async fn messages_fan_out_signed_to_matching_endpoints_once(db) -> anyhow::Result<()> {
         let s = setup(&db, DispatcherConfig::default()).await?;
         let rx = TestReceiver::start().await;
         let all = s
@@ -154,8 +155,8 @@ async fn messages_fan_out_signed_to_matching_endpoints_once() -> anyhow::Result<
                 && e.success_rate == Some(1.0))
         );
         db.close().await?;
+        Ok(())
     }
-    Ok(())
 }
 
 fn base64_key() -> String {
@@ -163,9 +164,9 @@ fn base64_key() -> String {
     base64::engine::general_purpose::STANDARD.encode([7_u8; 32])
 }
 
-#[tokio::test]
-async fn failures_retry_on_schedule_then_dead_letter_and_replay() -> anyhow::Result<()> {
-    for db in TestDb::all().await {
+per_backend! {
+    #[tokio::test]
+    async fn failures_retry_on_schedule_then_dead_letter_and_replay(db) -> anyhow::Result<()> {
         let config = DispatcherConfig {
             schedule: RetrySchedule::new(
                 vec![
@@ -227,13 +228,13 @@ async fn failures_retry_on_schedule_then_dead_letter_and_replay() -> anyhow::Res
         );
         ensure!(s.webhooks.dead_letters(None, 10).await?.is_empty());
         db.close().await?;
+        Ok(())
     }
-    Ok(())
 }
 
-#[tokio::test]
-async fn gone_and_continuous_failure_disable_the_endpoint_and_say_so() -> anyhow::Result<()> {
-    for db in TestDb::all().await {
+per_backend! {
+    #[tokio::test]
+    async fn gone_and_continuous_failure_disable_the_endpoint_and_say_so(db) -> anyhow::Result<()> {
         let config = DispatcherConfig {
             schedule: immediate(50),
             disable_after: Duration::from_secs(3600),
@@ -301,8 +302,8 @@ async fn gone_and_continuous_failure_disable_the_endpoint_and_say_so() -> anyhow
         s.webhooks.enable(&gone.id).await?;
         ensure!(s.webhooks.replay(&replay).await? == 3);
         db.close().await?;
+        Ok(())
     }
-    Ok(())
 }
 
 /// A send that read the endpoint as enabled and commits after the dispatcher disabled it leaves
@@ -402,9 +403,9 @@ async fn outbox_payloads(db: &TestDb) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
-#[tokio::test]
-async fn ordered_endpoints_deliver_each_key_in_order() -> anyhow::Result<()> {
-    for db in TestDb::all().await {
+per_backend! {
+    #[tokio::test]
+    async fn ordered_endpoints_deliver_each_key_in_order(db) -> anyhow::Result<()> {
         let s = setup(
             &db,
             DispatcherConfig {
@@ -444,13 +445,13 @@ async fn ordered_endpoints_deliver_each_key_in_order() -> anyhow::Result<()> {
             ensure!(s.webhooks.message(&messages.id).await?.deliveries[0].status == "delivered");
         }
         db.close().await?;
+        Ok(())
     }
-    Ok(())
 }
 
-#[tokio::test]
-async fn concurrency_and_rate_limits_hold() -> anyhow::Result<()> {
-    for db in TestDb::all().await {
+per_backend! {
+    #[tokio::test]
+    async fn concurrency_and_rate_limits_hold(db) -> anyhow::Result<()> {
         let s = setup(&db, DispatcherConfig::default()).await?;
         let rx = TestReceiver::start().await;
         rx.script(|_, _| Answer {
@@ -481,13 +482,13 @@ async fn concurrency_and_rate_limits_hold() -> anyhow::Result<()> {
         ensure!(drain(&s).await? == 12 + 5);
         ensure!(rx.arrivals_at("limited").len() == 10);
         db.close().await?;
+        Ok(())
     }
-    Ok(())
 }
 
-#[tokio::test]
-async fn retry_after_is_honoured_within_bounds() -> anyhow::Result<()> {
-    for db in TestDb::all().await {
+per_backend! {
+    #[tokio::test]
+    async fn retry_after_is_honoured_within_bounds(db) -> anyhow::Result<()> {
         let config = DispatcherConfig {
             schedule: immediate(5),
             max_retry_after: Duration::from_secs(600),
@@ -522,13 +523,13 @@ async fn retry_after_is_honoured_within_bounds() -> anyhow::Result<()> {
             ensure!(s.webhooks.endpoint(ep).await?.slowed_until.is_some());
         }
         db.close().await?;
+        Ok(())
     }
-    Ok(())
 }
 
-#[tokio::test]
-async fn rotation_signs_with_old_and_new_keys_for_the_overlap() -> anyhow::Result<()> {
-    for db in TestDb::all().await {
+per_backend! {
+    #[tokio::test]
+    async fn rotation_signs_with_old_and_new_keys_for_the_overlap(db) -> anyhow::Result<()> {
         let s = setup(&db, DispatcherConfig::default()).await?;
         let rx = TestReceiver::start().await;
         let ep = s
@@ -563,13 +564,13 @@ async fn rotation_signs_with_old_and_new_keys_for_the_overlap() -> anyhow::Resul
         let signature = header(&rx.arrivals()[1].headers, "webhook-signature");
         ensure!(!signature.contains(' '));
         db.close().await?;
+        Ok(())
     }
-    Ok(())
 }
 
-#[tokio::test]
-async fn idempotency_keys_return_the_first_message_and_refuse_reuse() -> anyhow::Result<()> {
-    for db in TestDb::all().await {
+per_backend! {
+    #[tokio::test]
+    async fn idempotency_keys_return_the_first_message_and_refuse_reuse(db) -> anyhow::Result<()> {
         let s = setup(&db, DispatcherConfig::default()).await?;
         let rx = TestReceiver::start().await;
         s.webhooks
@@ -587,8 +588,8 @@ async fn idempotency_keys_return_the_first_message_and_refuse_reuse() -> anyhow:
         ensure!(s.webhooks.messages(None, None, 10).await?.len() == 1);
         ensure!(drain(&s).await? == 1);
         db.close().await?;
+        Ok(())
     }
-    Ok(())
 }
 
 #[tokio::test]
@@ -815,107 +816,106 @@ async fn send_backlog(
 /// stops after `one_key_enough` deliveries: by then the key's head has been retried, delivered
 /// and followed by the rest in order, which is what a stuck claim window prevented. 100
 /// unkeyed messages sent behind the backlog must all be delivered as well.
-async fn backlog_keeps_moving(ordered: bool) -> anyhow::Result<()> {
+async fn backlog_keeps_moving(db: &TestDb, ordered: bool) -> anyhow::Result<()> {
     const COUNT: usize = 10_000;
     const UNKEYED: usize = 100;
     let one_key_enough = 300;
-    for db in TestDb::all().await {
-        for keys in [1_usize, 100] {
-            let s = setup(
-                &db,
-                DispatcherConfig {
-                    schedule: RetrySchedule::new(
-                        [0, 1, 2, 4, 8].map(Duration::from_secs).to_vec(),
-                        0.0,
-                    )?,
-                    claim_batch: 500,
-                    max_in_flight: 500,
-                    ..DispatcherConfig::default()
-                },
-            )
-            .await?;
-            let rx = TestReceiver::start().await;
-            rx.script(|_, n| Answer::status(if n < 3 { 500 } else { 200 }));
-            let path = format!("backlog-{keys}");
-            let mut spec = EndpointSpec::new(rx.url(&path));
-            spec.ordered = ordered;
-            spec.max_concurrency = Some(500);
-            let endpoint = s.webhooks.create_endpoint(spec).await?;
-            let ids = send_backlog(&s, COUNT, keys).await?;
-            // Messages without a key, sent behind the backlog, go without waiting for it.
-            let mut unkeyed: std::collections::HashSet<String> = Default::default();
-            for n in 0..UNKEYED {
-                let sent = s
-                    .webhooks
-                    .send(&NewMessage::new("a.b", json!({"unkeyed": n})))
-                    .await?;
-                unkeyed.insert(sent.id);
-            }
-            let target = if ordered && keys == 1 {
-                one_key_enough
-            } else {
-                COUNT + UNKEYED
-            };
-            let mut delivered: std::collections::HashSet<String> = Default::default();
-            let mut idle = 0;
-            while delivered.len() < target || !unkeyed.is_subset(&delivered) {
-                let round = s.dispatcher.run_once().await?;
-                if round.attempts == 0 {
-                    idle += 1;
-                    ensure!(
-                        idle < 20,
-                        "{keys} key(s), ordered {ordered}: nothing attempted for 20 s with {} of {target} delivered",
-                        delivered.len()
-                    );
-                    s.clock.advance(Duration::from_secs(1));
-                    s.clock.shift_wall(time::Duration::seconds(1));
-                    continue;
-                }
-                idle = 0;
-                delivered = rx
-                    .arrivals_at(&path)
-                    .iter()
-                    .filter(|a| a.status == 200)
-                    .map(|a| a.id())
-                    .collect();
-            }
-            let arrivals = rx.arrivals_at(&path);
-            if ordered {
-                // Every key's messages arrive in send order (a failed one again before the next).
-                let mut last: std::collections::HashMap<&str, usize> = Default::default();
-                for a in arrivals.iter().filter(|a| !unkeyed.contains(&a.id())) {
-                    let (key, n) = ids.get(&a.id()).context("a known message")?;
-                    if let Some(before) = last.insert(key, *n) {
-                        ensure!(
-                            *n >= before,
-                            "key {key}: message {n} arrived after {before}"
-                        );
-                    }
-                }
-            }
-            if target == COUNT + UNKEYED {
-                let stats = s.webhooks.stats(Duration::from_secs(86_400)).await?;
-                let e = stats
-                    .iter()
-                    .find(|e| e.endpoint_id == endpoint.id)
-                    .context("the endpoint's stats")?;
-                ensure!(e.pending == 0, "{keys} key(s): {} still pending", e.pending);
-            }
-            // The next case's messages go to its own endpoint only.
-            s.webhooks.delete_endpoint(&endpoint.id).await?;
+    for keys in [1_usize, 100] {
+        let s = setup(
+            &db,
+            DispatcherConfig {
+                schedule: RetrySchedule::new(
+                    [0, 1, 2, 4, 8].map(Duration::from_secs).to_vec(),
+                    0.0,
+                )?,
+                claim_batch: 500,
+                max_in_flight: 500,
+                ..DispatcherConfig::default()
+            },
+        )
+        .await?;
+        let rx = TestReceiver::start().await;
+        rx.script(|_, n| Answer::status(if n < 3 { 500 } else { 200 }));
+        let path = format!("backlog-{keys}");
+        let mut spec = EndpointSpec::new(rx.url(&path));
+        spec.ordered = ordered;
+        spec.max_concurrency = Some(500);
+        let endpoint = s.webhooks.create_endpoint(spec).await?;
+        let ids = send_backlog(&s, COUNT, keys).await?;
+        // Messages without a key, sent behind the backlog, go without waiting for it.
+        let mut unkeyed: std::collections::HashSet<String> = Default::default();
+        for n in 0..UNKEYED {
+            let sent = s
+                .webhooks
+                .send(&NewMessage::new("a.b", json!({"unkeyed": n})))
+                .await?;
+            unkeyed.insert(sent.id);
         }
-        db.close().await?;
+        let target = if ordered && keys == 1 {
+            one_key_enough
+        } else {
+            COUNT + UNKEYED
+        };
+        let mut delivered: std::collections::HashSet<String> = Default::default();
+        let mut idle = 0;
+        while delivered.len() < target || !unkeyed.is_subset(&delivered) {
+            let round = s.dispatcher.run_once().await?;
+            if round.attempts == 0 {
+                idle += 1;
+                ensure!(
+                    idle < 20,
+                    "{keys} key(s), ordered {ordered}: nothing attempted for 20 s with {} of {target} delivered",
+                    delivered.len()
+                );
+                s.clock.advance(Duration::from_secs(1));
+                s.clock.shift_wall(time::Duration::seconds(1));
+                continue;
+            }
+            idle = 0;
+            delivered = rx
+                .arrivals_at(&path)
+                .iter()
+                .filter(|a| a.status == 200)
+                .map(|a| a.id())
+                .collect();
+        }
+        let arrivals = rx.arrivals_at(&path);
+        if ordered {
+            // Every key's messages arrive in send order (a failed one again before the next).
+            let mut last: std::collections::HashMap<&str, usize> = Default::default();
+            for a in arrivals.iter().filter(|a| !unkeyed.contains(&a.id())) {
+                let (key, n) = ids.get(&a.id()).context("a known message")?;
+                if let Some(before) = last.insert(key, *n) {
+                    ensure!(
+                        *n >= before,
+                        "key {key}: message {n} arrived after {before}"
+                    );
+                }
+            }
+        }
+        if target == COUNT + UNKEYED {
+            let stats = s.webhooks.stats(Duration::from_secs(86_400)).await?;
+            let e = stats
+                .iter()
+                .find(|e| e.endpoint_id == endpoint.id)
+                .context("the endpoint's stats")?;
+            ensure!(e.pending == 0, "{keys} key(s): {} still pending", e.pending);
+        }
+        // The next case's messages go to its own endpoint only.
+        s.webhooks.delete_endpoint(&endpoint.id).await?;
     }
+    db.close().await?;
     Ok(())
 }
 
-#[tokio::test]
-async fn a_retrying_key_never_blocks_an_ordered_endpoint_with_a_long_backlog() -> anyhow::Result<()>
-{
-    backlog_keeps_moving(true).await
-}
+per_backend! {
+    #[tokio::test]
+    async fn a_retrying_key_never_blocks_an_ordered_endpoint_with_a_long_backlog(db) -> anyhow::Result<()> {
+        backlog_keeps_moving(&db, true).await
+    }
 
-#[tokio::test]
-async fn a_long_backlog_keeps_moving_on_an_unordered_endpoint() -> anyhow::Result<()> {
-    backlog_keeps_moving(false).await
+    #[tokio::test]
+    async fn a_long_backlog_keeps_moving_on_an_unordered_endpoint(db) -> anyhow::Result<()> {
+        backlog_keeps_moving(&db, false).await
+    }
 }

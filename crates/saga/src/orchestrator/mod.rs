@@ -1,31 +1,32 @@
 //! The orchestrator: starts runs, claims due ones, drives each through its steps, and commits
 //! every transition before the next call.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use futures::FutureExt;
 use onephase_core::json::RawJson;
 use onephase_core::{Clock, Random, SharedClock, SystemClock};
 use onephase_store::worker::{Every, Pace, Wake, WorkerLoop};
 use onephase_store::{Backend, Db, Store};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
+mod drive;
+
+pub(crate) use drive::become_event;
+
 use crate::admin::SagaAdmin;
 use crate::definition::Definition;
 use crate::http::SagaSpec;
-use crate::invoke::{Call, Phase, StepError};
-use crate::sql::{DefinitionInfo, Event, GroupCommit, Guard, NewRun, RunWrite, Sql, Transition};
-use crate::state::{self, Next, RunRecord, RunState, StepStatus};
+use crate::invoke::Phase;
+use crate::sql::{DefinitionInfo, Event, GroupCommit, Guard, NewRun, Sql, Transition};
+use crate::state::{self, RunRecord, RunState};
 use crate::{SagaError, metrics};
 
 /// How an [`Orchestrator`] works.
@@ -695,249 +696,5 @@ impl Inner {
                 "saga run was claimed again since this claim (it lapsed) or changed by an operator; this write was refused and the run is left to the newer claim");
         }
         Ok(written)
-    }
-
-    async fn drive(self: Arc<Self>, run: RunRecord) {
-        let (id, fence) = (run.id, run.fence);
-        if let Err(e) = self.drive_inner(run).await {
-            metrics::round_error();
-            // Hand the run back for a retry in a second rather than after the whole lease; if
-            // the database is what failed, the lease still brings it back.
-            let due = self.clock.now() + Duration::from_secs(1);
-            let released = Sql::new(&self.store).release(id, fence, due).await;
-            tracing::error!(run = %id, error = %e, released = released.is_ok(),
-                "driving a saga run failed; it is retried in a second, or when its claim lapses");
-        }
-    }
-
-    async fn drive_inner(&self, mut run: RunRecord) -> Result<(), SagaError> {
-        let Some(definition) = self.resolve(&run.saga, Some(run.version)).await? else {
-            // Another orchestrator may know this version; let the claim lapse for it.
-            tracing::warn!(run = %run.id, saga = %run.saga, version = run.version,
-                "no definition for this saga version here; leaving the run for an orchestrator that has it");
-            return Ok(());
-        };
-        let mut steps = Vec::new();
-        let mut events = Vec::new();
-        let now = self.clock.now();
-        // An attempt recorded as started whose outcome was never recorded: its orchestrator
-        // died or lost the claim mid-call. The participant may or may not have applied it.
-        let interrupted: Vec<(String, Phase)> = run
-            .steps
-            .iter()
-            .filter(|(_, r)| r.status == StepStatus::Started)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for (name, phase) in interrupted {
-            let Some((_, def)) = definition.step(&name) else {
-                continue;
-            };
-            let policy = *def.policy(phase);
-            let mut record = run.step(&name, phase);
-            let message = format!(
-                "attempt {} was interrupted (its orchestrator stopped before recording the outcome, which is unknown)",
-                record.attempts
-            );
-            let delay = self.backoff(&policy, record.attempts);
-            state::finish(
-                &mut record,
-                &policy,
-                Err(StepError::Retry(message.clone())),
-                delay,
-                now,
-            );
-            let mut event = Event::new(&run, outcome_event(&record), now);
-            event.step = Some(name.clone());
-            event.phase = Some(phase);
-            event.attempt = Some(record.attempts);
-            event.detail = Some(message);
-            events.push(event);
-            run.steps.insert((name.clone(), phase), record.clone());
-            steps.push((name, phase, record));
-        }
-        loop {
-            let now = self.clock.now();
-            match state::next(&definition, &run, now) {
-                Next::Become(state, reason) => {
-                    run.state = state;
-                    // The run's error says why it is where it is now: none once completed.
-                    run.error = reason.clone();
-                    let mut event = Event::new(&run, become_event(state), now);
-                    event.detail = reason;
-                    events.push(event);
-                    if state != RunState::Compensating && state != RunState::Running {
-                        self.stats.finished.fetch_add(1, Ordering::Relaxed);
-                        metrics::finished(&run.saga, state);
-                    }
-                }
-                Next::Start(invocations) if !self.stopping.load(Ordering::SeqCst) => {
-                    let mut longest = Duration::ZERO;
-                    let mut calls = Vec::new();
-                    let outputs_json = Arc::new(run.outputs());
-                    let outputs = Arc::new(
-                        outputs_json
-                            .iter()
-                            .map(|(name, output)| (name.clone(), output.to_value()))
-                            .collect::<BTreeMap<_, _>>(),
-                    );
-                    let input = Arc::new(run.input.to_value());
-                    for (name, phase) in invocations {
-                        let Some((_, def)) = definition.step(&name) else {
-                            continue;
-                        };
-                        let Some(invoker) = def.invoker(phase).cloned() else {
-                            continue;
-                        };
-                        let policy = *def.policy(phase);
-                        longest = longest.max(policy.timeout);
-                        let mut record = run.step(&name, phase);
-                        state::start(&mut record, now);
-                        let mut event = Event::new(&run, "step_started", now);
-                        event.step = Some(name.to_string());
-                        event.phase = Some(phase);
-                        event.attempt = Some(record.attempts);
-                        events.push(event);
-                        let call = Call {
-                            run_id: run.id,
-                            saga: run.saga.clone(),
-                            version: run.version,
-                            step: name.clone(),
-                            phase,
-                            attempt: record.attempts,
-                            fencing_token: u64::try_from(run.fence).unwrap_or(0),
-                            idempotency_key: Call::key_for(run.id, &name, phase),
-                            input: input.clone(),
-                            outputs: outputs.clone(),
-                            input_json: run.input.clone(),
-                            outputs_json: outputs_json.clone(),
-                        };
-                        run.steps.insert((name.to_string(), phase), record.clone());
-                        steps.push((name.to_string(), phase, record));
-                        calls.push((name, phase, policy, invoker, call));
-                    }
-                    let transition = Transition {
-                        run: self.write_of(&run, now, Some(longest + self.config.lease_margin)),
-                        steps: std::mem::take(&mut steps),
-                        events: std::mem::take(&mut events),
-                    };
-                    if !self.commit(run.fence, transition).await? {
-                        return Ok(());
-                    }
-                    let results = futures::future::join_all(calls.into_iter().map(
-                        |(name, phase, policy, invoker, call)| {
-                            let saga = run.saga.clone();
-                            let clock = self.clock.clone();
-                            async move {
-                                let started = clock.monotonic();
-                                let attempt = call.attempt;
-                                let result = match tokio::time::timeout(
-                                    policy.timeout,
-                                    AssertUnwindSafe(invoker.invoke(call)).catch_unwind(),
-                                )
-                                .await
-                                {
-                                    Ok(Ok(result)) => result,
-                                    Ok(Err(_)) => Err(StepError::retry(format!(
-                                        "the {phase} of step {name:?} panicked"
-                                    ))),
-                                    Err(_) => Err(StepError::retry(format!(
-                                        "no answer within the {} ms timeout",
-                                        policy.timeout.as_millis()
-                                    ))),
-                                };
-                                let elapsed = clock.monotonic().saturating_duration_since(started);
-                                metrics::attempt(&saga, &name, phase, &result, elapsed);
-                                (name, phase, policy, attempt, result, elapsed)
-                            }
-                        },
-                    ))
-                    .await;
-                    let now = self.clock.now();
-                    for (name, phase, policy, attempt, result, elapsed) in results {
-                        self.stats.attempts.fetch_add(1, Ordering::Relaxed);
-                        let mut record = run.step(&name, phase);
-                        let detail = result.as_ref().err().map(ToString::to_string);
-                        let delay = self.backoff(&policy, record.attempts);
-                        state::finish(&mut record, &policy, result, delay, now);
-                        let mut event = Event::new(&run, outcome_event(&record), now);
-                        event.step = Some(name.to_string());
-                        event.phase = Some(phase);
-                        event.attempt = Some(attempt);
-                        event.elapsed_ms =
-                            Some(i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX));
-                        event.detail = detail;
-                        events.push(event);
-                        run.steps.insert((name.to_string(), phase), record.clone());
-                        steps.push((name.to_string(), phase, record));
-                    }
-                }
-                Next::Start(_) => {
-                    // Stopping: record what is done and hand the run back, due now.
-                    let transition = Transition {
-                        run: self.write_of(&run, now, None),
-                        steps,
-                        events,
-                    };
-                    self.commit(run.fence, transition).await?;
-                    return Ok(());
-                }
-                Next::Wait(at) => {
-                    let mut write = self.write_of(&run, now, None);
-                    write.due_at = at;
-                    self.commit(
-                        run.fence,
-                        Transition {
-                            run: write,
-                            steps,
-                            events,
-                        },
-                    )
-                    .await?;
-                    return Ok(());
-                }
-                Next::Idle => {
-                    self.commit(
-                        run.fence,
-                        Transition {
-                            run: self.write_of(&run, now, None),
-                            steps,
-                            events,
-                        },
-                    )
-                    .await?;
-                    return Ok(());
-                }
-            }
-        }
-    }
-
-    fn write_of(&self, run: &RunRecord, now: OffsetDateTime, lease: Option<Duration>) -> RunWrite {
-        RunWrite {
-            id: run.id,
-            state: run.state,
-            error: run.error.clone(),
-            due_at: now,
-            lease,
-            now,
-        }
-    }
-}
-
-fn outcome_event(record: &state::StepRecord) -> &'static str {
-    match record.status {
-        StepStatus::Succeeded => "step_succeeded",
-        StepStatus::RetryWait => "step_retrying",
-        _ => "step_failed",
-    }
-}
-
-pub(crate) fn become_event(state: RunState) -> &'static str {
-    match state {
-        RunState::Running => "run_resumed",
-        RunState::Compensating => "run_compensating",
-        RunState::Completed => "run_completed",
-        RunState::Compensated => "run_compensated",
-        RunState::NeedsOperator => "run_needs_operator",
-        RunState::Aborted => "run_aborted",
     }
 }

@@ -37,9 +37,18 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use onephase_core::json::RawJson;
 use onephase_core::{Backoff, Jitter};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+
+mod document;
+
+use document::{Attempts, CallSpec, SpecDoc, StatusPattern, StepSpec};
+#[cfg(feature = "openapi")]
+pub use document::{
+    CallDocument, DefaultsDocument, KindDocument, MethodDocument, ParallelDocument, SagaDocument,
+    StageDocument, StepDocument,
+};
 
 use crate::definition::{Definition, DefinitionError, Policy, StepDef, StepKind};
 use crate::invoke::{Call, Invoke, StepError};
@@ -54,119 +63,6 @@ pub struct SagaSpec {
     raw: Value,
     doc: SpecDoc,
     stages: Vec<Vec<StepSpec>>,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SpecDoc {
-    name: String,
-    version: u32,
-    #[serde(default)]
-    defaults: Option<Defaults>,
-    steps: Vec<Value>,
-}
-
-/// Saga-wide defaults for every call.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Defaults {
-    timeout_ms: Option<u64>,
-    action_max_attempts: Option<Attempts>,
-    compensation_max_attempts: Option<Attempts>,
-    backoff_base_ms: Option<u64>,
-    backoff_cap_ms: Option<u64>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
-enum Attempts {
-    Count(u32),
-    Unlimited(Unlimited),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum Unlimited {
-    Unlimited,
-}
-
-impl Attempts {
-    fn get(self) -> Option<u32> {
-        match self {
-            Attempts::Count(n) => Some(n),
-            Attempts::Unlimited(_) => None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StepSpec {
-    name: String,
-    kind: StepKind,
-    action: CallSpec,
-    #[serde(default)]
-    compensation: Option<CallSpec>,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CallSpec {
-    method: String,
-    url: String,
-    #[serde(default)]
-    headers: Option<BTreeMap<String, String>>,
-    #[serde(default)]
-    body: Option<Value>,
-    timeout_ms: Option<u64>,
-    max_attempts: Option<Attempts>,
-    backoff_base_ms: Option<u64>,
-    backoff_cap_ms: Option<u64>,
-    success: Option<Vec<StatusPattern>>,
-    retry: Option<Vec<StatusPattern>>,
-    fail: Option<Vec<StatusPattern>>,
-}
-
-/// A status code (`409`) or a class (`"4xx"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum StatusPattern {
-    Code(u16),
-    Class(u16),
-}
-
-impl<'de> Deserialize<'de> for StatusPattern {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u16),
-            S(String),
-        }
-        let bad = || {
-            serde::de::Error::custom(
-                "a status is a code from 100 to 599 or a class \"1xx\" to \"5xx\"",
-            )
-        };
-        match Raw::deserialize(d)? {
-            Raw::N(n) if (100..=599).contains(&n) => Ok(StatusPattern::Code(n)),
-            Raw::S(s) => match s.as_bytes() {
-                [c @ b'1'..=b'5', b'x' | b'X', b'x' | b'X'] => {
-                    Ok(StatusPattern::Class(u16::from(c - b'0')))
-                }
-                _ => Err(bad()),
-            },
-            Raw::N(_) => Err(bad()),
-        }
-    }
-}
-
-impl StatusPattern {
-    fn matches(self, status: u16) -> bool {
-        match self {
-            StatusPattern::Code(c) => c == status,
-            StatusPattern::Class(c) => status / 100 == c,
-        }
-    }
 }
 
 fn spec_error(name: Option<&str>, message: impl Into<String>) -> DefinitionError {
