@@ -7,7 +7,6 @@ use onephase_broker::log::{self as embedded, EmbeddedLog};
 use onephase_core::Envelope;
 use onephase_outbox::{OutboxAdmin, Relay, RelayConfig};
 use onephase_store::{Db, Store};
-use onephase_testkit::TestDb;
 use onephase_testkit::per_backend;
 
 /// Runs the shipped migration's SQL as the application's own migration tool would.

@@ -253,6 +253,12 @@ fn with_database(url: &str, database: &str) -> String {
     }
 }
 
+impl From<std::io::Error> for TestDbError {
+    fn from(e: std::io::Error) -> Self {
+        Self::TempDir(e)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,11 +274,5 @@ mod tests {
             "postgresql://u:p@h/x?sslmode=disable"
         );
         assert_eq!(with_database("postgres://h", "x"), "postgres://h/x");
-    }
-}
-
-impl From<std::io::Error> for TestDbError {
-    fn from(e: std::io::Error) -> Self {
-        Self::TempDir(e)
     }
 }

@@ -33,6 +33,8 @@ macro_rules! per_backend {
             #[allow(unused_imports)]
             use super::*;
 
+            // A test's body: it may unwrap, as tests may (clippy.toml).
+            #[allow(clippy::unwrap_used, clippy::expect_used)]
             async fn body($db: $crate::TestDb) -> $ret $body
 
             $(#[$attr])*
@@ -59,6 +61,7 @@ macro_rules! per_backend {
             #[allow(unused_imports)]
             use super::*;
 
+            #[allow(clippy::unwrap_used, clippy::expect_used)]
             async fn body($db: $crate::TestDb) $body
 
             $(#[$attr])*

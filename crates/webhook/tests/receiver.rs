@@ -12,7 +12,6 @@ use axum::routing::post;
 use futures::FutureExt;
 use onephase_outbox::{OutboxError, Processed};
 use onephase_store::{Db, Store};
-use onephase_testkit::TestDb;
 use onephase_webhook::receiver::{Receiver, Webhook};
 use onephase_webhook::signature::{Secret, Signer, Verifier};
 

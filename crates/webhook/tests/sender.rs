@@ -822,7 +822,7 @@ async fn backlog_keeps_moving(db: &TestDb, ordered: bool) -> anyhow::Result<()> 
     let one_key_enough = 300;
     for keys in [1_usize, 100] {
         let s = setup(
-            &db,
+            db,
             DispatcherConfig {
                 schedule: RetrySchedule::new(
                     [0, 1, 2, 4, 8].map(Duration::from_secs).to_vec(),
@@ -904,7 +904,6 @@ async fn backlog_keeps_moving(db: &TestDb, ordered: bool) -> anyhow::Result<()> 
         // The next case's messages go to its own endpoint only.
         s.webhooks.delete_endpoint(&endpoint.id).await?;
     }
-    db.close().await?;
     Ok(())
 }
 

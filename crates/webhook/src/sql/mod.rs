@@ -4,10 +4,14 @@
 //! PostgreSQL's advisory lock), each backend has its own text.
 
 mod admin;
-mod dispatch;
+mod claim;
+mod record;
+mod send;
 
 pub use admin::*;
-pub use dispatch::*;
+pub(crate) use claim::*;
+pub(crate) use record::*;
+pub use send::*;
 
 pub(crate) use onephase_store::convert::{narrow, stored_ms, unix_ms as ms};
 pub(crate) use onephase_store::on_store;
