@@ -29,10 +29,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use onephase_core::Envelope;
+use onephase_core::{Envelope, SharedClock, SystemClock};
 use onephase_store::{Db, Migrations, Store, sqlx};
 use sqlx::Row;
 use sqlx::postgres::PgListener;
+use sqlx::{PgConnection, SqliteConnection};
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 
@@ -58,6 +59,7 @@ pub struct EmbeddedLog {
     store: Store,
     appended: Arc<Notify>,
     poll_interval: Duration,
+    clock: SharedClock,
 }
 
 /// One record of the log, as [`EmbeddedLog::read`] returns it.
@@ -78,7 +80,15 @@ impl EmbeddedLog {
             store,
             appended: Arc::new(Notify::new()),
             poll_interval: Duration::from_millis(250),
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// Stamps records and group commits on SQLite with `clock`'s time (PostgreSQL uses its
+    /// own).
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// How often readers look for records appended by other processes when no notification
@@ -123,56 +133,9 @@ impl EmbeddedLog {
             Db::Postgres(pool) => {
                 let mut tx = pool.begin().await.map_err(db_error)?;
                 for (topic, indexes) in &by_topic {
-                    let last: i64 = sqlx::query_scalar(
-                        "INSERT INTO onephase_log_topics (topic, next_position) VALUES ($1, $2 + 1) \
-                         ON CONFLICT (topic) DO UPDATE \
-                           SET next_position = onephase_log_topics.next_position + $2 \
-                         RETURNING next_position - 1",
-                    )
-                    .bind(topic)
-                    .bind(indexes.len() as i64)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(db_error)?;
-                    let first = last - indexes.len() as i64 + 1;
+                    let first = reserve_pg(&mut tx, topic, indexes.len()).await?;
                     for (n, &i) in indexes.iter().enumerate() {
-                        let e = &batch[i];
-                        let position: Option<i64> = sqlx::query_scalar(
-                            "INSERT INTO onephase_log_records \
-                               (topic, position, id, key, payload, headers, created_at) \
-                             VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                             ON CONFLICT (topic, id) DO NOTHING RETURNING position",
-                        )
-                        .bind(e.topic())
-                        .bind(first + n as i64)
-                        .bind(e.id().as_uuid())
-                        .bind(e.key())
-                        .bind(e.payload().as_ref())
-                        .bind(sqlx::types::Json(e.headers()))
-                        .bind(e.created_at())
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(db_error)?;
-                        positions[i] = match position {
-                            Some(p) => Placed::new(p),
-                            None => {
-                                let (p, key, payload, headers): (
-                                    i64,
-                                    Option<String>,
-                                    Vec<u8>,
-                                    String,
-                                ) = sqlx::query_as(
-                                    "SELECT position, key, payload, headers::text \
-                                         FROM onephase_log_records WHERE topic = $1 AND id = $2",
-                                )
-                                .bind(e.topic())
-                                .bind(e.id().as_uuid())
-                                .fetch_one(&mut *tx)
-                                .await
-                                .map_err(db_error)?;
-                                Placed::repeat(p, e, key, &payload, &headers)
-                            }
-                        };
+                        positions[i] = place_pg(&mut tx, &batch[i], first + n as i64).await?;
                     }
                 }
                 sqlx::query("SELECT pg_notify($1, '')")
@@ -184,61 +147,12 @@ impl EmbeddedLog {
             }
             Db::Sqlite(sqlite) => {
                 let mut tx = sqlite.writer().begin().await.map_err(db_error)?;
-                let now = format_time(OffsetDateTime::now_utc());
+                let now = format_time(self.clock.now());
                 for (topic, indexes) in &by_topic {
-                    let last: i64 = sqlx::query_scalar(
-                        "INSERT INTO onephase_log_topics (topic, next_position) VALUES (?1, ?2 + 1) \
-                         ON CONFLICT (topic) DO UPDATE \
-                           SET next_position = next_position + ?2 \
-                         RETURNING next_position - 1",
-                    )
-                    .bind(topic)
-                    .bind(indexes.len() as i64)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(db_error)?;
-                    let first = last - indexes.len() as i64 + 1;
+                    let first = reserve_sqlite(&mut tx, topic, indexes.len()).await?;
                     for (n, &i) in indexes.iter().enumerate() {
-                        let e = &batch[i];
-                        let headers = serde_json::to_string(e.headers())
-                            .map_err(|err| BrokerError::rejected(TRANSPORT, err))?;
-                        let position: Option<i64> = sqlx::query_scalar(
-                            "INSERT INTO onephase_log_records \
-                               (topic, position, id, key, payload, headers, created_at, appended_at) \
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
-                             ON CONFLICT (topic, id) DO NOTHING RETURNING position",
-                        )
-                        .bind(e.topic())
-                        .bind(first + n as i64)
-                        .bind(e.id().to_string())
-                        .bind(e.key())
-                        .bind(e.payload().as_ref())
-                        .bind(headers)
-                        .bind(format_time(e.created_at()))
-                        .bind(&now)
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(db_error)?;
-                        positions[i] = match position {
-                            Some(p) => Placed::new(p),
-                            None => {
-                                let (p, key, payload, headers): (
-                                    i64,
-                                    Option<String>,
-                                    Vec<u8>,
-                                    String,
-                                ) = sqlx::query_as(
-                                    "SELECT position, key, payload, headers \
-                                         FROM onephase_log_records WHERE topic = ?1 AND id = ?2",
-                                )
-                                .bind(e.topic())
-                                .bind(e.id().to_string())
-                                .fetch_one(&mut *tx)
-                                .await
-                                .map_err(db_error)?;
-                                Placed::repeat(p, e, key, &payload, &headers)
-                            }
-                        };
+                        let position = first + n as i64;
+                        positions[i] = place_sqlite(&mut tx, &batch[i], position, &now).await?;
                     }
                 }
                 tx.commit().await.map_err(db_error)?;
@@ -384,7 +298,7 @@ impl EmbeddedLog {
             .bind(group)
             .bind(topic)
             .bind(position)
-            .bind(format_time(OffsetDateTime::now_utc()))
+            .bind(format_time(self.clock.now()))
             .execute(sqlite.writer())
             .await
             .map_err(db_error)?
@@ -420,6 +334,122 @@ impl EmbeddedLog {
             listener,
         })
     }
+}
+
+/// Reserves `count` positions in `topic`; returns the first.
+async fn reserve_pg(tx: &mut PgConnection, topic: &str, count: usize) -> Result<i64, BrokerError> {
+    let count = count as i64;
+    let last: i64 = sqlx::query_scalar(
+        "INSERT INTO onephase_log_topics (topic, next_position) VALUES ($1, $2 + 1) \
+         ON CONFLICT (topic) DO UPDATE \
+           SET next_position = onephase_log_topics.next_position + $2 \
+         RETURNING next_position - 1",
+    )
+    .bind(topic)
+    .bind(count)
+    .fetch_one(tx)
+    .await
+    .map_err(db_error)?;
+    Ok(last - count + 1)
+}
+
+/// Writes `e` at `position`, or finds where its id already is.
+async fn place_pg(
+    tx: &mut PgConnection,
+    e: &Envelope,
+    position: i64,
+) -> Result<Placed, BrokerError> {
+    let placed: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO onephase_log_records \
+           (topic, position, id, key, payload, headers, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT (topic, id) DO NOTHING RETURNING position",
+    )
+    .bind(e.topic())
+    .bind(position)
+    .bind(e.id().as_uuid())
+    .bind(e.key())
+    .bind(e.payload().as_ref())
+    .bind(sqlx::types::Json(e.headers()))
+    .bind(e.created_at())
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(db_error)?;
+    if let Some(p) = placed {
+        return Ok(Placed::new(p));
+    }
+    let (p, key, payload, headers): (i64, Option<String>, Vec<u8>, String) = sqlx::query_as(
+        "SELECT position, key, payload, headers::text \
+         FROM onephase_log_records WHERE topic = $1 AND id = $2",
+    )
+    .bind(e.topic())
+    .bind(e.id().as_uuid())
+    .fetch_one(tx)
+    .await
+    .map_err(db_error)?;
+    Ok(Placed::repeat(p, e, key, &payload, &headers))
+}
+
+/// Reserves `count` positions in `topic`; returns the first.
+async fn reserve_sqlite(
+    tx: &mut SqliteConnection,
+    topic: &str,
+    count: usize,
+) -> Result<i64, BrokerError> {
+    let count = count as i64;
+    let last: i64 = sqlx::query_scalar(
+        "INSERT INTO onephase_log_topics (topic, next_position) VALUES (?1, ?2 + 1) \
+         ON CONFLICT (topic) DO UPDATE \
+           SET next_position = next_position + ?2 \
+         RETURNING next_position - 1",
+    )
+    .bind(topic)
+    .bind(count)
+    .fetch_one(tx)
+    .await
+    .map_err(db_error)?;
+    Ok(last - count + 1)
+}
+
+/// Writes `e` at `position`, appended at `now`, or finds where its id already is.
+async fn place_sqlite(
+    tx: &mut SqliteConnection,
+    e: &Envelope,
+    position: i64,
+    now: &str,
+) -> Result<Placed, BrokerError> {
+    let headers =
+        serde_json::to_string(e.headers()).map_err(|err| BrokerError::rejected(TRANSPORT, err))?;
+    let placed: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO onephase_log_records \
+           (topic, position, id, key, payload, headers, created_at, appended_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+         ON CONFLICT (topic, id) DO NOTHING RETURNING position",
+    )
+    .bind(e.topic())
+    .bind(position)
+    .bind(e.id().to_string())
+    .bind(e.key())
+    .bind(e.payload().as_ref())
+    .bind(headers)
+    .bind(format_time(e.created_at()))
+    .bind(now)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(db_error)?;
+    if let Some(p) = placed {
+        return Ok(Placed::new(p));
+    }
+    let (p, key, payload, headers): (i64, Option<String>, Vec<u8>, String) = sqlx::query_as(
+        "SELECT position, key, payload, headers \
+         FROM onephase_log_records WHERE topic = ?1 AND id = ?2",
+    )
+    .bind(e.topic())
+    .bind(e.id().to_string())
+    .fetch_one(tx)
+    .await
+    .map_err(db_error)?;
+    Ok(Placed::repeat(p, e, key, &payload, &headers))
 }
 
 /// Where [`EmbeddedLog::append_placed`] put an envelope.

@@ -195,6 +195,29 @@ pub fn print(json: bool, value: &Value, columns: &[(&str, &str)]) {
     }
 }
 
+/// GETs the list at `path` and prints it as JSON or as a table of `columns`.
+pub async fn list(server: &ServerArgs, path: &str, columns: &[(&str, &str)]) -> anyhow::Result<()> {
+    let list = Client::new(server)?
+        .send(reqwest::Method::GET, path)
+        .await?
+        .unwrap_or_default();
+    print(server.json, &list, columns);
+    Ok(())
+}
+
+/// Prints the server's answer as pretty JSON with `--json`, otherwise the line `summary`
+/// makes of it.
+pub fn answer(json: bool, value: &Value, summary: impl FnOnce(&Value) -> String) {
+    if json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        );
+    } else {
+        outln!("{}", summary(value));
+    }
+}
+
 /// `segment` percent-encoded for a URL path segment or query value.
 pub fn encode(segment: &str) -> String {
     segment

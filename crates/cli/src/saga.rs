@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use serde_json::{Value, json};
 
-use crate::client::{Client, ServerArgs, encode, print};
+use crate::client::{Client, ServerArgs, answer, encode, list, print};
 
 #[derive(Debug, Subcommand)]
 pub enum SagaCommand {
@@ -147,35 +147,7 @@ fn print_run(json: bool, run: &Value) {
 /// Runs one `saga` subcommand.
 pub async fn run(command: SagaCommand) -> anyhow::Result<()> {
     match command {
-        SagaCommand::Register { file, server } => {
-            let bytes =
-                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let toml = file.extension().is_some_and(|e| e == "toml");
-            let content_type = if toml {
-                "application/toml"
-            } else {
-                "application/json"
-            };
-            let answer = Client::new(&server)?
-                .send_body(
-                    reqwest::Method::POST,
-                    "/v1/sagas",
-                    Some((content_type, bytes)),
-                    &[],
-                )
-                .await?
-                .unwrap_or_default();
-            if server.json {
-                outln!("{}", serde_json::to_string_pretty(&answer)?);
-            } else {
-                let verb = if answer["created"] == json!(true) {
-                    "registered"
-                } else {
-                    "already registered (same document)"
-                };
-                outln!("{} version {}: {verb}", answer["name"], answer["version"]);
-            }
-        }
+        SagaCommand::Register { file, server } => register(&server, &file).await?,
         SagaCommand::Start {
             saga,
             input,
@@ -185,35 +157,7 @@ pub async fn run(command: SagaCommand) -> anyhow::Result<()> {
         } => {
             let input: Value = serde_json::from_str(&input).context("--input is not valid JSON")?;
             let body = json!({"input": input, "version": saga_version});
-            let headers: Vec<(&str, &str)> = idempotency_key
-                .as_deref()
-                .map(|k| ("Idempotency-Key", k))
-                .into_iter()
-                .collect();
-            let answer = Client::new(&server)?
-                .send_json_with(
-                    reqwest::Method::POST,
-                    &format!("/v1/sagas/{}/runs", encode(&saga)),
-                    &body,
-                    &headers,
-                )
-                .await?
-                .unwrap_or_default();
-            if server.json {
-                outln!("{}", serde_json::to_string_pretty(&answer)?);
-            } else {
-                let how = if answer["created"] == json!(true) {
-                    "started"
-                } else {
-                    "already started by this idempotency key"
-                };
-                outln!(
-                    "{}: {how} (version {}, {})",
-                    answer["id"].as_str().unwrap_or("?"),
-                    answer["version"],
-                    answer["state"].as_str().unwrap_or("?")
-                );
-            }
+            start(&server, &saga, &body, idempotency_key.as_deref()).await?;
         }
         SagaCommand::List {
             state,
@@ -228,31 +172,18 @@ pub async fn run(command: SagaCommand) -> anyhow::Result<()> {
             if let Some(saga) = saga {
                 path.push_str(&format!("&saga={}", encode(&saga)));
             }
-            let value = Client::new(&server)?
-                .send(reqwest::Method::GET, &path)
-                .await?
-                .unwrap_or_default();
-            print(server.json, &value, RUN_COLUMNS);
+            list(&server, &path, RUN_COLUMNS).await?;
         }
         SagaCommand::Show { id, server } => {
+            let path = format!("/v1/saga-runs/{}", encode(&id));
             let run = Client::new(&server)?
-                .send(
-                    reqwest::Method::GET,
-                    &format!("/v1/saga-runs/{}", encode(&id)),
-                )
+                .send(reqwest::Method::GET, &path)
                 .await?
                 .unwrap_or_default();
             print_run(server.json, &run);
         }
         SagaCommand::Retry { id, note, server } => {
-            let run = Client::new(&server)?
-                .send_json(
-                    reqwest::Method::POST,
-                    &format!("/v1/saga-runs/{}/retry", encode(&id)),
-                    &json!({"note": note}),
-                )
-                .await?
-                .unwrap_or_default();
+            let run = operate(&server, &format!("{}/retry", encode(&id)), note).await?;
             outln!("{id}: {} again", run["state"].as_str().unwrap_or("?"));
         }
         SagaCommand::Resolve {
@@ -261,33 +192,86 @@ pub async fn run(command: SagaCommand) -> anyhow::Result<()> {
             note,
             server,
         } => {
-            let run = Client::new(&server)?
-                .send_json(
-                    reqwest::Method::POST,
-                    &format!(
-                        "/v1/saga-runs/{}/steps/{}/resolve",
-                        encode(&id),
-                        encode(&step)
-                    ),
-                    &json!({"note": note}),
-                )
-                .await?
-                .unwrap_or_default();
+            let action = format!("{}/steps/{}/resolve", encode(&id), encode(&step));
+            let run = operate(&server, &action, note).await?;
             outln!(
                 "{id}: step {step} resolved by hand; the run is {}",
                 run["state"].as_str().unwrap_or("?")
             );
         }
         SagaCommand::Abort { id, note, server } => {
-            Client::new(&server)?
-                .send_json(
-                    reqwest::Method::POST,
-                    &format!("/v1/saga-runs/{}/abort", encode(&id)),
-                    &json!({"note": note}),
-                )
-                .await?;
+            operate(&server, &format!("{}/abort", encode(&id)), note).await?;
             outln!("{id}: aborted");
         }
     }
+    Ok(())
+}
+
+/// An operator action on a run (`<id>/retry`, `<id>/abort`, ...) with its note; the run after.
+async fn operate(server: &ServerArgs, action: &str, note: String) -> anyhow::Result<Value> {
+    Ok(Client::new(server)?
+        .send_json(
+            reqwest::Method::POST,
+            &format!("/v1/saga-runs/{action}"),
+            &json!({"note": note}),
+        )
+        .await?
+        .unwrap_or_default())
+}
+
+/// Registers the definition in `file` (TOML when it ends in `.toml`, JSON otherwise).
+async fn register(server: &ServerArgs, file: &std::path::Path) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let content_type = if file.extension().is_some_and(|e| e == "toml") {
+        "application/toml"
+    } else {
+        "application/json"
+    };
+    let registered = Client::new(server)?
+        .send_body(
+            reqwest::Method::POST,
+            "/v1/sagas",
+            Some((content_type, bytes)),
+            &[],
+        )
+        .await?
+        .unwrap_or_default();
+    answer(server.json, &registered, |a| {
+        let verb = if a["created"] == json!(true) {
+            "registered"
+        } else {
+            "already registered (same document)"
+        };
+        format!("{} version {}: {verb}", a["name"], a["version"])
+    });
+    Ok(())
+}
+
+/// Starts a run of `saga`; says whether its idempotency key made it a repeat.
+async fn start(
+    server: &ServerArgs,
+    saga: &str,
+    body: &Value,
+    key: Option<&str>,
+) -> anyhow::Result<()> {
+    let headers: Vec<(&str, &str)> = key.map(|k| ("Idempotency-Key", k)).into_iter().collect();
+    let path = format!("/v1/sagas/{}/runs", encode(saga));
+    let started = Client::new(server)?
+        .send_json_with(reqwest::Method::POST, &path, body, &headers)
+        .await?
+        .unwrap_or_default();
+    answer(server.json, &started, |a| {
+        let how = if a["created"] == json!(true) {
+            "started"
+        } else {
+            "already started by this idempotency key"
+        };
+        format!(
+            "{}: {how} (version {}, {})",
+            a["id"].as_str().unwrap_or("?"),
+            a["version"],
+            a["state"].as_str().unwrap_or("?")
+        )
+    });
     Ok(())
 }

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use serde_json::{Map, Value, json};
 
-use crate::client::{Client, ServerArgs, encode, print};
+use crate::client::{Client, ServerArgs, answer, encode, list, print};
 
 #[derive(Debug, Subcommand)]
 pub enum WebhookCommand {
@@ -240,7 +240,6 @@ fn print_one(json: bool, value: &Value, columns: &[(&str, &str)]) {
 
 /// Runs one `webhook` subcommand.
 pub async fn run(command: WebhookCommand) -> anyhow::Result<()> {
-    use reqwest::Method;
     match command {
         WebhookCommand::Send {
             event_type,
@@ -258,114 +257,40 @@ pub async fn run(command: WebhookCommand) -> anyhow::Result<()> {
                 ("app", json!(app)),
                 ("partition_key", json!(partition_key)),
             ]);
-            let headers: Vec<(&str, &str)> = idempotency_key
-                .as_deref()
-                .map(|k| ("Idempotency-Key", k))
-                .into_iter()
-                .collect();
-            let sent = Client::new(&server)?
-                .send_json_with(Method::POST, "/v1/webhooks/messages", &body, &headers)
-                .await?
-                .unwrap_or_default();
-            if server.json {
-                outln!("{}", serde_json::to_string_pretty(&sent)?);
-            } else if sent["duplicate"] == json!(true) {
-                outln!(
-                    "{}: already sent with this idempotency key",
-                    sent["id"].as_str().unwrap_or("?")
-                );
-            } else {
-                outln!(
-                    "{}: recorded for {} endpoint(s)",
-                    sent["id"].as_str().unwrap_or("?"),
-                    sent["endpoints"]
-                );
-            }
+            send(&server, &body, idempotency_key.as_deref()).await
         }
         WebhookCommand::Messages { app, limit, server } => {
-            let path = with_query(
-                "/v1/webhooks/messages",
-                &[("app", app), ("limit", Some(limit.to_string()))],
-            );
-            let list = Client::new(&server)?.send(Method::GET, &path).await?;
-            print(
-                server.json,
-                &list.unwrap_or_default(),
-                &[
-                    ("ID", "id"),
-                    ("APP", "app"),
-                    ("TYPE", "event_type"),
-                    ("KEY", "partition_key"),
-                    ("SENT", "created_at"),
-                ],
-            );
+            let query = [("app", app), ("limit", Some(limit.to_string()))];
+            let path = with_query("/v1/webhooks/messages", &query);
+            list(&server, &path, MESSAGE_COLUMNS).await
         }
-        WebhookCommand::Show { id, server } => {
-            let message = Client::new(&server)?
-                .send(
-                    Method::GET,
-                    &format!("/v1/webhooks/messages/{}", encode(&id)),
-                )
-                .await?
-                .unwrap_or_default();
-            if server.json {
-                outln!("{}", serde_json::to_string_pretty(&message)?);
-            } else {
-                outln!(
-                    "{} ({}, app {}): {}",
-                    message["id"].as_str().unwrap_or("?"),
-                    message["event_type"].as_str().unwrap_or("?"),
-                    message["app"].as_str().unwrap_or("?"),
-                    message["body"].as_str().unwrap_or("")
-                );
-                outln!();
-                print(false, &message["deliveries"], DELIVERY_COLUMNS);
-            }
-        }
-        WebhookCommand::Endpoints(command) => endpoints(command).await?,
+        WebhookCommand::Show { id, server } => show(&server, &id).await,
+        WebhookCommand::Endpoints(command) => endpoints(command).await,
         WebhookCommand::Attempts {
             message,
             endpoint,
             limit,
             server,
         } => {
-            let path = with_query(
-                "/v1/webhooks/attempts",
-                &[
-                    ("message_id", message),
-                    ("endpoint_id", endpoint),
-                    ("limit", Some(limit.to_string())),
-                ],
-            );
-            let list = Client::new(&server)?.send(Method::GET, &path).await?;
-            print(
-                server.json,
-                &list.unwrap_or_default(),
-                &[
-                    ("MESSAGE", "message_id"),
-                    ("ENDPOINT", "endpoint_id"),
-                    ("#", "attempt"),
-                    ("OUTCOME", "outcome"),
-                    ("STATUS", "status_code"),
-                    ("MS", "latency_ms"),
-                    ("ERROR", "error"),
-                ],
-            );
+            let query = [
+                ("message_id", message),
+                ("endpoint_id", endpoint),
+                ("limit", Some(limit.to_string())),
+            ];
+            let path = with_query("/v1/webhooks/attempts", &query);
+            list(&server, &path, ATTEMPT_COLUMNS).await
         }
         WebhookCommand::Dead {
             endpoint,
             limit,
             server,
         } => {
-            let path = with_query(
-                "/v1/webhooks/dead-letters",
-                &[
-                    ("endpoint_id", endpoint),
-                    ("limit", Some(limit.to_string())),
-                ],
-            );
-            let list = Client::new(&server)?.send(Method::GET, &path).await?;
-            print(server.json, &list.unwrap_or_default(), DELIVERY_COLUMNS);
+            let query = [
+                ("endpoint_id", endpoint),
+                ("limit", Some(limit.to_string())),
+            ];
+            let path = with_query("/v1/webhooks/dead-letters", &query);
+            list(&server, &path, DELIVERY_COLUMNS).await
         }
         WebhookCommand::Replay {
             message,
@@ -380,16 +305,78 @@ pub async fn run(command: WebhookCommand) -> anyhow::Result<()> {
                 ("since", json!(since)),
                 ("include_delivered", json!(include_delivered)),
             ]);
-            let answer = Client::new(&server)?
-                .send_json(Method::POST, "/v1/webhooks/replay", &body)
+            let replayed = Client::new(&server)?
+                .send_json(reqwest::Method::POST, "/v1/webhooks/replay", &body)
                 .await?
                 .unwrap_or_default();
-            if server.json {
-                outln!("{}", serde_json::to_string_pretty(&answer)?);
-            } else {
-                outln!("{} deliveries pending again", answer["replayed"]);
-            }
+            answer(server.json, &replayed, |a| {
+                format!("{} deliveries pending again", a["replayed"])
+            });
+            Ok(())
         }
+    }
+}
+
+const MESSAGE_COLUMNS: &[(&str, &str)] = &[
+    ("ID", "id"),
+    ("APP", "app"),
+    ("TYPE", "event_type"),
+    ("KEY", "partition_key"),
+    ("SENT", "created_at"),
+];
+
+const ATTEMPT_COLUMNS: &[(&str, &str)] = &[
+    ("MESSAGE", "message_id"),
+    ("ENDPOINT", "endpoint_id"),
+    ("#", "attempt"),
+    ("OUTCOME", "outcome"),
+    ("STATUS", "status_code"),
+    ("MS", "latency_ms"),
+    ("ERROR", "error"),
+];
+
+/// Sends a message; says whether its idempotency key made it a repeat.
+async fn send(server: &ServerArgs, body: &Value, key: Option<&str>) -> anyhow::Result<()> {
+    let headers: Vec<(&str, &str)> = key.map(|k| ("Idempotency-Key", k)).into_iter().collect();
+    let sent = Client::new(server)?
+        .send_json_with(
+            reqwest::Method::POST,
+            "/v1/webhooks/messages",
+            body,
+            &headers,
+        )
+        .await?
+        .unwrap_or_default();
+    answer(server.json, &sent, |sent| {
+        let id = sent["id"].as_str().unwrap_or("?");
+        if sent["duplicate"] == json!(true) {
+            format!("{id}: already sent with this idempotency key")
+        } else {
+            format!("{id}: recorded for {} endpoint(s)", sent["endpoints"])
+        }
+    });
+    Ok(())
+}
+
+/// Shows a message and its deliveries.
+async fn show(server: &ServerArgs, id: &str) -> anyhow::Result<()> {
+    let path = format!("/v1/webhooks/messages/{}", encode(id));
+    let message = Client::new(server)?
+        .send(reqwest::Method::GET, &path)
+        .await?
+        .unwrap_or_default();
+    if server.json {
+        outln!("{}", serde_json::to_string_pretty(&message)?);
+    } else {
+        outln!(
+            "{} ({}, app {}): {}",
+            message["id"].as_str().unwrap_or("?"),
+            message["event_type"].as_str().unwrap_or("?"),
+            message["app"].as_str().unwrap_or("?"),
+            message["body"].as_str().unwrap_or("")
+        );
+        outln!();
+        print(false, &message["deliveries"], DELIVERY_COLUMNS);
     }
     Ok(())
 }
@@ -399,8 +386,7 @@ async fn endpoints(command: EndpointCommand) -> anyhow::Result<()> {
     match command {
         EndpointCommand::List { app, server } => {
             let path = with_query("/v1/webhooks/endpoints", &[("app", app)]);
-            let list = Client::new(&server)?.send(Method::GET, &path).await?;
-            print(server.json, &list.unwrap_or_default(), ENDPOINT_COLUMNS);
+            list(&server, &path, ENDPOINT_COLUMNS).await?;
         }
         EndpointCommand::Create {
             url,
@@ -413,43 +399,22 @@ async fn endpoints(command: EndpointCommand) -> anyhow::Result<()> {
             description,
             server,
         } => {
+            let event_types = if event_types.is_empty() {
+                Value::Null
+            } else {
+                json!(event_types)
+            };
             let body = object(vec![
                 ("url", json!(url)),
                 ("app", json!(app)),
-                (
-                    "event_types",
-                    if event_types.is_empty() {
-                        Value::Null
-                    } else {
-                        json!(event_types)
-                    },
-                ),
+                ("event_types", event_types),
                 ("ordered", json!(ordered)),
                 ("max_concurrency", json!(max_concurrency)),
                 ("rate_limit", json!(rate_limit)),
                 ("key", json!(key)),
                 ("description", json!(description)),
             ]);
-            let client = Client::new(&server)?;
-            let endpoint = client
-                .send_json(Method::POST, "/v1/webhooks/endpoints", &body)
-                .await?
-                .unwrap_or_default();
-            let id = endpoint["id"].as_str().unwrap_or("?").to_owned();
-            let keys = client
-                .send(Method::GET, &endpoint_path(&id, "/keys"))
-                .await?
-                .unwrap_or_default();
-            if server.json {
-                let both = json!({"endpoint": endpoint, "keys": keys});
-                outln!("{}", serde_json::to_string_pretty(&both)?);
-            } else {
-                outln!("{id}: created");
-                outln!(
-                    "the receiver verifies with: {}",
-                    keys[0]["key"].as_str().unwrap_or("?")
-                );
-            }
+            create_endpoint(&server, &body).await?;
         }
         EndpointCommand::Show { id, server } => {
             let endpoint = Client::new(&server)?
@@ -459,35 +424,20 @@ async fn endpoints(command: EndpointCommand) -> anyhow::Result<()> {
             print_one(server.json, &endpoint, ENDPOINT_COLUMNS);
         }
         EndpointCommand::Enable { id, server } => {
-            Client::new(&server)?
-                .send(Method::POST, &endpoint_path(&id, "/enable"))
-                .await?;
+            let path = endpoint_path(&id, "/enable");
+            Client::new(&server)?.send(Method::POST, &path).await?;
             outln!("{id}: enabled");
         }
         EndpointCommand::Disable { id, reason, server } => {
+            let body = object(vec![("reason", json!(reason))]);
+            let path = endpoint_path(&id, "/disable");
             Client::new(&server)?
-                .send_json(
-                    Method::POST,
-                    &endpoint_path(&id, "/disable"),
-                    &object(vec![("reason", json!(reason))]),
-                )
+                .send_json(Method::POST, &path, &body)
                 .await?;
             outln!("{id}: disabled");
         }
         EndpointCommand::Keys { id, server } => {
-            let keys = Client::new(&server)?
-                .send(Method::GET, &endpoint_path(&id, "/keys"))
-                .await?
-                .unwrap_or_default();
-            print(
-                server.json,
-                &keys,
-                &[
-                    ("SCHEME", "scheme"),
-                    ("KEY", "key"),
-                    ("EXPIRES", "expires_at"),
-                ],
-            );
+            list(&server, &endpoint_path(&id, "/keys"), KEY_COLUMNS).await?;
         }
         EndpointCommand::Rotate {
             id,
@@ -503,21 +453,50 @@ async fn endpoints(command: EndpointCommand) -> anyhow::Result<()> {
                 .send_json(Method::POST, &endpoint_path(&id, "/keys/rotate"), &body)
                 .await?
                 .unwrap_or_default();
-            if server.json {
-                outln!("{}", serde_json::to_string_pretty(&new)?);
-            } else {
-                outln!(
+            answer(server.json, &new, |new| {
+                format!(
                     "{id}: now also signing with {}; the older keys stop after the overlap",
                     new["key"].as_str().unwrap_or("?")
-                );
-            }
+                )
+            });
         }
         EndpointCommand::Delete { id, server } => {
-            Client::new(&server)?
-                .send(Method::DELETE, &endpoint_path(&id, ""))
-                .await?;
+            let path = endpoint_path(&id, "");
+            Client::new(&server)?.send(Method::DELETE, &path).await?;
             outln!("{id}: deleted");
         }
+    }
+    Ok(())
+}
+
+const KEY_COLUMNS: &[(&str, &str)] = &[
+    ("SCHEME", "scheme"),
+    ("KEY", "key"),
+    ("EXPIRES", "expires_at"),
+];
+
+/// Creates an endpoint and shows the key its receiver verifies with.
+async fn create_endpoint(server: &ServerArgs, body: &Value) -> anyhow::Result<()> {
+    use reqwest::Method;
+    let client = Client::new(server)?;
+    let endpoint = client
+        .send_json(Method::POST, "/v1/webhooks/endpoints", body)
+        .await?
+        .unwrap_or_default();
+    let id = endpoint["id"].as_str().unwrap_or("?").to_owned();
+    let keys = client
+        .send(Method::GET, &endpoint_path(&id, "/keys"))
+        .await?
+        .unwrap_or_default();
+    if server.json {
+        let both = json!({"endpoint": endpoint, "keys": keys});
+        outln!("{}", serde_json::to_string_pretty(&both)?);
+    } else {
+        outln!("{id}: created");
+        outln!(
+            "the receiver verifies with: {}",
+            keys[0]["key"].as_str().unwrap_or("?")
+        );
     }
     Ok(())
 }

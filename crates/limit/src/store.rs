@@ -262,117 +262,132 @@ impl StoreLimiter {
 
     async fn decide(&self, key: &str, cost: u64) -> Result<Decision, sqlx::Error> {
         match self.store.db() {
-            Db::Postgres(pool) => {
-                let row = sqlx::query(PG_CHECK)
-                    .bind(key)
-                    .bind(self.policy.algorithm().as_str())
-                    .bind(to_i64(self.policy.limit()))
-                    .bind(self.policy.period_us())
-                    .bind(self.policy.emission_us())
-                    .bind(to_i64(self.policy.burst()))
-                    .bind(to_i64(cost))
-                    .bind(self.clock_now())
-                    .fetch_one(pool)
-                    .await?;
-                let allowed: bool = row.try_get(0)?;
-                Ok(Decision {
-                    allowed,
-                    limit: self.policy.limit(),
-                    remaining: u64::try_from(row.try_get::<i64, _>(1)?).unwrap_or(0),
-                    reset_after: micros(row.try_get(2)?),
-                    retry_after: (!allowed).then_some(micros(row.try_get(3)?)),
-                    fallback: None,
-                    decided_at_us: Some(row.try_get(4)?),
-                })
-            }
-            Db::Sqlite(s) => {
-                let mut tx = s.writer().begin_with("BEGIN IMMEDIATE").await?;
-                // Read after the write lock is taken, so that decisions on the key are made in
-                // the order of their clock readings (a reading from before a wait for the lock
-                // would take a fixed window back).
-                let now = unix_us(self.clock.now());
-                let row: Option<(i64, i64, i64, i64)> = sqlx::query_as(SQLITE_READ)
-                    .bind(key)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                let period = self.policy.period_us();
-                let mut state = match row {
-                    Some((a, b, c, expires)) if expires > now => match self.policy.algorithm() {
-                        Algorithm::Gcra => State::Gcra { tat: a },
-                        Algorithm::FixedWindow => State::Fixed {
-                            window: a,
-                            count: to_u64(b),
-                        },
-                        Algorithm::SlidingWindow => State::Sliding {
-                            window: a,
-                            previous: to_u64(b),
-                            current: to_u64(c),
-                        },
-                        Algorithm::SlidingLog => {
-                            let entries: Vec<(i64, i64)> = sqlx::query_as(SQLITE_LOG)
-                                .bind(key)
-                                .bind(now - period)
-                                .fetch_all(&mut *tx)
-                                .await?;
-                            State::Log {
-                                entries: entries.into_iter().map(|(t, c)| (t, to_u64(c))).collect(),
-                            }
-                        }
-                    },
-                    _ => State::fresh(self.policy.algorithm()),
-                };
-                let seq = row.map_or(0, |r| r.2);
-                let mut decision = decide(&self.policy, &mut state, now, cost);
-                decision.decided_at_us = Some(now);
-                if decision.allowed {
-                    let (a, b, c) = match &state {
-                        State::Gcra { tat } => (*tat, 0, 0),
-                        State::Fixed { window, count } => (*window, to_i64(*count), 0),
-                        State::Sliding {
-                            window,
-                            previous,
-                            current,
-                        } => (*window, to_i64(*previous), to_i64(*current)),
-                        State::Log { entries } => {
-                            (0, to_i64(entries.iter().map(|e| e.1).sum()), seq + 1)
-                        }
-                    };
-                    if let State::Log { .. } = state {
-                        // Expired entries (all of them when the key was fresh) go as the new
-                        // one comes in.
-                        let cutoff = if row.is_some_and(|r| r.3 > now) {
-                            now - period
-                        } else {
-                            i64::MAX
-                        };
-                        sqlx::query(SQLITE_LOG_TRIM)
-                            .bind(key)
-                            .bind(cutoff)
-                            .execute(&mut *tx)
-                            .await?;
-                        sqlx::query(SQLITE_LOG_ADD)
-                            .bind(key)
-                            .bind(now)
-                            .bind(seq + 1)
-                            .bind(to_i64(cost))
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                    sqlx::query(SQLITE_WRITE)
-                        .bind(key)
-                        .bind(a)
-                        .bind(b)
-                        .bind(c)
-                        .bind(state.idle_from(&self.policy))
-                        .execute(&mut *tx)
-                        .await?;
-                    tx.commit().await?;
-                } else {
-                    tx.rollback().await?;
-                }
-                Ok(decision)
-            }
+            Db::Postgres(pool) => self.decide_pg(pool, key, cost).await,
+            Db::Sqlite(s) => self.decide_sqlite(s.writer(), key, cost).await,
         }
+    }
+
+    /// One call of the PL/pgSQL function, on the server's clock unless given one.
+    async fn decide_pg(
+        &self,
+        pool: &sqlx::PgPool,
+        key: &str,
+        cost: u64,
+    ) -> Result<Decision, sqlx::Error> {
+        let row = sqlx::query(PG_CHECK)
+            .bind(key)
+            .bind(self.policy.algorithm().as_str())
+            .bind(to_i64(self.policy.limit()))
+            .bind(self.policy.period_us())
+            .bind(self.policy.emission_us())
+            .bind(to_i64(self.policy.burst()))
+            .bind(to_i64(cost))
+            .bind(self.clock_now())
+            .fetch_one(pool)
+            .await?;
+        let allowed: bool = row.try_get(0)?;
+        Ok(Decision {
+            allowed,
+            limit: self.policy.limit(),
+            remaining: u64::try_from(row.try_get::<i64, _>(1)?).unwrap_or(0),
+            reset_after: micros(row.try_get(2)?),
+            retry_after: (!allowed).then_some(micros(row.try_get(3)?)),
+            fallback: None,
+            decided_at_us: Some(row.try_get(4)?),
+        })
+    }
+
+    /// Read, decide and (if admitted) write in one immediate transaction: SQLite's one writer
+    /// orders the decisions on a key.
+    async fn decide_sqlite(
+        &self,
+        writer: &sqlx::SqlitePool,
+        key: &str,
+        cost: u64,
+    ) -> Result<Decision, sqlx::Error> {
+        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+        // Read after the write lock is taken, so that decisions on the key are made in
+        // the order of their clock readings (a reading from before a wait for the lock
+        // would take a fixed window back).
+        let now = unix_us(self.clock.now());
+        let row: Option<(i64, i64, i64, i64)> = sqlx::query_as(SQLITE_READ)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let period = self.policy.period_us();
+        let mut state = match row {
+            Some((a, b, c, expires)) if expires > now => match self.policy.algorithm() {
+                Algorithm::Gcra => State::Gcra { tat: a },
+                Algorithm::FixedWindow => State::Fixed {
+                    window: a,
+                    count: to_u64(b),
+                },
+                Algorithm::SlidingWindow => State::Sliding {
+                    window: a,
+                    previous: to_u64(b),
+                    current: to_u64(c),
+                },
+                Algorithm::SlidingLog => {
+                    let entries: Vec<(i64, i64)> = sqlx::query_as(SQLITE_LOG)
+                        .bind(key)
+                        .bind(now - period)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    State::Log {
+                        entries: entries.into_iter().map(|(t, c)| (t, to_u64(c))).collect(),
+                    }
+                }
+            },
+            _ => State::fresh(self.policy.algorithm()),
+        };
+        let seq = row.map_or(0, |r| r.2);
+        let mut decision = decide(&self.policy, &mut state, now, cost);
+        decision.decided_at_us = Some(now);
+        if decision.allowed {
+            let (a, b, c) = match &state {
+                State::Gcra { tat } => (*tat, 0, 0),
+                State::Fixed { window, count } => (*window, to_i64(*count), 0),
+                State::Sliding {
+                    window,
+                    previous,
+                    current,
+                } => (*window, to_i64(*previous), to_i64(*current)),
+                State::Log { entries } => (0, to_i64(entries.iter().map(|e| e.1).sum()), seq + 1),
+            };
+            if let State::Log { .. } = state {
+                // Expired entries (all of them when the key was fresh) go as the new
+                // one comes in.
+                let cutoff = if row.is_some_and(|r| r.3 > now) {
+                    now - period
+                } else {
+                    i64::MAX
+                };
+                sqlx::query(SQLITE_LOG_TRIM)
+                    .bind(key)
+                    .bind(cutoff)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(SQLITE_LOG_ADD)
+                    .bind(key)
+                    .bind(now)
+                    .bind(seq + 1)
+                    .bind(to_i64(cost))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            sqlx::query(SQLITE_WRITE)
+                .bind(key)
+                .bind(a)
+                .bind(b)
+                .bind(c)
+                .bind(state.idle_from(&self.policy))
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+        }
+        Ok(decision)
     }
 }
 

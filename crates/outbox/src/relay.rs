@@ -232,8 +232,6 @@ impl<P: Publisher> Relay<P> {
         }
 
         let mut failures = Vec::new();
-        let mut published = Vec::new();
-        let mut held_back = Vec::new();
         let mut failed_keys: HashSet<String> = HashSet::new();
 
         // Rows that cannot become envelopes fail for good, without a publish attempt.
@@ -250,31 +248,9 @@ impl<P: Publisher> Relay<P> {
             }
         }
 
-        // Waves: the n-th row of every key goes in wave n, so no two rows of one key are in
-        // flight together, and a row is sent only after every earlier row of its key in this
-        // batch was acknowledged.
-        for wave in waves(valid) {
-            let (wave, skipped): (Vec<_>, Vec<_>) = wave
-                .into_iter()
-                .partition(|(row, _)| row.key.as_ref().is_none_or(|k| !failed_keys.contains(k)));
-            held_back.extend(skipped.into_iter().map(|(row, _)| row.seq));
-            if wave.is_empty() {
-                continue;
-            }
-            let (rows, envelopes): (Vec<Row>, Vec<Envelope>) = wave.into_iter().unzip();
-            let results = self.publisher.publish(&envelopes).await;
-            for (row, result) in rows.into_iter().zip(results) {
-                match result {
-                    Ok(()) => published.push(row.seq),
-                    Err(e) => {
-                        if let Some(key) = &row.key {
-                            failed_keys.insert(key.clone());
-                        }
-                        failures.push(self.broker_failure(&row, &e));
-                    }
-                }
-            }
-        }
+        let (published, held_back) = self
+            .publish_waves(valid, &mut failures, &mut failed_keys)
+            .await;
 
         let now = self.clock.now();
         if !published.is_empty() {
@@ -299,25 +275,7 @@ impl<P: Publisher> Relay<P> {
         }
         if !failures.is_empty() {
             sql.failed(self.id, &failures, now).await?;
-            let mut latest_retry = None;
-            for f in &failures {
-                if f.dead {
-                    report.dead_lettered += 1;
-                    tracing::warn!(
-                        source = %self.config.source,
-                        sink = self.publisher.transport(),
-                        seq = f.seq,
-                        error = %f.error,
-                        "outbox row dead-lettered"
-                    );
-                } else {
-                    report.retrying += 1;
-                    latest_retry = Some(f);
-                }
-            }
-            if let Some(latest) = latest_retry {
-                self.log_retries(report.retrying as u64, latest);
-            }
+            self.report_failures(&failures, &mut report);
         }
         if !held_back.is_empty() {
             sql.release(self.id, &held_back).await?;
@@ -327,6 +285,67 @@ impl<P: Publisher> Relay<P> {
         self.metrics.round(&report, took);
         self.stats.add(&report);
         Ok(report)
+    }
+
+    /// Publishes rows in waves: the n-th row of every key goes in wave n, so no two rows of one
+    /// key are in flight together, and a row is sent only after every earlier row of its key
+    /// in this batch was acknowledged. Returns the published and the held-back seqs (rows of
+    /// a key that failed earlier in the batch).
+    async fn publish_waves(
+        &self,
+        valid: Vec<(Row, Envelope)>,
+        failures: &mut Vec<Failure>,
+        failed_keys: &mut HashSet<String>,
+    ) -> (Vec<i64>, Vec<i64>) {
+        let mut published = Vec::new();
+        let mut held_back = Vec::new();
+        for wave in waves(valid) {
+            let (wave, skipped): (Vec<_>, Vec<_>) = wave
+                .into_iter()
+                .partition(|(row, _)| row.key.as_ref().is_none_or(|k| !failed_keys.contains(k)));
+            held_back.extend(skipped.into_iter().map(|(row, _)| row.seq));
+            if wave.is_empty() {
+                continue;
+            }
+            let (rows, envelopes): (Vec<Row>, Vec<Envelope>) = wave.into_iter().unzip();
+            let results = self.publisher.publish(&envelopes).await;
+            for (row, result) in rows.into_iter().zip(results) {
+                match result {
+                    Ok(()) => published.push(row.seq),
+                    Err(e) => {
+                        if let Some(key) = &row.key {
+                            failed_keys.insert(key.clone());
+                        }
+                        failures.push(self.broker_failure(&row, &e));
+                    }
+                }
+            }
+        }
+        (published, held_back)
+    }
+
+    /// Counts the recorded failures into `report` and logs them: each dead letter, and the
+    /// retries at most once per [`FAILURE_LOG_EVERY`].
+    fn report_failures(&self, failures: &[Failure], report: &mut RoundReport) {
+        let mut latest_retry = None;
+        for f in failures {
+            if f.dead {
+                report.dead_lettered += 1;
+                tracing::warn!(
+                    source = %self.config.source,
+                    sink = self.publisher.transport(),
+                    seq = f.seq,
+                    error = %f.error,
+                    "outbox row dead-lettered"
+                );
+            } else {
+                report.retrying += 1;
+                latest_retry = Some(f);
+            }
+        }
+        if let Some(latest) = latest_retry {
+            self.log_retries(report.retrying as u64, latest);
+        }
     }
 
     /// Counts `count` retryable failures and logs them (with the latest cause) if the last

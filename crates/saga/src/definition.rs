@@ -188,6 +188,59 @@ pub(crate) fn valid_name(s: &str, max: usize, extra: &[char]) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || extra.contains(&c))
 }
 
+/// One step's own rules: its name, its kind within its group, its compensation, its policies.
+fn check_step(step: &StepDef, first: &StepDef, seen: &mut HashSet<Arc<str>>) -> Result<(), String> {
+    if !valid_name(&step.name, 64, &[]) {
+        return Err(format!(
+            "step name {:?} must be 1 to 64 letters, digits, '_' or '-' (it is part of idempotency keys and URLs)",
+            step.name
+        ));
+    }
+    if !seen.insert(step.name.clone()) {
+        return Err(format!("step name {:?} is used twice", step.name));
+    }
+    if step.kind != first.kind {
+        return Err(format!(
+            "parallel group with {:?} mixes {} and {} steps; a group holds steps of one kind",
+            first.name, first.kind, step.kind
+        ));
+    }
+    match (step.kind, step.compensation.is_some()) {
+        (StepKind::Compensatable, false) => {
+            return Err(format!(
+                "compensatable step {:?} has no compensation",
+                step.name
+            ));
+        }
+        (StepKind::Pivot | StepKind::Retriable, true) => {
+            return Err(format!(
+                "{} step {:?} has a compensation; only compensatable steps are undone (a {} step stands at or after the point of no return)",
+                step.kind, step.name, step.kind
+            ));
+        }
+        _ => {}
+    }
+    for phase in [Phase::Action, Phase::Compensation] {
+        let p = step.policy(phase);
+        if p.timeout.is_zero() {
+            return Err(format!(
+                "step {:?}: {phase} timeout must be above zero",
+                step.name
+            ));
+        }
+        if p.max_attempts
+            .is_some_and(|n| n == 0 || i32::try_from(n).is_err())
+        {
+            return Err(format!(
+                "step {:?}: {phase} max_attempts must be 1 to {} (or unlimited)",
+                step.name,
+                i32::MAX
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl Definition {
     /// Checks the rules every saga obeys, whichever way it was written.
     pub(crate) fn new(
@@ -217,54 +270,7 @@ impl Definition {
                 return Err(err(format!("stage {} is an empty parallel group", i + 1)));
             };
             for step in stage {
-                if !valid_name(&step.name, 64, &[]) {
-                    return Err(err(format!(
-                        "step name {:?} must be 1 to 64 letters, digits, '_' or '-' (it is part of idempotency keys and URLs)",
-                        step.name
-                    )));
-                }
-                if !seen.insert(step.name.clone()) {
-                    return Err(err(format!("step name {:?} is used twice", step.name)));
-                }
-                if step.kind != first.kind {
-                    return Err(err(format!(
-                        "parallel group with {:?} mixes {} and {} steps; a group holds steps of one kind",
-                        first.name, first.kind, step.kind
-                    )));
-                }
-                match (step.kind, step.compensation.is_some()) {
-                    (StepKind::Compensatable, false) => {
-                        return Err(err(format!(
-                            "compensatable step {:?} has no compensation",
-                            step.name
-                        )));
-                    }
-                    (StepKind::Pivot | StepKind::Retriable, true) => {
-                        return Err(err(format!(
-                            "{} step {:?} has a compensation; only compensatable steps are undone (a {} step stands at or after the point of no return)",
-                            step.kind, step.name, step.kind
-                        )));
-                    }
-                    _ => {}
-                }
-                for phase in [Phase::Action, Phase::Compensation] {
-                    let p = step.policy(phase);
-                    if p.timeout.is_zero() {
-                        return Err(err(format!(
-                            "step {:?}: {phase} timeout must be above zero",
-                            step.name
-                        )));
-                    }
-                    if p.max_attempts
-                        .is_some_and(|n| n == 0 || i32::try_from(n).is_err())
-                    {
-                        return Err(err(format!(
-                            "step {:?}: {phase} max_attempts must be 1 to {} (or unlimited)",
-                            step.name,
-                            i32::MAX
-                        )));
-                    }
-                }
+                check_step(step, first, &mut seen).map_err(&err)?;
             }
             match first.kind {
                 StepKind::Compensatable if position > 0 => {

@@ -85,103 +85,20 @@ pub async fn track_http(request: Request, next: Next) -> Response {
 /// labelled by a relay, a saga or a policy appear with their first use.
 fn describe_capabilities() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_gauge!(
-        "onephase_store_up",
-        "1 when the store answered the last /readyz, else 0"
-    );
-    describe_counter!(
-        "onephase_outbox_published_total",
-        "Outbox rows published, by relay (source) and sink"
-    );
-    describe_counter!(
-        "onephase_outbox_publish_failures_total",
-        "Failed publish attempts (retried or dead-lettered)"
-    );
-    describe_counter!(
-        "onephase_outbox_dead_lettered_total",
-        "Outbox rows dead-lettered"
-    );
-    describe_counter!(
-        "onephase_outbox_lost_claims_total",
-        "Rows published after their claim had lapsed (published twice)"
-    );
-    describe_counter!(
-        "onephase_outbox_round_errors_total",
-        "Relay rounds that failed on the database"
-    );
-    describe_counter!(
-        "onephase_outbox_vacuums_total",
-        "VACUUMs the relay ran on the outbox table"
-    );
-    describe_histogram!(
-        "onephase_outbox_round_seconds",
-        Unit::Seconds,
-        "Time of one relay round: claim, publish, record"
-    );
-    describe_gauge!("onephase_outbox_pending", "Rows waiting to be published");
-    describe_gauge!(
-        "onephase_outbox_dead",
-        "Rows dead-lettered and not yet retried or discarded"
-    );
-    describe_gauge!(
-        "onephase_outbox_oldest_pending_seconds",
-        "Age of the oldest pending row: the relay's lag"
-    );
-    describe_gauge!(
-        "onephase_outbox_relay_up",
-        "1 while a relay runs, 0 while its source or sink does not answer"
-    );
-    describe_counter!(
-        "onephase_saga_runs_started_total",
-        "Saga runs started, by saga"
-    );
-    describe_counter!(
-        "onephase_saga_runs_finished_total",
-        "Saga runs that ended or parked, by saga and state"
-    );
-    describe_counter!(
-        "onephase_saga_step_attempts_total",
-        "Step invocations, by saga, step, phase and outcome"
-    );
-    describe_histogram!(
-        "onephase_saga_step_seconds",
-        Unit::Seconds,
-        "Step invocation latency"
-    );
-    describe_counter!(
-        "onephase_saga_operator_actions_total",
-        "Operator retries, resolves and aborts"
-    );
-    describe_counter!(
-        "onephase_saga_lost_claims_total",
-        "Saga transitions refused because a newer claim (or an operator) fenced the run since its driver claimed it"
-    );
-    describe_counter!(
-        "onephase_saga_round_errors_total",
-        "Orchestrator rounds that failed on the database"
-    );
-    describe_gauge!("onephase_saga_runs", "Saga runs by state");
-    describe_counter!(
-        "onephase_webhook_attempts_total",
-        "Webhook delivery attempts, by outcome"
-    );
-    describe_histogram!(
-        "onephase_webhook_attempt_seconds",
-        Unit::Seconds,
-        "Webhook attempt latency, sending to the answer's headers"
-    );
-    describe_counter!(
-        "onephase_webhook_endpoints_disabled_total",
-        "Endpoints the dispatcher disabled (410, or failing too long)"
-    );
-    describe_counter!(
-        "onephase_lease_operations_total",
-        "Lease acquires, renewals and releases over HTTP, by outcome"
-    );
-    describe_counter!(
-        "onephase_limit_decisions_total",
-        "Rate-limit checks answered, by policy and outcome"
-    );
+    for &(name, help) in COUNTERS {
+        describe_counter!(name, help);
+    }
+    for &(name, help) in GAUGES {
+        describe_gauge!(name, help);
+    }
+    for &(name, help) in SECONDS_HISTOGRAMS {
+        describe_histogram!(name, Unit::Seconds, help);
+    }
+    register_at_zero();
+}
+
+/// The series whose labels are known in advance, at zero.
+fn register_at_zero() {
     for outcome in ["delivered", "retry", "dead", "gone"] {
         metrics::counter!("onephase_webhook_attempts_total", "outcome" => outcome).increment(0);
     }
@@ -198,3 +115,106 @@ fn describe_capabilities() {
         }
     }
 }
+
+/// Every counter, with its help.
+const COUNTERS: &[(&str, &str)] = &[
+    (
+        "onephase_outbox_published_total",
+        "Outbox rows published, by relay (source) and sink",
+    ),
+    (
+        "onephase_outbox_publish_failures_total",
+        "Failed publish attempts (retried or dead-lettered)",
+    ),
+    (
+        "onephase_outbox_dead_lettered_total",
+        "Outbox rows dead-lettered",
+    ),
+    (
+        "onephase_outbox_lost_claims_total",
+        "Rows published after their claim had lapsed (published twice)",
+    ),
+    (
+        "onephase_outbox_round_errors_total",
+        "Relay rounds that failed on the database",
+    ),
+    (
+        "onephase_outbox_vacuums_total",
+        "VACUUMs the relay ran on the outbox table",
+    ),
+    (
+        "onephase_saga_runs_started_total",
+        "Saga runs started, by saga",
+    ),
+    (
+        "onephase_saga_runs_finished_total",
+        "Saga runs that ended or parked, by saga and state",
+    ),
+    (
+        "onephase_saga_step_attempts_total",
+        "Step invocations, by saga, step, phase and outcome",
+    ),
+    (
+        "onephase_saga_operator_actions_total",
+        "Operator retries, resolves and aborts",
+    ),
+    (
+        "onephase_saga_lost_claims_total",
+        "Saga transitions refused because a newer claim (or an operator) fenced the run since its driver claimed it",
+    ),
+    (
+        "onephase_saga_round_errors_total",
+        "Orchestrator rounds that failed on the database",
+    ),
+    (
+        "onephase_webhook_attempts_total",
+        "Webhook delivery attempts, by outcome",
+    ),
+    (
+        "onephase_webhook_endpoints_disabled_total",
+        "Endpoints the dispatcher disabled (410, or failing too long)",
+    ),
+    (
+        "onephase_lease_operations_total",
+        "Lease acquires, renewals and releases over HTTP, by outcome",
+    ),
+    (
+        "onephase_limit_decisions_total",
+        "Rate-limit checks answered, by policy and outcome",
+    ),
+];
+
+/// Every gauge, with its help.
+const GAUGES: &[(&str, &str)] = &[
+    (
+        "onephase_store_up",
+        "1 when the store answered the last /readyz, else 0",
+    ),
+    ("onephase_outbox_pending", "Rows waiting to be published"),
+    (
+        "onephase_outbox_dead",
+        "Rows dead-lettered and not yet retried or discarded",
+    ),
+    (
+        "onephase_outbox_oldest_pending_seconds",
+        "Age of the oldest pending row: the relay's lag",
+    ),
+    (
+        "onephase_outbox_relay_up",
+        "1 while a relay runs, 0 while its source or sink does not answer",
+    ),
+    ("onephase_saga_runs", "Saga runs by state"),
+];
+
+/// Every histogram (in seconds), with its help.
+const SECONDS_HISTOGRAMS: &[(&str, &str)] = &[
+    (
+        "onephase_outbox_round_seconds",
+        "Time of one relay round: claim, publish, record",
+    ),
+    ("onephase_saga_step_seconds", "Step invocation latency"),
+    (
+        "onephase_webhook_attempt_seconds",
+        "Webhook attempt latency, sending to the answer's headers",
+    ),
+];

@@ -382,6 +382,7 @@ async fn run_relay(
         RECONNECT_CAP,
         onephase_core::Jitter::Full,
     );
+    let random = onephase_core::Random::from_entropy();
     let mut attempt: u32 = 0;
     let mut own_source: Option<Store> = None;
     let publisher = loop {
@@ -415,11 +416,7 @@ async fn run_relay(
             Ok(reached) => break reached,
             Err(error) => {
                 let wait = match &backoff {
-                    Ok(b) => b.delay(
-                        attempt,
-                        None,
-                        &mut onephase_core::rand::make_rng::<onephase_core::rand::rngs::StdRng>(),
-                    ),
+                    Ok(b) => b.delay(attempt, None, &mut &random),
                     Err(_) => RECONNECT_CAP,
                 };
                 // Every failure while it is new, then one line a minute or so.
@@ -444,21 +441,7 @@ async fn run_relay(
     if attempt > 0 {
         tracing::info!(relay = %source.name, "outbox relay reached its source and sink; relaying");
     }
-    let defaults = RelayConfig::default();
-    let relay = Relay::new(
-        db,
-        publisher,
-        RelayConfig {
-            source: s.name.clone(),
-            batch_size: s.batch_size.unwrap_or(defaults.batch_size),
-            max_attempts: s.max_attempts.unwrap_or(defaults.max_attempts),
-            claim_timeout: s
-                .claim_timeout_secs
-                .map_or(defaults.claim_timeout, Duration::from_secs),
-            ..defaults
-        },
-    )
-    .with_stats(source.stats.clone());
+    let relay = Relay::new(db, publisher, relay_config(s)).with_stats(source.stats.clone());
     // The id is what the source's rows name in `claimed_by` while this relay holds them.
     tracing::info!(relay = %source.name, claimed_by = %relay.id(), "outbox relay running");
     source.set_state(RelayState::Running);
@@ -470,6 +453,20 @@ async fn run_relay(
     drop(relay);
     if let Some(db) = own_source {
         db.close().await;
+    }
+}
+
+/// A relay's configuration: the settings given, defaults for the rest.
+fn relay_config(s: &RelaySettings) -> RelayConfig {
+    let defaults = RelayConfig::default();
+    RelayConfig {
+        source: s.name.clone(),
+        batch_size: s.batch_size.unwrap_or(defaults.batch_size),
+        max_attempts: s.max_attempts.unwrap_or(defaults.max_attempts),
+        claim_timeout: s
+            .claim_timeout_secs
+            .map_or(defaults.claim_timeout, Duration::from_secs),
+        ..defaults
     }
 }
 

@@ -174,23 +174,27 @@ impl SagaSpec {
         permits: Option<Permits>,
     ) -> Result<Definition, DefinitionError> {
         let name = self.doc.name.as_str();
-        let err = |m: String| spec_error(Some(name), m);
         let d = self.doc.defaults.clone().unwrap_or_default();
         check_ms(
             "defaults",
             &[d.timeout_ms, d.backoff_base_ms, d.backoff_cap_ms],
         )
-        .map_err(&err)?;
-        let base = Duration::from_millis(d.backoff_base_ms.unwrap_or(100));
-        let cap = Duration::from_millis(d.backoff_cap_ms.unwrap_or(30_000));
-        let mut required_input: Vec<Vec<String>> = Vec::new();
+        .map_err(|m| spec_error(Some(name), m))?;
+        let mut compiler = Compiler {
+            name,
+            client,
+            permits,
+            stage_of: self
+                .stages
+                .iter()
+                .enumerate()
+                .flat_map(|(i, s)| s.iter().map(move |st| (st.name.as_str(), i)))
+                .collect(),
+            required_input: Vec::new(),
+            base: Duration::from_millis(d.backoff_base_ms.unwrap_or(100)),
+            cap: Duration::from_millis(d.backoff_cap_ms.unwrap_or(30_000)),
+        };
         let mut stages = Vec::new();
-        let stage_of: BTreeMap<&str, usize> = self
-            .stages
-            .iter()
-            .enumerate()
-            .flat_map(|(i, s)| s.iter().map(move |st| (st.name.as_str(), i)))
-            .collect();
         for (i, stage) in self.stages.iter().enumerate() {
             let mut defs = Vec::new();
             for step in stage {
@@ -201,66 +205,19 @@ impl SagaSpec {
                         (StepKind::Retriable, _) => None,
                         _ => Some(5),
                     },
-                    backoff: backoff(base, cap).map_err(|m| err(format!("defaults: {m}")))?,
+                    backoff: backoff(compiler.base, compiler.cap)
+                        .map_err(|m| compiler.error(format!("defaults: {m}")))?,
                 };
                 let compensation_default = Policy {
                     max_attempts: d.compensation_max_attempts.map_or(Some(10), Attempts::get),
                     ..action_default
                 };
-                let mut compile_call = |spec: &CallSpec, phase: &str, default: Policy| {
-                    let at = format!("step {:?} {phase}", step.name);
-                    check_ms(
-                        &at,
-                        &[spec.timeout_ms, spec.backoff_base_ms, spec.backoff_cap_ms],
-                    )
-                    .map_err(&err)?;
-                    let call = HttpCall::compile(spec, client.clone(), permits.clone())
-                        .map_err(|m| err(format!("{at}: {m}")))?;
-                    for r in call.refs() {
-                        match r {
-                            Ref::Input(path) if !required_input.contains(path) => {
-                                required_input.push(path.clone());
-                            }
-                            Ref::Step(other, _) => {
-                                let Some(&j) = stage_of.get(other.as_str()) else {
-                                    return Err(err(format!(
-                                        "{at}: template reads steps.{other}, but there is no step {other:?}"
-                                    )));
-                                };
-                                let own = other == &step.name && phase == "compensation";
-                                if j >= i && !own {
-                                    return Err(err(format!(
-                                        "{at}: template reads the output of step {other:?}, which has not run yet at this point (only earlier stages{} can be read)",
-                                        if phase == "compensation" {
-                                            " and the step's own action"
-                                        } else {
-                                            ""
-                                        }
-                                    )));
-                                }
-                            }
-                            _ => {}
-                        }
-                    }
-                    let policy = Policy {
-                        timeout: spec
-                            .timeout_ms
-                            .map_or(default.timeout, Duration::from_millis),
-                        max_attempts: spec
-                            .max_attempts
-                            .map_or(default.max_attempts, Attempts::get),
-                        backoff: backoff(
-                            spec.backoff_base_ms.map_or(base, Duration::from_millis),
-                            spec.backoff_cap_ms.map_or(cap, Duration::from_millis),
-                        )
-                        .map_err(|m| err(format!("{at}: {m}")))?,
-                    };
-                    Ok::<_, DefinitionError>((call, policy))
-                };
-                let (action, action_policy) = compile_call(&step.action, "action", action_default)?;
+                let (action, action_policy) =
+                    compiler.call(&step.action, (step, i, "action"), action_default)?;
                 let (compensation, compensation_policy) = match &step.compensation {
                     Some(c) => {
-                        let (call, policy) = compile_call(c, "compensation", compensation_default)?;
+                        let at = (step, i, "compensation");
+                        let (call, policy) = compiler.call(c, at, compensation_default)?;
                         (Some(std::sync::Arc::new(call) as _), policy)
                     }
                     None => (None, compensation_default),
@@ -276,7 +233,96 @@ impl SagaSpec {
             }
             stages.push(defs);
         }
-        Definition::new(name, self.doc.version, stages, required_input)
+        Definition::new(name, self.doc.version, stages, compiler.required_input)
+    }
+}
+
+/// What compiling a definition's calls needs and collects.
+struct Compiler<'a> {
+    name: &'a str,
+    client: &'a reqwest::Client,
+    permits: Option<Permits>,
+    /// Each step's stage index.
+    stage_of: BTreeMap<&'a str, usize>,
+    /// The input paths the templates read.
+    required_input: Vec<Vec<String>>,
+    /// The definition's backoff defaults.
+    base: Duration,
+    cap: Duration,
+}
+
+impl Compiler<'_> {
+    fn error(&self, message: String) -> DefinitionError {
+        spec_error(Some(self.name), message)
+    }
+
+    /// Compiles one call of `step` (in stage `stage`, as `phase`) and its policy over `default`.
+    fn call(
+        &mut self,
+        spec: &CallSpec,
+        (step, stage, phase): (&StepSpec, usize, &str),
+        default: Policy,
+    ) -> Result<(HttpCall, Policy), DefinitionError> {
+        let at = format!("step {:?} {phase}", step.name);
+        check_ms(
+            &at,
+            &[spec.timeout_ms, spec.backoff_base_ms, spec.backoff_cap_ms],
+        )
+        .map_err(|m| self.error(m))?;
+        let call = HttpCall::compile(spec, self.client.clone(), self.permits.clone())
+            .map_err(|m| self.error(format!("{at}: {m}")))?;
+        for r in call.refs() {
+            self.check_ref(r, &at, (step, stage, phase))?;
+        }
+        let policy = Policy {
+            timeout: spec
+                .timeout_ms
+                .map_or(default.timeout, Duration::from_millis),
+            max_attempts: spec
+                .max_attempts
+                .map_or(default.max_attempts, Attempts::get),
+            backoff: backoff(
+                spec.backoff_base_ms
+                    .map_or(self.base, Duration::from_millis),
+                spec.backoff_cap_ms.map_or(self.cap, Duration::from_millis),
+            )
+            .map_err(|m| self.error(format!("{at}: {m}")))?,
+        };
+        Ok((call, policy))
+    }
+
+    /// Records an input path a template reads; refuses a step output that is not there yet.
+    fn check_ref(
+        &mut self,
+        r: &Ref,
+        at: &str,
+        (step, stage, phase): (&StepSpec, usize, &str),
+    ) -> Result<(), DefinitionError> {
+        match r {
+            Ref::Input(path) if !self.required_input.contains(path) => {
+                self.required_input.push(path.clone());
+            }
+            Ref::Step(other, _) => {
+                let Some(&j) = self.stage_of.get(other.as_str()) else {
+                    return Err(self.error(format!(
+                        "{at}: template reads steps.{other}, but there is no step {other:?}"
+                    )));
+                };
+                let own = other == &step.name && phase == "compensation";
+                if j >= stage && !own {
+                    return Err(self.error(format!(
+                        "{at}: template reads the output of step {other:?}, which has not run yet at this point (only earlier stages{} can be read)",
+                        if phase == "compensation" {
+                            " and the step's own action"
+                        } else {
+                            ""
+                        }
+                    )));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
     }
 }
 
@@ -298,6 +344,103 @@ fn check_ms(at: &str, values: &[Option<u64>]) -> Result<(), String> {
 
 fn backoff(base: Duration, cap: Duration) -> Result<Backoff, String> {
     Backoff::new(base, cap, Jitter::Full).map_err(|e| e.to_string())
+}
+
+/// The URL as a template. Where a call goes is the definition's choice, never the input's:
+/// every placeholder must come after the scheme, host and port, so that no value of a run
+/// (which a client token chooses) can send the orchestrator elsewhere.
+fn url_template(text: &str) -> Result<Template, String> {
+    if !(text.starts_with("http://") || text.starts_with("https://")) {
+        return Err(format!(
+            "url {text:?} must start with http:// or https:// (placeholders may follow the host)"
+        ));
+    }
+    let url = Template::parse(text)?;
+    if let Some(first) = text.find("{{") {
+        let after_scheme = text.find("://").map_or(0, |i| i + 3);
+        let authority_end = text[after_scheme..]
+            .find(['/', '?', '#'])
+            .map(|i| after_scheme + i);
+        if authority_end.is_none_or(|end| first < end) {
+            return Err(format!(
+                "url {text:?} has a placeholder in its scheme, host or port: placeholders may only follow the host (write it out, as in http://inventory:8080/items/{{{{input.sku}}}})"
+            ));
+        }
+    }
+    match reqwest::Url::parse(&url.skeleton()) {
+        Ok(parsed) if parsed.host_str().is_some_and(|h| !h.is_empty()) => Ok(url),
+        Ok(_) => Err(format!("url {text:?} has no host")),
+        Err(e) => Err(format!("url {text:?} is not a valid URL: {e}")),
+    }
+}
+
+/// The extra headers as templates: valid names, none the orchestrator sets, none twice, and
+/// values HTTP allows.
+fn header_templates<'a>(
+    headers: impl Iterator<Item = (&'a String, &'a String)>,
+) -> Result<Vec<(reqwest::header::HeaderName, Template)>, String> {
+    let mut templates = Vec::new();
+    let mut seen = HashSet::new();
+    for (name, value) in headers {
+        let header = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("header name {name:?} is not a valid HTTP header name"))?;
+        if header == "idempotency-key"
+            || header == "fencing-token"
+            || name.to_ascii_lowercase().starts_with("onephase-")
+        {
+            return Err(format!(
+                "header {name:?} is set by the orchestrator and cannot be templated"
+            ));
+        }
+        let template = Template::parse(value)?;
+        if reqwest::header::HeaderValue::from_str(&template.skeleton()).is_err() {
+            return Err(format!(
+                "header {name:?}: its value has a character HTTP headers do not allow (a line break or another control character)"
+            ));
+        }
+        if !seen.insert(header.clone()) {
+            return Err(format!("header {header} is given twice"));
+        }
+        templates.push((header, template));
+    }
+    Ok(templates)
+}
+
+/// The success, retry and fail statuses, defaults filled in; a status the definition puts in
+/// two lists is ambiguous.
+type Statuses = (Vec<StatusPattern>, Vec<StatusPattern>, Vec<StatusPattern>);
+
+fn statuses(spec: &CallSpec) -> Result<Statuses, String> {
+    let success = spec
+        .success
+        .clone()
+        .unwrap_or(vec![StatusPattern::Class(2)]);
+    let retry = spec.retry.clone().unwrap_or(vec![
+        StatusPattern::Code(408),
+        StatusPattern::Code(425),
+        StatusPattern::Code(429),
+        StatusPattern::Class(5),
+    ]);
+    let fail = spec.fail.clone().unwrap_or_default();
+    for code in 100..=599 {
+        let lists: Vec<&str> = [("success", &success), ("retry", &retry), ("fail", &fail)]
+            .iter()
+            .filter(|(_, l)| l.iter().any(|p| p.matches(code)))
+            .map(|(n, _)| *n)
+            .collect();
+        let user_given = |n: &str| match n {
+            "success" => spec.success.is_some(),
+            "retry" => spec.retry.is_some(),
+            _ => spec.fail.is_some(),
+        };
+        if lists.len() > 1 && lists.iter().all(|n| user_given(n)) {
+            return Err(format!(
+                "status {code} is in both `{}` and `{}`",
+                lists[0], lists[1]
+            ));
+        }
+    }
+    Ok((success, retry, fail))
 }
 
 /// Which addresses calls may go to.
@@ -343,93 +486,13 @@ impl HttpCall {
                 ));
             }
         };
-        if !(spec.url.starts_with("http://") || spec.url.starts_with("https://")) {
-            return Err(format!(
-                "url {:?} must start with http:// or https:// (placeholders may follow the host)",
-                spec.url
-            ));
-        }
-        let url = Template::parse(&spec.url)?;
-        // Where a call goes is the definition's choice, never the input's: every placeholder
-        // must come after the scheme, host and port, so that no value of a run (which a client
-        // token chooses) can send the orchestrator elsewhere.
-        if let Some(first) = spec.url.find("{{") {
-            let after_scheme = spec.url.find("://").map_or(0, |i| i + 3);
-            let authority_end = spec.url[after_scheme..]
-                .find(['/', '?', '#'])
-                .map(|i| after_scheme + i);
-            if authority_end.is_none_or(|end| first < end) {
-                return Err(format!(
-                    "url {:?} has a placeholder in its scheme, host or port: placeholders may only follow the host (write it out, as in http://inventory:8080/items/{{{{input.sku}}}})",
-                    spec.url
-                ));
-            }
-        }
-        match reqwest::Url::parse(&url.skeleton()) {
-            Ok(parsed) if parsed.host_str().is_some_and(|h| !h.is_empty()) => {}
-            Ok(_) => return Err(format!("url {:?} has no host", spec.url)),
-            Err(e) => return Err(format!("url {:?} is not a valid URL: {e}", spec.url)),
-        }
-        let mut headers = Vec::new();
-        for (name, value) in spec.headers.iter().flatten() {
-            let header = reqwest::header::HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| format!("header name {name:?} is not a valid HTTP header name"))?;
-            if header == "idempotency-key"
-                || header == "fencing-token"
-                || name.to_ascii_lowercase().starts_with("onephase-")
-            {
-                return Err(format!(
-                    "header {name:?} is set by the orchestrator and cannot be templated"
-                ));
-            }
-            let template = Template::parse(value)?;
-            if reqwest::header::HeaderValue::from_str(&template.skeleton()).is_err() {
-                return Err(format!(
-                    "header {name:?}: its value has a character HTTP headers do not allow (a line break or another control character)"
-                ));
-            }
-            headers.push((header, template));
-        }
+        let url = url_template(&spec.url)?;
+        let headers = header_templates(spec.headers.iter().flatten())?;
         let body = spec.body.as_ref().map(BodyTemplate::parse).transpose()?;
         if spec.timeout_ms == Some(0) {
             return Err("timeout_ms must be above zero".into());
         }
-        let success = spec
-            .success
-            .clone()
-            .unwrap_or(vec![StatusPattern::Class(2)]);
-        let retry = spec.retry.clone().unwrap_or(vec![
-            StatusPattern::Code(408),
-            StatusPattern::Code(425),
-            StatusPattern::Code(429),
-            StatusPattern::Class(5),
-        ]);
-        let fail = spec.fail.clone().unwrap_or_default();
-        // A status in two lists would be ambiguous.
-        for code in 100..=599 {
-            let lists: Vec<&str> = [("success", &success), ("retry", &retry), ("fail", &fail)]
-                .iter()
-                .filter(|(_, l)| l.iter().any(|p| p.matches(code)))
-                .map(|(n, _)| *n)
-                .collect();
-            let user_given = |n: &str| match n {
-                "success" => spec.success.is_some(),
-                "retry" => spec.retry.is_some(),
-                _ => spec.fail.is_some(),
-            };
-            if lists.len() > 1 && lists.iter().all(|n| user_given(n)) {
-                return Err(format!(
-                    "status {code} is in both `{}` and `{}`",
-                    lists[0], lists[1]
-                ));
-            }
-        }
-        let mut seen = HashSet::new();
-        for (h, _) in &headers {
-            if !seen.insert(h.clone()) {
-                return Err(format!("header {h} is given twice"));
-            }
-        }
+        let (success, retry, fail) = statuses(spec)?;
         Ok(Self {
             method,
             url,

@@ -188,6 +188,41 @@ impl KeyWalk {
     }
 }
 
+/// Locks claimed deliveries (by a JSON list of ids) that are still pending and unlocked.
+const LOCK_PG: &str = "UPDATE onephase_webhook_deliveries \
+     SET attempts = attempts + 1, locked_until_ms = $2 \
+     WHERE id IN (SELECT jsonb_array_elements_text($1::jsonb)::bigint) \
+     AND status = 'pending' AND locked_until_ms <= $3 RETURNING id";
+const LOCK_SQLITE: &str = "UPDATE onephase_webhook_deliveries \
+     SET attempts = attempts + 1, locked_until_ms = $2 \
+     WHERE id IN (SELECT value FROM json_each($1)) \
+     AND status = 'pending' AND locked_until_ms <= $3 RETURNING id";
+
+/// An endpoint's new theoretical arrival time (its rate limit's state).
+const SET_TAT: &str = "UPDATE onephase_webhook_endpoints SET rate_tat_us = $2 WHERE id = $1";
+
+/// Endpoints with room, starting from the `start`-th (rotating it shares a tight claim limit
+/// fairly).
+fn visiting_order(rooms: &mut Vec<Room>, start: usize) {
+    rooms.retain(|r| r.room > 0);
+    if !rooms.is_empty() {
+        let at = start % rooms.len();
+        rooms.rotate_left(at);
+    }
+}
+
+/// The ids of the `take` earliest due of `found` (id, due).
+fn earliest(mut found: Vec<(i64, i64)>, take: i64) -> Vec<i64> {
+    found.sort_unstable_by_key(|&(id, due)| (due, id));
+    found.truncate(usize::try_from(take).unwrap_or(usize::MAX));
+    found.into_iter().map(|(id, _)| id).collect()
+}
+
+/// Ids as the JSON list the statements unpack.
+fn id_list(ids: &[i64]) -> Result<String, sqlx::Error> {
+    serde_json::to_string(ids).map_err(|e| sqlx::Error::Encode(Box::new(e)))
+}
+
 /// Takes up to `limit` due deliveries: at most each endpoint's free concurrency, within its
 /// rate, and for ordered endpoints only the oldest pending delivery of each partition key.
 /// Endpoints are visited from `start` on (rotating it shares a tight `limit` fairly). Each
@@ -216,11 +251,7 @@ pub(crate) async fn claim(
             .bind(now_ms)
             .fetch_all(&mut *tx)
             .await?;
-        rooms.retain(|r| r.room > 0);
-        if !rooms.is_empty() {
-            let at = start % rooms.len();
-            rooms.rotate_left(at);
-        }
+        visiting_order(&mut rooms, start);
         let mut left = i64::from(limit);
         let mut candidates: Vec<Claimed> = Vec::new();
         let mut chosen: Vec<i64> = Vec::new();
@@ -263,17 +294,14 @@ pub(crate) async fn claim(
                 None => cursors.remove(&r.id),
             };
             found.extend(walk.heads);
-            found.sort_unstable_by_key(|&(id, due)| (due, id));
-            found.truncate(usize::try_from(take).unwrap_or(usize::MAX));
-            left -= i64::try_from(found.len()).unwrap_or(i64::MAX);
-            chosen.extend(found.into_iter().map(|(id, _)| id));
+            let first = earliest(found, take);
+            left -= i64::try_from(first.len()).unwrap_or(i64::MAX);
+            chosen.extend(first);
         }
         if !chosen.is_empty() {
-            let ids =
-                serde_json::to_string(&chosen).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
             let by_id = if pg { CLAIMED_BY_ID_PG } else { CLAIMED_BY_ID_SQLITE };
             let ordered: Vec<Claimed> =
-                sqlx::query_as(by_id).bind(&ids).fetch_all(&mut *tx).await?;
+                sqlx::query_as(by_id).bind(id_list(&chosen)?).fetch_all(&mut *tx).await?;
             candidates.extend(ordered);
         }
         if candidates.is_empty() {
@@ -281,28 +309,15 @@ pub(crate) async fn claim(
         }
         let (taken, tats) = within_rate(candidates, now_us);
         let ids: Vec<i64> = taken.iter().map(|c| c.id).collect();
-        let ids = serde_json::to_string(&ids).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-        let update = if pg {
-            "UPDATE onephase_webhook_deliveries SET attempts = attempts + 1, locked_until_ms = $2 \
-             WHERE id IN (SELECT jsonb_array_elements_text($1::jsonb)::bigint) \
-             AND status = 'pending' AND locked_until_ms <= $3 RETURNING id"
-        } else {
-            "UPDATE onephase_webhook_deliveries SET attempts = attempts + 1, locked_until_ms = $2 \
-             WHERE id IN (SELECT value FROM json_each($1)) \
-             AND status = 'pending' AND locked_until_ms <= $3 RETURNING id"
-        };
-        let locked: Vec<i64> = sqlx::query_scalar(update)
-            .bind(ids)
+        let lock = if pg { LOCK_PG } else { LOCK_SQLITE };
+        let locked: Vec<i64> = sqlx::query_scalar(lock)
+            .bind(id_list(&ids)?)
             .bind(lease_ms)
             .bind(now_ms)
             .fetch_all(&mut *tx)
             .await?;
         for (endpoint, tat) in tats {
-            sqlx::query("UPDATE onephase_webhook_endpoints SET rate_tat_us = $2 WHERE id = $1")
-                .bind(endpoint)
-                .bind(tat)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(SET_TAT).bind(endpoint).bind(tat).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         let locked: std::collections::HashSet<i64> = locked.into_iter().collect();

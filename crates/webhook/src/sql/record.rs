@@ -93,6 +93,28 @@ pub(crate) struct Disabled {
     pub dead_lettered: u64,
 }
 
+/// An endpoint that asked to slow down: half its concurrency (again, if still slowed) until
+/// `$3`.
+const SLOW_DOWN_PG: &str = "UPDATE onephase_webhook_endpoints SET slow_limit = CASE \
+     WHEN slow_until_ms > $2 THEN GREATEST(1, slow_limit / 2) \
+     ELSE GREATEST(1, max_concurrency / 2) END, \
+     slow_until_ms = GREATEST(slow_until_ms, $3) WHERE id = $1";
+const SLOW_DOWN_SQLITE: &str = "UPDATE onephase_webhook_endpoints SET slow_limit = CASE \
+     WHEN slow_until_ms > $2 THEN max(1, slow_limit / 2) \
+     ELSE max(1, max_concurrency / 2) END, \
+     slow_until_ms = max(slow_until_ms, $3) WHERE id = $1";
+/// An endpoint that delivered: no longer failing.
+const RECOVERED: &str = "UPDATE onephase_webhook_endpoints SET failing_since_ms = NULL \
+     WHERE id = $1 AND failing_since_ms IS NOT NULL";
+/// An endpoint whose every attempt failed: failing since its first such attempt.
+const FAILING: &str = "UPDATE onephase_webhook_endpoints \
+     SET failing_since_ms = COALESCE(failing_since_ms, $2) \
+     WHERE id = $1 AND disabled_at_ms IS NULL RETURNING failing_since_ms";
+/// Disables an endpoint by the dispatcher's judgement (once: not if already disabled).
+const AUTO_DISABLE: &str = "UPDATE onephase_webhook_endpoints \
+     SET disabled_at_ms = $2, disabled_reason = $3, disabled_auto = TRUE, updated_at_ms = $2 \
+     WHERE id = $1 AND disabled_at_ms IS NULL";
+
 /// Records finished attempts in one transaction: the attempts, the deliveries' new states, and
 /// the endpoints' health (failing since, slowed down, disabled on 410 or after failing for
 /// `rules.disable_after_ms`).
@@ -120,38 +142,18 @@ pub(crate) async fn record(
         let mut disabled = Vec::new();
         for (endpoint, h) in &health {
             if let Some(until) = h.slow_until_ms {
-                let sql = if pg {
-                    "UPDATE onephase_webhook_endpoints SET slow_limit = CASE \
-                     WHEN slow_until_ms > $2 THEN GREATEST(1, slow_limit / 2) \
-                     ELSE GREATEST(1, max_concurrency / 2) END, \
-                     slow_until_ms = GREATEST(slow_until_ms, $3) WHERE id = $1"
-                } else {
-                    "UPDATE onephase_webhook_endpoints SET slow_limit = CASE \
-                     WHEN slow_until_ms > $2 THEN max(1, slow_limit / 2) \
-                     ELSE max(1, max_concurrency / 2) END, \
-                     slow_until_ms = max(slow_until_ms, $3) WHERE id = $1"
-                };
+                let sql = if pg { SLOW_DOWN_PG } else { SLOW_DOWN_SQLITE };
                 sqlx::query(sql).bind(endpoint).bind(now_ms).bind(until).execute(&mut *tx).await?;
             }
             let reason = match h.state {
                 Health::Gone => Some(format!("the endpoint answered 410 Gone ({})", h.url)),
                 Health::Healthy => {
-                    sqlx::query(
-                        "UPDATE onephase_webhook_endpoints SET failing_since_ms = NULL \
-                         WHERE id = $1 AND failing_since_ms IS NOT NULL",
-                    )
-                    .bind(endpoint)
-                    .execute(&mut *tx)
-                    .await?;
+                    sqlx::query(RECOVERED).bind(endpoint).execute(&mut *tx).await?;
                     None
                 }
                 Health::Failing { since_ms } => {
-                    let failing: Option<Option<i64>> = sqlx::query_scalar(
-                        "UPDATE onephase_webhook_endpoints \
-                         SET failing_since_ms = COALESCE(failing_since_ms, $2) \
-                         WHERE id = $1 AND disabled_at_ms IS NULL RETURNING failing_since_ms",
-                    )
-                    .bind(endpoint)
+                    let failing: Option<Option<i64>> = sqlx::query_scalar(FAILING)
+                        .bind(endpoint)
                     .bind(since_ms)
                     .fetch_optional(&mut *tx)
                     .await?;
@@ -166,11 +168,8 @@ pub(crate) async fn record(
                 }
             };
             let Some(reason) = reason else { continue };
-            let updated = sqlx::query(
-                "UPDATE onephase_webhook_endpoints SET disabled_at_ms = $2, disabled_reason = $3, \
-                 disabled_auto = TRUE, updated_at_ms = $2 WHERE id = $1 AND disabled_at_ms IS NULL",
-            )
-            .bind(endpoint)
+            let updated = sqlx::query(AUTO_DISABLE)
+                .bind(endpoint)
             .bind(now_ms)
             .bind(&reason)
             .execute(&mut *tx)
