@@ -30,7 +30,8 @@ pub enum Conn<'a> {
     Sqlite(&'a mut SqliteConnection),
 }
 
-/// A connection or transaction of either backend; see the [module docs](self).
+/// A connection or transaction of either backend. Sealed: implemented for sqlx's connections
+/// and transactions of both backends.
 pub trait Connection: sealed::Sealed + Send {
     /// The underlying connection, by backend. Statements run through it are part of the
     /// transaction, if this is one.

@@ -1,4 +1,4 @@
-//! One test per backend: [`per_backend!`](crate::per_backend) turns a test written against a
+//! One test per backend: [`per_backend!`](crate::per_backend!) turns a test written against a
 //! [`TestDb`](crate::TestDb) into a module with one test for SQLite and one for PostgreSQL, so
 //! that a failure on one backend never hides the other's result and the runner names which one
 //! failed (`outbox_survives_a_crash::sqlite`, `outbox_survives_a_crash::postgres`), as
@@ -20,7 +20,7 @@
 //! The PostgreSQL test passes without running when its suite is skipped (see
 //! [`engine_url`](crate::engine_url)); with `ONEPHASE_REQUIRE_ENGINES=1` it fails instead.
 
-/// Defines one test per backend; see the [module documentation](crate::per_backend).
+/// Defines one test per backend; see the [module documentation](mod@crate::per_backend).
 #[macro_export]
 macro_rules! per_backend {
     () => {};
