@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use serde_json::json;
 
-use crate::client::{Client, ServerArgs, encode, print};
+use crate::client::{Client, ServerArgs, answer, encode, print};
 
 #[derive(Debug, Subcommand)]
 pub enum LeaseCommand {
@@ -120,16 +120,14 @@ pub async fn run(command: LeaseCommand) -> anyhow::Result<()> {
                 )
                 .await?
                 .context("the server answered without a grant")?;
-            if server.json {
-                outln!("{}", serde_json::to_string_pretty(&grant)?);
-            } else {
-                outln!(
+            answer(server.json, &grant, |grant| {
+                format!(
                     "acquired {name} as {} with token {} until {}",
                     grant["holder"].as_str().unwrap_or_default(),
                     grant["token"],
                     grant["expires_at"].as_str().unwrap_or_default()
-                );
-            }
+                )
+            });
         }
         LeaseCommand::Renew {
             name,
@@ -146,14 +144,12 @@ pub async fn run(command: LeaseCommand) -> anyhow::Result<()> {
                 )
                 .await?
                 .context("the server answered without a grant")?;
-            if server.json {
-                outln!("{}", serde_json::to_string_pretty(&grant)?);
-            } else {
-                outln!(
+            answer(server.json, &grant, |grant| {
+                format!(
                     "renewed {name} (token {token}) until {}",
                     grant["expires_at"].as_str().unwrap_or_default()
-                );
-            }
+                )
+            });
         }
         LeaseCommand::Release {
             name,

@@ -18,6 +18,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use onephase_core::{Clock as _, SystemClock};
 use onephase_server::auth::{Role, Tokens, generate_token, hash_token};
 use onephase_server::{
     ConfigOverrides, LogFormat, Server, ServerConfig, migrations, shutdown_signal,
@@ -287,7 +288,7 @@ async fn token(config_file: Option<&std::path::Path>, command: TokenCommand) -> 
             }
             let tokens = open_tokens(config_file, store).await?;
             tokens
-                .create(&name, role, &token, time::OffsetDateTime::now_utc())
+                .create(&name, role, &token, SystemClock.now())
                 .await?;
             outln!("{token}");
             eprintln!("created {role} token {name:?}; it is shown only this once");
@@ -321,9 +322,7 @@ async fn token(config_file: Option<&std::path::Path>, command: TokenCommand) -> 
         }
         TokenCommand::Revoke { name, store } => {
             let tokens = open_tokens(config_file, store).await?;
-            tokens
-                .revoke(&name, time::OffsetDateTime::now_utc())
-                .await?;
+            tokens.revoke(&name, SystemClock.now()).await?;
             eprintln!("revoked token {name:?}");
         }
     }

@@ -3,7 +3,7 @@
 use crate::output::outln;
 use clap::Subcommand;
 
-use crate::client::{Client, ServerArgs, print};
+use crate::client::{Client, ServerArgs, list, print};
 
 #[derive(Debug, Subcommand)]
 pub enum OutboxCommand {
@@ -87,13 +87,9 @@ pub async fn run(command: OutboxCommand) -> anyhow::Result<()> {
             server,
         } => {
             let path = format!("/v1/outbox/{topic}?after={after}&limit={limit}");
-            let value = Client::new(&server)?
-                .send(reqwest::Method::GET, &path)
-                .await?
-                .unwrap_or_default();
-            print(
-                server.json,
-                &value,
+            list(
+                &server,
+                &path,
                 &[
                     ("POSITION", "position"),
                     ("ID", "id"),
@@ -101,7 +97,8 @@ pub async fn run(command: OutboxCommand) -> anyhow::Result<()> {
                     ("CREATED", "created_at"),
                     ("PAYLOAD", "payload"),
                 ],
-            );
+            )
+            .await?;
         }
         OutboxCommand::Dead {
             relay,
@@ -110,13 +107,9 @@ pub async fn run(command: OutboxCommand) -> anyhow::Result<()> {
             server,
         } => {
             let path = format!("/v1/relays/{relay}/dead?after={after}&limit={limit}");
-            let value = Client::new(&server)?
-                .send(reqwest::Method::GET, &path)
-                .await?
-                .unwrap_or_default();
-            print(
-                server.json,
-                &value,
+            list(
+                &server,
+                &path,
                 &[
                     ("SEQ", "seq"),
                     ("ID", "id"),
@@ -125,7 +118,8 @@ pub async fn run(command: OutboxCommand) -> anyhow::Result<()> {
                     ("ATTEMPTS", "attempts"),
                     ("LAST ERROR", "last_error"),
                 ],
-            );
+            )
+            .await?;
         }
         OutboxCommand::Retry { relay, id, server } => {
             Client::new(&server)?

@@ -1,8 +1,6 @@
-use futures::FutureExt;
 use futures::future::BoxFuture;
 use onephase_core::{Envelope, MessageId};
 use onephase_store::{Conn, Store};
-use sqlx::{PgConnection, SqliteConnection};
 use std::time::Duration;
 
 use crate::OutboxError;
@@ -12,45 +10,12 @@ use crate::sql::Sql;
 /// as for [`OutboxConnection`](crate::OutboxConnection).
 pub use onephase_store::Connection as InboxConnection;
 
-fn record_pg<'a>(
-    conn: &'a mut PgConnection,
-    consumer: &'a str,
-    id: MessageId,
-) -> BoxFuture<'a, Result<bool, sqlx::Error>> {
-    async move {
-        let inserted = sqlx::query(
-            "INSERT INTO onephase_inbox (consumer, message_id) VALUES ($1, $2) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(consumer)
-        .bind(id.as_uuid())
-        .execute(conn)
-        .await?
-        .rows_affected();
-        Ok(inserted == 1)
-    }
-    .boxed()
-}
-
-fn record_sqlite<'a>(
-    conn: &'a mut SqliteConnection,
-    consumer: &'a str,
-    id: MessageId,
-) -> BoxFuture<'a, Result<bool, sqlx::Error>> {
-    async move {
-        let inserted = sqlx::query(
-            "INSERT OR IGNORE INTO onephase_inbox (consumer, message_id, processed_at) \
-             VALUES (?1, ?2, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER))",
-        )
-        .bind(consumer)
-        .bind(id.to_string())
-        .execute(conn)
-        .await?
-        .rows_affected();
-        Ok(inserted == 1)
-    }
-    .boxed()
-}
+/// Records `id` for `consumer` unless it is there; `true` when it was new.
+const RECORD_PG: &str = "INSERT INTO onephase_inbox (consumer, message_id) VALUES ($1, $2) \
+     ON CONFLICT DO NOTHING";
+const RECORD_SQLITE: &str = "INSERT OR IGNORE INTO onephase_inbox \
+     (consumer, message_id, processed_at) \
+     VALUES (?1, ?2, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER))";
 
 /// What [`Inbox::process`] did with a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,10 +56,20 @@ impl Inbox {
         tx: &mut C,
         id: MessageId,
     ) -> Result<bool, OutboxError> {
-        Ok(match tx.connection() {
-            Conn::Postgres(c) => record_pg(c, &self.consumer, id).await?,
-            Conn::Sqlite(c) => record_sqlite(c, &self.consumer, id).await?,
-        })
+        let consumer = self.consumer.as_str();
+        let inserted = match tx.connection() {
+            Conn::Postgres(c) => {
+                let query = sqlx::query(RECORD_PG).bind(consumer).bind(id.as_uuid());
+                query.execute(c).await?.rows_affected()
+            }
+            Conn::Sqlite(c) => {
+                let query = sqlx::query(RECORD_SQLITE)
+                    .bind(consumer)
+                    .bind(id.to_string());
+                query.execute(c).await?.rows_affected()
+            }
+        };
+        Ok(inserted == 1)
     }
 
     /// Runs `handler` in `tx` if `envelope`'s id is new to this consumer, and records the id.
@@ -102,8 +77,7 @@ impl Inbox {
     ///
     /// ```no_run
     /// # async fn demo(pool: sqlx::PgPool, envelope: onephase_core::Envelope) -> Result<(), onephase_outbox::OutboxError> {
-    /// use futures::FutureExt;
-    /// use onephase_outbox::{Inbox, Processed};
+    ///     /// use onephase_outbox::{Inbox, Processed};
     ///
     /// let inbox = Inbox::new("billing");
     /// let mut tx = pool.begin().await?;

@@ -69,7 +69,7 @@ pub fn router(state: AppState) -> Router {
                 }
             }),
         )
-        .route_layer(middleware::from_fn(track_http))
+        .route_layer(middleware::from_fn_with_state(state.clone(), track_http))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(problem_for_every_error))

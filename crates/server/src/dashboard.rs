@@ -87,7 +87,11 @@ impl Panel for OutboxPanel {
                     (crate::outbox::RelayState::Unavailable { error }, _) => Err(error),
                     (_, status) => status,
                 };
-                rows.push((source, status, source.published_rate()));
+                rows.push((
+                    source,
+                    status,
+                    source.published_rate(state.clock().monotonic()),
+                ));
             }
             html! {
                 @if rows.is_empty() {

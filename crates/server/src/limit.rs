@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use onephase_core::{SharedClock, SystemClock};
 use onephase_limit::{
     Algorithm, Decision, HybridLimiter, LimitError, Limiter, LocalLimiter, Policy, StoreLimiter,
 };
@@ -265,6 +266,7 @@ pub struct LimitService {
     #[cfg(feature = "redis")]
     redis: Option<redis::aio::ConnectionManager>,
     policies: RwLock<HashMap<String, Arc<Entry>>>,
+    clock: SharedClock,
 }
 
 impl std::fmt::Debug for LimitService {
@@ -274,6 +276,12 @@ impl std::fmt::Debug for LimitService {
 }
 
 impl LimitService {
+    /// Times the refresh of cached policies on `clock` (monotonic).
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// The policies of `settings`, with counts in Redis if configured.
     pub async fn open(store: &Store, settings: &LimitSettings) -> Result<Self, ConfigError> {
         #[cfg(feature = "redis")]
@@ -306,6 +314,7 @@ impl LimitService {
             #[cfg(feature = "redis")]
             redis,
             policies: RwLock::new(HashMap::new()),
+            clock: Arc::new(SystemClock),
         };
         for p in &settings.policy {
             let entry = service
@@ -398,7 +407,7 @@ impl LimitService {
             limiter,
             decisions: AtomicU64::new(0),
             rejections: AtomicU64::new(0),
-            checked_at: std::sync::Mutex::new(std::time::Instant::now()),
+            checked_at: std::sync::Mutex::new(self.clock.monotonic()),
         })
     }
 
@@ -408,9 +417,10 @@ impl LimitService {
         if let Some(entry) = &cached {
             let fresh = entry.source == "config" || {
                 let mut at = entry.checked_at.lock().unwrap_or_else(|e| e.into_inner());
-                let fresh = at.elapsed() < POLICY_REFRESH;
+                let now = self.clock.monotonic();
+                let fresh = now.saturating_duration_since(*at) < POLICY_REFRESH;
                 if !fresh {
-                    *at = std::time::Instant::now();
+                    *at = now;
                 }
                 fresh
             };

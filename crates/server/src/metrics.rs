@@ -9,9 +9,9 @@
 //! - `onephase_build_info{version}` (always 1)
 
 use std::sync::OnceLock;
-use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request};
+use crate::state::AppState;
+use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -54,8 +54,8 @@ pub fn prometheus() -> &'static PrometheusHandle {
 }
 
 /// Middleware counting and timing every request.
-pub async fn track_http(request: Request, next: Next) -> Response {
-    let started = Instant::now();
+pub async fn track_http(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = state.clock().monotonic();
     let method = request.method().as_str().to_owned();
     let route = request
         .extensions()
@@ -75,7 +75,13 @@ pub async fn track_http(request: Request, next: Next) -> Response {
         "method" => method,
         "route" => route
     )
-    .record(started.elapsed().as_secs_f64());
+    .record(
+        state
+            .clock()
+            .monotonic()
+            .saturating_duration_since(started)
+            .as_secs_f64(),
+    );
     response
 }
 

@@ -279,13 +279,13 @@ impl OutboxSource {
         }
     }
 
-    /// Events published per second since the previous call (`None` on the first).
-    pub fn published_rate(&self) -> Option<f64> {
-        let now = Instant::now();
+    /// Events published per second between the previous call and `now` (the clock's monotonic
+    /// time; `None` on the first call).
+    pub fn published_rate(&self, now: Instant) -> Option<f64> {
         let total = self.stats.published();
         let mut last = self.rate.lock().ok()?;
         let rate = last.and_then(|(at, before)| {
-            let secs = now.duration_since(at).as_secs_f64();
+            let secs = now.saturating_duration_since(at).as_secs_f64();
             (secs > 0.0).then(|| total.saturating_sub(before) as f64 / secs)
         });
         *last = Some((now, total));

@@ -112,7 +112,9 @@ impl Server {
         let saga = SagaService::new(&store, &config.saga, &config.outbox_relays)?;
         let webhook = WebhookService::new(&store, &config.webhook, &config.outbox_relays)?;
         let lease = LeaseService::open(&store, &config.lease).await?;
-        let limit = LimitService::open(&store, &config.limit).await?;
+        let limit = LimitService::open(&store, &config.limit)
+            .await?
+            .with_clock(clock.clone());
         let services = Services {
             outbox,
             saga,

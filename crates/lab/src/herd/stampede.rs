@@ -3,6 +3,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use onephase_core::Clock as _;
 use onephase_herd::{CacheConfig, HerdCache, Random};
 
 use super::lock;
@@ -38,7 +39,7 @@ pub async fn stampede(seed: u64) -> Report {
     };
 
     // Burst.
-    let naive = NaiveCache::default();
+    let naive = NaiveCache::new(SimClock::start());
     let naive_origin = Origin::default();
     naive.get(&naive_origin).await;
     tokio::time::sleep(TTL).await;
@@ -77,7 +78,7 @@ pub async fn stampede(seed: u64) -> Report {
     );
 
     // Steady.
-    let naive = NaiveCache::default();
+    let naive = NaiveCache::new(SimClock::start());
     let naive_origin = Origin::default();
     naive.get(&naive_origin).await;
     let naive_waits = steady(|| {
@@ -185,21 +186,29 @@ impl Origin {
 }
 
 /// The cache most code starts with: look, and on a miss load and store.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct NaiveCache {
-    entries: Arc<Mutex<HashMap<u32, (u64, tokio::time::Instant)>>>,
+    entries: Arc<Mutex<HashMap<u32, (u64, std::time::Instant)>>>,
+    clock: SimClock,
 }
 
 impl NaiveCache {
+    fn new(clock: SimClock) -> Self {
+        Self {
+            entries: Arc::default(),
+            clock,
+        }
+    }
+
     async fn get(&self, origin: &Origin) -> u64 {
-        let now = tokio::time::Instant::now();
+        let now = self.clock.monotonic();
         if let Some((value, expires)) = lock(&self.entries).get(&1)
             && now < *expires
         {
             return *value;
         }
         let value = origin.load().await;
-        let expires = tokio::time::Instant::now() + TTL;
+        let expires = self.clock.monotonic() + TTL;
         lock(&self.entries).insert(1, (value, expires));
         value
     }

@@ -34,8 +34,9 @@ pub(crate) struct Failure {
 
 /// One dead-lettered row, for operators.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = DeadRowView))]
 pub struct DeadRow {
-    /// Position in the outbox.
+    /// Position in the outbox (page with `after`).
     pub seq: i64,
     /// The message id.
     pub id: Uuid,
@@ -47,7 +48,7 @@ pub struct DeadRow {
     pub attempts: i32,
     /// The last error.
     pub last_error: Option<String>,
-    /// When the row was enqueued.
+    /// When it was enqueued.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     /// When it was dead-lettered.

@@ -256,16 +256,11 @@ impl Inner {
         futures::future::join_all(calls.into_iter().map(|planned| {
             let clock = self.clock.clone();
             async move {
-                let Planned {
-                    name,
-                    phase,
-                    policy,
-                    invoker,
-                    call,
-                } = planned;
+                let Planned { name, phase, .. } = &planned;
+                let (name, phase, policy) = (name.clone(), *phase, planned.policy);
                 let started = clock.monotonic();
-                let attempt = call.attempt;
-                let invoked = AssertUnwindSafe(invoker.invoke(call)).catch_unwind();
+                let attempt = planned.call.attempt;
+                let invoked = AssertUnwindSafe(planned.invoker.invoke(planned.call)).catch_unwind();
                 let result = match tokio::time::timeout(policy.timeout, invoked).await {
                     Ok(Ok(result)) => result,
                     Ok(Err(_)) => Err(StepError::retry(format!(
@@ -296,19 +291,14 @@ impl Inner {
         let now = self.clock.now();
         for answer in answers {
             self.stats.attempts.fetch_add(1, Ordering::Relaxed);
-            let Answered {
-                name,
-                phase,
-                policy,
-                attempt,
-                result,
-                elapsed,
-            } = answer;
+            let (name, phase, policy) = (answer.name, answer.phase, answer.policy);
+            let (result, elapsed) = (answer.result, answer.elapsed);
             let mut record = run.step(&name, phase);
             let detail = result.as_ref().err().map(ToString::to_string);
             let delay = self.backoff(&policy, record.attempts);
             state::finish(&mut record, &policy, result, delay, now);
-            let mut event = step_event(run, outcome_event(&record), now, (&name, phase), attempt);
+            let event = outcome_event(&record);
+            let mut event = step_event(run, event, now, (&name, phase), answer.attempt);
             event.elapsed_ms = Some(i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX));
             event.detail = detail;
             pending.events.push(event);

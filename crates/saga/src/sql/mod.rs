@@ -38,6 +38,7 @@ pub struct DefinitionInfo {
 
 /// A run, without its steps.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = RunView))]
 pub struct RunSummary {
     /// The run's id.
     pub id: Uuid,
@@ -45,7 +46,11 @@ pub struct RunSummary {
     pub saga: String,
     /// The definition version it runs on.
     pub version: u32,
-    /// Where it stands.
+    /// running, compensating, completed, compensated, needs_operator or aborted.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = String, example = "needs_operator")
+    )]
     pub state: RunState,
     /// Why it compensates or waits for an operator.
     pub error: Option<String>,
@@ -114,17 +119,23 @@ pub struct HistoryEntry {
     pub actor: Option<String>,
 }
 
-/// A run with its steps and history.
+/// A run with its steps and history (see the saga docs for the fields).
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = RunDetailView))]
 pub struct RunDetail {
     /// The run.
     #[serde(flatten)]
     pub run: RunSummary,
-    /// The input it was started with, as it was given.
+    /// Its input, as it was given.
+    #[cfg_attr(feature = "openapi", schema(value_type = Value))]
     pub input: RawJson,
-    /// Every action and compensation attempted so far.
+    /// Each action and compensation attempted: step, phase, status, attempts, output (as
+    /// the participant answered it), last_error, started_at, finished_at, due_at.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<Object>))]
     pub steps: Vec<StepView>,
-    /// Every transition, oldest first.
+    /// Every transition and operator action, oldest first: seq, at, event, step, phase,
+    /// attempt, elapsed_ms, detail, actor.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<Object>))]
     pub history: Vec<HistoryEntry>,
 }
 

@@ -14,6 +14,7 @@ use utoipa_axum::routes;
 use crate::json::ApiJson;
 use crate::problem::Problem;
 use crate::state::AppState;
+use crate::v1::responses::{AuthErrors, JsonErrors};
 
 /// Counts one request in `onephase_lease_operations_total{operation, outcome}`: `ok`,
 /// `conflict` (held by someone else, or a token that is not the current grant), `refused`
@@ -72,20 +73,15 @@ pub struct ReleaseLease {
 
 /// Acquire a lease, at once or waiting up to `wait_ms`.
 #[utoipa::path(
-    post,
-    path = "/v1/leases/{name}/acquire",
-    tag = "lease",
-    security(("bearer" = [])),
+    post, path = "/v1/leases/{name}/acquire", tag = "lease", security(("bearer" = [])),
     params(("name" = String, Path, description = "The lease: 1 to 255 letters, digits and -_.:@/, not starting with /",
         min_length = 1, max_length = 255, pattern = r"^[A-Za-z0-9_.:@-][A-Za-z0-9_.:@/-]{0,254}$")),
     request_body = AcquireLease,
     responses(
         (status = 200, description = "Granted: send `token` with every write the lease protects", body = Grant),
         (status = 400, description = "An invalid name, holder, TTL or wait, or malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Held by someone else (after the wait, if any)", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "JSON of the wrong shape", body = Problem, content_type = "application/problem+json"),
+        JsonErrors,
     )
 )]
 pub async fn acquire(
@@ -114,21 +110,16 @@ pub async fn acquire(
 
 /// Renew a lease with its token.
 #[utoipa::path(
-    post,
-    path = "/v1/leases/{name}/renew",
-    tag = "lease",
-    security(("bearer" = [])),
+    post, path = "/v1/leases/{name}/renew", tag = "lease", security(("bearer" = [])),
     params(("name" = String, Path, description = "The lease",
         min_length = 1, max_length = 255, pattern = r"^[A-Za-z0-9_.:@-][A-Za-z0-9_.:@/-]{0,254}$")),
     request_body = RenewLease,
     responses(
         (status = 200, description = "Renewed from now", body = Grant),
         (status = 400, description = "An invalid name or TTL, or malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No lease by that name was ever granted", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The token is not the current grant: it lapsed, was released or is someone else's", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "JSON of the wrong shape", body = Problem, content_type = "application/problem+json"),
+        JsonErrors,
     )
 )]
 pub async fn renew(
@@ -150,21 +141,16 @@ pub async fn renew(
 
 /// Release a lease with its token.
 #[utoipa::path(
-    post,
-    path = "/v1/leases/{name}/release",
-    tag = "lease",
-    security(("bearer" = [])),
+    post, path = "/v1/leases/{name}/release", tag = "lease", security(("bearer" = [])),
     params(("name" = String, Path, description = "The lease",
         min_length = 1, max_length = 255, pattern = r"^[A-Za-z0-9_.:@-][A-Za-z0-9_.:@/-]{0,254}$")),
     request_body = ReleaseLease,
     responses(
         (status = 204, description = "Released"),
         (status = 400, description = "An invalid name, or malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No lease by that name was ever granted", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The token is not the current grant (someone else's, or lapsed and taken)", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "JSON of the wrong shape", body = Problem, content_type = "application/problem+json"),
+        JsonErrors,
     )
 )]
 pub async fn release(
@@ -186,14 +172,10 @@ pub async fn release(
 
 /// Every lease: holder while held, latest token, expiry.
 #[utoipa::path(
-    get,
-    path = "/v1/leases",
-    operation_id = "list_leases",
-    tag = "lease",
-    security(("bearer" = [])),
+    get, path = "/v1/leases", operation_id = "list_leases", tag = "lease", security(("bearer" = [])),
     responses(
         (status = 200, description = "Leases by name", body = Vec<LeaseInfo>),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        AuthErrors,
     )
 )]
 pub async fn list(State(state): State<AppState>) -> Result<ApiJson<Vec<LeaseInfo>>, Problem> {

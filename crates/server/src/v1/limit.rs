@@ -14,6 +14,7 @@ use crate::json::ApiJson;
 use crate::limit::{PolicySpec, PolicyView};
 use crate::problem::Problem;
 use crate::state::AppState;
+use crate::v1::responses::{AdminErrors, AdminJsonErrors, AuthErrors, JsonErrors};
 
 /// A check.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -64,19 +65,14 @@ impl From<Decision> for DecisionView {
 
 /// Check a key against a policy: spends `cost` units if admitted.
 #[utoipa::path(
-    post,
-    path = "/v1/limits/{policy}/check",
-    tag = "limit",
-    security(("bearer" = [])),
+    post, path = "/v1/limits/{policy}/check", tag = "limit", security(("bearer" = [])),
     params(("policy" = String, Path, description = "The policy's name", pattern = r"^[A-Za-z0-9_.-]{1,64}$")),
     request_body = CheckLimit,
     responses(
         (status = 200, description = "The decision: `allowed` says whether the units were admitted", body = DecisionView),
         (status = 400, description = "An invalid key or cost (over the policy's burst), or malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such policy", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "JSON of the wrong shape", body = Problem, content_type = "application/problem+json"),
+        JsonErrors,
     )
 )]
 pub async fn check(
@@ -93,14 +89,10 @@ pub async fn check(
 
 /// Every policy, with this server's decision counts.
 #[utoipa::path(
-    get,
-    path = "/v1/limits",
-    operation_id = "list_limit_policies",
-    tag = "limit",
-    security(("bearer" = [])),
+    get, path = "/v1/limits", operation_id = "list_limit_policies", tag = "limit", security(("bearer" = [])),
     responses(
         (status = 200, description = "Policies by name", body = Vec<PolicyView>),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        AuthErrors,
     )
 )]
 pub async fn list(State(state): State<AppState>) -> Result<ApiJson<Vec<PolicyView>>, Problem> {
@@ -110,21 +102,15 @@ pub async fn list(State(state): State<AppState>) -> Result<ApiJson<Vec<PolicyVie
 
 /// Define or redefine a policy (admin). A redefined policy starts its counts afresh.
 #[utoipa::path(
-    put,
-    path = "/v1/limits/{policy}",
-    tag = "limit",
-    security(("bearer" = [])),
+    put, path = "/v1/limits/{policy}", tag = "limit", security(("bearer" = [])),
     params(("policy" = String, Path, description = "The policy's name", pattern = r"^[A-Za-z0-9_.-]{1,64}$")),
     request_body = PolicySpec,
     responses(
         (status = 201, description = "Defined"),
         (status = 204, description = "Redefined"),
         (status = 400, description = "An invalid name, algorithm, limit, period or burst, or malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin token", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Defined in the configuration file", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "JSON of the wrong shape", body = Problem, content_type = "application/problem+json"),
+        AdminJsonErrors,
     )
 )]
 pub async fn define(
@@ -148,17 +134,13 @@ pub async fn define(
 
 /// Remove a policy defined through the API (admin).
 #[utoipa::path(
-    delete,
-    path = "/v1/limits/{policy}",
-    tag = "limit",
-    security(("bearer" = [])),
+    delete, path = "/v1/limits/{policy}", tag = "limit", security(("bearer" = [])),
     params(("policy" = String, Path, description = "The policy's name", pattern = r"^[A-Za-z0-9_.-]{1,64}$")),
     responses(
         (status = 204, description = "Removed"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such policy", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Defined in the configuration file", body = Problem, content_type = "application/problem+json"),
+        AdminErrors,
     )
 )]
 pub async fn remove(

@@ -4,6 +4,7 @@
 mod lease;
 mod limit;
 mod outbox;
+mod responses;
 mod saga;
 mod tokens;
 mod webhook;

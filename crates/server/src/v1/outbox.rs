@@ -23,6 +23,7 @@ use crate::json::ApiJson;
 use crate::outbox::OutboxSource;
 use crate::problem::Problem;
 use crate::state::AppState;
+use crate::v1::responses::{AdminErrors, AuthErrors, JsonErrors};
 
 /// An event to append to the embedded log.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -157,28 +158,8 @@ pub struct RelayStatus {
     pub failed_total: u64,
 }
 
-/// A dead-lettered outbox row.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct DeadRowView {
-    /// Position in the outbox (page with `after`).
-    pub seq: i64,
-    /// The message id.
-    pub id: Uuid,
-    /// The topic.
-    pub topic: String,
-    /// The key, if any.
-    pub key: Option<String>,
-    /// Publish attempts made.
-    pub attempts: i32,
-    /// The last error.
-    pub last_error: Option<String>,
-    /// When it was enqueued.
-    #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
-    /// When it was dead-lettered.
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub dead_at: Option<OffsetDateTime>,
-}
+/// A dead-lettered outbox row, as the API shows it.
+pub use onephase_outbox::DeadRow as DeadRowView;
 
 fn source<'a>(state: &'a AppState, name: &str) -> Result<&'a OutboxSource, Problem> {
     state.outbox().source(name).ok_or_else(|| {
@@ -204,10 +185,7 @@ fn admin_of<'a>(
 
 /// Append an event to the embedded log.
 #[utoipa::path(
-    post,
-    path = "/v1/outbox/{topic}",
-    tag = "outbox",
-    security(("bearer" = [])),
+    post, path = "/v1/outbox/{topic}", tag = "outbox", security(("bearer" = [])),
     params(("topic" = String, Path, description = "Letters, digits, '.', '_' and '-'; at most 249 characters; dots separate non-empty names",
             pattern = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$", max_length = 249)),
     request_body = AppendEvent,
@@ -216,10 +194,8 @@ fn admin_of<'a>(
         (status = 200, description = "An event with this id and the same key, payload and headers was already there: its position", body = Appended),
         (status = 409, description = "Another event already has this id in the topic", body = Problem, content_type = "application/problem+json"),
         (status = 400, description = "Invalid topic, key, header or malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body or payload too large", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "JSON of the wrong shape", body = Problem, content_type = "application/problem+json"),
+        JsonErrors,
     )
 )]
 pub async fn append(
@@ -286,15 +262,12 @@ pub async fn append(
 
 /// Read a topic of the embedded log, in order.
 #[utoipa::path(
-    get,
-    path = "/v1/outbox/{topic}",
-    tag = "outbox",
-    security(("bearer" = [])),
+    get, path = "/v1/outbox/{topic}", tag = "outbox", security(("bearer" = [])),
     params(("topic" = String, Path, description = "The topic", pattern = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$", max_length = 249), Page),
     responses(
         (status = 200, description = "Records after `after`, oldest first", body = Vec<LogRecordView>),
         (status = 400, description = "Invalid paging", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        AuthErrors,
     )
 )]
 pub async fn read(
@@ -334,13 +307,10 @@ pub async fn read(
 
 /// The configured outbox relays: lag, backlog, dead letters.
 #[utoipa::path(
-    get,
-    path = "/v1/relays",
-    tag = "outbox",
-    security(("bearer" = [])),
+    get, path = "/v1/relays", tag = "outbox", security(("bearer" = [])),
     responses(
         (status = 200, description = "Every configured relay, with its state and, where its source database answers, its backlog", body = Vec<RelayStatus>),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        AuthErrors,
     )
 )]
 pub async fn relays(State(state): State<AppState>) -> ApiJson<Vec<RelayStatus>> {
@@ -381,16 +351,13 @@ pub async fn relays(State(state): State<AppState>) -> ApiJson<Vec<RelayStatus>> 
 
 /// Dead-lettered rows of one relay's outbox, oldest first.
 #[utoipa::path(
-    get,
-    path = "/v1/relays/{name}/dead",
-    tag = "outbox",
-    security(("bearer" = [])),
+    get, path = "/v1/relays/{name}/dead", tag = "outbox", security(("bearer" = [])),
     params(("name" = String, Path, description = "The relay"), Page),
     responses(
         (status = 200, description = "Dead rows after `after`", body = Vec<DeadRowView>),
         (status = 400, description = "Invalid paging", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such relay", body = Problem, content_type = "application/problem+json"),
+        AuthErrors,
     )
 )]
 pub async fn dead(
@@ -400,36 +367,18 @@ pub async fn dead(
 ) -> Result<ApiJson<Vec<DeadRowView>>, Problem> {
     let limit = page.checked()?;
     let rows = admin_of(&state, &name)?.dead(page.after, limit).await?;
-    Ok(ApiJson(
-        rows.into_iter()
-            .map(|d| DeadRowView {
-                seq: d.seq,
-                id: d.id,
-                topic: d.topic,
-                key: d.key,
-                attempts: d.attempts,
-                last_error: d.last_error,
-                created_at: d.created_at,
-                dead_at: d.dead_at,
-            })
-            .collect(),
-    ))
+    Ok(ApiJson(rows))
 }
 
 /// Return a dead-lettered row to pending with a fresh attempt count (admin only).
 #[utoipa::path(
-    post,
-    path = "/v1/relays/{name}/dead/{id}/retry",
-    operation_id = "retry_dead_outbox_row",
-    tag = "outbox",
-    security(("bearer" = [])),
+    post, path = "/v1/relays/{name}/dead/{id}/retry", operation_id = "retry_dead_outbox_row", tag = "outbox", security(("bearer" = [])),
     params(("name" = String, Path, description = "The relay"), ("id" = Uuid, Path, description = "The row's message id")),
     responses(
         (status = 204, description = "Pending again"),
         (status = 400, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such relay, or no dead row with this id", body = Problem, content_type = "application/problem+json"),
+        AdminErrors,
     )
 )]
 pub async fn retry(
@@ -445,17 +394,13 @@ pub async fn retry(
 
 /// Delete a dead-lettered row for good, releasing the rows of its key behind it (admin only).
 #[utoipa::path(
-    delete,
-    path = "/v1/relays/{name}/dead/{id}",
-    tag = "outbox",
-    security(("bearer" = [])),
+    delete, path = "/v1/relays/{name}/dead/{id}", tag = "outbox", security(("bearer" = [])),
     params(("name" = String, Path, description = "The relay"), ("id" = Uuid, Path, description = "The row's message id")),
     responses(
         (status = 204, description = "Discarded"),
         (status = 400, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such relay, or no dead row with this id", body = Problem, content_type = "application/problem+json"),
+        AdminErrors,
     )
 )]
 pub async fn discard(

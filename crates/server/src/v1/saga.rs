@@ -7,12 +7,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use onephase_core::ErrorKind;
 use onephase_core::json::RawJson;
-use onephase_saga::{
-    Audit, RunDetail, RunFilter, RunState, RunSummary, SagaError, SagaSpec, StartRequest,
-};
+use onephase_saga::{Audit, RunFilter, RunState, SagaError, SagaSpec, StartRequest};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use serde_json::value::RawValue;
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -24,6 +21,7 @@ use crate::auth::{Admin, Caller};
 use crate::json::ApiJson;
 use crate::problem::Problem;
 use crate::state::AppState;
+use crate::v1::responses::{AdminErrors, AuthErrors, BodyErrors};
 
 /// A registered definition.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -89,86 +87,11 @@ pub struct StartedView {
     pub state: RunState,
 }
 
-/// A run without its steps.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct RunView {
-    /// The run's id.
-    pub id: Uuid,
-    /// The saga.
-    pub saga: String,
-    /// The definition version it runs on.
-    pub version: u32,
-    /// running, compensating, completed, compensated, needs_operator or aborted.
-    #[schema(value_type = String, example = "needs_operator")]
-    pub state: RunState,
-    /// Why it compensates or waits for an operator.
-    pub error: Option<String>,
-    /// The idempotency key it was started with.
-    pub idempotency_key: Option<String>,
-    /// When it started.
-    #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
-    /// Its last transition.
-    #[serde(with = "time::serde::rfc3339")]
-    pub updated_at: OffsetDateTime,
-    /// When it ended.
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub finished_at: Option<OffsetDateTime>,
-}
+/// A run without its steps, as the API shows it.
+pub use onephase_saga::RunSummary as RunView;
 
-impl From<RunSummary> for RunView {
-    fn from(r: RunSummary) -> Self {
-        Self {
-            id: r.id,
-            saga: r.saga,
-            version: r.version,
-            state: r.state,
-            error: r.error,
-            idempotency_key: r.idempotency_key,
-            created_at: r.created_at,
-            updated_at: r.updated_at,
-            finished_at: r.finished_at,
-        }
-    }
-}
-
-/// A run with its steps and history (see the saga docs for the fields).
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct RunDetailView {
-    /// The run.
-    #[serde(flatten)]
-    pub run: RunView,
-    /// Its input, as it was given.
-    #[schema(value_type = Value)]
-    pub input: RawJson,
-    /// Each action and compensation attempted: step, phase, status, attempts, output (as
-    /// the participant answered it), last_error, started_at, finished_at, due_at.
-    #[schema(value_type = Vec<Object>)]
-    pub steps: Vec<Box<RawValue>>,
-    /// Every transition and operator action, oldest first: seq, at, event, step, phase,
-    /// attempt, elapsed_ms, detail, actor.
-    #[schema(value_type = Vec<Object>)]
-    pub history: Vec<Box<RawValue>>,
-}
-
-impl From<RunDetail> for RunDetailView {
-    fn from(d: RunDetail) -> Self {
-        Self {
-            run: d.run.into(),
-            input: d.input,
-            steps: d
-                .steps
-                .iter()
-                .filter_map(|s| serde_json::value::to_raw_value(s).ok())
-                .collect(),
-            history: d
-                .history
-                .iter()
-                .filter_map(|h| serde_json::value::to_raw_value(h).ok())
-                .collect(),
-        }
-    }
-}
+/// A run with its steps and history, as the API shows it.
+pub use onephase_saga::RunDetail as RunDetailView;
 
 /// Which runs to list.
 #[derive(Debug, Clone, Deserialize, IntoParams)]
@@ -223,21 +146,17 @@ fn is_toml(headers: &HeaderMap) -> Option<bool> {
 /// (`application/toml`). Each (name, version) holds one document forever: registering the
 /// same document again is a no-op, a different one is refused.
 #[utoipa::path(
-    post,
-    path = "/v1/sagas",
-    tag = "saga",
-    security(("bearer" = [])),
+    post, path = "/v1/sagas", tag = "saga", security(("bearer" = [])),
     request_body(content = onephase_saga::schema::SagaDocument, description = "The definition (see docs/saga.md); TOML with the same shape as `application/toml`", content_type = "application/json"),
     responses(
         (status = 201, description = "Registered", body = RegisteredView),
         (status = 200, description = "Already registered with this exact document", body = RegisteredView),
         (status = 400, description = "Invalid definition, or not valid JSON/TOML", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin token", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "This version holds another document", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Neither JSON nor TOML", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A call goes to an address participants may not be at (see saga.allow_networks)", body = Problem, content_type = "application/problem+json"),
+        AdminErrors,
     )
 )]
 pub async fn register(
@@ -300,13 +219,10 @@ pub async fn register(
 
 /// List registered saga definitions.
 #[utoipa::path(
-    get,
-    path = "/v1/sagas",
-    tag = "saga",
-    security(("bearer" = [])),
+    get, path = "/v1/sagas", tag = "saga", security(("bearer" = [])),
     responses(
         (status = 200, description = "Every (name, version)", body = Vec<DefinitionView>),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        AuthErrors,
     )
 )]
 pub async fn definitions(
@@ -337,16 +253,13 @@ pub struct VersionQuery {
 
 /// Read a definition (its latest version, or `?version=`).
 #[utoipa::path(
-    get,
-    path = "/v1/sagas/{name}",
-    tag = "saga",
-    security(("bearer" = [])),
+    get, path = "/v1/sagas/{name}", tag = "saga", security(("bearer" = [])),
     params(("name" = String, Path, description = "The saga's name"), VersionQuery),
     responses(
         (status = 200, description = "The document", body = DefinitionDocument),
         (status = 400, description = "Invalid version", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such saga or version", body = Problem, content_type = "application/problem+json"),
+        AuthErrors,
     )
 )]
 pub async fn definition(
@@ -368,10 +281,7 @@ pub async fn definition(
 
 /// Start a run of a saga.
 #[utoipa::path(
-    post,
-    path = "/v1/sagas/{name}/runs",
-    tag = "saga",
-    security(("bearer" = [])),
+    post, path = "/v1/sagas/{name}/runs", tag = "saga", security(("bearer" = [])),
     params(
         ("name" = String, Path, description = "The saga's name"),
         ("Idempotency-Key" = Option<String>, Header, description = "Starting again with the same key (per saga) returns the run it started; another input or version under the key is refused with 409",
@@ -382,11 +292,10 @@ pub async fn definition(
         (status = 201, description = "Started", body = StartedView),
         (status = 200, description = "The idempotency key had already started this run", body = StartedView),
         (status = 400, description = "Malformed JSON, or an Idempotency-Key that is not 1 to 255 visible ASCII characters", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such saga or version", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The idempotency key started a run with another input or version", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The input lacks a value the definition reads, or JSON of the wrong shape", body = Problem, content_type = "application/problem+json"),
+        BodyErrors,
     )
 )]
 pub async fn start(
@@ -431,15 +340,12 @@ pub async fn start(
 
 /// List runs, newest first (filter by state and saga).
 #[utoipa::path(
-    get,
-    path = "/v1/saga-runs",
-    tag = "saga",
-    security(("bearer" = [])),
+    get, path = "/v1/saga-runs", tag = "saga", security(("bearer" = [])),
     params(RunQuery),
     responses(
         (status = 200, description = "Runs, newest first", body = Vec<RunView>),
         (status = 400, description = "Unknown state or invalid paging", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        AuthErrors,
     )
 )]
 pub async fn runs(
@@ -471,21 +377,18 @@ pub async fn runs(
         limit,
     };
     let runs = state.saga().orchestrator().admin().list(&filter).await?;
-    Ok(ApiJson(runs.into_iter().map(RunView::from).collect()))
+    Ok(ApiJson(runs))
 }
 
 /// One run with its steps and history.
 #[utoipa::path(
-    get,
-    path = "/v1/saga-runs/{id}",
-    tag = "saga",
-    security(("bearer" = [])),
+    get, path = "/v1/saga-runs/{id}", tag = "saga", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The run's id")),
     responses(
         (status = 200, description = "The run", body = RunDetailView),
         (status = 400, description = "Not a UUID", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such run", body = Problem, content_type = "application/problem+json"),
+        AuthErrors,
     )
 )]
 pub async fn run(
@@ -493,7 +396,7 @@ pub async fn run(
     Path(id): Path<Uuid>,
 ) -> Result<ApiJson<RunDetailView>, Problem> {
     let detail = state.saga().orchestrator().admin().show(id).await?;
-    Ok(ApiJson(detail.into()))
+    Ok(ApiJson(detail))
 }
 
 /// What every operator action can answer besides its result.
@@ -533,16 +436,12 @@ async fn operator_action(
     let admin = state.saga().orchestrator().admin();
     run(admin.clone(), Audit::new(caller.name.clone(), note)).await?;
     let detail = admin.show(id).await?;
-    Ok(ApiJson(detail.into()))
+    Ok(ApiJson(detail))
 }
 
 /// Retry the failed compensation of a run waiting for an operator (admin).
 #[utoipa::path(
-    post,
-    path = "/v1/saga-runs/{id}/retry",
-    operation_id = "retry_saga_run",
-    tag = "saga",
-    security(("bearer" = [])),
+    post, path = "/v1/saga-runs/{id}/retry", operation_id = "retry_saga_run", tag = "saga", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The run's id")),
     request_body = OperatorNote,
     responses(
@@ -568,10 +467,7 @@ pub async fn retry(
 
 /// Mark a failed step of a run waiting for an operator as resolved by hand (admin).
 #[utoipa::path(
-    post,
-    path = "/v1/saga-runs/{id}/steps/{step}/resolve",
-    tag = "saga",
-    security(("bearer" = [])),
+    post, path = "/v1/saga-runs/{id}/steps/{step}/resolve", tag = "saga", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The run's id"), ("step" = String, Path, description = "The step whose compensation (or retriable action) failed")),
     request_body = OperatorNote,
     responses(
@@ -597,10 +493,7 @@ pub async fn resolve(
 
 /// Abort the compensation of a run waiting for an operator; it ends `aborted` (admin).
 #[utoipa::path(
-    post,
-    path = "/v1/saga-runs/{id}/abort",
-    tag = "saga",
-    security(("bearer" = [])),
+    post, path = "/v1/saga-runs/{id}/abort", tag = "saga", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The run's id")),
     request_body = OperatorNote,
     responses(

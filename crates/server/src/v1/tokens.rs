@@ -11,6 +11,7 @@ use crate::auth::{Admin, AuthError, Role, TokenInfo, generate_token};
 use crate::json::ApiJson;
 use crate::problem::Problem;
 use crate::state::AppState;
+use crate::v1::responses::{AdminErrors, AuthErrors};
 
 /// A request to create a token.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -47,19 +48,13 @@ pub struct CreatedToken {
 
 /// Create a token (admin only).
 #[utoipa::path(
-    post,
-    path = "/v1/tokens",
-    tag = "auth",
-    security(("bearer" = [])),
+    post, path = "/v1/tokens", tag = "auth", security(("bearer" = [])),
     request_body = CreateToken,
     responses(
         (status = 201, description = "Created; the secret is shown this once", body = CreatedToken),
         (status = 400, description = "Invalid name or malformed JSON", body = Problem,
          content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin token", body = Problem,
-         content_type = "application/problem+json"),
+        AdminErrors,
         (status = 409, description = "The name is taken", body = Problem,
          content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem,
@@ -87,16 +82,10 @@ pub async fn create_token(
 
 /// List tokens, without their secrets (admin only).
 #[utoipa::path(
-    get,
-    path = "/v1/tokens",
-    tag = "auth",
-    security(("bearer" = [])),
+    get, path = "/v1/tokens", tag = "auth", security(("bearer" = [])),
     responses(
         (status = 200, description = "Every token, revoked ones included", body = Vec<TokenInfo>),
-        (status = 401, description = "Missing or invalid token", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin token", body = Problem,
-         content_type = "application/problem+json"),
+        AdminErrors,
     )
 )]
 pub async fn list_tokens(
@@ -108,15 +97,11 @@ pub async fn list_tokens(
 
 /// Revoke a token (admin only). It stops working at once; revoking twice is harmless.
 #[utoipa::path(
-    delete,
-    path = "/v1/tokens/{name}",
-    tag = "auth",
-    security(("bearer" = [])),
+    delete, path = "/v1/tokens/{name}", tag = "auth", security(("bearer" = [])),
     params(("name" = String, Path, description = "The token's name")),
     responses(
         (status = 204, description = "Revoked"),
-        (status = 401, description = "Missing or invalid token", body = Problem,
-         content_type = "application/problem+json"),
+        AuthErrors,
         (status = 403, description = "Not an admin token, or a configured token", body = Problem,
          content_type = "application/problem+json"),
         (status = 404, description = "No such token", body = Problem,

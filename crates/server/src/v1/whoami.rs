@@ -6,8 +6,8 @@ use utoipa_axum::routes;
 
 use crate::auth::{Caller, Role, TokenSource};
 use crate::json::ApiJson;
-use crate::problem::Problem;
 use crate::state::AppState;
+use crate::v1::responses::AuthErrors;
 
 /// Who the presented token belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -23,14 +23,10 @@ pub struct Whoami {
 
 /// Identify the caller's token.
 #[utoipa::path(
-    get,
-    path = "/v1/whoami",
-    tag = "auth",
-    security(("bearer" = [])),
+    get, path = "/v1/whoami", tag = "auth", security(("bearer" = [])),
     responses(
         (status = 200, description = "The token's identity", body = Whoami),
-        (status = 401, description = "Missing or invalid token", body = Problem,
-         content_type = "application/problem+json"),
+        AuthErrors,
     )
 )]
 pub async fn whoami(Extension(caller): Extension<Caller>) -> ApiJson<Whoami> {

@@ -12,6 +12,7 @@ use crate::auth::Admin;
 use crate::json::ApiJson;
 use crate::problem::Problem;
 use crate::state::AppState;
+use crate::v1::responses::{AdminJsonErrors, AuthErrors};
 
 use super::check_limit;
 
@@ -34,15 +35,12 @@ pub struct AttemptQuery {
 
 /// List attempts, newest first.
 #[utoipa::path(
-    get,
-    path = "/v1/webhooks/attempts",
-    tag = "webhook",
-    security(("bearer" = [])),
+    get, path = "/v1/webhooks/attempts", tag = "webhook", security(("bearer" = [])),
     params(AttemptQuery),
     responses(
         (status = 200, description = "Attempts, newest first", body = Vec<AttemptView>),
         (status = 400, description = "Invalid paging", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        AuthErrors,
     )
 )]
 pub async fn attempts(
@@ -87,15 +85,12 @@ pub struct DeadQuery {
 
 /// List dead letters: deliveries that will not be attempted again, newest first.
 #[utoipa::path(
-    get,
-    path = "/v1/webhooks/dead-letters",
-    tag = "webhook",
-    security(("bearer" = [])),
+    get, path = "/v1/webhooks/dead-letters", tag = "webhook", security(("bearer" = [])),
     params(DeadQuery),
     responses(
         (status = 200, description = "Dead deliveries, newest first", body = Vec<DeliveryView>),
         (status = 400, description = "Invalid paging", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        AuthErrors,
     )
 )]
 pub async fn dead_letters(
@@ -120,20 +115,14 @@ pub struct Replayed {
 
 /// Deliver again (admin): one message, an endpoint's dead letters, or everything since a time.
 #[utoipa::path(
-    post,
-    path = "/v1/webhooks/replay",
-    tag = "webhook",
-    security(("bearer" = [])),
+    post, path = "/v1/webhooks/replay", tag = "webhook", security(("bearer" = [])),
     request_body = Replay,
     responses(
         (status = 200, description = "How many deliveries are pending again", body = Replayed),
         (status = 400, description = "Neither a message, an endpoint nor a time named", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such message or endpoint", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The endpoint is disabled; enable it first", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "JSON of the wrong shape", body = Problem, content_type = "application/problem+json"),
+        AdminJsonErrors,
     )
 )]
 pub async fn replay(
@@ -157,15 +146,12 @@ pub struct StatsQuery {
 
 /// Per endpoint: success rate and latency over a window, deliveries pending and dead.
 #[utoipa::path(
-    get,
-    path = "/v1/webhooks/stats",
-    tag = "webhook",
-    security(("bearer" = [])),
+    get, path = "/v1/webhooks/stats", tag = "webhook", security(("bearer" = [])),
     params(StatsQuery),
     responses(
         (status = 200, description = "One entry per endpoint", body = Vec<EndpointStats>),
         (status = 400, description = "A window out of range", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        AuthErrors,
     )
 )]
 pub async fn stats(

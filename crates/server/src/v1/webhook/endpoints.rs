@@ -15,23 +15,19 @@ use crate::auth::Admin;
 use crate::json::ApiJson;
 use crate::problem::Problem;
 use crate::state::AppState;
+use crate::v1::responses::{AdminBodyErrors, AdminErrors, AdminJsonErrors, AuthErrors};
 
 use super::check_limit;
 
 /// Create an endpoint (admin).
 #[utoipa::path(
-    post,
-    path = "/v1/webhooks/endpoints",
-    tag = "webhook",
-    security(("bearer" = [])),
+    post, path = "/v1/webhooks/endpoints", tag = "webhook", security(("bearer" = [])),
     request_body = EndpointSpec,
     responses(
         (status = 201, description = "Created; its verifying key is at /v1/webhooks/endpoints/{id}/keys", body = Endpoint),
         (status = 400, description = "An invalid URL, filter, limit or key", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin token", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "JSON of the wrong shape, or a URL that resolves to an address the server may not reach", body = Problem, content_type = "application/problem+json"),
+        AdminBodyErrors,
     )
 )]
 pub async fn create_endpoint(
@@ -59,15 +55,12 @@ pub struct EndpointQuery {
 
 /// List endpoints by id.
 #[utoipa::path(
-    get,
-    path = "/v1/webhooks/endpoints",
-    tag = "webhook",
-    security(("bearer" = [])),
+    get, path = "/v1/webhooks/endpoints", tag = "webhook", security(("bearer" = [])),
     params(EndpointQuery),
     responses(
         (status = 200, description = "Endpoints by id", body = Vec<Endpoint>),
         (status = 400, description = "Invalid paging", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        AuthErrors,
     )
 )]
 pub async fn endpoints(
@@ -85,15 +78,12 @@ pub async fn endpoints(
 
 /// One endpoint.
 #[utoipa::path(
-    get,
-    path = "/v1/webhooks/endpoints/{id}",
-    tag = "webhook",
-    security(("bearer" = [])),
+    get, path = "/v1/webhooks/endpoints/{id}", tag = "webhook", security(("bearer" = [])),
     params(("id" = String, Path, description = "The endpoint's id (ep_...)")),
     responses(
         (status = 200, description = "The endpoint", body = Endpoint),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such endpoint", body = Problem, content_type = "application/problem+json"),
+        AuthErrors,
     )
 )]
 pub async fn endpoint(
@@ -106,21 +96,16 @@ pub async fn endpoint(
 
 /// Change an endpoint (admin); absent fields stay, `null` clears.
 #[utoipa::path(
-    patch,
-    path = "/v1/webhooks/endpoints/{id}",
-    tag = "webhook",
-    security(("bearer" = [])),
+    patch, path = "/v1/webhooks/endpoints/{id}", tag = "webhook", security(("bearer" = [])),
     params(("id" = String, Path, description = "The endpoint's id (ep_...)")),
     request_body = EndpointPatch,
     responses(
         (status = 200, description = "The endpoint as changed", body = Endpoint),
         (status = 400, description = "An invalid value", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such endpoint", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Changed concurrently; read it again", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "JSON of the wrong shape, or a URL the server may not reach", body = Problem, content_type = "application/problem+json"),
+        AdminBodyErrors,
     )
 )]
 pub async fn update_endpoint(
@@ -139,16 +124,12 @@ pub async fn update_endpoint(
 
 /// Delete an endpoint with its deliveries (admin).
 #[utoipa::path(
-    delete,
-    path = "/v1/webhooks/endpoints/{id}",
-    tag = "webhook",
-    security(("bearer" = [])),
+    delete, path = "/v1/webhooks/endpoints/{id}", tag = "webhook", security(("bearer" = [])),
     params(("id" = String, Path, description = "The endpoint's id (ep_...)")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such endpoint", body = Problem, content_type = "application/problem+json"),
+        AdminErrors,
     )
 )]
 pub async fn delete_endpoint(
@@ -171,16 +152,12 @@ pub struct DisableEndpoint {
 
 /// Enable an endpoint (admin): new messages reach it and its pending deliveries resume.
 #[utoipa::path(
-    post,
-    path = "/v1/webhooks/endpoints/{id}/enable",
-    tag = "webhook",
-    security(("bearer" = [])),
+    post, path = "/v1/webhooks/endpoints/{id}/enable", tag = "webhook", security(("bearer" = [])),
     params(("id" = String, Path, description = "The endpoint's id (ep_...)")),
     responses(
         (status = 200, description = "The endpoint, enabled", body = Endpoint),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such endpoint", body = Problem, content_type = "application/problem+json"),
+        AdminErrors,
     )
 )]
 pub async fn enable_endpoint(
@@ -194,20 +171,14 @@ pub async fn enable_endpoint(
 
 /// Disable an endpoint (admin): new messages skip it, its pending deliveries wait.
 #[utoipa::path(
-    post,
-    path = "/v1/webhooks/endpoints/{id}/disable",
-    tag = "webhook",
-    security(("bearer" = [])),
+    post, path = "/v1/webhooks/endpoints/{id}/disable", tag = "webhook", security(("bearer" = [])),
     params(("id" = String, Path, description = "The endpoint's id (ep_...)")),
     request_body = DisableEndpoint,
     responses(
         (status = 200, description = "The endpoint, disabled", body = Endpoint),
         (status = 400, description = "A reason over 1024 bytes", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such endpoint", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "JSON of the wrong shape", body = Problem, content_type = "application/problem+json"),
+        AdminJsonErrors,
     )
 )]
 pub async fn disable_endpoint(
@@ -225,16 +196,12 @@ pub async fn disable_endpoint(
 
 /// What a receiver verifies with (admin): each live key's `whsec_` secret or `whpk_` public key.
 #[utoipa::path(
-    get,
-    path = "/v1/webhooks/endpoints/{id}/keys",
-    tag = "webhook",
-    security(("bearer" = [])),
+    get, path = "/v1/webhooks/endpoints/{id}/keys", tag = "webhook", security(("bearer" = [])),
     params(("id" = String, Path, description = "The endpoint's id (ep_...)")),
     responses(
         (status = 200, description = "The live keys, newest last", body = Vec<VerifyingKey>),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such endpoint", body = Problem, content_type = "application/problem+json"),
+        AdminErrors,
     )
 )]
 pub async fn keys(
@@ -261,21 +228,15 @@ pub struct RotateKey {
 
 /// Rotate an endpoint's signing key (admin).
 #[utoipa::path(
-    post,
-    path = "/v1/webhooks/endpoints/{id}/keys/rotate",
-    tag = "webhook",
-    security(("bearer" = [])),
+    post, path = "/v1/webhooks/endpoints/{id}/keys/rotate", tag = "webhook", security(("bearer" = [])),
     params(("id" = String, Path, description = "The endpoint's id (ep_...)")),
     request_body = RotateKey,
     responses(
         (status = 200, description = "What receivers verify the new key with", body = VerifyingKey),
         (status = 400, description = "An invalid key, an overlap over 30 days, or too many keys", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such endpoint", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Changed concurrently; try again", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "JSON of the wrong shape", body = Problem, content_type = "application/problem+json"),
+        AdminJsonErrors,
     )
 )]
 pub async fn rotate_key(

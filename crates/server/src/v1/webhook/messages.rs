@@ -12,6 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::json::ApiJson;
 use crate::problem::Problem;
 use crate::state::AppState;
+use crate::v1::responses::{AuthErrors, JsonErrors};
 
 use super::check_limit;
 
@@ -36,10 +37,7 @@ pub struct SendMessage {
 
 /// Send a message to every matching endpoint.
 #[utoipa::path(
-    post,
-    path = "/v1/webhooks/messages",
-    tag = "webhook",
-    security(("bearer" = [])),
+    post, path = "/v1/webhooks/messages", tag = "webhook", security(("bearer" = [])),
     params(
         ("Idempotency-Key" = Option<String>, Header, description = "Sending again with the same key (per application) returns the first message; another message under the key is refused with 409",
          min_length = 1, max_length = 255, pattern = r"^[\x21-\x7e]+$"),
@@ -49,11 +47,9 @@ pub struct SendMessage {
         (status = 201, description = "Recorded: it is delivered to each endpoint that matched, at least once", body = Sent),
         (status = 200, description = "The idempotency key had already sent this message", body = Sent),
         (status = 400, description = "Malformed JSON, an invalid app, event type, key or Idempotency-Key", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The idempotency key sent another message", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The message body is over the limit", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "JSON of the wrong shape", body = Problem, content_type = "application/problem+json"),
+        JsonErrors,
     )
 )]
 pub async fn send(
@@ -94,15 +90,12 @@ pub struct MessageQuery {
 
 /// List messages, newest first.
 #[utoipa::path(
-    get,
-    path = "/v1/webhooks/messages",
-    tag = "webhook",
-    security(("bearer" = [])),
+    get, path = "/v1/webhooks/messages", tag = "webhook", security(("bearer" = [])),
     params(MessageQuery),
     responses(
         (status = 200, description = "Messages, newest first, without their deliveries", body = Vec<MessageView>),
         (status = 400, description = "Invalid paging", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        AuthErrors,
     )
 )]
 pub async fn messages(
@@ -133,15 +126,12 @@ pub async fn messages(
 
 /// A message, with where it stands at each endpoint.
 #[utoipa::path(
-    get,
-    path = "/v1/webhooks/messages/{id}",
-    tag = "webhook",
-    security(("bearer" = [])),
+    get, path = "/v1/webhooks/messages/{id}", tag = "webhook", security(("bearer" = [])),
     params(("id" = String, Path, description = "The message's id (msg_...)")),
     responses(
         (status = 200, description = "The message and its deliveries", body = MessageView),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such message", body = Problem, content_type = "application/problem+json"),
+        AuthErrors,
     )
 )]
 pub async fn message(
