@@ -330,11 +330,7 @@ pub struct BreakerPermit {
 impl CircuitBreaker {
     /// A closed breaker on the system clock. `name` labels its metrics.
     pub fn new(name: &str, config: BreakerConfig) -> Self {
-        Self::with(name, config, Arc::new(SystemClock), Random::from_entropy())
-    }
-
-    /// A breaker on `clock`, drawing its jitter from `random`.
-    pub fn with(name: &str, config: BreakerConfig, clock: SharedClock, random: Random) -> Self {
+        let (clock, random): (SharedClock, _) = (Arc::new(SystemClock), Random::from_entropy());
         let states = [
             BreakerState::Closed,
             BreakerState::Open,
@@ -360,6 +356,34 @@ impl CircuitBreaker {
                 transitions,
             }),
         }
+    }
+
+    /// The same breaker on `clock`, started afresh at its now. Configure before cloning: a
+    /// clone keeps what it had.
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => {
+                let machine = inner.machine.get_mut().unwrap_or_else(|e| e.into_inner());
+                *machine = BreakerMachine::new(machine.config, clock.monotonic());
+                inner.clock = clock;
+            }
+            None => {
+                tracing::warn!("CircuitBreaker::with_clock on a shared breaker changes nothing")
+            }
+        }
+        self
+    }
+
+    /// The same breaker drawing its jitter from `random` (seeded for the lab). Configure before
+    /// cloning, like [`with_clock`](Self::with_clock).
+    pub fn with_random(mut self, random: Random) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.random = random,
+            None => {
+                tracing::warn!("CircuitBreaker::with_random on a shared breaker changes nothing")
+            }
+        }
+        self
     }
 
     /// The state now.

@@ -73,16 +73,7 @@ impl RetryBudget {
     /// A budget on the system clock: `ratio` retries per request (0.2 = 20 %) and at least
     /// `min_per_sec` retries per second, over `ttl` (1 s to 60 s).
     pub fn new(ttl: Duration, min_per_sec: u32, ratio: f64) -> Result<Self, InvalidBudget> {
-        Self::with_clock(ttl, min_per_sec, ratio, std::sync::Arc::new(SystemClock))
-    }
-
-    /// The same on `clock`.
-    pub fn with_clock(
-        ttl: Duration,
-        min_per_sec: u32,
-        ratio: f64,
-        clock: SharedClock,
-    ) -> Result<Self, InvalidBudget> {
+        let clock: SharedClock = std::sync::Arc::new(SystemClock);
         if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&ttl) {
             return Err(InvalidBudget("ttl must be between 1 s and 60 s"));
         }
@@ -98,6 +89,13 @@ impl RetryBudget {
             clock,
             metrics: None,
         })
+    }
+
+    /// The same budget on `clock`, its window started afresh at its now.
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.window = Mutex::new(Window::new(clock.monotonic(), self.ttl, BUCKETS));
+        self.clock = clock;
+        self
     }
 
     /// Exports the balance as `onephase_herd_budget_balance{budget}` (in retries) and refusals

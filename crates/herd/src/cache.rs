@@ -144,11 +144,7 @@ where
     /// A cache on the system clock with entropy-seeded early refresh. `name` labels its
     /// metrics (`onephase_herd_cache_reads_total{cache, result}`).
     pub fn new(name: &str, config: CacheConfig) -> Self {
-        Self::with(name, config, Arc::new(SystemClock), Random::from_entropy())
-    }
-
-    /// A cache on `clock`, drawing early-refresh decisions from `random`.
-    pub fn with(name: &str, config: CacheConfig, clock: SharedClock, random: Random) -> Self {
+        let (clock, random): (SharedClock, _) = (Arc::new(SystemClock), Random::from_entropy());
         let reads = |result: &'static str| metrics::counter!("onephase_herd_cache_reads_total", "cache" => name.to_owned(), "result" => result);
         Self {
             inner: Arc::new(Inner {
@@ -167,6 +163,25 @@ where
                 ],
             }),
         }
+    }
+
+    /// The same cache on `clock`. Configure before cloning: a clone keeps what it had.
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.clock = clock,
+            None => tracing::warn!("HerdCache::with_clock on a shared cache changes nothing"),
+        }
+        self
+    }
+
+    /// The same cache drawing early-refresh decisions from `random` (seeded for the lab).
+    /// Configure before cloning, like [`with_clock`](Self::with_clock).
+    pub fn with_random(mut self, random: Random) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.random = random,
+            None => tracing::warn!("HerdCache::with_random on a shared cache changes nothing"),
+        }
+        self
     }
 
     /// The value for `key`: from the cache when it is fresh or servable stale, else from

@@ -153,9 +153,14 @@ impl Retry {
         self
     }
 
-    /// Sleeps on `clock` and draws jitter from `random` (for deterministic runs).
-    pub fn clock(mut self, clock: SharedClock, random: Random) -> Self {
+    /// Sleeps on `clock` (a manual or simulated one for deterministic runs).
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// Draws from `random` (seeded for deterministic runs).
+    pub fn with_random(mut self, random: Random) -> Self {
         self.random = Arc::new(random);
         self
     }

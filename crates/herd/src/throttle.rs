@@ -50,6 +50,8 @@ pub struct ThrottleTicket(());
 #[derive(Debug)]
 pub struct AdaptiveThrottle {
     k: f64,
+    /// How long the counts cover.
+    window_length: Duration,
     clock: SharedClock,
     random: Random,
     /// (requests, accepts)
@@ -67,30 +69,45 @@ impl AdaptiveThrottle {
     /// `K = 2` over a two-minute window (the book's values), on the system clock.
     /// `name` labels its metrics.
     pub fn new(name: &str) -> Self {
-        Self::with(
-            name,
-            2.0,
-            Duration::from_secs(120),
-            Arc::new(SystemClock),
-            Random::from_entropy(),
-        )
-    }
-
-    /// A throttle with multiplier `k` (at least 1; lower values are raised to 1) over
-    /// `window`, on `clock`, drawing from `random`.
-    pub fn with(name: &str, k: f64, window: Duration, clock: SharedClock, random: Random) -> Self {
-        let k = if k.is_finite() { k.max(1.0) } else { 2.0 };
-        let now = clock.monotonic();
+        let clock: SharedClock = Arc::new(SystemClock);
+        let window = Duration::from_secs(120);
         Self {
-            k,
-            window: Mutex::new(Window::new(now, window, 60)),
+            k: 2.0,
+            window: Mutex::new(Window::new(clock.monotonic(), window, 60)),
+            window_length: window,
             clock,
-            random,
+            random: Random::from_entropy(),
             metrics: ThrottleMetrics {
                 refused: metrics::counter!("onephase_herd_throttle_refused_total", "throttle" => name.to_owned()),
                 probability: metrics::gauge!("onephase_herd_throttle_reject_probability", "throttle" => name.to_owned()),
             },
         }
+    }
+
+    /// The same throttle with multiplier `k` (at least 1; lower values are raised to 1).
+    pub fn with_k(mut self, k: f64) -> Self {
+        self.k = if k.is_finite() { k.max(1.0) } else { 2.0 };
+        self
+    }
+
+    /// The same throttle counting over `window`, started afresh.
+    pub fn with_window(mut self, window: Duration) -> Self {
+        self.window_length = window;
+        self.window = Mutex::new(Window::new(self.clock.monotonic(), window, 60));
+        self
+    }
+
+    /// The same throttle on `clock`, started afresh at its now.
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        let window = self.window_length;
+        self.with_window(window)
+    }
+
+    /// The same throttle drawing from `random` (seeded for the lab).
+    pub fn with_random(mut self, random: Random) -> Self {
+        self.random = random;
+        self
     }
 
     /// Counts a request and decides whether to send it. Refused requests count as requests:

@@ -18,7 +18,9 @@ struct Fixture {
 
 fn fixture(config: CacheConfig) -> Fixture {
     let clock = ManualClock::default();
-    let cache = HerdCache::with("test", config, Arc::new(clock.clone()), Random::seeded(3));
+    let cache = HerdCache::new("test", config)
+        .with_clock(Arc::new(clock.clone()))
+        .with_random(Random::seeded(3));
     Fixture {
         clock,
         cache,

@@ -44,16 +44,16 @@ fn classify(r: &Reply) -> Outcome {
 #[tokio::test]
 async fn an_open_breaker_refuses_without_calling_and_a_probe_closes_it() {
     let clock = ManualClock::default();
-    let breaker = CircuitBreaker::with(
+    let breaker = CircuitBreaker::new(
         "layer",
         BreakerConfig {
             open_jitter: 0.0,
             probes: 1,
             ..BreakerConfig::default()
         },
-        Arc::new(clock.clone()),
-        Random::seeded(1),
-    );
+    )
+    .with_clock(Arc::new(clock.clone()))
+    .with_random(Random::seeded(1));
     let calls = Arc::new(AtomicU32::new(0));
     let healthy_from = 5;
     let inner = status_service(Arc::clone(&calls), move |n| {
@@ -88,7 +88,7 @@ async fn an_open_breaker_refuses_without_calling_and_a_probe_closes_it() {
 #[tokio::test]
 async fn a_dropped_probe_frees_its_slot() {
     let clock = ManualClock::default();
-    let breaker = CircuitBreaker::with(
+    let breaker = CircuitBreaker::new(
         "probe",
         BreakerConfig {
             consecutive_failures: Some(1),
@@ -96,9 +96,9 @@ async fn a_dropped_probe_frees_its_slot() {
             probes: 1,
             ..BreakerConfig::default()
         },
-        Arc::new(clock.clone()),
-        Random::seeded(1),
-    );
+    )
+    .with_clock(Arc::new(clock.clone()))
+    .with_random(Random::seeded(1));
     let permit = breaker.admit().expect("closed");
     breaker.record(permit, Outcome::Failure);
     clock.advance(Duration::from_secs(5));

@@ -327,7 +327,7 @@ proptest! {
         let clock = ManualClock::default();
         let ttl = Duration::from_secs(ttl_s);
         let ratio = f64::from(ratio_pct) / 100.0;
-        let budget = RetryBudget::with_clock(ttl, min_per_sec, ratio, Arc::new(clock.clone()))
+        let budget = RetryBudget::new(ttl, min_per_sec, ratio).map(|b| b.with_clock(Arc::new(clock.clone())))
             .expect("valid");
         let origin = clock.monotonic();
         let width = ttl / 10;

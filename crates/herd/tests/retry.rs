@@ -19,7 +19,8 @@ fn retry(clock: &ManualClock) -> Retry {
             )
             .expect("valid"),
         )
-        .clock(Arc::new(clock.clone()), Random::seeded(1))
+        .with_clock(Arc::new(clock.clone()))
+        .with_random(Random::seeded(1))
 }
 
 async fn settle() {
@@ -33,7 +34,8 @@ async fn retries_waiting_in_backoff_count_against_the_budget() {
     let clock = ManualClock::default();
     // No floor, 5 % of requests: 100 requests earn 5 retries.
     let budget = Arc::new(
-        RetryBudget::with_clock(Duration::from_secs(10), 0, 0.05, Arc::new(clock.clone()))
+        RetryBudget::new(Duration::from_secs(10), 0, 0.05)
+            .map(|b| b.with_clock(Arc::new(clock.clone())))
             .expect("valid"),
     );
     let retry = retry(&clock).budget(Arc::clone(&budget));

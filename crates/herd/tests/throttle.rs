@@ -7,13 +7,11 @@ use onephase_core::ManualClock;
 use onephase_herd::{AdaptiveThrottle, Random};
 
 fn throttle(clock: &ManualClock) -> AdaptiveThrottle {
-    AdaptiveThrottle::with(
-        "test",
-        2.0,
-        Duration::from_secs(60),
-        Arc::new(clock.clone()),
-        Random::seeded(5),
-    )
+    AdaptiveThrottle::new("test")
+        .with_k(2.0)
+        .with_window(Duration::from_secs(60))
+        .with_clock(Arc::new(clock.clone()))
+        .with_random(Random::seeded(5))
 }
 
 /// Sends `n` requests; the backend accepts each with `accept(i)`. Returns how many the

@@ -82,21 +82,6 @@ impl TestDb {
         }
     }
 
-    /// One fresh database on every backend whose suite runs: SQLite always, PostgreSQL when
-    /// configured. For tests that must hold on both.
-    ///
-    /// # Panics
-    ///
-    /// When a database cannot be created.
-    pub async fn all() -> Vec<Self> {
-        let mut dbs = vec![match Self::sqlite().await {
-            Ok(db) => db,
-            Err(e) => panic!("cannot create a SQLite test database: {e}"),
-        }];
-        dbs.extend(Self::postgres().await);
-        dbs
-    }
-
     async fn create_postgres(admin_url: &str) -> Result<Self, TestDbError> {
         let admin_error = admin_error(admin_url);
         let mut admin = PgConnection::connect(admin_url)

@@ -28,7 +28,9 @@ pub async fn reconnect_flood(seed: u64) -> Report {
     let naive = flood(None).await;
     let clock = SimClock::start();
     let onephase = flood(Some(
-        Reconnect::new("lab-reconnect-flood").clock(Arc::new(clock), Random::seeded(seed)),
+        Reconnect::new("lab-reconnect-flood")
+            .with_clock(Arc::new(clock))
+            .with_random(Random::seeded(seed)),
     ))
     .await;
     report.row(

@@ -34,8 +34,9 @@ pub async fn retry_storm(seed: u64) -> Report {
     );
     let naive = run(None).await;
     let clock = SimClock::start();
-    let budget = RetryBudget::with_clock(Duration::from_secs(10), 1, 0.1, Arc::new(clock))
+    let budget = RetryBudget::new(Duration::from_secs(10), 1, 0.1)
         .expect("a valid budget")
+        .with_clock(Arc::new(clock))
         .named("lab-retry-storm");
     let backoff = Backoff::new(
         Duration::from_millis(100),
@@ -47,7 +48,8 @@ pub async fn retry_storm(seed: u64) -> Report {
         .max_attempts(ATTEMPTS)
         .backoff(backoff)
         .budget(Arc::new(budget))
-        .clock(Arc::new(clock), Random::seeded(seed));
+        .with_clock(Arc::new(clock))
+        .with_random(Random::seeded(seed));
     let onephase = run(Some(retry)).await;
 
     let outage = |r: &Outcome| {

@@ -114,12 +114,9 @@ pub async fn stampede(seed: u64) -> Report {
 }
 
 fn herd_cache(config: CacheConfig, clock: SimClock, seed: u64) -> HerdCache<u32, u64, String> {
-    HerdCache::with(
-        "lab-stampede",
-        config,
-        Arc::new(clock),
-        Random::seeded(seed),
-    )
+    HerdCache::new("lab-stampede", config)
+        .with_clock(Arc::new(clock))
+        .with_random(Random::seeded(seed))
 }
 
 async fn read(cache: &HerdCache<u32, u64, String>, origin: &Origin) -> u64 {
