@@ -77,7 +77,8 @@ impl Inbox {
     ///
     /// ```no_run
     /// # async fn demo(pool: sqlx::PgPool, envelope: onephase_core::Envelope) -> Result<(), onephase_outbox::OutboxError> {
-    ///     /// use onephase_outbox::{Inbox, Processed};
+    /// use futures::FutureExt;
+    /// use onephase_outbox::{Inbox, Processed};
     ///
     /// let inbox = Inbox::new("billing");
     /// let mut tx = pool.begin().await?;
