@@ -97,6 +97,21 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// `POST /v1/leases/{name}/{action}` with `body`; the grant it answers.
+async fn lease_action(
+    server: &ServerArgs,
+    name: &str,
+    action: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    let path = format!("/v1/leases/{}/{action}", encode(name));
+    Client::new(server)?
+        .send_json(reqwest::Method::POST, &path, body)
+        .await?
+        .context("the server answered without a grant")
+}
+
+/// Runs one `lease` subcommand.
 pub async fn run(command: LeaseCommand) -> anyhow::Result<()> {
     use reqwest::Method;
     match command {
@@ -112,14 +127,7 @@ pub async fn run(command: LeaseCommand) -> anyhow::Result<()> {
                 "ttl_ms": millis(ttl),
                 "wait_ms": wait.map(millis),
             });
-            let grant = Client::new(&server)?
-                .send_json(
-                    Method::POST,
-                    &format!("/v1/leases/{}/acquire", encode(&name)),
-                    &body,
-                )
-                .await?
-                .context("the server answered without a grant")?;
+            let grant = lease_action(&server, &name, "acquire", &body).await?;
             answer(server.json, &grant, |grant| {
                 format!(
                     "acquired {name} as {} with token {} until {}",
@@ -136,14 +144,7 @@ pub async fn run(command: LeaseCommand) -> anyhow::Result<()> {
             server,
         } => {
             let body = json!({ "token": token, "ttl_ms": millis(ttl) });
-            let grant = Client::new(&server)?
-                .send_json(
-                    Method::POST,
-                    &format!("/v1/leases/{}/renew", encode(&name)),
-                    &body,
-                )
-                .await?
-                .context("the server answered without a grant")?;
+            let grant = lease_action(&server, &name, "renew", &body).await?;
             answer(server.json, &grant, |grant| {
                 format!(
                     "renewed {name} (token {token}) until {}",

@@ -25,7 +25,7 @@ use crate::admin::SagaAdmin;
 use crate::definition::Definition;
 use crate::http::SagaSpec;
 use crate::invoke::Phase;
-use crate::sql::{DefinitionInfo, Event, GroupCommit, Guard, NewRun, Sql, Transition};
+use crate::sql::{Claim, DefinitionInfo, Event, GroupCommit, Guard, NewRun, Sql, Transition};
 use crate::state::{self, RunRecord, RunState};
 use crate::{SagaError, metrics};
 
@@ -630,15 +630,16 @@ impl Inner {
         // Long enough to load the definition and record the first attempt's start, which
         // extends it to cover the call.
         let lease = self.config.lease_margin;
+        let names = self.names();
         let runs = Sql::new(&self.store)
-            .claim(
-                self.id,
-                u32::try_from(limit).unwrap_or(u32::MAX),
-                &self.names(),
-                self.config.stored_definitions,
+            .claim(Claim {
+                me: self.id,
+                limit: u32::try_from(limit).unwrap_or(u32::MAX),
+                names: &names,
+                stored: self.config.stored_definitions,
                 lease,
                 now,
-            )
+            })
             .await?;
         if !runs.is_empty() {
             self.stats.wrote(1);

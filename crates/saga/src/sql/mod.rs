@@ -260,6 +260,18 @@ pub(crate) struct Transition {
     pub events: Vec<Event>,
 }
 
+/// What a claim asks for: up to `limit` due runs of the sagas in `names` (and of stored
+/// definitions when `stored`), claimed by `me` for `lease` from `now`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Claim<'a> {
+    pub me: Uuid,
+    pub limit: u32,
+    pub names: &'a [String],
+    pub stored: bool,
+    pub lease: Duration,
+    pub now: OffsetDateTime,
+}
+
 pub(crate) struct Sql<'a> {
     db: Db<'a>,
 }
@@ -305,17 +317,8 @@ impl<'a> Sql<'a> {
 
     /// Claims up to `limit` due runs of the named sagas (and of stored definitions when
     /// `stored`), with their steps.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn claim(
-        &self,
-        me: Uuid,
-        limit: u32,
-        names: &[String],
-        stored: bool,
-        lease: Duration,
-        now: OffsetDateTime,
-    ) -> Result<Vec<RunRecord>, sqlx::Error> {
-        on_store!(self.db, pool, sql: postgres | sqlite => sql::claim(pool, me, limit, names, stored, lease, now).await)
+    pub(crate) async fn claim(&self, claim: Claim<'_>) -> Result<Vec<RunRecord>, sqlx::Error> {
+        on_store!(self.db, pool, sql: postgres | sqlite => sql::claim(pool, claim).await)
     }
 
     /// Hands back a run whose claim is still the one with `fence`, due at `due_at`; what was

@@ -1,5 +1,4 @@
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use onephase_core::json::RawJson;
 use serde_json::Value;
@@ -10,7 +9,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    DefinitionInfo, Event, ExistingRun, Guard, HistoryEntry, NewRun, RunDetail, RunFilter,
+    Claim, DefinitionInfo, Event, ExistingRun, Guard, HistoryEntry, NewRun, RunDetail, RunFilter,
     RunSummary, StepView, Transition, parse_phase, parse_state, parse_status, to_i32, to_u32,
 };
 use crate::SagaError;
@@ -223,15 +222,15 @@ async fn load_steps(conn: &mut PgConnection, runs: &mut [RunRecord]) -> Result<(
     Ok(())
 }
 
-pub(super) async fn claim(
-    pool: &PgPool,
-    me: Uuid,
-    limit: u32,
-    names: &[String],
-    stored: bool,
-    lease: Duration,
-    now: OffsetDateTime,
-) -> Result<Vec<RunRecord>, sqlx::Error> {
+pub(super) async fn claim(pool: &PgPool, claim: Claim<'_>) -> Result<Vec<RunRecord>, sqlx::Error> {
+    let Claim {
+        me,
+        limit,
+        names,
+        stored,
+        lease,
+        now,
+    } = claim;
     let mut conn = pool.acquire().await?;
     let rows = sqlx::query(
         "UPDATE onephase_saga_runs r \

@@ -3,7 +3,6 @@
 //! milliseconds, ids UUID text, JSON text.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use onephase_core::json::RawJson;
 use serde_json::Value;
@@ -13,7 +12,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    DefinitionInfo, Event, ExistingRun, Guard, HistoryEntry, NewRun, RunDetail, RunFilter,
+    Claim, DefinitionInfo, Event, ExistingRun, Guard, HistoryEntry, NewRun, RunDetail, RunFilter,
     RunSummary, StepView, Transition, parse_phase, parse_state, parse_status, to_i32, to_u32,
 };
 use onephase_store::convert::{from_unix_ms, unix_ms as ms};
@@ -267,13 +266,16 @@ async fn load_steps(
 
 pub(super) async fn claim(
     pool: &SqlitePool,
-    me: Uuid,
-    limit: u32,
-    names: &[String],
-    stored: bool,
-    lease: Duration,
-    now: OffsetDateTime,
+    claim: Claim<'_>,
 ) -> Result<Vec<RunRecord>, sqlx::Error> {
+    let Claim {
+        me,
+        limit,
+        names,
+        stored,
+        lease,
+        now,
+    } = claim;
     let mut tx = pool.begin().await?;
     let rows = sqlx::query(
         "UPDATE onephase_saga_runs SET claimed_by = ?1, claimed_until = ?2, fence = fence + 1 \
