@@ -16,7 +16,7 @@
 //! # fn main() {}
 //! ```
 //!
-//! The attributes (the test attribute with its flavor, `#[ignore]`, docs) go to both tests.
+//! The attributes (the test attribute with its flavor, doc comments) go to both tests.
 //! The PostgreSQL test passes without running when its suite is skipped (see
 //! [`engine_url`](crate::engine_url)); with `ONEPHASE_REQUIRE_ENGINES=1` it fails instead.
 
