@@ -30,7 +30,7 @@ use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use onephase_core::{Envelope, SharedClock, SystemClock};
-use onephase_store::{Db, Migrations, Store, sqlx};
+use onephase_store::{Conn, Connection, Db, Migrations, Store, sqlx};
 use sqlx::Row;
 use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, SqliteConnection};
@@ -133,7 +133,7 @@ impl EmbeddedLog {
             Db::Postgres(pool) => {
                 let mut tx = pool.begin().await.map_err(db_error)?;
                 for (topic, indexes) in &by_topic {
-                    let first = reserve_pg(&mut tx, topic, indexes.len()).await?;
+                    let first = reserve(&mut *tx, topic, indexes.len()).await?;
                     for (n, &i) in indexes.iter().enumerate() {
                         positions[i] = place_pg(&mut tx, &batch[i], first + n as i64).await?;
                     }
@@ -149,7 +149,7 @@ impl EmbeddedLog {
                 let mut tx = sqlite.writer().begin().await.map_err(db_error)?;
                 let now = format_time(self.clock.now());
                 for (topic, indexes) in &by_topic {
-                    let first = reserve_sqlite(&mut tx, topic, indexes.len()).await?;
+                    let first = reserve(&mut *tx, topic, indexes.len()).await?;
                     for (n, &i) in indexes.iter().enumerate() {
                         let position = first + n as i64;
                         positions[i] = place_sqlite(&mut tx, &batch[i], position, &now).await?;
@@ -336,19 +336,29 @@ impl EmbeddedLog {
     }
 }
 
+/// Raises `topic`'s next position by `$2` and returns the last reserved one; the same text
+/// on both backends.
+const RESERVE: &str = "INSERT INTO onephase_log_topics (topic, next_position) VALUES ($1, $2 + 1) \
+     ON CONFLICT (topic) DO UPDATE SET next_position = onephase_log_topics.next_position + $2 \
+     RETURNING next_position - 1";
+
 /// Reserves `count` positions in `topic`; returns the first.
-async fn reserve_pg(tx: &mut PgConnection, topic: &str, count: usize) -> Result<i64, BrokerError> {
+async fn reserve(
+    tx: &mut (impl Connection + ?Sized),
+    topic: &str,
+    count: usize,
+) -> Result<i64, BrokerError> {
     let count = count as i64;
-    let last: i64 = sqlx::query_scalar(
-        "INSERT INTO onephase_log_topics (topic, next_position) VALUES ($1, $2 + 1) \
-         ON CONFLICT (topic) DO UPDATE \
-           SET next_position = onephase_log_topics.next_position + $2 \
-         RETURNING next_position - 1",
-    )
-    .bind(topic)
-    .bind(count)
-    .fetch_one(tx)
-    .await
+    let last: i64 = match tx.connection() {
+        Conn::Postgres(c) => {
+            let query = sqlx::query_scalar(RESERVE).bind(topic).bind(count);
+            query.fetch_one(c).await
+        }
+        Conn::Sqlite(c) => {
+            let query = sqlx::query_scalar(RESERVE).bind(topic).bind(count);
+            query.fetch_one(c).await
+        }
+    }
     .map_err(db_error)?;
     Ok(last - count + 1)
 }
@@ -388,27 +398,6 @@ async fn place_pg(
     .await
     .map_err(db_error)?;
     Ok(Placed::repeat(p, e, key, &payload, &headers))
-}
-
-/// Reserves `count` positions in `topic`; returns the first.
-async fn reserve_sqlite(
-    tx: &mut SqliteConnection,
-    topic: &str,
-    count: usize,
-) -> Result<i64, BrokerError> {
-    let count = count as i64;
-    let last: i64 = sqlx::query_scalar(
-        "INSERT INTO onephase_log_topics (topic, next_position) VALUES (?1, ?2 + 1) \
-         ON CONFLICT (topic) DO UPDATE \
-           SET next_position = next_position + ?2 \
-         RETURNING next_position - 1",
-    )
-    .bind(topic)
-    .bind(count)
-    .fetch_one(tx)
-    .await
-    .map_err(db_error)?;
-    Ok(last - count + 1)
 }
 
 /// Writes `e` at `position`, appended at `now`, or finds where its id already is.

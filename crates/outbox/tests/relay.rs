@@ -556,47 +556,13 @@ per_backend! {
         let mut sub = log.subscribe("pruned", "g").await?;
         consume_and_apply(&mut sub, &store, &events, Duration::from_secs(10)).await?;
         drop(sub);
-        ensure!(
-            onephase_outbox::Inbox::prune(
-                &store,
-                Duration::from_secs(3600),
-                10,
-                time::OffsetDateTime::now_utc()
-            )
-            .await?
-                == 0
-        );
+        let now = time::OffsetDateTime::now_utc;
+        let prune = |older_than, limit| onephase_outbox::Inbox::prune(&store, older_than, limit, now());
+        ensure!(prune(Duration::from_secs(3600), 10).await? == 0);
         tokio::time::sleep(Duration::from_millis(20)).await;
-        ensure!(
-            onephase_outbox::Inbox::prune(
-                &store,
-                Duration::ZERO,
-                2,
-                time::OffsetDateTime::now_utc()
-            )
-            .await?
-                == 2
-        );
-        ensure!(
-            onephase_outbox::Inbox::prune(
-                &store,
-                Duration::ZERO,
-                2,
-                time::OffsetDateTime::now_utc()
-            )
-            .await?
-                == 1
-        );
-        ensure!(
-            onephase_outbox::Inbox::prune(
-                &store,
-                Duration::ZERO,
-                2,
-                time::OffsetDateTime::now_utc()
-            )
-            .await?
-                == 0
-        );
+        ensure!(prune(Duration::ZERO, 2).await? == 2);
+        ensure!(prune(Duration::ZERO, 2).await? == 1);
+        ensure!(prune(Duration::ZERO, 2).await? == 0);
         db.close().await?;
         Ok(())
     }

@@ -223,14 +223,6 @@ async fn load_steps(conn: &mut PgConnection, runs: &mut [RunRecord]) -> Result<(
 }
 
 pub(super) async fn claim(pool: &PgPool, claim: Claim<'_>) -> Result<Vec<RunRecord>, sqlx::Error> {
-    let Claim {
-        me,
-        limit,
-        names,
-        stored,
-        lease,
-        now,
-    } = claim;
     let mut conn = pool.acquire().await?;
     let rows = sqlx::query(
         "UPDATE onephase_saga_runs r \
@@ -247,12 +239,12 @@ pub(super) async fn claim(pool: &PgPool, claim: Claim<'_>) -> Result<Vec<RunReco
          WHERE r.id = c.id \
          RETURNING r.id, r.saga, r.version, r.state, r.input, r.error, r.fence",
     )
-    .bind(me)
-    .bind(millis(lease))
-    .bind(now)
-    .bind(names)
-    .bind(stored)
-    .bind(i64::from(limit))
+    .bind(claim.me)
+    .bind(millis(claim.lease))
+    .bind(claim.now)
+    .bind(claim.names)
+    .bind(claim.stored)
+    .bind(i64::from(claim.limit))
     .fetch_all(&mut *conn)
     .await?;
     let mut runs = rows.iter().map(run_record).collect::<Result<Vec<_>, _>>()?;

@@ -268,14 +268,6 @@ pub(super) async fn claim(
     pool: &SqlitePool,
     claim: Claim<'_>,
 ) -> Result<Vec<RunRecord>, sqlx::Error> {
-    let Claim {
-        me,
-        limit,
-        names,
-        stored,
-        lease,
-        now,
-    } = claim;
     let mut tx = pool.begin().await?;
     let rows = sqlx::query(
         "UPDATE onephase_saga_runs SET claimed_by = ?1, claimed_until = ?2, fence = fence + 1 \
@@ -288,12 +280,12 @@ pub(super) async fn claim(
              ORDER BY due_at LIMIT ?6) \
          RETURNING id, saga, version, state, input, error, fence",
     )
-    .bind(me.to_string())
-    .bind(ms(now + lease))
-    .bind(ms(now))
-    .bind(serde_json::to_string(names).unwrap_or_else(|_| "[]".into()))
-    .bind(stored)
-    .bind(i64::from(limit))
+    .bind(claim.me.to_string())
+    .bind(ms(claim.now + claim.lease))
+    .bind(ms(claim.now))
+    .bind(serde_json::to_string(claim.names).unwrap_or_else(|_| "[]".into()))
+    .bind(claim.stored)
+    .bind(i64::from(claim.limit))
     .fetch_all(&mut *tx)
     .await?;
     let mut runs = rows.iter().map(run_record).collect::<Result<Vec<_>, _>>()?;
