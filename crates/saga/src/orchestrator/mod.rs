@@ -630,12 +630,11 @@ impl Inner {
         // Long enough to load the definition and record the first attempt's start, which
         // extends it to cover the call.
         let lease = self.config.lease_margin;
-        let names = self.names();
         let runs = Sql::new(&self.store)
             .claim(Claim {
                 me: self.id,
                 limit: u32::try_from(limit).unwrap_or(u32::MAX),
-                names: &names,
+                names: &self.names(),
                 stored: self.config.stored_definitions,
                 lease,
                 now,
