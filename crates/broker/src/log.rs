@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use derive_setters::Setters;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use onephase_core::{Envelope, SharedClock, SystemClock};
@@ -54,11 +55,18 @@ pub fn migrations() -> Migrations {
 }
 
 /// A handle on the embedded log in a store. Cheap to clone; clones share the in-process wake-up.
-#[derive(Clone)]
+#[derive(Clone, Setters)]
+#[setters(generate = false, prefix = "with_")]
 pub struct EmbeddedLog {
     store: Store,
     appended: Arc<Notify>,
+    /// How often readers look for records appended by other processes when no notification
+    /// arrives (default 250 ms; PostgreSQL readers are normally woken by `NOTIFY` first).
+    #[setters(generate)]
     poll_interval: Duration,
+    /// Stamps records and group commits on SQLite with this clock's time (PostgreSQL uses
+    /// its own).
+    #[setters(generate)]
     clock: SharedClock,
 }
 
@@ -82,20 +90,6 @@ impl EmbeddedLog {
             poll_interval: Duration::from_millis(250),
             clock: Arc::new(SystemClock),
         }
-    }
-
-    /// Stamps records and group commits on SQLite with `clock`'s time (PostgreSQL uses its
-    /// own).
-    pub fn with_clock(mut self, clock: SharedClock) -> Self {
-        self.clock = clock;
-        self
-    }
-
-    /// How often readers look for records appended by other processes when no notification
-    /// arrives (default 250 ms; PostgreSQL readers are normally woken by `NOTIFY` first).
-    pub fn with_poll_interval(mut self, interval: Duration) -> Self {
-        self.poll_interval = interval;
-        self
     }
 
     /// Appends `batch` in one transaction and returns each envelope's position (for an

@@ -27,19 +27,12 @@ pub trait Subscriber: Send {
 }
 
 /// One received envelope and the means to acknowledge it.
+#[derive(derive_more::Debug)]
 pub struct Delivery {
     envelope: Envelope,
     redelivered: bool,
+    #[debug(skip)]
     acker: Box<dyn Acknowledge>,
-}
-
-impl std::fmt::Debug for Delivery {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Delivery")
-            .field("envelope", &self.envelope)
-            .field("redelivered", &self.redelivered)
-            .finish_non_exhaustive()
-    }
 }
 
 impl Delivery {

@@ -31,6 +31,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use derive_setters::Setters;
 use metrics::Counter;
 use onephase_core::rand::SeedableRng as _;
 use onephase_core::rand::rngs::StdRng;
@@ -40,12 +41,21 @@ use crate::Random;
 
 /// A reconnect policy: an initial random spread, then full-jitter backoff. Clones share the
 /// random source. See the [module docs](self).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Setters)]
+#[setters(generate = false)]
 pub struct Reconnect {
+    /// The first attempt waits a uniform random delay in `[0, spread]` (zero: at once).
+    #[setters(generate)]
     spread: Duration,
+    /// The delays between later attempts.
+    #[setters(generate)]
     backoff: Backoff,
     max_attempts: Option<u32>,
+    /// Sleeps on this clock (a manual or simulated one for deterministic runs).
+    #[setters(generate, rename = "with_clock")]
     clock: SharedClock,
+    /// Draws from this source (seeded for deterministic runs).
+    #[setters(generate, rename = "with_random", into)]
     random: Arc<Random>,
     attempts: Counter,
 }
@@ -69,33 +79,9 @@ impl Reconnect {
         }
     }
 
-    /// The first attempt waits a uniform random delay in `[0, spread]` (zero: at once).
-    pub fn spread(mut self, spread: Duration) -> Self {
-        self.spread = spread;
-        self
-    }
-
-    /// The delays between later attempts.
-    pub fn backoff(mut self, backoff: Backoff) -> Self {
-        self.backoff = backoff;
-        self
-    }
-
     /// Gives up after this many attempts (at least 1), returning the last error.
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = Some(attempts.max(1));
-        self
-    }
-
-    /// Sleeps on `clock` (a manual or simulated one for deterministic runs).
-    pub fn with_clock(mut self, clock: SharedClock) -> Self {
-        self.clock = clock;
-        self
-    }
-
-    /// Draws from `random` (seeded for deterministic runs).
-    pub fn with_random(mut self, random: Random) -> Self {
-        self.random = Arc::new(random);
         self
     }
 

@@ -44,6 +44,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use derive_setters::Setters;
 use metrics::{Counter, Histogram};
 use onephase_core::rand::SeedableRng as _;
 use onephase_core::rand::rngs::StdRng;
@@ -92,12 +93,21 @@ pub struct Report<T> {
 
 /// A retry policy: backoff, attempt limit, optional budget. Cheap to clone; clones share the
 /// budget and the random source. See the [module docs](self).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Setters)]
+#[setters(generate = false)]
 pub struct Retry {
+    /// The backoff between attempts.
+    #[setters(generate)]
     backoff: Backoff,
     max_attempts: u32,
+    /// Retries only while this budget allows, withdrawing before each backoff sleep.
+    #[setters(generate, strip_option)]
     budget: Option<Arc<RetryBudget>>,
+    /// Sleeps on this clock (a manual or simulated one for deterministic runs).
+    #[setters(generate, rename = "with_clock")]
     clock: SharedClock,
+    /// Draws from this source (seeded for deterministic runs).
+    #[setters(generate, rename = "with_random", into)]
     random: Arc<Random>,
     metrics: Arc<RetryMetrics>,
 }
@@ -138,30 +148,6 @@ impl Retry {
     /// [`backoff`](Self::backoff)).
     pub fn base_delay(mut self, base: Duration) -> Self {
         self.backoff = default_backoff(base);
-        self
-    }
-
-    /// The backoff between attempts.
-    pub fn backoff(mut self, backoff: Backoff) -> Self {
-        self.backoff = backoff;
-        self
-    }
-
-    /// Retries only while `budget` allows, withdrawing before each backoff sleep.
-    pub fn budget(mut self, budget: Arc<RetryBudget>) -> Self {
-        self.budget = Some(budget);
-        self
-    }
-
-    /// Sleeps on `clock` (a manual or simulated one for deterministic runs).
-    pub fn with_clock(mut self, clock: SharedClock) -> Self {
-        self.clock = clock;
-        self
-    }
-
-    /// Draws from `random` (seeded for deterministic runs).
-    pub fn with_random(mut self, random: Random) -> Self {
-        self.random = Arc::new(random);
         self
     }
 

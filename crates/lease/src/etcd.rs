@@ -29,18 +29,11 @@ use crate::{FencingToken, Grant, LeaseBackend, LeaseError, LeaseInfo};
 pub const DEFAULT_PREFIX: &str = "onephase/lease/";
 
 /// Leases kept in etcd.
-#[derive(Clone)]
+#[derive(Clone, derive_more::Debug)]
 pub struct EtcdLeases {
+    #[debug(skip)]
     client: Client,
     prefix: String,
-}
-
-impl std::fmt::Debug for EtcdLeases {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EtcdLeases")
-            .field("prefix", &self.prefix)
-            .finish_non_exhaustive()
-    }
 }
 
 /// What the key holds besides its lease.

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use derive_setters::Setters;
 use redis::Script;
 use redis::aio::ConnectionManager;
 
@@ -112,24 +113,22 @@ return {0, remaining, reset, wait, now}
 
 /// A keyed limiter whose state lives in Redis, shared by every process that uses the same
 /// Redis, key prefix and policy.
-#[derive(Clone)]
+#[derive(Clone, Setters, derive_more::Debug)]
+#[setters(generate = false, prefix = "with_")]
 pub struct RedisLimiter {
+    #[debug(skip)]
     conn: ConnectionManager,
     policy: Policy,
     prefix: String,
+    #[debug(skip)]
     script: Script,
+    /// What to decide when Redis cannot be asked.
+    #[setters(generate)]
     fail_mode: FailMode,
+    /// How long Redis may take per decision before the limiter falls back.
+    #[setters(generate)]
+    #[debug(skip)]
     timeout: Duration,
-}
-
-impl std::fmt::Debug for RedisLimiter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisLimiter")
-            .field("policy", &self.policy)
-            .field("prefix", &self.prefix)
-            .field("fail_mode", &self.fail_mode)
-            .finish_non_exhaustive()
-    }
 }
 
 impl RedisLimiter {
@@ -151,18 +150,6 @@ impl RedisLimiter {
             fail_mode: FailMode::Open,
             timeout: Duration::from_millis(250),
         }
-    }
-
-    /// The same limiter with `mode` when Redis cannot be asked.
-    pub fn with_fail_mode(mut self, mode: FailMode) -> Self {
-        self.fail_mode = mode;
-        self
-    }
-
-    /// The same limiter giving Redis at most `timeout` per decision before falling back.
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
     }
 
     /// The policy.
@@ -224,23 +211,15 @@ return {1, n + 1, id}
 /// prefix. A permit that is never released (its holder crashed) lapses after its lifetime,
 /// so a crash cannot hold a slot forever; a request running longer than the lifetime stops
 /// being counted, so choose it longer than the slowest request.
-#[derive(Clone)]
+#[derive(Clone, derive_more::Debug)]
 pub struct RedisConcurrencyLimiter {
+    #[debug(skip)]
     conn: ConnectionManager,
     max: u64,
     lifetime: Duration,
     prefix: String,
+    #[debug(skip)]
     acquire: Script,
-}
-
-impl std::fmt::Debug for RedisConcurrencyLimiter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisConcurrencyLimiter")
-            .field("max", &self.max)
-            .field("lifetime", &self.lifetime)
-            .field("prefix", &self.prefix)
-            .finish_non_exhaustive()
-    }
 }
 
 /// A request in flight, counted in Redis until [`release`](RedisPermit::release)d (or until

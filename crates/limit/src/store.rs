@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
+use derive_setters::Setters;
 use onephase_core::{SharedClock, SystemClock};
 use onephase_store::{Db, Migrations, Store};
 use sqlx::Row as _;
@@ -88,12 +89,18 @@ const SQLITE_SWEEP: &str = "DELETE FROM onephase_limits WHERE key IN ( \
 /// assert!(third.retry_after.is_some());
 /// # Ok(()) }
 /// ```
-#[derive(Clone)]
+#[derive(Clone, Setters)]
+#[setters(generate = false, prefix = "with_")]
 pub struct StoreLimiter {
     store: Store,
     policy: Policy,
     prefix: String,
+    /// What to decide when the store cannot be asked.
+    #[setters(generate)]
     fail_mode: FailMode,
+    /// How long the store may take per decision before the limiter falls back. A decision
+    /// that times out may still have been counted.
+    #[setters(generate)]
     timeout: Duration,
     /// Set by `with_clock`: decide on it on PostgreSQL too, rather than on the server's clock.
     clock_given: bool,
@@ -139,19 +146,6 @@ impl StoreLimiter {
             clock: Arc::new(SystemClock),
             last_sweep: Arc::new(AtomicI64::new(i64::MIN)),
         })
-    }
-
-    /// The same limiter with `mode` when the store cannot be asked.
-    pub fn with_fail_mode(mut self, mode: FailMode) -> Self {
-        self.fail_mode = mode;
-        self
-    }
-
-    /// The same limiter giving the store at most `timeout` per decision before falling back.
-    /// A decision that times out may still have been counted.
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
     }
 
     /// The same limiter deciding on `clock`'s wall time, also on PostgreSQL (for tests with

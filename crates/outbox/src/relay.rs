@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use derive_setters::Setters;
 use onephase_broker::{BrokerError, Publisher};
 use onephase_core::{
     Backoff, Classify, Envelope, ErrorKind, Jitter, MessageId, Random, SharedClock, SystemClock,
@@ -136,14 +137,23 @@ impl RelayStats {
 ///
 /// Run many relays against one PostgreSQL outbox; see the crate documentation for how they
 /// share the work and still keep each key's order.
+#[derive(Setters)]
+#[setters(generate = false, prefix = "with_")]
 pub struct Relay<P> {
     store: Store,
     publisher: P,
     config: RelayConfig,
     id: Uuid,
+    /// Uses this clock for waiting and, on SQLite, for claim and retry times.
+    #[setters(generate)]
     clock: SharedClock,
+    /// Draws backoff jitter from this source (seeded for reproducible tests).
+    #[setters(generate, into)]
     random: Arc<Random>,
     metrics: RelayMetrics,
+    /// Counts into these totals (made beforehand, so that a status page can show a relay's
+    /// totals before the relay exists, while its sink is still being reached).
+    #[setters(generate)]
     stats: RelayStats,
     failures_log: Mutex<FailureLog>,
 }
@@ -177,28 +187,9 @@ impl<P: Publisher> Relay<P> {
         }
     }
 
-    /// Uses `clock` for waiting and, on SQLite, for claim and retry times.
-    pub fn with_clock(mut self, clock: SharedClock) -> Self {
-        self.clock = clock;
-        self
-    }
-
-    /// Draws backoff jitter from `random` (seeded for reproducible tests).
-    pub fn with_random(mut self, random: Random) -> Self {
-        self.random = Arc::new(random);
-        self
-    }
-
     /// Draws backoff jitter from a sequence seeded with `seed`, for reproducible tests.
     pub fn with_seed(self, seed: u64) -> Self {
         self.with_random(Random::seeded(seed))
-    }
-
-    /// Counts into `stats` (made beforehand, so that a status page can show a relay's totals
-    /// before the relay exists, while its sink is still being reached).
-    pub fn with_stats(mut self, stats: RelayStats) -> Self {
-        self.stats = stats;
-        self
     }
 
     /// A handle on this relay's running totals.

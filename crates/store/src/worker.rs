@@ -53,6 +53,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use derive_setters::Setters;
 use onephase_core::{Backoff, Jitter, Random, SharedClock};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
@@ -91,27 +92,33 @@ const EAGER_LOOKS: u8 = 3;
 const EAGER_INTERVAL: Duration = Duration::from_millis(2);
 
 /// The waiting, listening and backoff of one worker's loop; see the [module docs](self).
+#[derive(Setters, derive_more::Debug)]
+#[setters(generate = false)]
 pub struct WorkerLoop {
+    #[debug(skip)]
     clock: SharedClock,
+    /// Polls this often when nothing wakes the worker sooner.
+    #[setters(generate, rename = "poll_interval")]
     poll: Duration,
+    /// Backs off failed rounds by this (attempt n waits at most its n-th ceiling).
+    #[setters(generate, rename = "with_backoff")]
+    #[debug(skip)]
     backoff: Backoff,
+    /// Draws the backoff's jitter from this source (seeded for reproducible tests).
+    #[setters(generate, rename = "with_random", into)]
+    #[debug(skip)]
     random: Arc<Random>,
     errors: u32,
+    #[debug(skip)]
     eager: u8,
+    /// Wakes on `NOTIFY` on this channel (PostgreSQL; nothing on SQLite) once
+    /// [`start`](Self::start)ed.
+    #[setters(generate, rename = "listen_on")]
     channel: &'static str,
+    #[debug(skip)]
     pool: Option<PgPool>,
+    #[debug("{}", if listener.is_some() { "listening" } else { "not listening" })]
     listener: Option<PgListener>,
-}
-
-impl std::fmt::Debug for WorkerLoop {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WorkerLoop")
-            .field("channel", &self.channel)
-            .field("poll", &self.poll)
-            .field("errors", &self.errors)
-            .field("listening", &self.listener.is_some())
-            .finish_non_exhaustive()
-    }
 }
 
 impl WorkerLoop {
@@ -134,30 +141,6 @@ impl WorkerLoop {
             pool,
             listener: None,
         }
-    }
-
-    /// Wakes on `NOTIFY channel` (PostgreSQL; nothing on SQLite) once [`start`](Self::start)ed.
-    pub fn listen_on(mut self, channel: &'static str) -> Self {
-        self.channel = channel;
-        self
-    }
-
-    /// Polls every `poll` when nothing wakes the worker sooner.
-    pub fn poll_interval(mut self, poll: Duration) -> Self {
-        self.poll = poll;
-        self
-    }
-
-    /// Backs off failed rounds by `backoff` (attempt n waits at most its n-th ceiling).
-    pub fn with_backoff(mut self, backoff: Backoff) -> Self {
-        self.backoff = backoff;
-        self
-    }
-
-    /// Draws the backoff's jitter from `random` (seeded for reproducible tests).
-    pub fn with_random(mut self, random: Arc<Random>) -> Self {
-        self.random = random;
-        self
     }
 
     /// The poll interval in use.

@@ -94,7 +94,8 @@ impl Default for DispatcherConfig {
 }
 
 /// Delivers pending messages. Cheap to clone; clones share their state.
-#[derive(Clone)]
+#[derive(Clone, derive_more::Debug)]
+#[debug("Dispatcher {{ store: {:?}, config: {:?}, .. }}", inner.store, inner.config)]
 pub struct Dispatcher {
     inner: Arc<Inner>,
 }
@@ -113,15 +114,6 @@ struct Inner {
     swept_at: Mutex<Option<Instant>>,
     /// Where each ordered endpoint's walk over its keys stopped; held through a claim.
     key_cursors: tokio::sync::Mutex<sql::KeyCursors>,
-}
-
-impl std::fmt::Debug for Dispatcher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Dispatcher")
-            .field("store", &self.inner.store)
-            .field("config", &self.inner.config)
-            .finish_non_exhaustive()
-    }
 }
 
 /// What one [`Dispatcher::run_once`] did.

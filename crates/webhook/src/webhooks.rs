@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use derive_setters::Setters;
 use onephase_core::{SharedClock, SystemClock};
 use onephase_store::Store;
 use std::sync::Arc;
@@ -46,20 +47,20 @@ pub const MAX_LIST: u32 = 1000;
 /// assert_eq!(sent.endpoints, 1);
 /// # Ok(()) }
 /// ```
-#[derive(Clone)]
+#[derive(Clone, Setters, derive_more::Debug)]
+#[setters(generate = false, prefix = "with_")]
 pub struct Webhooks {
     store: Store,
+    #[debug(skip)]
     policy: AddressPolicy,
+    /// Reads time from this clock.
+    #[setters(generate)]
+    #[debug(skip)]
     clock: SharedClock,
+    /// The largest message body accepted, in bytes (default 256 KiB).
+    #[setters(generate)]
+    #[debug(skip)]
     max_body: usize,
-}
-
-impl std::fmt::Debug for Webhooks {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Webhooks")
-            .field("store", &self.store)
-            .finish_non_exhaustive()
-    }
 }
 
 impl Webhooks {
@@ -71,18 +72,6 @@ impl Webhooks {
             clock: Arc::new(SystemClock),
             max_body: DEFAULT_MAX_BODY,
         }
-    }
-
-    /// Reading time from `clock`.
-    pub fn with_clock(mut self, clock: SharedClock) -> Self {
-        self.clock = clock;
-        self
-    }
-
-    /// With a message body limit of `max_body` bytes (default 256 KiB).
-    pub fn with_max_body(mut self, max_body: usize) -> Self {
-        self.max_body = max_body;
-        self
     }
 
     /// The store.

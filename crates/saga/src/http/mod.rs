@@ -447,27 +447,25 @@ fn statuses(spec: &CallSpec) -> Result<Statuses, String> {
 pub type Permits = std::sync::Arc<dyn Fn(std::net::IpAddr) -> bool + Send + Sync>;
 
 /// An HTTP action or compensation.
-#[derive(Clone)]
+#[derive(Clone, derive_more::Debug)]
 pub struct HttpCall {
     method: reqwest::Method,
     url: Template,
+    #[debug(skip)]
     headers: Vec<(reqwest::header::HeaderName, Template)>,
+    #[debug(skip)]
     body: Option<BodyTemplate>,
+    #[debug(skip)]
     success: Vec<StatusPattern>,
+    #[debug(skip)]
     retry: Vec<StatusPattern>,
     /// Explicit refusals; they win over the default classes they fall in.
+    #[debug(skip)]
     fail: Vec<StatusPattern>,
+    #[debug(skip)]
     client: reqwest::Client,
+    #[debug(skip)]
     permits: Option<Permits>,
-}
-
-impl std::fmt::Debug for HttpCall {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpCall")
-            .field("method", &self.method)
-            .field("url", &self.url)
-            .finish_non_exhaustive()
-    }
 }
 
 impl HttpCall {

@@ -163,7 +163,8 @@ impl OrchestratorStats {
 /// dies leaves its runs claimed until the lease lapses; then another takes them over and
 /// treats the attempt in flight as failed with an unknown outcome (retried under the same
 /// idempotency key).
-#[derive(Clone)]
+#[derive(Clone, derive_more::Debug)]
+#[debug("Orchestrator {{ id: {}, config: {:?}, .. }}", inner.id, inner.config)]
 pub struct Orchestrator {
     inner: Arc<Inner>,
 }
@@ -216,15 +217,6 @@ impl OrchestratorStats {
     fn wrote(&self, n: u64) {
         self.writes.fetch_add(n, Ordering::Relaxed);
         self.commits.fetch_add(n, Ordering::Relaxed);
-    }
-}
-
-impl std::fmt::Debug for Orchestrator {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Orchestrator")
-            .field("id", &self.inner.id)
-            .field("config", &self.inner.config)
-            .finish_non_exhaustive()
     }
 }
 
