@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use derive_setters::Setters;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use onephase_core::{Envelope, ErrorKind};
@@ -46,10 +47,14 @@ async fn connect(url: &str) -> Result<ConnectionManager, BrokerError> {
 }
 
 /// Appends to Redis Streams with `XADD`. Reconnects by itself after a lost connection.
-#[derive(Clone)]
+#[derive(Clone, Setters)]
+#[setters(generate = false, prefix = "with_")]
 pub struct RedisPublisher {
     conn: ConnectionManager,
     prefix: String,
+    /// Trims each stream to about `max_len` entries on every append (`MAXLEN ~`). Without it
+    /// streams grow until something else trims them.
+    #[setters(generate, strip_option)]
     max_len: Option<u64>,
 }
 
@@ -61,13 +66,6 @@ impl RedisPublisher {
             prefix: prefix.to_owned(),
             max_len: None,
         })
-    }
-
-    /// Trims each stream to about `max_len` entries on every append (`MAXLEN ~`). Without it
-    /// streams grow until something else trims them.
-    pub fn with_max_len(mut self, max_len: u64) -> Self {
-        self.max_len = Some(max_len);
-        self
     }
 }
 

@@ -1,6 +1,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
+use derive_setters::Setters;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -150,40 +151,29 @@ impl Envelope {
 }
 
 /// Builds a validated [`Envelope`]. Created by [`Envelope::builder`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Setters)]
 #[must_use = "an envelope builder does nothing until `build` is called"]
+#[setters(generate = false)]
 pub struct EnvelopeBuilder {
     topic: String,
     payload: Bytes,
+    /// Sets the partition key.
+    #[setters(generate, strip_option, into)]
     key: Option<String>,
     headers: Vec<(String, String)>,
+    /// Uses this id instead of generating one: for re-sending a message that already has one.
+    #[setters(generate, strip_option)]
     id: Option<MessageId>,
+    /// Uses this creation time instead of the system clock's.
+    #[setters(generate, strip_option)]
     created_at: Option<OffsetDateTime>,
 }
 
 impl EnvelopeBuilder {
-    /// Sets the partition key.
-    pub fn key(mut self, key: impl Into<String>) -> Self {
-        self.key = Some(key.into());
-        self
-    }
-
     /// Adds a header. Names are case-insensitive and stored lowercase; a repeated name keeps
     /// the last value.
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.push((name.into(), value.into()));
-        self
-    }
-
-    /// Uses this id instead of generating one: for re-sending a message that already has one.
-    pub fn id(mut self, id: MessageId) -> Self {
-        self.id = Some(id);
-        self
-    }
-
-    /// Uses this creation time instead of the system clock's.
-    pub fn created_at(mut self, at: OffsetDateTime) -> Self {
-        self.created_at = Some(at);
         self
     }
 

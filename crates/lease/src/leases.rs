@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use derive_setters::Setters;
 use onephase_core::{SharedClock, SystemClock};
 use onephase_store::Store;
 
@@ -40,10 +41,18 @@ pub const MAX_NAME: usize = 255;
 /// assert!(next.token() > token);
 /// # Ok(()) }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Setters)]
+#[setters(generate = false, prefix = "with_")]
 pub struct Leases {
     pub(crate) backend: Arc<dyn LeaseBackend>,
+    /// The same leases, reading time from `clock`: the wall clock judges expiry on the SQL
+    /// backends, the monotonic clock times each holder's deadline.
+    #[setters(generate)]
     pub(crate) clock: SharedClock,
+    /// The same leases, with holders' deadlines `margin` before the TTL runs out (by default a
+    /// tenth of the TTL). The margin covers the request's flight and clock rate differences;
+    /// it cannot cover a pause, which is what the fencing token is for.
+    #[setters(generate, strip_option)]
     margin: Option<Duration>,
 }
 
@@ -66,21 +75,6 @@ impl Leases {
     #[cfg(feature = "etcd")]
     pub fn etcd(client: etcd_client::Client) -> Self {
         Self::new(crate::EtcdLeases::new(client))
-    }
-
-    /// The same leases, reading time from `clock`: the wall clock judges expiry on the SQL
-    /// backends, the monotonic clock times each holder's deadline.
-    pub fn with_clock(mut self, clock: SharedClock) -> Self {
-        self.clock = clock;
-        self
-    }
-
-    /// The same leases, with holders' deadlines `margin` before the TTL runs out (by default a
-    /// tenth of the TTL). The margin covers the request's flight and clock rate differences;
-    /// it cannot cover a pause, which is what the fencing token is for.
-    pub fn with_margin(mut self, margin: Duration) -> Self {
-        self.margin = Some(margin);
-        self
     }
 
     /// How long before a `ttl` runs out a holder considers its lease gone.

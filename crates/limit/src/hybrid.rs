@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use derive_setters::Setters;
 use onephase_core::{SharedClock, SystemClock};
 
 use crate::{Decision, LimitError, Limiter, Policy};
@@ -153,11 +154,15 @@ impl Allowance {
 /// assert_eq!(first.remaining, 9); // left in this process's lease
 /// # Ok(()) }
 /// ```
+#[derive(Setters)]
+#[setters(generate = false, prefix = "with_")]
 pub struct HybridLimiter {
     shared: Arc<dyn Limiter>,
     chunk: u64,
     lease_ttl: Duration,
     shards: Shards,
+    /// The same limiter reading time from `clock` (its monotonic reading).
+    #[setters(generate)]
     clock: SharedClock,
 }
 
@@ -217,12 +222,6 @@ impl HybridLimiter {
     /// The same limiter with leases lapsing unspent after `ttl` (at least 1 ms).
     pub fn with_lease_ttl(mut self, ttl: Duration) -> Self {
         self.lease_ttl = ttl.max(Duration::from_millis(1));
-        self
-    }
-
-    /// The same limiter reading time from `clock` (its monotonic reading).
-    pub fn with_clock(mut self, clock: SharedClock) -> Self {
-        self.clock = clock;
         self
     }
 

@@ -1,5 +1,6 @@
 use std::sync::Arc;
 
+use derive_setters::Setters;
 use onephase_core::{SharedClock, SystemClock};
 use onephase_store::Store;
 use uuid::Uuid;
@@ -8,9 +9,12 @@ use crate::OutboxError;
 use crate::sql::{DeadRow, OutboxStatus, Sql};
 
 /// Operator actions on an outbox: status, dead letters, retries.
-#[derive(Clone)]
+#[derive(Clone, Setters)]
+#[setters(generate = false, prefix = "with_")]
 pub struct OutboxAdmin {
     store: Store,
+    /// Measures the oldest pending row's age on `clock` (SQLite; PostgreSQL uses its own).
+    #[setters(generate)]
     clock: SharedClock,
 }
 
@@ -21,12 +25,6 @@ impl OutboxAdmin {
             store,
             clock: Arc::new(SystemClock),
         }
-    }
-
-    /// Measures the oldest pending row's age on `clock` (SQLite; PostgreSQL uses its own).
-    pub fn with_clock(mut self, clock: SharedClock) -> Self {
-        self.clock = clock;
-        self
     }
 
     /// Pending and dead-lettered counts and the age of the oldest pending row.

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use derive_setters::Setters;
 use onephase_core::{SharedClock, SystemClock};
 use onephase_limit::{
     Algorithm, Decision, HybridLimiter, LimitError, Limiter, LocalLimiter, Policy, StoreLimiter,
@@ -260,12 +261,16 @@ pub enum PolicyError {
 }
 
 /// The server's policies and their limiters.
+#[derive(Setters)]
+#[setters(generate = false, prefix = "with_")]
 pub struct LimitService {
     store: Store,
     kind: LimitStore,
     #[cfg(feature = "redis")]
     redis: Option<redis::aio::ConnectionManager>,
     policies: RwLock<HashMap<String, Arc<Entry>>>,
+    /// Times the refresh of cached policies on `clock` (monotonic).
+    #[setters(generate)]
     clock: SharedClock,
 }
 
@@ -276,12 +281,6 @@ impl std::fmt::Debug for LimitService {
 }
 
 impl LimitService {
-    /// Times the refresh of cached policies on `clock` (monotonic).
-    pub fn with_clock(mut self, clock: SharedClock) -> Self {
-        self.clock = clock;
-        self
-    }
-
     /// The policies of `settings`, with counts in Redis if configured.
     pub async fn open(store: &Store, settings: &LimitSettings) -> Result<Self, ConfigError> {
         #[cfg(feature = "redis")]

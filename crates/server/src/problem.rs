@@ -5,6 +5,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use derive_setters::Setters;
 use onephase_core::{Classify, ErrorKind};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -17,7 +18,8 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 /// `type` is a URN naming the problem (`urn:onephase:problem:<slug>`), or `about:blank` when
 /// the HTTP status says everything; `title` is the same for every occurrence of a type;
 /// `detail` explains this occurrence and, where it can, what to do about it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, Setters)]
+#[setters(generate = false, prefix = "with_")]
 pub struct Problem {
     /// A URI reference naming the problem type.
     #[serde(rename = "type")]
@@ -35,6 +37,7 @@ pub struct Problem {
     pub detail: Option<String>,
     /// The request path this problem occurred on.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[setters(generate, strip_option, into)]
     pub instance: Option<String>,
 }
 
@@ -112,12 +115,6 @@ impl Problem {
             return Self::new(status, specific.slug, specific.title, error.to_string());
         }
         Self::from_kind(kind, error.to_string())
-    }
-
-    /// Sets the request path this problem occurred on.
-    pub fn with_instance(mut self, instance: impl Into<String>) -> Self {
-        self.instance = Some(instance.into());
-        self
     }
 
     /// The status code as a [`StatusCode`].

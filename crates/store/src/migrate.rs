@@ -1,3 +1,4 @@
+use derive_setters::Setters;
 use sqlx::migrate::{Migrate, MigrateError, Migrator};
 use sqlx::{PgPool, SqlitePool};
 
@@ -47,11 +48,14 @@ pub struct Adoption {
 ///
 /// Versions are recorded in `_onephase_<component>_migrations`, so each component numbers its
 /// migrations from 1 without colliding with another's.
-#[derive(Debug)]
+#[derive(Debug, Setters)]
+#[setters(generate = false)]
 pub struct Migrations {
     component: &'static str,
     sqlite: Migrator,
     postgres: Migrator,
+    /// The same migrations, adopting a table an application created itself (see [`Adoption`]).
+    #[setters(generate, strip_option, rename = "adopting")]
     adoption: Option<Adoption>,
 }
 
@@ -79,12 +83,6 @@ impl Migrations {
             postgres,
             adoption: None,
         }
-    }
-
-    /// The same migrations, adopting a table an application created itself (see [`Adoption`]).
-    pub fn adopting(mut self, adoption: Adoption) -> Self {
-        self.adoption = Some(adoption);
-        self
     }
 
     /// The component name.

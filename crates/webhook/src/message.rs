@@ -1,6 +1,7 @@
 //! Sending: a message is written, with one pending delivery per matching endpoint, in the
 //! caller's transaction.
 
+use derive_setters::Setters;
 use onephase_store::Conn;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -17,12 +18,14 @@ use crate::sql::{self, PreparedMessage, Written};
 pub const DEFAULT_MAX_BODY: usize = 256 * 1024;
 
 /// A message to send.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, Setters)]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[setters(generate = false)]
 pub struct NewMessage {
     /// The application whose endpoints receive it (default `default`).
     #[serde(default)]
+    #[setters(generate, strip_option, into)]
     pub app: Option<String>,
     /// Its type, like `invoice.paid`; endpoints filter on it.
     pub event_type: String,
@@ -32,9 +35,11 @@ pub struct NewMessage {
     pub payload: Box<RawValue>,
     /// Messages with the same key reach an ordered endpoint one after another.
     #[serde(default)]
+    #[setters(generate, strip_option, into)]
     pub partition_key: Option<String>,
     /// Sending again with the same key (and the same message) creates nothing new.
     #[serde(default)]
+    #[setters(generate, strip_option, into)]
     pub idempotency_key: Option<String>,
 }
 
@@ -64,24 +69,6 @@ impl NewMessage {
             partition_key: None,
             idempotency_key: None,
         }
-    }
-
-    /// With an ordering key.
-    pub fn partition_key(mut self, key: impl Into<String>) -> Self {
-        self.partition_key = Some(key.into());
-        self
-    }
-
-    /// With an idempotency key.
-    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
-        self.idempotency_key = Some(key.into());
-        self
-    }
-
-    /// For another application.
-    pub fn app(mut self, app: impl Into<String>) -> Self {
-        self.app = Some(app.into());
-        self
     }
 
     fn prepare(

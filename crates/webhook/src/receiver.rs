@@ -34,6 +34,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRef, FromRequest, Request};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use derive_setters::Setters;
 use futures::future::BoxFuture;
 use onephase_core::{Clock, Envelope, MessageId, SharedClock, SystemClock};
 use onephase_outbox::{Inbox, InboxConnection, OutboxConnection, OutboxError, Processed};
@@ -46,10 +47,13 @@ use crate::signature::{Verifier, VerifyError, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEB
 pub const MAX_BODY: usize = 1024 * 1024;
 
 /// Verifies and de-duplicates webhooks for one receiving endpoint.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Setters)]
+#[setters(generate = false, prefix = "with_")]
 pub struct Receiver {
     verifier: Verifier,
     inbox: Inbox,
+    /// Reads time from `clock` (the timestamp tolerance).
+    #[setters(generate)]
     clock: SharedClock,
 }
 
@@ -62,12 +66,6 @@ impl Receiver {
             inbox: Inbox::new(name),
             clock: Arc::new(SystemClock),
         }
-    }
-
-    /// Reads time from `clock` (the timestamp tolerance).
-    pub fn with_clock(mut self, clock: SharedClock) -> Self {
-        self.clock = clock;
-        self
     }
 
     /// Verifies a request's headers and raw body.

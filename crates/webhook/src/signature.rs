@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use derive_setters::Setters;
 use ed25519_dalek::{Signer as _, Verifier as _};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
@@ -332,9 +333,12 @@ impl onephase_core::Classify for VerifyError {
 }
 
 /// Verifies signatures with the keys a receiver holds (more than one while a sender rotates).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Setters)]
+#[setters(generate = false, prefix = "with_")]
 pub struct Verifier {
     keys: Vec<VerifyKey>,
+    /// With another timestamp tolerance.
+    #[setters(generate)]
     tolerance: Duration,
 }
 
@@ -345,12 +349,6 @@ impl Verifier {
             keys,
             tolerance: DEFAULT_TOLERANCE,
         }
-    }
-
-    /// With another timestamp tolerance.
-    pub fn with_tolerance(mut self, tolerance: Duration) -> Self {
-        self.tolerance = tolerance;
-        self
     }
 
     /// Verifies the three header values and the raw body against the receiver's clock `now`
