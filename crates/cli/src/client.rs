@@ -5,29 +5,65 @@ use crate::output::outln;
 use clap::Args;
 use serde_json::Value;
 
-/// Where the server is and how to authenticate.
+/// Where the server is and how to authenticate: global, so that they go before or after the
+/// subcommand (`onephase --server URL saga list` and `onephase saga list --server URL`).
 #[derive(Debug, Args)]
 pub struct ServerArgs {
-    /// The server's base URL.
+    /// The server's base URL (client commands).
     #[arg(
         long,
+        global = true,
         env = "ONEPHASE_SERVER",
         default_value = "http://127.0.0.1:7700",
         value_name = "URL"
     )]
     pub server: String,
-    /// An API token (see `onephase token create`).
+    /// An API token (client commands; see `onephase token create`).
     #[arg(
         long,
+        global = true,
         env = "ONEPHASE_TOKEN",
         value_name = "TOKEN",
         hide_env_values = true
     )]
-    pub token: String,
-    /// Print the server's JSON instead of a table.
-    #[arg(long)]
+    pub token: Option<String>,
+    /// Print the server's JSON instead of a table (client commands).
+    #[arg(long, global = true)]
     pub json: bool,
 }
+
+/// The command line cannot be used as given (a flag missing or malformed where clap cannot
+/// tell): exit status 2, as clap's own usage errors.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// The server answered with an error: its problem document's title and detail, and the status,
+/// which decides the process's exit status (see `main.rs`).
+#[derive(Debug)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: reqwest::StatusCode,
+    /// The problem's title.
+    pub title: String,
+    /// What went wrong and what to do (the problem's detail, or the body as it came).
+    pub detail: String,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}): {}", self.title, self.status, self.detail)
+    }
+}
+
+impl std::error::Error for ApiError {}
 
 /// An HTTP client of the server's API that turns problem documents into errors.
 pub struct Client {
@@ -42,15 +78,26 @@ impl Client {
         let base = args.server.trim().trim_end_matches('/').to_owned();
         match reqwest::Url::parse(&base) {
             Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => {}
-            _ => anyhow::bail!(
-                "--server {:?} is not a URL like http://127.0.0.1:7700 (it needs the http:// or https:// and a host)",
-                args.server
-            ),
+            _ => {
+                return Err(UsageError(format!(
+                    "--server {:?} is not a URL like http://127.0.0.1:7700 (it needs the http:// or https:// and a host)",
+                    args.server
+                ))
+                .into());
+            }
         }
+        let Some(token) = args.token.clone().filter(|t| !t.trim().is_empty()) else {
+            return Err(UsageError(
+                "no API token: pass --token or set ONEPHASE_TOKEN (an admin creates one with \
+                 `onephase token create --name NAME`; `onephase serve` prints the first one)"
+                    .to_owned(),
+            )
+            .into());
+        };
         Ok(Self {
             http: reqwest::Client::new(),
             base,
-            token: args.token.clone(),
+            token,
         })
     }
 
@@ -119,11 +166,15 @@ impl Client {
         let text = response.text().await?;
         if !status.is_success() {
             let problem: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-            let detail = problem["detail"].as_str().unwrap_or(text.as_str());
-            anyhow::bail!(
-                "{} ({status}): {detail}",
-                problem["title"].as_str().unwrap_or("request failed")
-            );
+            return Err(ApiError {
+                status,
+                title: problem["title"]
+                    .as_str()
+                    .unwrap_or("request failed")
+                    .to_owned(),
+                detail: problem["detail"].as_str().unwrap_or(&text).to_owned(),
+            }
+            .into());
         }
         if text.is_empty() {
             return Ok(None);
@@ -132,7 +183,8 @@ impl Client {
     }
 }
 
-fn cell(v: &Value) -> String {
+/// One table cell: `-` for null, strings bare, fractions to one decimal.
+pub fn cell(v: &Value) -> String {
     match v {
         Value::Null => "-".to_owned(),
         Value::String(s) => s.clone(),

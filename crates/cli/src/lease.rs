@@ -9,6 +9,7 @@ use clap::Subcommand;
 use serde_json::json;
 
 use crate::client::{Client, ServerArgs, answer, encode, print};
+use crate::progress::counting_down;
 
 #[derive(Debug, Subcommand)]
 pub enum LeaseCommand {
@@ -26,8 +27,6 @@ pub enum LeaseCommand {
         /// Who is asking (default: this host's name and process id).
         #[arg(long)]
         holder: Option<String>,
-        #[command(flatten)]
-        server: ServerArgs,
     },
     /// Renew a lease with its token.
     Renew {
@@ -38,8 +37,6 @@ pub enum LeaseCommand {
         /// The new TTL from now.
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         ttl: Duration,
-        #[command(flatten)]
-        server: ServerArgs,
     },
     /// Release a lease with its token.
     Release {
@@ -47,18 +44,13 @@ pub enum LeaseCommand {
         name: String,
         /// The grant's fencing token.
         fencing_token: u64,
-        #[command(flatten)]
-        server: ServerArgs,
     },
     /// Every lease: holder while held, latest token, expiry.
-    List {
-        #[command(flatten)]
-        server: ServerArgs,
-    },
+    List,
 }
 
 /// `500ms`, `30s`, `5m`, `1h`, or a number of seconds.
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
@@ -112,7 +104,7 @@ async fn lease_action(
 }
 
 /// Runs one `lease` subcommand.
-pub async fn run(command: LeaseCommand) -> anyhow::Result<()> {
+pub async fn run(command: LeaseCommand, server: &ServerArgs) -> anyhow::Result<()> {
     use reqwest::Method;
     match command {
         LeaseCommand::Acquire {
@@ -120,14 +112,19 @@ pub async fn run(command: LeaseCommand) -> anyhow::Result<()> {
             ttl,
             wait,
             holder,
-            server,
         } => {
             let body = json!({
                 "holder": holder.unwrap_or_else(default_holder),
                 "ttl_ms": millis(ttl),
                 "wait_ms": wait.map(millis),
             });
-            let grant = lease_action(&server, &name, "acquire", &body).await?;
+            let acquiring = lease_action(server, &name, "acquire", &body);
+            let grant = match wait.filter(|w| !w.is_zero()) {
+                Some(wait) => {
+                    counting_down(&format!("waiting for lease {name}"), wait, acquiring).await?
+                }
+                None => acquiring.await?,
+            };
             answer(server.json, &grant, |grant| {
                 format!(
                     "acquired {name} as {} with token {} until {}",
@@ -141,10 +138,9 @@ pub async fn run(command: LeaseCommand) -> anyhow::Result<()> {
             name,
             fencing_token: token,
             ttl,
-            server,
         } => {
             let body = json!({ "token": token, "ttl_ms": millis(ttl) });
-            let grant = lease_action(&server, &name, "renew", &body).await?;
+            let grant = lease_action(server, &name, "renew", &body).await?;
             answer(server.json, &grant, |grant| {
                 format!(
                     "renewed {name} (token {token}) until {}",
@@ -155,9 +151,8 @@ pub async fn run(command: LeaseCommand) -> anyhow::Result<()> {
         LeaseCommand::Release {
             name,
             fencing_token: token,
-            server,
         } => {
-            Client::new(&server)?
+            Client::new(server)?
                 .send_json(
                     Method::POST,
                     &format!("/v1/leases/{}/release", encode(&name)),
@@ -168,8 +163,8 @@ pub async fn run(command: LeaseCommand) -> anyhow::Result<()> {
                 outln!("released {name} (token {token})");
             }
         }
-        LeaseCommand::List { server } => {
-            let leases = Client::new(&server)?
+        LeaseCommand::List => {
+            let leases = Client::new(server)?
                 .send(Method::GET, "/v1/leases")
                 .await?
                 .unwrap_or_default();

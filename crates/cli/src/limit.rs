@@ -19,26 +19,16 @@ pub enum LimitCommand {
         /// Units to spend.
         #[arg(long, default_value_t = 1)]
         cost: u64,
-        #[command(flatten)]
-        server: ServerArgs,
     },
     /// Every policy, with the server's decision counts.
-    Policies {
-        #[command(flatten)]
-        server: ServerArgs,
-    },
+    Policies,
 }
 
-pub async fn run(command: LimitCommand) -> anyhow::Result<()> {
+pub async fn run(command: LimitCommand, server: &ServerArgs) -> anyhow::Result<()> {
     use reqwest::Method;
     match command {
-        LimitCommand::Check {
-            policy,
-            key,
-            cost,
-            server,
-        } => {
-            let decision = Client::new(&server)?
+        LimitCommand::Check { policy, key, cost } => {
+            let decision = Client::new(server)?
                 .send_json(
                     Method::POST,
                     &format!("/v1/limits/{}/check", encode(&policy)),
@@ -69,8 +59,8 @@ pub async fn run(command: LimitCommand) -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         }
-        LimitCommand::Policies { server } => {
-            let mut policies = Client::new(&server)?
+        LimitCommand::Policies => {
+            let mut policies = Client::new(server)?
                 .send(Method::GET, "/v1/limits")
                 .await?
                 .unwrap_or_default();

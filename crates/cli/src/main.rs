@@ -9,6 +9,7 @@ mod lease;
 mod limit;
 mod outbox;
 mod output;
+mod progress;
 mod saga;
 mod webhook;
 
@@ -17,13 +18,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, Parser, Subcommand};
 use onephase_core::{Clock as _, SystemClock};
 use onephase_server::auth::{Role, Tokens, generate_token, hash_token};
 use onephase_server::{
     ConfigOverrides, LogFormat, Server, ServerConfig, migrations, shutdown_signal,
 };
-use onephase_store::Store;
+use onephase_store::{Store, StoreOptions};
 use output::outln;
 
 /// onephase: transactional outbox and inbox, sagas, signed webhooks, fenced leases and rate
@@ -33,11 +34,16 @@ use output::outln;
 /// by --config, then defaults. With no settings at all, `onephase serve` listens on
 /// 127.0.0.1:7700 with its state in ./onephase.db.
 #[derive(Debug, Parser)]
-#[command(name = "onephase", version, propagate_version = true)]
+#[command(
+    name = "onephase",
+    version,
+    propagate_version = true,
+    after_help = "Exit status: 0 done, 1 error (server unreachable or failing, I/O), 2 usage, \
+                  3 refused (invalid input, conflict, authentication), 4 not found."
+)]
 struct Cli {
-    /// TOML configuration file (see docs/configuration.md).
-    #[arg(long, global = true, env = "ONEPHASE_CONFIG", value_name = "FILE")]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    server: client::ServerArgs,
 
     #[command(subcommand)]
     command: Command,
@@ -71,6 +77,12 @@ enum Command {
     /// Run failure scenarios locally on a simulated clock (stampede, retry-storm,
     /// reconnect-flood), naive beside onephase, and print the figures.
     Lab(lab::LabArgs),
+    /// Print a completion script for a shell: `onephase completions bash >
+    /// /etc/bash_completion.d/onephase`, or `source <(onephase completions zsh)`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -78,6 +90,9 @@ struct StoreArgs {
     /// Store URL: sqlite://PATH (default sqlite://onephase.db) or postgres://USER@HOST/DB.
     #[arg(long, env = "ONEPHASE_STORE", value_name = "URL")]
     store: Option<String>,
+    /// TOML configuration file (see docs/configuration.md).
+    #[arg(long, env = "ONEPHASE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -163,9 +178,39 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", report(&e));
-            ExitCode::FAILURE
+            ExitCode::from(exit_status(&e))
         }
     }
+}
+
+/// The exit status for `e`: 4 when what was asked for does not exist, 3 when the server or the
+/// store refused the request as given, 2 for a command line that cannot be used (as clap's
+/// own usage errors), 1 for everything else.
+fn exit_status(e: &anyhow::Error) -> u8 {
+    const ERROR: u8 = 1;
+    const USAGE: u8 = 2;
+    const REFUSED: u8 = 3;
+    const NOT_FOUND: u8 = 4;
+    for cause in e.chain() {
+        if cause.is::<client::UsageError>() {
+            return USAGE;
+        }
+        if let Some(api) = cause.downcast_ref::<client::ApiError>() {
+            return match api.status.as_u16() {
+                404 => NOT_FOUND,
+                400..=499 => REFUSED,
+                _ => ERROR,
+            };
+        }
+        if let Some(store) = cause.downcast_ref::<onephase_store::StoreError>() {
+            return match store {
+                onephase_store::StoreError::Missing { .. } => NOT_FOUND,
+                onephase_store::StoreError::InvalidUrl { .. } => REFUSED,
+                _ => ERROR,
+            };
+        }
+    }
+    ERROR
 }
 
 /// An error with its causes, each said once: a cause whose text the message already holds
@@ -186,9 +231,10 @@ fn report(e: &anyhow::Error) -> String {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config_file = cli.config.as_deref();
+    let server = &cli.server;
     match cli.command {
         Command::Serve(args) => {
+            let config_file = args.store.config.as_deref();
             let overrides = ConfigOverrides {
                 listen: args.listen,
                 store: args.store.store,
@@ -210,17 +256,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             store.close().await;
             Ok(())
         }
-        Command::Outbox(command) => outbox::run(command).await,
-        Command::Saga(command) => saga::run(command).await,
-        Command::Webhook(command) => webhook::run(command).await,
-        Command::Lease(command) => lease::run(command).await,
-        Command::Limit(command) => limit::run(command).await,
+        Command::Outbox(command) => outbox::run(command, server).await,
+        Command::Saga(command) => saga::run(command, server).await,
+        Command::Webhook(command) => webhook::run(command, server).await,
+        Command::Lease(command) => lease::run(command, server).await,
+        Command::Limit(command) => limit::run(command, server).await,
         Command::Lab(args) => lab::lab(args),
         Command::Migrate(MigrateArgs {
             store,
             outbox: None,
         }) => {
-            let config = load_for_store(config_file, store)?;
+            let config = load_for_store(store)?;
             init_tracing(&config)?;
             let store = Store::connect(&config.store).await?;
             store.migrate(&migrations()).await?;
@@ -228,16 +274,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             store.close().await;
             Ok(())
         }
-        Command::Token(command) => token(config_file, command).await,
+        Command::Token(command) => token(command, server.json).await,
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "onephase", &mut script);
+            outln!("{}", String::from_utf8_lossy(&script).trim_end());
+            Ok(())
+        }
     }
 }
 
-fn load_for_store(file: Option<&std::path::Path>, args: StoreArgs) -> anyhow::Result<ServerConfig> {
+fn load_for_store(args: StoreArgs) -> anyhow::Result<ServerConfig> {
     let overrides = ConfigOverrides {
         store: args.store,
         ..Default::default()
     };
-    Ok(ServerConfig::load(file, overrides)?)
+    Ok(ServerConfig::load(args.config.as_deref(), overrides)?)
 }
 
 fn init_tracing(config: &ServerConfig) -> anyhow::Result<()> {
@@ -268,7 +320,7 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn token(config_file: Option<&std::path::Path>, command: TokenCommand) -> anyhow::Result<()> {
+async fn token(command: TokenCommand, json: bool) -> anyhow::Result<()> {
     match command {
         TokenCommand::Create {
             name,
@@ -286,7 +338,7 @@ async fn token(config_file: Option<&std::path::Path>, command: TokenCommand) -> 
                 );
                 return Ok(());
             }
-            let tokens = open_tokens(config_file, store).await?;
+            let tokens = open_tokens(store).await?;
             tokens
                 .create(&name, role, &token, SystemClock.now())
                 .await?;
@@ -294,34 +346,41 @@ async fn token(config_file: Option<&std::path::Path>, command: TokenCommand) -> 
             eprintln!("created {role} token {name:?}; it is shown only this once");
         }
         TokenCommand::List { store } => {
-            let tokens = open_tokens(config_file, store).await?;
-            outln!(
-                "{:<24} {:<7} {:<7} {:<26} REVOKED",
-                "NAME",
-                "ROLE",
-                "SOURCE",
-                "CREATED"
-            );
-            for t in tokens.list().await? {
-                let fmt = |at: Option<time::OffsetDateTime>| {
-                    at.and_then(|at| {
-                        at.format(&time::format_description::well_known::Rfc3339)
-                            .ok()
+            let tokens = open_tokens(store).await?;
+            let rfc3339 = |at: Option<time::OffsetDateTime>| {
+                at.and_then(|at| {
+                    at.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+            };
+            let rows: Vec<serde_json::Value> = tokens
+                .list()
+                .await?
+                .into_iter()
+                .map(|t| {
+                    serde_json::json!({
+                        "name": t.name,
+                        "role": t.role.to_string(),
+                        "source": t.source.as_str(),
+                        "created_at": rfc3339(t.created_at),
+                        "revoked_at": rfc3339(t.revoked_at),
                     })
-                    .unwrap_or_else(|| "-".to_owned())
-                };
-                outln!(
-                    "{:<24} {:<7} {:<7} {:<26} {}",
-                    t.name,
-                    t.role,
-                    t.source.as_str(),
-                    fmt(t.created_at),
-                    fmt(t.revoked_at)
-                );
-            }
+                })
+                .collect();
+            client::print(
+                json,
+                &serde_json::Value::Array(rows),
+                &[
+                    ("NAME", "name"),
+                    ("ROLE", "role"),
+                    ("SOURCE", "source"),
+                    ("CREATED", "created_at"),
+                    ("REVOKED", "revoked_at"),
+                ],
+            );
         }
         TokenCommand::Revoke { name, store } => {
-            let tokens = open_tokens(config_file, store).await?;
+            let tokens = open_tokens(store).await?;
             tokens.revoke(&name, SystemClock.now()).await?;
             eprintln!("revoked token {name:?}");
         }
@@ -329,12 +388,15 @@ async fn token(config_file: Option<&std::path::Path>, command: TokenCommand) -> 
     Ok(())
 }
 
-async fn open_tokens(
-    config_file: Option<&std::path::Path>,
-    store: StoreArgs,
-) -> anyhow::Result<Tokens> {
-    let config = load_for_store(config_file, store)?;
-    let store = Store::connect(&config.store).await?;
+/// The tokens of an existing store: a token command never creates one, so that running it in
+/// the wrong folder says so rather than creating and listing an empty store. It names the
+/// store it opened on standard error.
+async fn open_tokens(store: StoreArgs) -> anyhow::Result<Tokens> {
+    let config = load_for_store(store)?;
+    let mut options = StoreOptions::default();
+    options.create_if_missing = false;
+    let store = Store::connect_with(&config.store, &options).await?;
+    eprintln!("store: {}", store.url());
     store.migrate(&migrations()).await?;
     Ok(Tokens::new(store, config.tokens)?)
 }

@@ -3,12 +3,16 @@
 
 use crate::output::outln;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use serde_json::{Value, json};
+use tokio::time::Instant;
 
 use crate::client::{Client, ServerArgs, answer, encode, list, print};
+use crate::lease::parse_duration;
+use crate::progress::{Waiting, left};
 
 #[derive(Debug, Subcommand)]
 pub enum SagaCommand {
@@ -16,8 +20,6 @@ pub enum SagaCommand {
     Register {
         /// The definition file (`.toml` is sent as TOML, anything else as JSON).
         file: PathBuf,
-        #[command(flatten)]
-        server: ServerArgs,
     },
     /// Start a run.
     Start {
@@ -33,7 +35,7 @@ pub enum SagaCommand {
         #[arg(long, value_name = "VERSION")]
         saga_version: Option<u32>,
         #[command(flatten)]
-        server: ServerArgs,
+        wait: WaitArgs,
     },
     /// Runs, newest first; `--state needs-operator` shows the ones waiting for you.
     List {
@@ -47,15 +49,13 @@ pub enum SagaCommand {
         /// At most this many (1 to 1000).
         #[arg(long, default_value_t = 100)]
         limit: u32,
-        #[command(flatten)]
-        server: ServerArgs,
     },
     /// One run: its steps and its history.
     Show {
         /// The run's id.
         id: String,
         #[command(flatten)]
-        server: ServerArgs,
+        wait: WaitArgs,
     },
     /// Try a parked run's failed compensation again (admin token).
     Retry {
@@ -64,8 +64,6 @@ pub enum SagaCommand {
         /// Why (kept in the run's history with your token's name).
         #[arg(long)]
         note: String,
-        #[command(flatten)]
-        server: ServerArgs,
     },
     /// Mark a parked run's failed step as resolved by hand (admin token).
     Resolve {
@@ -76,8 +74,6 @@ pub enum SagaCommand {
         /// What you did by hand (kept in the run's history with your token's name).
         #[arg(long)]
         note: String,
-        #[command(flatten)]
-        server: ServerArgs,
     },
     /// Give up on a parked run's compensation; the run ends aborted (admin token).
     Abort {
@@ -86,10 +82,23 @@ pub enum SagaCommand {
         /// Why (kept in the run's history with your token's name).
         #[arg(long)]
         note: String,
-        #[command(flatten)]
-        server: ServerArgs,
     },
 }
+
+/// Waiting for a run to come to rest.
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Wait until the run completes, is compensated or aborted, or needs an operator, showing
+    /// where it is meanwhile; then print it. The exit status is 0 only if it completed.
+    #[arg(long)]
+    wait: bool,
+    /// Give up waiting after this long: `30s`, `5m`, `1h`.
+    #[arg(long, default_value = "10m", value_parser = parse_duration, requires = "wait")]
+    timeout: Duration,
+}
+
+/// The states a run rests in: it ended, or it waits for an operator.
+const RESTING: [&str; 4] = ["completed", "compensated", "aborted", "needs_operator"];
 
 const RUN_COLUMNS: &[(&str, &str)] = &[
     ("ID", "id"),
@@ -145,26 +154,27 @@ fn print_run(json: bool, run: &Value) {
 }
 
 /// Runs one `saga` subcommand.
-pub async fn run(command: SagaCommand) -> anyhow::Result<()> {
+pub async fn run(command: SagaCommand, server: &ServerArgs) -> anyhow::Result<()> {
     match command {
-        SagaCommand::Register { file, server } => register(&server, &file).await?,
+        SagaCommand::Register { file } => register(server, &file).await?,
         SagaCommand::Start {
             saga,
             input,
             idempotency_key,
             saga_version,
-            server,
+            wait,
         } => {
             let input: Value = serde_json::from_str(&input).context("--input is not valid JSON")?;
             let body = json!({"input": input, "version": saga_version});
-            start(&server, &saga, &body, idempotency_key.as_deref()).await?;
+            let started = start(server, &saga, &body, idempotency_key.as_deref()).await?;
+            if wait.wait {
+                let id = started["id"]
+                    .as_str()
+                    .context("the server answered without an id")?;
+                return rested(server, id, wait.timeout).await;
+            }
         }
-        SagaCommand::List {
-            state,
-            saga,
-            limit,
-            server,
-        } => {
+        SagaCommand::List { state, saga, limit } => {
             let mut path = format!("/v1/saga-runs?limit={limit}");
             if let Some(state) = state {
                 path.push_str(&format!("&state={}", encode(&state)));
@@ -172,35 +182,33 @@ pub async fn run(command: SagaCommand) -> anyhow::Result<()> {
             if let Some(saga) = saga {
                 path.push_str(&format!("&saga={}", encode(&saga)));
             }
-            list(&server, &path, RUN_COLUMNS).await?;
+            list(server, &path, RUN_COLUMNS).await?;
         }
-        SagaCommand::Show { id, server } => {
+        SagaCommand::Show { id, wait } if wait.wait => {
+            return rested(server, &id, wait.timeout).await;
+        }
+        SagaCommand::Show { id, .. } => {
             let path = format!("/v1/saga-runs/{}", encode(&id));
-            let run = Client::new(&server)?
+            let run = Client::new(server)?
                 .send(reqwest::Method::GET, &path)
                 .await?
                 .unwrap_or_default();
             print_run(server.json, &run);
         }
-        SagaCommand::Retry { id, note, server } => {
-            let run = operate(&server, &format!("{}/retry", encode(&id)), note).await?;
+        SagaCommand::Retry { id, note } => {
+            let run = operate(server, &format!("{}/retry", encode(&id)), note).await?;
             outln!("{id}: {} again", run["state"].as_str().unwrap_or("?"));
         }
-        SagaCommand::Resolve {
-            id,
-            step,
-            note,
-            server,
-        } => {
+        SagaCommand::Resolve { id, step, note } => {
             let action = format!("{}/steps/{}/resolve", encode(&id), encode(&step));
-            let run = operate(&server, &action, note).await?;
+            let run = operate(server, &action, note).await?;
             outln!(
                 "{id}: step {step} resolved by hand; the run is {}",
                 run["state"].as_str().unwrap_or("?")
             );
         }
-        SagaCommand::Abort { id, note, server } => {
-            operate(&server, &format!("{}/abort", encode(&id)), note).await?;
+        SagaCommand::Abort { id, note } => {
+            operate(server, &format!("{}/abort", encode(&id)), note).await?;
             outln!("{id}: aborted");
         }
     }
@@ -253,7 +261,7 @@ async fn start(
     saga: &str,
     body: &Value,
     key: Option<&str>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Value> {
     let headers: Vec<(&str, &str)> = key.map(|k| ("Idempotency-Key", k)).into_iter().collect();
     let path = format!("/v1/sagas/{}/runs", encode(saga));
     let started = Client::new(server)?
@@ -273,5 +281,54 @@ async fn start(
             a["state"].as_str().unwrap_or("?")
         )
     });
-    Ok(())
+    Ok(started)
 }
+
+/// Polls run `id` until it rests or `timeout` passes, saying where it is on standard error;
+/// prints it, and fails unless it completed.
+async fn rested(server: &ServerArgs, id: &str, timeout: Duration) -> anyhow::Result<()> {
+    let client = Client::new(server)?;
+    let path = format!("/v1/saga-runs/{}", encode(id));
+    let deadline = Instant::now() + timeout;
+    let waiting = Waiting::new(format!("run {id}: {}", left(timeout)));
+    let run = loop {
+        let run = client
+            .send(reqwest::Method::GET, &path)
+            .await?
+            .unwrap_or_default();
+        let state = run["state"].as_str().unwrap_or("?").to_owned();
+        if RESTING.contains(&state.as_str()) {
+            break run;
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            drop(waiting);
+            print_run(server.json, &run);
+            anyhow::bail!(
+                "run {id} is still {state} after {} s: `onephase saga show {id}` says where it is",
+                timeout.as_secs()
+            );
+        }
+        let last = run["history"].as_array().and_then(|h| h.last());
+        let at = last
+            .map(|e| {
+                let step = e["step"]
+                    .as_str()
+                    .map(|s| format!(" {s}"))
+                    .unwrap_or_default();
+                format!(", last {}{step}", e["event"].as_str().unwrap_or("?"))
+            })
+            .unwrap_or_default();
+        waiting.say(format!("run {id}: {state}{at}, {}", left(remaining)));
+        tokio::time::sleep(POLL.min(remaining)).await;
+    };
+    drop(waiting);
+    print_run(server.json, &run);
+    match run["state"].as_str() {
+        Some("completed") => Ok(()),
+        other => anyhow::bail!("run {id} ended {}", other.unwrap_or("?")),
+    }
+}
+
+/// How often a waiting command asks again.
+const POLL: Duration = Duration::from_millis(500);

@@ -26,8 +26,6 @@ pub enum WebhookCommand {
         /// Sending again with the same key returns the first message.
         #[arg(long)]
         idempotency_key: Option<String>,
-        #[command(flatten)]
-        server: ServerArgs,
     },
     /// Messages, newest first.
     Messages {
@@ -37,15 +35,11 @@ pub enum WebhookCommand {
         /// At most this many (1 to 1000).
         #[arg(long, default_value_t = 100)]
         limit: u32,
-        #[command(flatten)]
-        server: ServerArgs,
     },
     /// One message and where it stands at each endpoint.
     Show {
         /// The message's id (msg_...).
         id: String,
-        #[command(flatten)]
-        server: ServerArgs,
     },
     /// Manage endpoints (admin token for changes).
     #[command(subcommand)]
@@ -61,8 +55,6 @@ pub enum WebhookCommand {
         /// At most this many (1 to 1000).
         #[arg(long, default_value_t = 100)]
         limit: u32,
-        #[command(flatten)]
-        server: ServerArgs,
     },
     /// Dead letters: deliveries that will not be attempted again.
     Dead {
@@ -72,8 +64,6 @@ pub enum WebhookCommand {
         /// At most this many (1 to 1000).
         #[arg(long, default_value_t = 100)]
         limit: u32,
-        #[command(flatten)]
-        server: ServerArgs,
     },
     /// Deliver again: a message, an endpoint's dead letters, or everything since a time
     /// (admin token).
@@ -90,8 +80,6 @@ pub enum WebhookCommand {
         /// Also what was delivered, not only dead letters.
         #[arg(long)]
         include_delivered: bool,
-        #[command(flatten)]
-        server: ServerArgs,
     },
 }
 
@@ -102,8 +90,6 @@ pub enum EndpointCommand {
         /// Only this application's.
         #[arg(long)]
         app: Option<String>,
-        #[command(flatten)]
-        server: ServerArgs,
     },
     /// Create an endpoint; prints its id and the key its receiver verifies with.
     Create {
@@ -130,22 +116,16 @@ pub enum EndpointCommand {
         /// Free text.
         #[arg(long)]
         description: Option<String>,
-        #[command(flatten)]
-        server: ServerArgs,
     },
     /// One endpoint.
     Show {
         /// The endpoint's id (ep_...).
         id: String,
-        #[command(flatten)]
-        server: ServerArgs,
     },
     /// Enable: new messages reach it, pending deliveries resume.
     Enable {
         /// The endpoint's id.
         id: String,
-        #[command(flatten)]
-        server: ServerArgs,
     },
     /// Disable: new messages skip it, pending deliveries wait.
     Disable {
@@ -154,15 +134,11 @@ pub enum EndpointCommand {
         /// Why (shown with the endpoint).
         #[arg(long)]
         reason: Option<String>,
-        #[command(flatten)]
-        server: ServerArgs,
     },
     /// The keys its receiver verifies with (whsec_ secrets, whpk_ public keys).
     Keys {
         /// The endpoint's id.
         id: String,
-        #[command(flatten)]
-        server: ServerArgs,
     },
     /// Start signing with a new key; the old ones keep signing for the overlap.
     Rotate {
@@ -174,15 +150,11 @@ pub enum EndpointCommand {
         /// Seconds the old keys keep signing (default 86400).
         #[arg(long)]
         overlap_secs: Option<u64>,
-        #[command(flatten)]
-        server: ServerArgs,
     },
     /// Delete the endpoint with its deliveries.
     Delete {
         /// The endpoint's id.
         id: String,
-        #[command(flatten)]
-        server: ServerArgs,
     },
 }
 
@@ -239,7 +211,7 @@ fn print_one(json: bool, value: &Value, columns: &[(&str, &str)]) {
 }
 
 /// Runs one `webhook` subcommand.
-pub async fn run(command: WebhookCommand) -> anyhow::Result<()> {
+pub async fn run(command: WebhookCommand, server: &ServerArgs) -> anyhow::Result<()> {
     match command {
         WebhookCommand::Send {
             event_type,
@@ -247,7 +219,6 @@ pub async fn run(command: WebhookCommand) -> anyhow::Result<()> {
             app,
             partition_key,
             idempotency_key,
-            server,
         } => {
             let payload: Value =
                 serde_json::from_str(&payload).context("--payload is not valid JSON")?;
@@ -257,20 +228,19 @@ pub async fn run(command: WebhookCommand) -> anyhow::Result<()> {
                 ("app", json!(app)),
                 ("partition_key", json!(partition_key)),
             ]);
-            send(&server, &body, idempotency_key.as_deref()).await
+            send(server, &body, idempotency_key.as_deref()).await
         }
-        WebhookCommand::Messages { app, limit, server } => {
+        WebhookCommand::Messages { app, limit } => {
             let query = [("app", app), ("limit", Some(limit.to_string()))];
             let path = with_query("/v1/webhooks/messages", &query);
-            list(&server, &path, MESSAGE_COLUMNS).await
+            list(server, &path, MESSAGE_COLUMNS).await
         }
-        WebhookCommand::Show { id, server } => show(&server, &id).await,
-        WebhookCommand::Endpoints(command) => endpoints(command).await,
+        WebhookCommand::Show { id } => show(server, &id).await,
+        WebhookCommand::Endpoints(command) => endpoints(command, server).await,
         WebhookCommand::Attempts {
             message,
             endpoint,
             limit,
-            server,
         } => {
             let query = [
                 ("message_id", message),
@@ -278,26 +248,21 @@ pub async fn run(command: WebhookCommand) -> anyhow::Result<()> {
                 ("limit", Some(limit.to_string())),
             ];
             let path = with_query("/v1/webhooks/attempts", &query);
-            list(&server, &path, ATTEMPT_COLUMNS).await
+            list(server, &path, ATTEMPT_COLUMNS).await
         }
-        WebhookCommand::Dead {
-            endpoint,
-            limit,
-            server,
-        } => {
+        WebhookCommand::Dead { endpoint, limit } => {
             let query = [
                 ("endpoint_id", endpoint),
                 ("limit", Some(limit.to_string())),
             ];
             let path = with_query("/v1/webhooks/dead-letters", &query);
-            list(&server, &path, DELIVERY_COLUMNS).await
+            list(server, &path, DELIVERY_COLUMNS).await
         }
         WebhookCommand::Replay {
             message,
             endpoint,
             since,
             include_delivered,
-            server,
         } => {
             let body = object(vec![
                 ("message_id", json!(message)),
@@ -305,7 +270,7 @@ pub async fn run(command: WebhookCommand) -> anyhow::Result<()> {
                 ("since", json!(since)),
                 ("include_delivered", json!(include_delivered)),
             ]);
-            let replayed = Client::new(&server)?
+            let replayed = Client::new(server)?
                 .send_json(reqwest::Method::POST, "/v1/webhooks/replay", &body)
                 .await?
                 .unwrap_or_default();
@@ -381,12 +346,12 @@ async fn show(server: &ServerArgs, id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn endpoints(command: EndpointCommand) -> anyhow::Result<()> {
+async fn endpoints(command: EndpointCommand, server: &ServerArgs) -> anyhow::Result<()> {
     use reqwest::Method;
     match command {
-        EndpointCommand::List { app, server } => {
+        EndpointCommand::List { app } => {
             let path = with_query("/v1/webhooks/endpoints", &[("app", app)]);
-            list(&server, &path, ENDPOINT_COLUMNS).await?;
+            list(server, &path, ENDPOINT_COLUMNS).await?;
         }
         EndpointCommand::Create {
             url,
@@ -397,7 +362,6 @@ async fn endpoints(command: EndpointCommand) -> anyhow::Result<()> {
             rate_limit,
             key,
             description,
-            server,
         } => {
             let event_types = if event_types.is_empty() {
                 Value::Null
@@ -414,42 +378,41 @@ async fn endpoints(command: EndpointCommand) -> anyhow::Result<()> {
                 ("key", json!(key)),
                 ("description", json!(description)),
             ]);
-            create_endpoint(&server, &body).await?;
+            create_endpoint(server, &body).await?;
         }
-        EndpointCommand::Show { id, server } => {
-            let endpoint = Client::new(&server)?
+        EndpointCommand::Show { id } => {
+            let endpoint = Client::new(server)?
                 .send(Method::GET, &endpoint_path(&id, ""))
                 .await?
                 .unwrap_or_default();
             print_one(server.json, &endpoint, ENDPOINT_COLUMNS);
         }
-        EndpointCommand::Enable { id, server } => {
+        EndpointCommand::Enable { id } => {
             let path = endpoint_path(&id, "/enable");
-            Client::new(&server)?.send(Method::POST, &path).await?;
+            Client::new(server)?.send(Method::POST, &path).await?;
             outln!("{id}: enabled");
         }
-        EndpointCommand::Disable { id, reason, server } => {
+        EndpointCommand::Disable { id, reason } => {
             let body = object(vec![("reason", json!(reason))]);
             let path = endpoint_path(&id, "/disable");
-            Client::new(&server)?
+            Client::new(server)?
                 .send_json(Method::POST, &path, &body)
                 .await?;
             outln!("{id}: disabled");
         }
-        EndpointCommand::Keys { id, server } => {
-            list(&server, &endpoint_path(&id, "/keys"), KEY_COLUMNS).await?;
+        EndpointCommand::Keys { id } => {
+            list(server, &endpoint_path(&id, "/keys"), KEY_COLUMNS).await?;
         }
         EndpointCommand::Rotate {
             id,
             key,
             overlap_secs,
-            server,
         } => {
             let body = object(vec![
                 ("key", json!(key)),
                 ("overlap_secs", json!(overlap_secs)),
             ]);
-            let new = Client::new(&server)?
+            let new = Client::new(server)?
                 .send_json(Method::POST, &endpoint_path(&id, "/keys/rotate"), &body)
                 .await?
                 .unwrap_or_default();
@@ -460,9 +423,9 @@ async fn endpoints(command: EndpointCommand) -> anyhow::Result<()> {
                 )
             });
         }
-        EndpointCommand::Delete { id, server } => {
+        EndpointCommand::Delete { id } => {
             let path = endpoint_path(&id, "");
-            Client::new(&server)?.send(Method::DELETE, &path).await?;
+            Client::new(server)?.send(Method::DELETE, &path).await?;
             outln!("{id}: deleted");
         }
     }

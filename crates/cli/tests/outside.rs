@@ -651,6 +651,14 @@ async fn an_answer_given_before_the_body_arrived_announces_the_close() -> anyhow
 #[tokio::test]
 async fn commands_end_quietly_when_their_reader_goes_away() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
+    let migrated = Command::new(BIN)
+        .arg("migrate")
+        .current_dir(dir.path())
+        .env_remove("ONEPHASE_STORE")
+        .env_remove("ONEPHASE_CONFIG")
+        .output()
+        .await?;
+    ensure!(migrated.status.success(), "{migrated:?}");
     let mut child = Command::new(BIN)
         .args(["token", "list"])
         .current_dir(dir.path())
@@ -728,5 +736,166 @@ async fn errors_say_their_cause_once_with_where_and_what_to_do() -> anyhow::Resu
             && down.contains("Is `onephase serve` running"),
         "{down}"
     );
+    Ok(())
+}
+
+/// Runs the binary in `dir` with no store, configuration, server or token from the
+/// environment; returns its exit status and what it wrote.
+async fn run_in(dir: &Path, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+    let out = Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("ONEPHASE_STORE")
+        .env_remove("ONEPHASE_CONFIG")
+        .env_remove("ONEPHASE_SERVER")
+        .env_remove("ONEPHASE_TOKEN")
+        .output()
+        .await?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+#[tokio::test]
+async fn client_flags_go_anywhere_and_the_exit_status_says_what_happened() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = serve(dir.path(), &[]).await?;
+    let token = server
+        .token
+        .clone()
+        .context("the first start prints a token")?;
+    let base = server.base.as_str();
+
+    // Before or after the subcommand, the same.
+    for args in [
+        vec!["--server", base, "--token", &token, "lease", "list"],
+        vec!["lease", "list", "--server", base, "--token", &token],
+        vec![
+            "--server", base, "lease", "list", "--token", &token, "--json",
+        ],
+    ] {
+        let (status, stdout, stderr) = run_in(dir.path(), &args).await?;
+        ensure!(status == 0, "{args:?}: {status} {stderr}");
+        ensure!(!stdout.is_empty(), "{args:?} printed nothing");
+    }
+
+    // (arguments, whether to send the token, exit status, what the one error line says)
+    let cases: [(&[&str], bool, i32, &str); 3] = [
+        // No token: a usage error, as clap's.
+        (&["lease", "list"], false, 2, "no API token"),
+        // Unknown: not found.
+        (
+            &["saga", "show", "01936f0e-0000-7000-8000-000000000000"],
+            true,
+            4,
+            "no saga run",
+        ),
+        // Invalid input: refused.
+        (
+            &["lease", "acquire", "a name with spaces"],
+            true,
+            3,
+            "lease name",
+        ),
+    ];
+    for (args, with_token, want, says) in cases {
+        let mut full = vec!["--server", base];
+        if with_token {
+            full.extend(["--token", token.as_str()]);
+        }
+        full.extend(args);
+        let (status, _, stderr) = run_in(dir.path(), &full).await?;
+        ensure!(
+            status == want && stderr.contains(says) && stderr.lines().count() == 1,
+            "{args:?}: {status} {stderr}"
+        );
+    }
+    let (status, _, stderr) = run_in(
+        dir.path(),
+        &[
+            "--server",
+            "http://127.0.0.1:1",
+            "--token",
+            "t",
+            "lease",
+            "list",
+        ],
+    )
+    .await?;
+    ensure!(
+        status == 1 && stderr.contains("cannot reach"),
+        "{status} {stderr}"
+    );
+    server.terminate().await?;
+
+    // A token command in a folder without a store says so and creates nothing.
+    let elsewhere = tempfile::tempdir()?;
+    let (status, _, stderr) = run_in(elsewhere.path(), &["token", "list"]).await?;
+    ensure!(
+        status == 4
+            && stderr.contains("no store at")
+            && stderr.contains(&elsewhere.path().join("onephase.db").display().to_string()),
+        "{status} {stderr}"
+    );
+    ensure!(
+        std::fs::read_dir(elsewhere.path())?.next().is_none(),
+        "token list created files in the wrong folder"
+    );
+    // In the server's folder it names the store it opened.
+    let (status, stdout, stderr) = run_in(dir.path(), &["token", "list"]).await?;
+    ensure!(
+        status == 0 && stderr.contains("store: sqlite://onephase.db") && stdout.contains("admin"),
+        "{status} {stderr}"
+    );
+
+    let (status, script, _) = run_in(dir.path(), &["completions", "bash"]).await?;
+    ensure!(status == 0 && script.contains("_onephase()"), "{status}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn saga_start_wait_follows_the_run_to_its_end() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let rx = receiver::TestReceiver::start().await;
+    let server = serve_with(
+        dir.path(),
+        "[saga]\nallow_networks = [\"127.0.0.0/8\"]\npoll_interval_ms = 20\n",
+    )
+    .await?;
+    let api = Api::of(&server)?;
+    for (name, url) in [
+        ("ok", rx.url("ok")),
+        ("down", "http://127.0.0.1:1/x".to_owned()),
+    ] {
+        let definition = json!({"name": name, "version": 1, "steps": [
+            {"name": "call", "kind": "pivot", "action": {"method": "POST", "url": url}}]});
+        let (status, body) = api.post("/v1/sagas", definition).await?;
+        ensure!(status == 201, "{status} {body}");
+    }
+    let client = [
+        "--server",
+        server.base.as_str(),
+        "--token",
+        api.token.as_str(),
+    ];
+    let args = |saga: &'static str| {
+        let mut args = client.to_vec();
+        args.extend(["saga", "start", saga, "--wait", "--timeout", "60s"]);
+        args
+    };
+    let (status, stdout, stderr) = run_in(dir.path(), &args("ok")).await?;
+    ensure!(
+        status == 0 && stdout.contains("completed") && stdout.contains("run_completed"),
+        "{status} {stdout} {stderr}"
+    );
+    // A pivot that cannot be reached is retried, then compensated: not completed, status 1.
+    let (status, stdout, stderr) = run_in(dir.path(), &args("down")).await?;
+    ensure!(
+        status == 1 && stderr.contains("ended compensated") && stdout.contains("compensated"),
+        "{status} {stdout} {stderr}"
+    );
+    server.terminate().await?;
     Ok(())
 }

@@ -14,6 +14,18 @@ pub enum StoreError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The SQLite file does not exist and [`StoreOptions::create_if_missing`](crate::StoreOptions)
+    /// is off.
+    #[error(
+        "no store at {path} (from {url}): point --store or ONEPHASE_STORE at the server's store, \
+         run the command in the folder it serves from, or create one with `onephase migrate`"
+    )]
+    Missing {
+        /// The URL, password redacted.
+        url: String,
+        /// The file it names, as the process sees it.
+        path: String,
+    },
     /// The database did not accept a connection.
     #[error("cannot connect to {backend} at {url}: {source}{}", hint(source))]
     Connect {
@@ -74,6 +86,7 @@ impl Classify for StoreError {
         match self {
             StoreError::InvalidUrl { .. } => ErrorKind::InvalidInput,
             StoreError::Connect { .. } => ErrorKind::Unavailable,
+            StoreError::Missing { .. } => ErrorKind::NotFound,
             StoreError::Migrate { .. } => ErrorKind::Internal,
             StoreError::Schema { .. } => ErrorKind::InvalidInput,
             StoreError::Query { source, .. } => classify_sqlx(source),

@@ -13,6 +13,11 @@ pub struct StoreOptions {
     pub busy_timeout: Duration,
     /// PostgreSQL only: the `application_name` shown in `pg_stat_activity`. Default `onephase`.
     pub application_name: String,
+    /// SQLite only: create the database file when it does not exist. Default true. Commands
+    /// that work on an existing store turn it off, so that running one in the wrong folder
+    /// fails with [`StoreError::Missing`](crate::StoreError::Missing) instead of creating an
+    /// empty store there.
+    pub create_if_missing: bool,
 }
 
 impl Default for StoreOptions {
@@ -22,6 +27,7 @@ impl Default for StoreOptions {
             acquire_timeout: Duration::from_secs(5),
             busy_timeout: Duration::from_secs(5),
             application_name: "onephase".to_owned(),
+            create_if_missing: true,
         }
     }
 }

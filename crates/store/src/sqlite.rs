@@ -39,6 +39,16 @@ impl SqliteStore {
             .busy_timeout(options.busy_timeout)
             .synchronous(SqliteSynchronous::Full);
 
+        if !in_memory && !options.create_if_missing {
+            let path = base.get_filename();
+            if !path.exists() {
+                let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+                return Err(StoreError::Missing {
+                    url: redact_url(url),
+                    path: path.display().to_string(),
+                });
+            }
+        }
         if in_memory {
             let pool = SqlitePoolOptions::new()
                 .max_connections(1)

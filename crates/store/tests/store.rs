@@ -235,3 +235,27 @@ async fn postgres_test_databases_are_isolated_and_dropped() {
         .unwrap();
     assert_eq!(left, 0);
 }
+
+#[tokio::test]
+async fn a_store_that_must_exist_is_not_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("absent.db");
+    let url = format!("sqlite://{}", path.display());
+    let mut options = onephase_store::StoreOptions::default();
+    options.create_if_missing = false;
+    let err = Store::connect_with(&url, &options).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Missing { path: p, .. } if p == &path.display().to_string()),
+        "{err}"
+    );
+    assert!(err.to_string().contains("onephase migrate"), "{err}");
+    assert!(!path.exists(), "the store was created");
+
+    // Once it exists, the same options open it.
+    Store::connect(&url).await.unwrap().close().await;
+    Store::connect_with(&url, &options)
+        .await
+        .unwrap()
+        .close()
+        .await;
+}
