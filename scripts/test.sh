@@ -5,7 +5,7 @@
 #   scripts/test.sh -E 'test(kafka)'  # extra arguments go to `cargo nextest run`
 #
 # On a fresh Debian machine (as root) it first installs what the build needs (a C toolchain
-# for SQLite and librdkafka, protoc for etcd-client, faketime, stress-ng, iproute2),
+# for SQLite and librdkafka, protoc for etcd-client, faketime, stress-ng, iproute2, promtool),
 # cargo-nextest, and the engines (scripts/engines.sh). After the tests, the crash tests run
 # again under stress-ng on every core. The torture tests make network namespaces, so the suite
 # runs as root (CI does). ONEPHASE_SKIP_LINT=1 skips rustfmt, clippy and rustdoc.
@@ -31,6 +31,8 @@ fi
 command -v faketime >/dev/null || install_packages faketime
 command -v stress-ng >/dev/null || install_packages stress-ng
 command -v ip >/dev/null || install_packages iproute2
+# promtool checks and unit-tests the Prometheus alert rules in deploy/.
+command -v promtool >/dev/null || install_packages prometheus
 # The OpenAPI document is checked by the ecosystem's reference validator (Python's
 # openapi-spec-validator), in a virtual environment of its own, made once.
 tools_dir=${ONEPHASE_ENGINES_DIR:-${TMPDIR:-/tmp}/onephase-engines}/tools
@@ -79,5 +81,15 @@ if (($# == 0)); then
   trap - EXIT
   say "doc tests"
   cargo test --workspace --all-features --doc --quiet
+  say "deployment files: alert rules (promtool), systemd unit (systemd-analyze)"
+  promtool check rules deploy/prometheus/onephase-rules.yml >&2
+  (cd deploy/prometheus && promtool test rules onephase-rules.test.yml >&2)
+  if command -v systemd-analyze >/dev/null; then
+    unit_dir=$(mktemp -d)
+    sed "s#/usr/local/bin/onephase#$repo/target/debug/onephase#g" deploy/onephase.service \
+      >"$unit_dir/onephase.service"
+    systemd-analyze verify "$unit_dir/onephase.service"
+    rm -rf "$unit_dir"
+  fi
 fi
 say "passed in $((SECONDS - started)) s"

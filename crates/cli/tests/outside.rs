@@ -899,3 +899,56 @@ async fn saga_start_wait_follows_the_run_to_its_end() -> anyhow::Result<()> {
     server.terminate().await?;
     Ok(())
 }
+
+/// The metric names an operations file refers to (histogram series named as their metric).
+fn metrics_named_in(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("onephase_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        let name = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(name);
+        names.insert(name.to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[test]
+fn the_deployment_files_name_only_documented_metrics_and_the_example_configuration_loads()
+-> anyhow::Result<()> {
+    let documented = documented_metrics();
+    for (file, text) in [
+        (
+            "deploy/prometheus/onephase-rules.yml",
+            include_str!("../../../deploy/prometheus/onephase-rules.yml"),
+        ),
+        (
+            "deploy/grafana/onephase.json",
+            include_str!("../../../deploy/grafana/onephase.json"),
+        ),
+    ] {
+        let named = metrics_named_in(text);
+        ensure!(named.len() >= 8, "{file} names only {named:?}");
+        let unknown: Vec<_> = named.difference(&documented).collect();
+        ensure!(
+            unknown.is_empty(),
+            "{file} names undocumented metrics {unknown:?}"
+        );
+    }
+    let dashboard: Value =
+        serde_json::from_str(include_str!("../../../deploy/grafana/onephase.json"))?;
+    ensure!(dashboard["panels"].as_array().is_some_and(|p| p.len() > 10));
+
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/onephase.toml");
+    let config = onephase_server::ServerConfig::load(Some(&example), Default::default())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    ensure!(config.store.starts_with("postgres://"), "{}", config.store);
+    Ok(())
+}
