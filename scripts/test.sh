@@ -5,7 +5,8 @@
 #   scripts/test.sh -E 'test(kafka)'  # extra arguments go to `cargo nextest run`
 #
 # On a fresh Debian machine (as root) it first installs what the build needs (a C toolchain
-# for SQLite and librdkafka, protoc for etcd-client, faketime, stress-ng, iproute2, promtool),
+# for SQLite and librdkafka, protoc for etcd-client, faketime, stress-ng, iproute2, promtool,
+# Node.js for the TypeScript example),
 # cargo-nextest, and the engines (scripts/engines.sh). After the tests, the crash tests run
 # again under stress-ng on every core. The torture tests make network namespaces, so the suite
 # runs as root (CI does). ONEPHASE_SKIP_LINT=1 skips rustfmt, clippy and rustdoc.
@@ -46,6 +47,22 @@ if [[ ! -x $validator ]]; then
   "$tools_dir/venv/bin/pip" install --quiet --disable-pip-version-check openapi-spec-validator >&2
 fi
 export ONEPHASE_OPENAPI_VALIDATOR=$validator
+# The quickstarts in examples/ run end to end (crates/cli/tests/examples.rs): Python with its
+# requirements in a virtual environment of its own, TypeScript built from its lock file.
+examples_venv=$tools_dir/examples-venv
+if ! cmp -s examples/python/requirements.txt "$examples_venv/requirements.txt" 2>/dev/null; then
+  say "installing the Python example's requirements"
+  rm -rf "$examples_venv"
+  python3 -m venv "$examples_venv" >&2
+  "$examples_venv/bin/pip" install --quiet --disable-pip-version-check \
+    -r examples/python/requirements.txt >&2
+  cp examples/python/requirements.txt "$examples_venv/requirements.txt"
+fi
+export ONEPHASE_EXAMPLES_PYTHON=$examples_venv/bin/python
+command -v npm >/dev/null || install_packages nodejs npm
+say "building the TypeScript example"
+(cd examples/typescript && npm ci --no-audit --no-fund --loglevel=error >&2 && npm run --silent build >&2)
+export ONEPHASE_EXAMPLES_NODE=$(command -v node)
 if ! cargo nextest --version >/dev/null 2>&1; then
   say "installing cargo-nextest"
   cargo install --locked --quiet cargo-nextest >&2
