@@ -136,7 +136,7 @@ async fn token_commands_manage_the_store_the_server_reads() -> anyhow::Result<()
 async fn configuration_errors_name_the_problem_and_exit_non_zero() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     std::fs::write(dir.path().join("bad.toml"), "lisen = \"127.0.0.1:1\"\n")?;
-    let out = onephase(dir.path(), &["--config", "bad.toml", "serve"]).await?;
+    let out = onephase(dir.path(), &["serve", "--config", "bad.toml"]).await?;
     ensure!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(
@@ -175,7 +175,7 @@ async fn flags_override_the_environment_which_overrides_the_file() -> anyhow::Re
         let mut command = Command::new(BIN);
         command
             .current_dir(dir.path())
-            .args(["--config", "onephase.toml", "migrate"])
+            .args(["migrate", "--config", "onephase.toml"])
             .env_remove("ONEPHASE_STORE");
         if let Some(store) = env_store {
             command.env("ONEPHASE_STORE", store);

@@ -80,10 +80,12 @@ impl Api {
         self.send(reqwest::Method::POST, path, Some(body)).await
     }
 
+    /// GETs `path` as text, signed in to the dashboard with this token.
     async fn text(&self, path: &str) -> anyhow::Result<String> {
         Ok(self
             .http
             .get(format!("{}{path}", self.base))
+            .header("cookie", format!("onephase_session={}", self.token))
             .send()
             .await?
             .text()

@@ -51,8 +51,7 @@ pub fn router(state: AppState) -> Router {
     let openapi_json = Bytes::from(serde_json::to_vec_pretty(&doc).unwrap_or_default());
 
     routes
-        .route("/", get(dashboard::page))
-        .route("/dashboard/panels", get(dashboard::panels))
+        .merge(dashboard::routes())
         .route("/metrics", get(render_metrics))
         .route(
             "/openapi.json",

@@ -267,7 +267,7 @@ fn validate_name(name: &str) -> Result<(), AuthError> {
 }
 
 /// Compares two equal-length hex strings without an early exit.
-fn constant_time_eq(a: &str, b: &str) -> bool {
+pub(crate) fn constant_time_eq(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && a.bytes()
             .zip(b.bytes())

@@ -50,6 +50,11 @@ impl Running {
         self.admin.as_deref().unwrap_or_default()
     }
 
+    /// The cookie of a dashboard session signed in with the admin token.
+    fn session(&self) -> String {
+        format!("onephase_session={}", self.admin())
+    }
+
     async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -113,7 +118,7 @@ per_backend! {
         let ready = http.get(server.url("/readyz")).send().await?;
         ensure!(ready.status() == StatusCode::OK);
 
-        let dashboard = http.get(server.url("/")).send().await?;
+        let dashboard = http.get(server.url("/")).header("cookie", server.session()).send().await?;
         ensure!(dashboard.status() == StatusCode::OK);
         let html = dashboard.text().await?;
         ensure!(
@@ -800,7 +805,7 @@ per_backend! {
             "{status:?}"
         );
 
-        let page = http.get(server.url("/")).send().await?.text().await?;
+        let page = http.get(server.url("/")).header("cookie", server.session()).send().await?.text().await?;
         ensure!(
             page.contains("Outbox") && page.contains("self"),
             "the dashboard has no outbox panel"
@@ -1255,7 +1260,7 @@ per_backend! {
         )
         .await?;
 
-        let html = http.get(server.url("/")).send().await?.text().await?;
+        let html = http.get(server.url("/")).header("cookie", server.session()).send().await?.text().await?;
         ensure!(
             html.contains("<h2>Sagas</h2>") && html.contains("compensated"),
             "{html}"
@@ -1526,7 +1531,7 @@ per_backend! {
             .json()
             .await?;
         ensure!(stats.as_array().is_some_and(|s| s.len() == 2), "{stats}");
-        let page = http.get(server.url("/")).send().await?.text().await?;
+        let page = http.get(server.url("/")).header("cookie", server.session()).send().await?.text().await?;
         ensure!(page.contains("Webhooks") && page.contains(&ok_id));
         let deleted = http
             .delete(server.url(&format!("/v1/webhooks/endpoints/{down_id}")))
@@ -1885,7 +1890,7 @@ per_backend! {
             .json()
             .await?;
         ensure!(next["token"].as_u64() > Some(token), "{next}");
-        let page = http.get(server.url("/")).send().await?.text().await?;
+        let page = http.get(server.url("/")).header("cookie", server.session()).send().await?.text().await?;
         ensure!(
             page.contains("Leases") && page.contains("deploy"),
             "the dashboard lists the holder"
@@ -2048,7 +2053,7 @@ per_backend! {
             listed[1]["decisions"] == 4 && listed[1]["rejections"] == 1,
             "{listed}"
         );
-        let page = http.get(server.url("/")).send().await?.text().await?;
+        let page = http.get(server.url("/")).header("cookie", server.session()).send().await?.text().await?;
         ensure!(
             page.contains("Rate limits") && page.contains("login"),
             "dashboard"
@@ -2180,6 +2185,191 @@ per_backend! {
         problem(check_on_b().await?, StatusCode::NOT_FOUND).await?;
         b.stop().await?;
         a.stop().await?;
+        db.close().await?;
+        Ok(())
+    }
+}
+
+/// The value of the hidden `csrf` field of a dashboard page.
+fn csrf_of(page: &str) -> anyhow::Result<String> {
+    let at = page
+        .find(r#"name="csrf" value=""#)
+        .context("the page has no form")?
+        + r#"name="csrf" value=""#.len();
+    Ok(page[at..]
+        .split('"')
+        .next()
+        .context("a csrf value")?
+        .to_owned())
+}
+
+per_backend! {
+    #[tokio::test]
+    async fn the_dashboard_signs_in_and_an_admin_acts_from_it_with_csrf(db) -> anyhow::Result<()> {
+        let server = Running::start(with_webhooks(&db, vec![0])).await?;
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        let client = client_token(&http, &server).await?;
+        let rx = receiver::TestReceiver::start().await;
+        rx.script(|_, _| receiver::Answer::status(500));
+
+        // Without a session every page sends to the sign-in form; a wrong token is refused.
+        for path in ["/", "/dashboard/panels", "/dashboard/endpoints/ep_x"] {
+            let page = http.get(server.url(path)).send().await?;
+            ensure!(page.status() == StatusCode::SEE_OTHER, "{path}: {}", page.status());
+            ensure!(page.headers()["location"] == "/dashboard/sign-in", "{path}");
+        }
+        let refused = http
+            .post(server.url("/dashboard/sign-in"))
+            .form(&[("token", "op_wrong")])
+            .send()
+            .await?;
+        ensure!(refused.status() == StatusCode::UNAUTHORIZED);
+        ensure!(refused.text().await?.contains("not signed in"));
+        let signed_in = http
+            .post(server.url("/dashboard/sign-in"))
+            .form(&[("token", server.admin())])
+            .send()
+            .await?;
+        ensure!(signed_in.status() == StatusCode::SEE_OTHER);
+        let cookie = signed_in.headers()["set-cookie"].to_str()?.to_owned();
+        ensure!(
+            cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+            "{cookie}"
+        );
+        let session = cookie.split(';').next().context("a cookie")?.to_owned();
+        let overview = http
+            .get(server.url("/"))
+            .header("cookie", &session)
+            .send()
+            .await?;
+        ensure!(overview.status() == StatusCode::OK);
+        ensure!(overview.headers()["x-frame-options"] == "DENY");
+        let csp = overview.headers()["content-security-policy"].to_str()?.to_owned();
+        ensure!(csp.contains("frame-ancestors 'none'") && csp.contains("form-action 'self'"));
+
+        // An endpoint whose receiver fails: one attempt, then a dead letter.
+        let endpoint: Value = http
+            .post(server.url("/v1/webhooks/endpoints"))
+            .bearer_auth(server.admin())
+            .json(&json!({"url": rx.url("down")}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let id = endpoint["id"].as_str().context("an id")?.to_owned();
+        let sent: Value = http
+            .post(server.url("/v1/webhooks/messages"))
+            .bearer_auth(server.admin())
+            .json(&json!({"event_type": "x", "payload": {"n": 1}}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let message = sent["id"].as_str().context("a message id")?;
+        settled_message(&http, &server, message).await?;
+        let dead = |http: reqwest::Client, url: String, admin: String| async move {
+            let list: Value = http.get(url).bearer_auth(admin).send().await?.json().await?;
+            anyhow::Ok(list.as_array().map_or(0, Vec::len))
+        };
+        let dead_url = server.url(&format!("/v1/webhooks/dead-letters?endpoint_id={id}"));
+        ensure!(dead(http.clone(), dead_url.clone(), server.admin().to_owned()).await? == 1);
+
+        // The overview links to the endpoint; its page offers the replay, with this session's
+        // CSRF token.
+        let panels = http
+            .get(server.url("/dashboard/panels"))
+            .header("cookie", &session)
+            .send()
+            .await?
+            .text()
+            .await?;
+        ensure!(panels.contains(&format!("/dashboard/endpoints/{id}")), "{panels}");
+        let page_url = server.url(&format!("/dashboard/endpoints/{id}"));
+        let page = http.get(&page_url).header("cookie", &session).send().await?.text().await?;
+        ensure!(page.contains("Replay 1 dead letters") && page.contains("500"), "{page}");
+        let csrf = csrf_of(&page)?;
+        let replay_url = server.url(&format!("/dashboard/endpoints/{id}/replay"));
+
+        // A form without this session's CSRF token changes nothing.
+        for bad in ["", "0123456789abcdef0123456789abcdef"] {
+            let forged = http
+                .post(&replay_url)
+                .header("cookie", &session)
+                .form(&[("csrf", bad)])
+                .send()
+                .await?;
+            ensure!(forged.status() == StatusCode::FORBIDDEN, "{}", forged.status());
+        }
+        // A client token's session may look, not act.
+        let client_session = format!("onephase_session={client}");
+        let client_page = http
+            .get(&page_url)
+            .header("cookie", &client_session)
+            .send()
+            .await?
+            .text()
+            .await?;
+        ensure!(!client_page.contains("Replay"), "a client session is offered actions");
+        let client_csrf = csrf_of(&client_page)?; // the sign-out form's
+        let as_client = http
+            .post(&replay_url)
+            .header("cookie", &client_session)
+            .form(&[("csrf", client_csrf.as_str())])
+            .send()
+            .await?;
+        ensure!(as_client.status() == StatusCode::FORBIDDEN);
+        ensure!(dead(http.clone(), dead_url.clone(), server.admin().to_owned()).await? == 1);
+
+        // The admin replays: the delivery is pending again and is attempted again.
+        let replayed = http
+            .post(&replay_url)
+            .header("cookie", &session)
+            .form(&[("csrf", csrf.as_str())])
+            .send()
+            .await?;
+        ensure!(replayed.status() == StatusCode::SEE_OTHER);
+        let back = replayed.headers()["location"].to_str()?.to_owned();
+        ensure!(back == format!("/dashboard/endpoints/{id}?done=replayed"), "{back}");
+        for _ in 0..400 {
+            if rx.arrivals().len() >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        ensure!(rx.arrivals().len() >= 2, "the replay was not attempted");
+
+        // Disable and enable from the page.
+        let disabled = http
+            .post(server.url(&format!("/dashboard/endpoints/{id}/disable")))
+            .header("cookie", &session)
+            .form(&[("csrf", csrf.as_str()), ("reason", "receiver on fire")])
+            .send()
+            .await?;
+        ensure!(disabled.status() == StatusCode::SEE_OTHER);
+        let shown: Value = http
+            .get(server.url(&format!("/v1/webhooks/endpoints/{id}")))
+            .bearer_auth(server.admin())
+            .send()
+            .await?
+            .json()
+            .await?;
+        ensure!(
+            shown["enabled"] == false && shown["disabled_reason"] == "receiver on fire",
+            "{shown}"
+        );
+
+        // Signing out clears the cookie.
+        let out = http
+            .post(server.url("/dashboard/sign-out"))
+            .header("cookie", &session)
+            .form(&[("csrf", csrf.as_str())])
+            .send()
+            .await?;
+        ensure!(out.status() == StatusCode::SEE_OTHER);
+        ensure!(out.headers()["set-cookie"].to_str()?.contains("Max-Age=0"));
+        server.stop().await?;
         db.close().await?;
         Ok(())
     }

@@ -99,7 +99,8 @@ pub enum StepStatus {
 }
 
 impl StepStatus {
-    pub(crate) fn as_str(self) -> &'static str {
+    /// The stored name, as the API shows it (`retry_wait`, `failed`, ...).
+    pub fn as_str(self) -> &'static str {
         match self {
             StepStatus::Pending => "pending",
             StepStatus::Started => "started",

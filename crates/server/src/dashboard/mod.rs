@@ -1,28 +1,101 @@
 //! The dashboard at `/`: server-rendered HTML, no front-end build, no CDN.
 //!
-//! Each capability adds a [`Panel`]. The page renders every panel, then a few lines of inline
-//! script re-fetch `/dashboard/panels` every five seconds and swap the panels in place; without
-//! JavaScript the page is simply static.
+//! Each capability adds a [`Panel`]. The page renders every panel, those with a problem first,
+//! then a few lines of inline script re-fetch `/dashboard/panels` every five seconds and swap
+//! the panels in place; without JavaScript the page is simply static. Panels link to pages
+//! about one thing (a saga run, a webhook endpoint or message, a relay's dead letters) where an
+//! admin acts on it ([`pages`]). Every page needs a session ([`session`]).
+
+pub mod pages;
+pub mod session;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
 use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::Response;
+use axum::routing::{get, post};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 use crate::state::AppState;
+use session::Viewer;
 
 /// One box on the dashboard.
 pub trait Panel: Send + Sync {
     /// The panel's heading.
     fn title(&self) -> &str;
 
-    /// The panel's body, rendered fresh on every refresh.
+    /// The panel's body, rendered fresh on every refresh, and whether it shows a problem.
     fn render<'a>(
         &'a self,
         state: &'a AppState,
-    ) -> Pin<Box<dyn Future<Output = Markup> + Send + 'a>>;
+    ) -> Pin<Box<dyn Future<Output = Rendered> + Send + 'a>>;
+}
+
+/// A panel's body and whether something in it needs someone (it then sorts first).
+pub struct Rendered {
+    /// The body.
+    pub body: Markup,
+    /// Whether it shows something wrong: dead letters, a parked run, a disabled endpoint.
+    pub problem: bool,
+}
+
+impl Rendered {
+    /// A body with nothing wrong in it.
+    pub fn fine(body: Markup) -> Self {
+        Self {
+            body,
+            problem: false,
+        }
+    }
+
+    /// A body showing a problem when `problem`.
+    pub fn with_problem(body: Markup, problem: bool) -> Self {
+        Self { body, problem }
+    }
+}
+
+/// A time as the API and the CLI write it: RFC 3339, UTC.
+pub fn rfc3339(at: OffsetDateTime) -> String {
+    at.format(&Rfc3339).unwrap_or_else(|_| at.to_string())
+}
+
+/// The dashboard's routes: the overview, its refresh, sign-in, and the pages of [`pages`].
+/// Every answer forbids framing and loads nothing from elsewhere.
+pub fn routes() -> axum::Router<AppState> {
+    axum::Router::new()
+        .route("/", get(page))
+        .route("/dashboard/panels", get(panels))
+        .route(
+            "/dashboard/sign-in",
+            get(session::sign_in_form).post(session::sign_in),
+        )
+        .route("/dashboard/sign-out", post(session::sign_out))
+        .merge(pages::routes())
+        .layer(axum::middleware::map_response(protect))
+}
+
+async fn protect(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; \
+             connect-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; \
+             base-uri 'none'",
+        ),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 /// The server's own panel: version, store, uptime, readiness.
@@ -36,14 +109,14 @@ impl Panel for ServerPanel {
     fn render<'a>(
         &'a self,
         state: &'a AppState,
-    ) -> Pin<Box<dyn Future<Output = Markup> + Send + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = Rendered> + Send + 'a>> {
         Box::pin(async move {
             let store = state.store();
             let ready = matches!(
                 tokio::time::timeout(Duration::from_secs(1), store.ping()).await,
                 Ok(Ok(()))
             );
-            html! {
+            let body = html! {
                 dl {
                     dt { "Version" } dd { (env!("CARGO_PKG_VERSION")) }
                     dt { "Store" } dd { (store.backend()) " " code { (store.url()) } }
@@ -52,7 +125,8 @@ impl Panel for ServerPanel {
                     }
                     dt { "Uptime" } dd { (format_uptime(state.uptime())) }
                 }
-            }
+            };
+            Rendered::with_problem(body, !ready)
         })
     }
 }
@@ -68,7 +142,7 @@ impl Panel for OutboxPanel {
     fn render<'a>(
         &'a self,
         state: &'a AppState,
-    ) -> Pin<Box<dyn Future<Output = Markup> + Send + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = Rendered> + Send + 'a>> {
         Box::pin(async move {
             let sources = state.outbox().sources();
             let mut rows = Vec::with_capacity(sources.len());
@@ -93,7 +167,16 @@ impl Panel for OutboxPanel {
                     source.published_rate(state.clock().monotonic()),
                 ));
             }
-            html! {
+            let problem = rows.iter().any(|(_, status, _)| match status {
+                Ok(status) => {
+                    status.dead > 0
+                        || status
+                            .oldest_pending_age
+                            .is_some_and(|age| age > Duration::from_secs(60))
+                }
+                Err(_) => true,
+            });
+            let body = html! {
                 @if rows.is_empty() {
                     p { "No relays configured. Add " code { "[[outbox.relay]]" } " to the configuration file; "
                         code { "POST /v1/outbox/{topic}" } " appends to the embedded log either way." }
@@ -102,7 +185,7 @@ impl Panel for OutboxPanel {
                         tr { th { "Relay" } th { "Sink" } th { "Lag" } th { "Pending" } th { "Dead" } th { "Published/s" } th { "Published" } }
                         @for (source, status, rate) in &rows {
                             tr {
-                                td { (source.name) }
+                                td { a href={ "/dashboard/relays/" (source.name) } { (source.name) } }
                                 td { code { (source.sink) } }
                                 @match status {
                                     Ok(status) => {
@@ -118,7 +201,8 @@ impl Panel for OutboxPanel {
                         }
                     }
                 }
-            }
+            };
+            Rendered::with_problem(body, problem)
         })
     }
 }
@@ -134,7 +218,7 @@ impl Panel for SagaPanel {
     fn render<'a>(
         &'a self,
         state: &'a AppState,
-    ) -> Pin<Box<dyn Future<Output = Markup> + Send + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = Rendered> + Send + 'a>> {
         Box::pin(async move {
             let admin = state.saga().orchestrator().admin();
             let second = Duration::from_secs(1);
@@ -149,16 +233,19 @@ impl Panel for SagaPanel {
             )
             .await;
             let (Ok(Ok(counts)), Ok(Ok(parked))) = (counts, parked) else {
-                return html! { p.bad { "the store does not answer" } };
+                return Rendered::with_problem(
+                    html! { p.bad { "the store does not answer" } },
+                    true,
+                );
             };
-            html! {
+            let body = html! {
                 @if !parked.is_empty() {
-                    p.bad { "Waiting for an operator (" code { "onephase saga show <id>" } "):" }
+                    p.bad { "Waiting for an operator (open a run to retry, resolve or abort it):" }
                     table {
                         tr { th { "Run" } th { "Saga" } th { "Why" } }
                         @for run in &parked {
                             tr {
-                                td { code { (run.id) } }
+                                td { a href={ "/dashboard/runs/" (run.id) } { code { (run.id) } } }
                                 td { (run.saga) " v" (run.version) }
                                 td { (run.error.as_deref().unwrap_or("")) }
                             }
@@ -172,7 +259,8 @@ impl Panel for SagaPanel {
                         dd class=(if run_state == onephase_saga::RunState::NeedsOperator && n > 0 { "bad" } else { "" }) { (n) }
                     }
                 }
-            }
+            };
+            Rendered::with_problem(body, !parked.is_empty())
         })
     }
 }
@@ -189,7 +277,7 @@ impl Panel for WebhookPanel {
     fn render<'a>(
         &'a self,
         state: &'a AppState,
-    ) -> Pin<Box<dyn Future<Output = Markup> + Send + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = Rendered> + Send + 'a>> {
         Box::pin(async move {
             let stats = tokio::time::timeout(
                 Duration::from_secs(1),
@@ -197,13 +285,31 @@ impl Panel for WebhookPanel {
             )
             .await;
             let Ok(Ok(stats)) = stats else {
-                return html! { p.bad { "the store does not answer" } };
+                return Rendered::with_problem(
+                    html! { p.bad { "the store does not answer" } },
+                    true,
+                );
             };
             if stats.is_empty() {
-                return html! { p { "No endpoints yet: " code { "onephase webhook endpoints create <url>" } } };
+                return Rendered::fine(
+                    html! { p { "No endpoints yet: " code { "onephase webhook endpoints create <url>" } } },
+                );
             }
             let dead: i64 = stats.iter().map(|e| e.dead).sum();
-            html! {
+            let problem = dead > 0
+                || stats
+                    .iter()
+                    .any(|e| !e.enabled || e.success_rate.is_some_and(|r| r < 0.9));
+            // Endpoints that need someone first: disabled, then dead letters, then failing.
+            let mut stats = stats;
+            stats.sort_by_key(|e| {
+                (
+                    e.enabled,
+                    e.dead == 0,
+                    !e.success_rate.is_some_and(|r| r < 0.9),
+                )
+            });
+            let body = html! {
                 @if dead > 0 {
                     p.bad { (dead) " dead letters (" code { "onephase webhook dead" } ", then " code { "onephase webhook replay" } ")" }
                 }
@@ -212,7 +318,7 @@ impl Panel for WebhookPanel {
                     @for e in stats.iter().take(20) {
                         tr {
                             td {
-                                code { (e.endpoint_id) } br;
+                                a href={ "/dashboard/endpoints/" (e.endpoint_id) } { code { (e.endpoint_id) } } br;
                                 (e.url)
                                 @if !e.enabled { " " span.bad { "disabled" } }
                             }
@@ -227,7 +333,8 @@ impl Panel for WebhookPanel {
                     }
                 }
                 @if stats.len() > 20 { p { (stats.len() - 20) " more endpoints: " code { "onephase webhook endpoints list" } } }
-            }
+            };
+            Rendered::with_problem(body, problem)
         })
     }
 }
@@ -244,19 +351,24 @@ impl Panel for LeasePanel {
     fn render<'a>(
         &'a self,
         state: &'a AppState,
-    ) -> Pin<Box<dyn Future<Output = Markup> + Send + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = Rendered> + Send + 'a>> {
         Box::pin(async move {
             let service = state.lease();
             let leases =
                 tokio::time::timeout(Duration::from_secs(1), service.leases().list()).await;
             let Ok(Ok(leases)) = leases else {
-                return html! { p.bad { "the lease backend (" (service.backend()) ") does not answer" } };
+                return Rendered::with_problem(
+                    html! { p.bad { "the lease backend (" (service.backend()) ") does not answer" } },
+                    true,
+                );
             };
             if leases.is_empty() {
-                return html! { p { "No leases yet (kept in " (service.backend()) "): " code { "onephase lease acquire <name> --ttl 30s" } } };
+                return Rendered::fine(
+                    html! { p { "No leases yet (kept in " (service.backend()) "): " code { "onephase lease acquire <name> --ttl 30s" } } },
+                );
             }
             let held = leases.iter().filter(|l| l.holder.is_some()).count();
-            html! {
+            Rendered::fine(html! {
                 p { (held) " of " (leases.len()) " leases held (kept in " (service.backend()) ")" }
                 table {
                     tr { th { "Lease" } th { "Holder" } th { "Token" } th { "Expires" } }
@@ -265,12 +377,12 @@ impl Panel for LeasePanel {
                             td { code { (l.name) } }
                             td { @if let Some(h) = &l.holder { (h) } @else { span { "free" } } }
                             td { (l.token) }
-                            td { (l.expires_at.filter(|_| l.holder.is_some()).map_or("-".to_owned(), |t| t.to_string())) }
+                            td { (l.expires_at.filter(|_| l.holder.is_some()).map_or("-".to_owned(), rfc3339)) }
                         }
                     }
                 }
                 @if leases.len() > 50 { p { (leases.len() - 50) " more: " code { "onephase lease list" } } }
-            }
+            })
         })
     }
 }
@@ -286,17 +398,22 @@ impl Panel for LimitPanel {
     fn render<'a>(
         &'a self,
         state: &'a AppState,
-    ) -> Pin<Box<dyn Future<Output = Markup> + Send + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = Rendered> + Send + 'a>> {
         Box::pin(async move {
             let service = state.limit();
             let policies = tokio::time::timeout(Duration::from_secs(1), service.list()).await;
             let Ok(Ok(policies)) = policies else {
-                return html! { p.bad { "the store does not answer" } };
+                return Rendered::with_problem(
+                    html! { p.bad { "the store does not answer" } },
+                    true,
+                );
             };
             if policies.is_empty() {
-                return html! { p { "No policies yet: " code { "[[limit.policy]]" } " in the configuration, or " code { "PUT /v1/limits/{policy}" } } };
+                return Rendered::fine(
+                    html! { p { "No policies yet: " code { "[[limit.policy]]" } " in the configuration, or " code { "PUT /v1/limits/{policy}" } } },
+                );
             }
-            html! {
+            Rendered::fine(html! {
                 p { "Counts kept " (if service.store_kind() == "redis" { "in Redis, shared by every server" } else { "by each server on its own" }) }
                 table {
                     tr { th { "Policy" } th { "Rule" } th { "Decisions" } th { "Refused" } }
@@ -312,7 +429,7 @@ impl Panel for LimitPanel {
                         }
                     }
                 }
-            }
+            })
         })
     }
 }
@@ -332,11 +449,13 @@ async fn render_panels(state: &AppState) -> Markup {
     for panel in state.panels() {
         rendered.push((panel.title().to_owned(), panel.render(state).await));
     }
+    // Problems first; otherwise the configured order.
+    rendered.sort_by_key(|(_, r)| !r.problem);
     html! {
-        @for (title, body) in rendered {
-            section.panel {
-                h2 { (title) }
-                (body)
+        @for (title, r) in rendered {
+            section.panel.problem[r.problem] {
+                h2 { (title) @if r.problem { " " span.bad { "needs attention" } } }
+                (r.body)
             }
         }
     }
@@ -344,52 +463,79 @@ async fn render_panels(state: &AppState) -> Markup {
 
 const STYLE: &str = "
 body{font-family:system-ui,sans-serif;margin:0;background:#f6f7f9;color:#1c2330}
-header{background:#1c2330;color:#fff;padding:.8rem 1.5rem;display:flex;gap:1rem;align-items:baseline}
-header h1{margin:0;font-size:1.2rem}header a{color:#9fc3ff}
-main{display:grid;grid-template-columns:repeat(auto-fill,minmax(22rem,1fr));gap:1rem;padding:1rem 1.5rem}
-.panel{background:#fff;border-radius:6px;padding:.8rem 1rem;box-shadow:0 1px 2px #0002}
+header{background:#1c2330;color:#fff;padding:.8rem 1.5rem;display:flex;flex-wrap:wrap;gap:1rem;align-items:baseline}
+header h1{margin:0;font-size:1.2rem}header a{color:#9fc3ff}header form{margin:0 0 0 auto}
+header .who{color:#c9d1dd}
+main{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,22rem),1fr));gap:1rem;padding:1rem 1.5rem}
+main.page{display:block;max-width:70rem}
+.panel{background:#fff;border-radius:6px;padding:.8rem 1rem;box-shadow:0 1px 2px #0002;overflow-x:auto;margin-bottom:1rem}
+.panel.problem{box-shadow:0 0 0 2px #b42318}.narrow{max-width:28rem}
 .panel h2{margin:.2rem 0 .6rem;font-size:1rem}
-dl{display:grid;grid-template-columns:max-content 1fr;gap:.3rem 1rem;margin:0}dt{color:#5b6578}dd{margin:0}
-.ok{color:#17803d}.bad{color:#b42318;font-weight:600}code{font-size:.85rem}
+table{border-collapse:collapse;font-size:.9rem}td,th{padding:.15rem .6rem .15rem 0;text-align:left;vertical-align:top}
+dl{display:grid;grid-template-columns:max-content 1fr;gap:.3rem 1rem;margin:0}dt{color:#5b6578}dd{margin:0;overflow-wrap:anywhere}
+.ok{color:#17803d}.bad{color:#b42318;font-weight:600}code{font-size:.85rem}.hint{color:#5b6578;font-size:.9rem}
+.notice{background:#e8f5ec;border-left:4px solid #17803d;padding:.5rem 1rem}
+.error{background:#fdecea;border-left:4px solid #b42318;padding:.5rem 1rem}
+form.act{display:inline-flex;gap:.4rem;margin:.2rem .4rem .2rem 0;flex-wrap:wrap}
+input[type=text],input[type=password]{padding:.3rem;min-width:14rem}button{padding:.3rem .7rem;cursor:pointer}
+pre{white-space:pre-wrap;overflow-wrap:anywhere;background:#f6f7f9;padding:.5rem;max-height:20rem;overflow:auto}
 ";
 
 const REFRESH: &str = "
 setInterval(async () => {
   try {
     const r = await fetch('/dashboard/panels');
+    if (r.redirected || r.status === 401) { location.reload(); return; }
     if (r.ok) document.getElementById('panels').innerHTML = await r.text();
   } catch (e) {}
 }, 5000);
 ";
 
-/// `GET /`: the whole page.
-pub async fn page(State(state): State<AppState>) -> Markup {
-    let panels = render_panels(&state).await;
+/// A whole page: the header (with who is signed in, and sign-out), then `body`.
+pub fn layout(title: &str, viewer: Option<&Viewer>, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
-                title { "onephase" }
+                title { (title) " · onephase" }
                 style { (PreEscaped(STYLE)) }
             }
             body {
                 header {
-                    h1 { "onephase" }
-                    span { "one local commit at a time" }
+                    h1 { a href="/" style="color:inherit;text-decoration:none" { "onephase" } }
                     a href="/metrics" { "metrics" }
                     a href="/openapi.json" { "OpenAPI" }
+                    @if let Some(viewer) = viewer {
+                        form method="post" action="/dashboard/sign-out" {
+                            span.who { (viewer.caller.name) " (" (viewer.caller.role) ") " }
+                            input type="hidden" name="csrf" value=(viewer.csrf);
+                            button type="submit" { "Sign out" }
+                        }
+                    }
                 }
-                main #panels { (panels) }
-                script { (PreEscaped(REFRESH)) }
+                (body)
             }
         }
     }
 }
 
+/// `GET /`: the whole page.
+pub async fn page(viewer: Viewer, State(state): State<AppState>) -> Markup {
+    let panels = render_panels(&state).await;
+    layout(
+        "Overview",
+        Some(&viewer),
+        html! {
+            main #panels { (panels) }
+            script { (PreEscaped(REFRESH)) }
+        },
+    )
+}
+
 /// `GET /dashboard/panels`: the panels alone, for the page's refresh.
-pub async fn panels(State(state): State<AppState>) -> Markup {
+pub async fn panels(_viewer: Viewer, State(state): State<AppState>) -> Markup {
     render_panels(&state).await
 }
 
