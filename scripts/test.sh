@@ -6,7 +6,7 @@
 #
 # On a fresh Debian machine (as root) it first installs what the build needs (a C toolchain
 # for SQLite and librdkafka, protoc for etcd-client, faketime, stress-ng, iproute2, promtool,
-# Node.js for the TypeScript example),
+# Node.js for the TypeScript example, Chromium for the dashboard's browser test),
 # cargo-nextest, and the engines (scripts/engines.sh). After the tests, the crash tests run
 # again under stress-ng on every core. The torture tests make network namespaces, so the suite
 # runs as root (CI does). ONEPHASE_SKIP_LINT=1 skips rustfmt, clippy and rustdoc.
@@ -63,6 +63,12 @@ command -v npm >/dev/null || install_packages nodejs npm
 say "building the TypeScript example"
 (cd examples/typescript && npm ci --no-audit --no-fund --loglevel=error >&2 && npm run --silent build >&2)
 export ONEPHASE_EXAMPLES_NODE=$(command -v node)
+# The dashboard's browser test (crates/cli/tests/browser.rs): Debian's Chromium, driven by
+# Playwright's library from the test's lock file (it never downloads a browser of its own).
+command -v chromium >/dev/null || install_packages chromium
+(cd crates/cli/tests/browser && npm ci --no-audit --no-fund --loglevel=error >&2)
+export ONEPHASE_CHROMIUM=$(command -v chromium)
+export ONEPHASE_BROWSER_NODE=$ONEPHASE_EXAMPLES_NODE
 if ! cargo nextest --version >/dev/null 2>&1; then
   say "installing cargo-nextest"
   cargo install --locked --quiet cargo-nextest >&2

@@ -163,7 +163,12 @@ async fn problem_for_every_error(request: Request, next: Next) -> Response {
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
-    if status.as_u16() < 400 {
+    // Success, and the dashboard's own error pages (HTML for a person, not JSON for a client).
+    let is_page = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/html"));
+    if status.as_u16() < 400 || is_page {
         return response;
     }
     let (parts, body) = response.into_parts();

@@ -2288,7 +2288,7 @@ per_backend! {
         ensure!(panels.contains(&format!("/dashboard/endpoints/{id}")), "{panels}");
         let page_url = server.url(&format!("/dashboard/endpoints/{id}"));
         let page = http.get(&page_url).header("cookie", &session).send().await?.text().await?;
-        ensure!(page.contains("Replay 1 dead letters") && page.contains("500"), "{page}");
+        ensure!(page.contains("Replay 1 dead letter<") && page.contains("500"), "{page}");
         let csrf = csrf_of(&page)?;
         let replay_url = server.url(&format!("/dashboard/endpoints/{id}/replay"));
 

@@ -311,7 +311,7 @@ impl Panel for WebhookPanel {
             });
             let body = html! {
                 @if dead > 0 {
-                    p.bad { (dead) " dead letters (" code { "onephase webhook dead" } ", then " code { "onephase webhook replay" } ")" }
+                    p.bad { (dead) (if dead == 1 { " dead letter (" } else { " dead letters (" }) code { "onephase webhook dead" } ", then " code { "onephase webhook replay" } ")" }
                 }
                 table {
                     tr { th { "Endpoint (last hour)" } th { "OK" } th { "Latency" } th { "Pending" } th { "Dead" } }

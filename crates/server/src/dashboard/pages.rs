@@ -363,7 +363,7 @@ async fn endpoint_page(
                     @if !dead.is_empty() {
                         form.act method="post" action={ "/dashboard/endpoints/" (endpoint.id) "/replay" } {
                             (hidden_csrf(viewer))
-                            button type="submit" { "Replay " (dead.len()) " dead letters" }
+                            button type="submit" { "Replay " (dead.len()) (if dead.len() == 1 { " dead letter" } else { " dead letters" }) }
                         }
                     }
                 } @else {

@@ -1,0 +1,121 @@
+//! The dashboard in a real browser: Debian's Chromium, headless, driven by Playwright
+//! (`tests/browser/dashboard.mjs`) against the release of `onephase serve` a user runs. An
+//! operator signs in, sees the dead letter, opens the endpoint, presses replay and sees the
+//! delivery succeed; the layout must not overflow 800 px.
+//!
+//! scripts/test.sh installs Chromium and the script's locked dependencies and sets
+//! `ONEPHASE_CHROMIUM` and `ONEPHASE_BROWSER_NODE`. With `ONEPHASE_SCREENSHOTS=DIR` the script
+//! also writes the pages it saw (the docs' screenshots come from there).
+
+mod common;
+#[path = "../../webhook/tests/common/mod.rs"]
+mod receiver;
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use common::serve;
+use onephase_testkit::tool_path;
+use serde_json::{Value, json};
+use tokio::process::Command;
+
+#[tokio::test]
+async fn an_operator_replays_a_dead_letter_from_the_dashboard() -> anyhow::Result<()> {
+    let (Some(chromium), Some(node)) = (
+        tool_path("ONEPHASE_CHROMIUM", "Chromium"),
+        tool_path("ONEPHASE_BROWSER_NODE", "Node.js for the browser test"),
+    ) else {
+        return Ok(());
+    };
+    let script_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    ensure!(
+        script_dir.join("node_modules/playwright-core").is_dir(),
+        "tests/browser has no node_modules: `npm ci` there (scripts/test.sh does)"
+    );
+
+    // A receiver that fails the first attempt and accepts the rest; one attempt per delivery,
+    // so the first is a dead letter at once.
+    let rx = receiver::TestReceiver::start().await;
+    rx.script(|_, n| receiver::Answer::status(if n == 0 { 500 } else { 200 }));
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("onephase.toml");
+    std::fs::write(
+        &config,
+        "[webhook]\nallow_networks = [\"127.0.0.0/8\"]\nschedule_secs = [0]\njitter = 0.0\n\
+         poll_interval_ms = 20\n",
+    )?;
+    let config = config.display().to_string();
+    let server = serve(dir.path(), &["--config", &config]).await?;
+    let token = server
+        .token
+        .clone()
+        .context("the first start prints a token")?;
+    let http = reqwest::Client::new();
+    let endpoint: Value = http
+        .post(format!("{}/v1/webhooks/endpoints", server.base))
+        .bearer_auth(&token)
+        .json(&json!({"url": rx.url("hooks"), "description": "billing receiver"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let endpoint_id = endpoint["id"]
+        .as_str()
+        .context("an endpoint id")?
+        .to_owned();
+    http.post(format!("{}/v1/webhooks/messages", server.base))
+        .bearer_auth(&token)
+        .json(&json!({"event_type": "invoice.paid", "payload": {"invoice": 42}}))
+        .send()
+        .await?
+        .error_for_status()?;
+    let dead_url = format!(
+        "{}/v1/webhooks/dead-letters?endpoint_id={endpoint_id}",
+        server.base
+    );
+    let mut dead = 0;
+    for _ in 0..400 {
+        let list: Value = http
+            .get(&dead_url)
+            .bearer_auth(&token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        dead = list.as_array().map_or(0, Vec::len);
+        if dead == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    ensure!(dead == 1, "no dead letter to replay");
+
+    let mut command = Command::new(node);
+    command
+        .arg("dashboard.mjs")
+        .current_dir(&script_dir)
+        .env("BASE_URL", &server.base)
+        .env("TOKEN", &token)
+        .env("ENDPOINT_ID", &endpoint_id)
+        .env("CHROMIUM", &chromium);
+    if let Ok(dir) = std::env::var("ONEPHASE_SCREENSHOTS") {
+        command.env("SCREENSHOTS", dir);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(120), command.output())
+        .await
+        .context("the browser script did not finish within 120 s")??;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success() && stdout.contains("browser: ok"),
+        "the browser script failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        rx.arrivals().len() >= 2,
+        "the replay never reached the receiver"
+    );
+    server.terminate().await?;
+    Ok(())
+}
