@@ -11,7 +11,7 @@ use crate::SagaError;
 use crate::invoke::Phase;
 use crate::metrics;
 use crate::orchestrator::become_event;
-use crate::sql::{Event, RunDetail, RunFilter, RunSummary, RunWrite, Sql, Transition};
+use crate::sql::{Event, Retrying, RunDetail, RunFilter, RunSummary, RunWrite, Sql, Transition};
 use crate::state::{RunRecord, RunState, StepStatus};
 
 /// Who did an operator action and why; written to the run's history.
@@ -71,6 +71,18 @@ impl SagaAdmin {
             filter.limit = 100;
         }
         Ok(Sql::new(&self.store).list(&filter).await?)
+    }
+
+    /// Runs that keep retrying a step (at least `min_attempts` attempts, waiting for the next),
+    /// most attempts first: what the dashboard shows before they park or complete.
+    pub async fn retrying(
+        &self,
+        min_attempts: u32,
+        limit: u32,
+    ) -> Result<Vec<Retrying>, SagaError> {
+        Ok(Sql::new(&self.store)
+            .retrying(min_attempts, limit.clamp(1, 100))
+            .await?)
     }
 
     /// One run with its steps and history.

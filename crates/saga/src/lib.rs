@@ -93,7 +93,7 @@ pub use invoke::{Call, Invoke, Phase, SharedInvoke, StepError};
 pub use orchestrator::{
     Orchestrator, OrchestratorConfig, OrchestratorStats, Registered, StartRequest, Started,
 };
-pub use sql::{DefinitionInfo, HistoryEntry, RunDetail, RunFilter, RunSummary, StepView};
+pub use sql::{DefinitionInfo, HistoryEntry, Retrying, RunDetail, RunFilter, RunSummary, StepView};
 pub use state::{RunState, StepStatus};
 
 /// The saga tables. They live beside the outbox tables (`onephase_outbox::migrations`), which

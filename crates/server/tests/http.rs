@@ -2374,3 +2374,71 @@ per_backend! {
         Ok(())
     }
 }
+
+per_backend! {
+    #[tokio::test]
+    async fn a_run_retrying_one_step_shows_on_the_dashboard_with_its_last_error(db) -> anyhow::Result<()> {
+        let mut config = config_for(&db);
+        config.saga.allow_networks = vec!["127.0.0.0/8".into()];
+        config.saga.poll_interval_ms = Some(20);
+        let server = Running::start(config).await?;
+        let http = reqwest::Client::new();
+        let rx = receiver::TestReceiver::start().await;
+        rx.script(|_, _| receiver::Answer::status(503));
+        let definition = json!({"name": "flaky", "version": 1, "steps": [
+            {"name": "charge", "kind": "pivot", "action": {
+                "method": "POST", "url": rx.url("charge"), "max_attempts": "unlimited",
+                "backoff_base_ms": 10, "backoff_cap_ms": 20}}]});
+        let registered = http
+            .post(server.url("/v1/sagas"))
+            .bearer_auth(server.admin())
+            .json(&definition)
+            .send()
+            .await?;
+        ensure!(registered.status() == StatusCode::CREATED);
+        let run: Value = http
+            .post(server.url("/v1/sagas/flaky/runs"))
+            .bearer_auth(server.admin())
+            .json(&json!({"input": {}}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let id = run["id"].as_str().context("a run id")?.to_owned();
+        for _ in 0..400 {
+            if rx.arrivals().len() >= 4 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        ensure!(rx.arrivals().len() >= 4, "the step was not retried");
+
+        let panels = http
+            .get(server.url("/dashboard/panels"))
+            .header("cookie", server.session())
+            .send()
+            .await?
+            .text()
+            .await?;
+        let sagas = panels
+            .split("<section")
+            .find(|s| s.contains("<h2>Sagas"))
+            .context("a saga panel")?;
+        ensure!(
+            sagas.contains("needs attention")
+                && sagas.contains("Retrying the same step")
+                && sagas.contains(&format!("/dashboard/runs/{id}"))
+                && sagas.contains("charge (action)")
+                && sagas.contains("503"),
+            "{sagas}"
+        );
+        // The panel with the problem comes first.
+        ensure!(
+            panels.find("<h2>Sagas") < panels.find("<h2>Server"),
+            "the saga panel is not first"
+        );
+        server.stop().await?;
+        db.close().await?;
+        Ok(())
+    }
+}

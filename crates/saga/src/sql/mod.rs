@@ -36,6 +36,28 @@ pub struct DefinitionInfo {
     pub created_at: OffsetDateTime,
 }
 
+/// A run that keeps retrying one step: running or compensating, with a step waiting for its
+/// next attempt after several failed ones. What an operator should look at before the run
+/// parks (a retriable step is retried forever by default).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Retrying {
+    /// The run.
+    pub run: RunSummary,
+    /// The step it keeps retrying.
+    pub step: String,
+    /// Its action or its compensation.
+    pub phase: Phase,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// The last attempt's error.
+    pub last_error: Option<String>,
+}
+
+/// The columns of [`Retrying`]: the run's summary and the step's, from a join.
+pub(crate) const RETRYING_COLUMNS: &str = "r.id, r.saga, r.version, r.state, r.error, \
+     r.idempotency_key, r.created_at, r.updated_at, r.finished_at, \
+     s.step, s.phase, s.attempts, s.last_error";
+
 /// A run, without its steps.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = RunView))]
@@ -371,6 +393,14 @@ impl<'a> Sql<'a> {
         active_only: bool,
     ) -> Result<BTreeMap<String, i64>, sqlx::Error> {
         on_store!(read self.db, pool, sql: postgres | sqlite => sql::counts(pool, active_only).await)
+    }
+
+    pub(crate) async fn retrying(
+        &self,
+        min_attempts: u32,
+        limit: u32,
+    ) -> Result<Vec<Retrying>, sqlx::Error> {
+        on_store!(read self.db, pool, sql: postgres | sqlite => sql::retrying(pool, min_attempts, limit).await)
     }
 }
 

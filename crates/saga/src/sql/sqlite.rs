@@ -12,8 +12,9 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    Claim, DefinitionInfo, Event, ExistingRun, Guard, HistoryEntry, NewRun, RunDetail, RunFilter,
-    RunSummary, StepView, Transition, parse_phase, parse_state, parse_status, to_i32, to_u32,
+    Claim, DefinitionInfo, Event, ExistingRun, Guard, HistoryEntry, NewRun, RETRYING_COLUMNS,
+    Retrying, RunDetail, RunFilter, RunSummary, StepView, Transition, parse_phase, parse_state,
+    parse_status, to_i32, to_u32,
 };
 use onephase_store::convert::{from_unix_ms, unix_ms as ms};
 
@@ -540,5 +541,35 @@ pub(super) async fn counts(
     .await?
     .iter()
     .map(|r| Ok((r.try_get("state")?, r.try_get("n")?)))
+    .collect()
+}
+
+pub(super) async fn retrying(
+    pool: &SqlitePool,
+    min_attempts: u32,
+    limit: u32,
+) -> Result<Vec<Retrying>, sqlx::Error> {
+    sqlx::query(AssertSqlSafe(format!(
+        "SELECT {RETRYING_COLUMNS} FROM onephase_saga_runs r \
+         JOIN onephase_saga_steps s ON s.run_id = r.id \
+         WHERE r.state IN ('running', 'compensating') AND s.status = 'retry_wait' \
+           AND s.attempts >= ?1 \
+         ORDER BY s.attempts DESC, r.created_at LIMIT ?2"
+    )))
+    .bind(i64::from(min_attempts))
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|r| {
+        let phase: String = r.try_get("phase")?;
+        Ok(Retrying {
+            run: summary(r)?,
+            step: r.try_get("step")?,
+            phase: parse_phase(&phase)?,
+            attempts: to_u32(r.try_get("attempts")?)?,
+            last_error: r.try_get("last_error")?,
+        })
+    })
     .collect()
 }

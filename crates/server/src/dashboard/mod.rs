@@ -207,7 +207,11 @@ impl Panel for OutboxPanel {
     }
 }
 
-/// The saga panel: runs by state, and the runs waiting for an operator first.
+/// Attempts of one step after which a run shows as retrying it over and over.
+const RETRYING_AFTER: u32 = 3;
+
+/// The saga panel: runs waiting for an operator, then runs retrying one step over and over
+/// (with the last error), then runs by state.
 pub struct SagaPanel;
 
 impl Panel for SagaPanel {
@@ -232,7 +236,9 @@ impl Panel for SagaPanel {
                 }),
             )
             .await;
-            let (Ok(Ok(counts)), Ok(Ok(parked))) = (counts, parked) else {
+            let retrying = tokio::time::timeout(second, admin.retrying(RETRYING_AFTER, 10)).await;
+            let (Ok(Ok(counts)), Ok(Ok(parked)), Ok(Ok(retrying))) = (counts, parked, retrying)
+            else {
                 return Rendered::with_problem(
                     html! { p.bad { "the store does not answer" } },
                     true,
@@ -252,6 +258,20 @@ impl Panel for SagaPanel {
                         }
                     }
                 }
+                @if !retrying.is_empty() {
+                    p.bad { "Retrying the same step:" }
+                    table {
+                        tr { th { "Run" } th { "Step" } th { "Attempts" } th { "Last error" } }
+                        @for r in &retrying {
+                            tr {
+                                td { a href={ "/dashboard/runs/" (r.run.id) } { code { (r.run.id) } } br; (r.run.saga) " v" (r.run.version) }
+                                td { (r.step) " (" (r.phase.as_str()) ")" }
+                                td.bad { (r.attempts) }
+                                td { (r.last_error.as_deref().unwrap_or("-")) }
+                            }
+                        }
+                    }
+                }
                 dl {
                     @for run_state in onephase_saga::RunState::ALL {
                         @let n = counts.get(&run_state).copied().unwrap_or(0);
@@ -260,7 +280,7 @@ impl Panel for SagaPanel {
                     }
                 }
             };
-            Rendered::with_problem(body, !parked.is_empty())
+            Rendered::with_problem(body, !parked.is_empty() || !retrying.is_empty())
         })
     }
 }
