@@ -175,7 +175,11 @@ impl Server {
         let (stop_relays, relays_stopped) = tokio::sync::watch::channel(false);
         let mut relays = self.state.outbox().spawn(relays_stopped.clone());
         relays.extend(self.state.saga().spawn(relays_stopped.clone()));
-        relays.extend(self.state.webhook().spawn(relays_stopped));
+        relays.extend(self.state.webhook().spawn(relays_stopped.clone()));
+        relays.push(crate::dashboard::history::spawn(
+            self.state.clone(),
+            relays_stopped,
+        ));
         tracing::info!(%addr, store = %self.state.store().url(), "onephase listening on http://{addr}");
 
         let finished = tokio::select! {

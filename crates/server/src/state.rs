@@ -44,6 +44,7 @@ struct StateInner {
     clock: SharedClock,
     started: Instant,
     panels: Vec<Arc<dyn Panel>>,
+    history: crate::dashboard::history::History,
     outbox: OutboxService,
     saga: SagaService,
     webhook: WebhookService,
@@ -82,12 +83,18 @@ impl AppState {
                 Arc::new(LeasePanel),
                 Arc::new(LimitPanel),
             ],
+            history: crate::dashboard::history::History::default(),
             outbox,
             saga,
             webhook,
             lease,
             limit,
         }))
+    }
+
+    /// The last hour, sampled, for the dashboard's charts.
+    pub fn history(&self) -> &crate::dashboard::history::History {
+        &self.0.history
     }
 
     /// The embedded log and the configured outbox relays.

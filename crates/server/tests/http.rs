@@ -2286,6 +2286,12 @@ per_backend! {
             .text()
             .await?;
         ensure!(panels.contains(&format!("/dashboard/endpoints/{id}")), "{panels}");
+        for chart in ["Delivered per 30 s", "Mean latency", "Runs"] {
+            ensure!(
+                panels.contains(&format!("aria-label=\"{chart}\"")),
+                "no {chart} chart"
+            );
+        }
         let page_url = server.url(&format!("/dashboard/endpoints/{id}"));
         let page = http.get(&page_url).header("cookie", &session).send().await?.text().await?;
         ensure!(page.contains("Replay 1 dead letter<") && page.contains("500"), "{page}");
@@ -2432,6 +2438,8 @@ per_backend! {
                 && sagas.contains("503"),
             "{sagas}"
         );
+        // Charts of the last hour, drawn by the server (sampled at start, then every 30 s).
+        ensure!(panels.contains("aria-label=\"Runs\""), "no chart of runs");
         // The panel with the problem comes first.
         ensure!(
             panels.find("<h2>Sagas") < panels.find("<h2>Server"),

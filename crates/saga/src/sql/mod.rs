@@ -36,8 +36,8 @@ pub struct DefinitionInfo {
     pub created_at: OffsetDateTime,
 }
 
-/// A run that keeps retrying one step: running or compensating, with a step waiting for its
-/// next attempt after several failed ones. What an operator should look at before the run
+/// A run that keeps retrying one step: running or compensating, with a step that failed and
+/// waits for, or is making, another attempt after several. What an operator should look at before the run
 /// parks (a retriable step is retried forever by default).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Retrying {

@@ -552,7 +552,8 @@ pub(super) async fn retrying(
     sqlx::query(AssertSqlSafe(format!(
         "SELECT {RETRYING_COLUMNS} FROM onephase_saga_runs r \
          JOIN onephase_saga_steps s ON s.run_id = r.id \
-         WHERE r.state IN ('running', 'compensating') AND s.status = 'retry_wait' \
+         WHERE r.state IN ('running', 'compensating') \
+           AND s.status IN ('retry_wait', 'started') AND s.last_error IS NOT NULL \
            AND s.attempts >= ?1 \
          ORDER BY s.attempts DESC, r.created_at LIMIT ?2"
     )))

@@ -6,6 +6,7 @@
 //! about one thing (a saga run, a webhook endpoint or message, a relay's dead letters) where an
 //! admin acts on it ([`pages`]). Every page needs a session ([`session`]).
 
+pub mod history;
 pub mod pages;
 pub mod session;
 
@@ -57,6 +58,102 @@ impl Rendered {
     pub fn with_problem(body: Markup, problem: bool) -> Self {
         Self { body, problem }
     }
+}
+
+/// The colours of a chart's lines, in order.
+const PALETTE: [&str; 6] = [
+    "#2563eb", "#b42318", "#17803d", "#b54708", "#6941c6", "#0e7490",
+];
+
+/// A series of one value per sample.
+type Series<'a> = (&'a str, &'a str, Vec<Option<f64>>);
+
+fn outbox_charts(samples: &[history::Sample], names: &[&str]) -> Markup {
+    let per_relay =
+        |value: &dyn Fn(&history::RelaySample) -> Option<f64>| -> Vec<Vec<Option<f64>>> {
+            names
+                .iter()
+                .map(|name| {
+                    samples
+                        .iter()
+                        .map(|s| s.relays.iter().find(|r| r.name == *name).and_then(value))
+                        .collect()
+                })
+                .collect()
+        };
+    let published = per_relay(&|r| Some(r.published as f64));
+    let lag = per_relay(&|r| r.lag_secs);
+    let named = |values: Vec<Vec<Option<f64>>>, rate: bool| -> Vec<Series<'_>> {
+        values
+            .into_iter()
+            .zip(names)
+            .enumerate()
+            .map(|(i, (v, name))| {
+                (
+                    *name,
+                    PALETTE[i % PALETTE.len()],
+                    if rate { history::rates(&v) } else { v },
+                )
+            })
+            .collect()
+    };
+    html! {
+        (history::chart("Published", "/s", &named(published, true)))
+        (history::chart("Lag", "s", &named(lag, false)))
+    }
+}
+
+fn webhook_charts(samples: &[history::Sample]) -> Markup {
+    let success: Vec<Option<f64>> = samples
+        .iter()
+        .map(|s| {
+            (s.webhook_attempts > 0)
+                .then(|| s.webhook_delivered as f64 * 100.0 / s.webhook_attempts as f64)
+        })
+        .collect();
+    let latency: Vec<Option<f64>> = samples.iter().map(|s| s.webhook_latency_ms).collect();
+    html! {
+        (history::chart("Delivered per 30 s", "%", &[("success", PALETTE[2], success)]))
+        (history::chart("Mean latency", "ms", &[("latency", PALETTE[0], latency)]))
+    }
+}
+
+fn saga_chart(samples: &[history::Sample]) -> Markup {
+    let series: Vec<Series<'_>> = ["running", "compensating", "needs_operator"]
+        .iter()
+        .zip([PALETTE[0], PALETTE[3], PALETTE[1]])
+        .map(|(state, colour)| {
+            let values = samples
+                .iter()
+                .map(|s| {
+                    s.sagas
+                        .as_ref()
+                        .map(|counts| counts.get(*state).copied().unwrap_or(0) as f64)
+                })
+                .collect();
+            (*state, colour, values)
+        })
+        .collect();
+    history::chart("Runs", "", &series)
+}
+
+fn limit_chart(samples: &[history::Sample]) -> Markup {
+    let decisions: Vec<Option<f64>> = samples
+        .iter()
+        .map(|s| Some(s.limit_decisions as f64))
+        .collect();
+    let refused: Vec<Option<f64>> = samples
+        .iter()
+        .map(|s| Some(s.limit_refused as f64))
+        .collect();
+    history::chart(
+        "Decisions",
+        "/s",
+        &[
+            ("checked", PALETTE[0], history::rates(&decisions)),
+            ("refused", PALETTE[1], history::rates(&refused)),
+        ],
+    )
 }
 
 /// A time as the API and the CLI write it: RFC 3339, UTC.
@@ -200,6 +297,7 @@ impl Panel for OutboxPanel {
                             }
                         }
                     }
+                    (outbox_charts(&state.history().samples(), &rows.iter().map(|(s, _, _)| s.name.as_str()).collect::<Vec<_>>()))
                 }
             };
             Rendered::with_problem(body, problem)
@@ -279,6 +377,7 @@ impl Panel for SagaPanel {
                         dd class=(if run_state == onephase_saga::RunState::NeedsOperator && n > 0 { "bad" } else { "" }) { (n) }
                     }
                 }
+                (saga_chart(&state.history().samples()))
             };
             Rendered::with_problem(body, !parked.is_empty() || !retrying.is_empty())
         })
@@ -353,6 +452,7 @@ impl Panel for WebhookPanel {
                     }
                 }
                 @if stats.len() > 20 { p { (stats.len() - 20) " more endpoints: " code { "onephase webhook endpoints list" } } }
+                (webhook_charts(&state.history().samples()))
             };
             Rendered::with_problem(body, problem)
         })
@@ -449,6 +549,7 @@ impl Panel for LimitPanel {
                         }
                     }
                 }
+                (limit_chart(&state.history().samples()))
             })
         })
     }
@@ -498,6 +599,7 @@ dl{display:grid;grid-template-columns:max-content 1fr;gap:.3rem 1rem;margin:0}dt
 .error{background:#fdecea;border-left:4px solid #b42318;padding:.5rem 1rem}
 form.act{display:inline-flex;gap:.4rem;margin:.2rem .4rem .2rem 0;flex-wrap:wrap}
 input[type=text],input[type=password]{padding:.3rem;min-width:14rem}button{padding:.3rem .7rem;cursor:pointer}
+figure.chart{margin:.6rem 0 0}figcaption{font-size:.8rem;color:#5b6578}svg{display:block}
 pre{white-space:pre-wrap;overflow-wrap:anywhere;background:#f6f7f9;padding:.5rem;max-height:20rem;overflow:auto}
 ";
 
