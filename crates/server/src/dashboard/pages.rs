@@ -31,23 +31,19 @@ use crate::state::AppState;
 pub fn routes() -> axum::Router<AppState> {
     axum::Router::new()
         .route("/dashboard/runs/{id}", get(run))
-        .route("/dashboard/runs/{id}/retry", post(run_retry))
-        .route("/dashboard/runs/{id}/abort", post(run_abort))
+        .route("/dashboard/runs/{id}/{action}", post(run_action))
         .route(
             "/dashboard/runs/{id}/steps/{step}/resolve",
             post(run_resolve),
         )
         .route("/dashboard/endpoints/{id}", get(endpoint))
-        .route("/dashboard/endpoints/{id}/enable", post(endpoint_enable))
-        .route("/dashboard/endpoints/{id}/disable", post(endpoint_disable))
-        .route("/dashboard/endpoints/{id}/replay", post(endpoint_replay))
+        .route("/dashboard/endpoints/{id}/{action}", post(endpoint_action))
         .route("/dashboard/messages/{id}", get(message))
         .route("/dashboard/messages/{id}/replay", post(message_replay))
         .route("/dashboard/relays/{name}", get(relay))
-        .route("/dashboard/relays/{name}/dead/{id}/retry", post(dead_retry))
         .route(
-            "/dashboard/relays/{name}/dead/{id}/discard",
-            post(dead_discard),
+            "/dashboard/relays/{name}/dead/{id}/{action}",
+            post(dead_row_action),
         )
 }
 
@@ -117,6 +113,14 @@ fn failed(viewer: &Viewer, status: StatusCode, what: &str) -> Response {
         page("Not shown", viewer, None, Some(what), html! {}),
     )
         .into_response()
+}
+
+fn no_such_action(viewer: &Viewer, action: &str) -> Response {
+    failed(
+        viewer,
+        StatusCode::NOT_FOUND,
+        &format!("there is no action {action:?} here; nothing changed"),
+    )
 }
 
 fn status_of(e: &(impl Classify + std::fmt::Display)) -> StatusCode {
@@ -266,38 +270,38 @@ async fn operate(
     }
 }
 
-async fn run_retry(
+/// `retry` or `abort` a parked run.
+async fn run_action(
     viewer: Viewer,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Path((id, action)): Path<(String, String)>,
     Form(form): Form<NoteForm>,
 ) -> Response {
-    operate(
-        &state,
-        &viewer,
-        &id,
-        &form,
-        "retried",
-        async |admin, id, audit| admin.retry(id, &audit).await,
-    )
-    .await
-}
-
-async fn run_abort(
-    viewer: Viewer,
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    Form(form): Form<NoteForm>,
-) -> Response {
-    operate(
-        &state,
-        &viewer,
-        &id,
-        &form,
-        "aborted",
-        async |admin, id, audit| admin.abort(id, &audit).await,
-    )
-    .await
+    match action.as_str() {
+        "retry" => {
+            operate(
+                &state,
+                &viewer,
+                &id,
+                &form,
+                "retried",
+                async |admin, id, audit| admin.retry(id, &audit).await,
+            )
+            .await
+        }
+        "abort" => {
+            operate(
+                &state,
+                &viewer,
+                &id,
+                &form,
+                "aborted",
+                async |admin, id, audit| admin.abort(id, &audit).await,
+            )
+            .await
+        }
+        other => no_such_action(&viewer, other),
+    }
 }
 
 async fn run_resolve(
@@ -434,49 +438,43 @@ async fn on_endpoint<T>(
     }
 }
 
-async fn endpoint_enable(
+/// `enable`, `disable` (with a reason) or `replay` the dead letters of an endpoint.
+async fn endpoint_action(
     viewer: Viewer,
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    Form(form): Form<Confirm>,
-) -> Response {
-    on_endpoint(&state, &viewer, &id, &form.csrf, "enabled", async |w| {
-        w.enable(&id).await
-    })
-    .await
-}
-
-async fn endpoint_disable(
-    viewer: Viewer,
-    State(state): State<AppState>,
-    Path(id): Path<String>,
+    Path((id, action)): Path<(String, String)>,
     Form(form): Form<ReasonForm>,
 ) -> Response {
-    let reason = if form.reason.trim().is_empty() {
-        format!("disabled by {} on the dashboard", viewer.caller.name)
-    } else {
-        form.reason.trim().to_owned()
-    };
-    on_endpoint(&state, &viewer, &id, &form.csrf, "disabled", async |w| {
-        w.disable(&id, &reason).await
-    })
-    .await
-}
-
-async fn endpoint_replay(
-    viewer: Viewer,
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    Form(form): Form<Confirm>,
-) -> Response {
-    let replay = onephase_webhook::Replay {
-        endpoint_id: Some(id.clone()),
-        ..Default::default()
-    };
-    on_endpoint(&state, &viewer, &id, &form.csrf, "replayed", async |w| {
-        w.replay(&replay).await
-    })
-    .await
+    let csrf = form.csrf.as_str();
+    match action.as_str() {
+        "enable" => {
+            on_endpoint(&state, &viewer, &id, csrf, "enabled", async |w| {
+                w.enable(&id).await
+            })
+            .await
+        }
+        "disable" => {
+            let reason = match form.reason.trim() {
+                "" => format!("disabled by {} on the dashboard", viewer.caller.name),
+                given => given.to_owned(),
+            };
+            on_endpoint(&state, &viewer, &id, csrf, "disabled", async |w| {
+                w.disable(&id, &reason).await
+            })
+            .await
+        }
+        "replay" => {
+            let replay = onephase_webhook::Replay {
+                endpoint_id: Some(id.clone()),
+                ..Default::default()
+            };
+            on_endpoint(&state, &viewer, &id, csrf, "replayed", async |w| {
+                w.replay(&replay).await
+            })
+            .await
+        }
+        other => no_such_action(&viewer, other),
+    }
 }
 
 async fn message_page(
@@ -683,20 +681,16 @@ async fn on_dead_row(
     }
 }
 
-async fn dead_retry(
+/// `retry` or `discard` a dead row.
+async fn dead_row_action(
     viewer: Viewer,
     State(state): State<AppState>,
-    Path(path): Path<(String, String)>,
+    Path((name, id, action)): Path<(String, String, String)>,
     Form(form): Form<Confirm>,
 ) -> Response {
-    on_dead_row(&state, &viewer, path, &form.csrf, false).await
-}
-
-async fn dead_discard(
-    viewer: Viewer,
-    State(state): State<AppState>,
-    Path(path): Path<(String, String)>,
-    Form(form): Form<Confirm>,
-) -> Response {
-    on_dead_row(&state, &viewer, path, &form.csrf, true).await
+    match action.as_str() {
+        "retry" => on_dead_row(&state, &viewer, (name, id), &form.csrf, false).await,
+        "discard" => on_dead_row(&state, &viewer, (name, id), &form.csrf, true).await,
+        other => no_such_action(&viewer, other),
+    }
 }
