@@ -1233,13 +1233,23 @@ per_backend! {
             StatusCode::NOT_FOUND,
         )
         .await?;
-        let resolved = act(
-            format!("/v1/saga-runs/{id}/steps/reserve/resolve"),
-            server.admin().into(),
-            "released by hand",
-        )
-        .await?;
+        // Resolved from the dashboard: the run's page offers it, with this session's token.
+        let page = http
+            .get(server.url(&format!("/dashboard/runs/{id}")))
+            .header("cookie", server.session())
+            .send()
+            .await?
+            .text()
+            .await?;
+        ensure!(page.contains("Resolve reserve by hand"), "{page}");
+        let resolved = http
+            .post(server.url(&format!("/dashboard/runs/{id}/steps/reserve/resolve")))
+            .header("cookie", server.session())
+            .form(&[("csrf", csrf_of(&page)?.as_str()), ("note", "released by hand")])
+            .send()
+            .await?;
         ensure!(resolved.status() == StatusCode::OK);
+        ensure!(resolved.text().await?.contains("Resolved by hand"));
         let finished = settled_run(&http, &server, id).await?;
         ensure!(finished["state"] == "compensated", "{finished}");
         let history = finished["history"].as_array().context("history")?;
