@@ -1250,6 +1250,16 @@ per_backend! {
             .await?;
         ensure!(resolved.status() == StatusCode::OK);
         ensure!(resolved.text().await?.contains("Resolved by hand"));
+        // Again: the run no longer waits for an operator, so the page says why, with the
+        // API's status, and nothing changes.
+        let again = http
+            .post(server.url(&format!("/dashboard/runs/{id}/steps/reserve/resolve")))
+            .header("cookie", server.session())
+            .form(&[("csrf", csrf_of(&page)?.as_str()), ("note", "twice")])
+            .send()
+            .await?;
+        ensure!(again.status() == StatusCode::CONFLICT, "{}", again.status());
+        ensure!(again.text().await?.contains("not done"));
         let finished = settled_run(&http, &server, id).await?;
         ensure!(finished["state"] == "compensated", "{finished}");
         let history = finished["history"].as_array().context("history")?;

@@ -115,6 +115,15 @@ fn failed(viewer: &Viewer, status: StatusCode, what: &str) -> Response {
         .into_response()
 }
 
+/// The page shown after a refused action, with the status the API would have answered (400
+/// for an empty note, 409 for a run that is not parked, ...), unless the page itself failed.
+fn refused(error: &(impl Classify + std::fmt::Display), mut page: Response) -> Response {
+    if page.status().is_success() {
+        *page.status_mut() = status_of(error);
+    }
+    page
+}
+
 fn no_such_action(viewer: &Viewer, action: &str) -> Response {
     failed(
         viewer,
@@ -223,12 +232,7 @@ async fn run_page(
             }
         }
     };
-    let status = if error.is_some() {
-        StatusCode::CONFLICT
-    } else {
-        StatusCode::OK
-    };
-    (status, page("Saga run", viewer, notice, error, body)).into_response()
+    page("Saga run", viewer, notice, error, body).into_response()
 }
 
 async fn run(
@@ -266,7 +270,10 @@ async fn operate(
     let audit = onephase_saga::Audit::new(viewer.caller.name.clone(), form.note.clone());
     match action(state.saga().orchestrator().admin(), id, audit).await {
         Ok(()) => Redirect::to(&format!("/dashboard/runs/{id}?done={done}")).into_response(),
-        Err(e) => run_page(state, viewer, id, None, Some(&format!("not done: {e}"))).await,
+        Err(e) => refused(
+            &e,
+            run_page(state, viewer, id, None, Some(&format!("not done: {e}"))).await,
+        ),
     }
 }
 
@@ -399,16 +406,7 @@ async fn endpoint_page(
             }
         }
     };
-    let status = if error.is_some() {
-        StatusCode::CONFLICT
-    } else {
-        StatusCode::OK
-    };
-    (
-        status,
-        page("Webhook endpoint", viewer, notice, error, body),
-    )
-        .into_response()
+    page("Webhook endpoint", viewer, notice, error, body).into_response()
 }
 
 async fn endpoint(
@@ -434,7 +432,10 @@ async fn on_endpoint<T>(
     }
     match action(state.webhook().webhooks()).await {
         Ok(_) => Redirect::to(&format!("/dashboard/endpoints/{id}?done={done}")).into_response(),
-        Err(e) => endpoint_page(state, viewer, id, None, Some(&format!("not done: {e}"))).await,
+        Err(e) => refused(
+            &e,
+            endpoint_page(state, viewer, id, None, Some(&format!("not done: {e}"))).await,
+        ),
     }
 }
 
@@ -535,12 +536,7 @@ async fn message_page(
             }
         }
     };
-    let status = if error.is_some() {
-        StatusCode::CONFLICT
-    } else {
-        StatusCode::OK
-    };
-    (status, page("Webhook message", viewer, notice, error, body)).into_response()
+    page("Webhook message", viewer, notice, error, body).into_response()
 }
 
 async fn message(
@@ -567,7 +563,10 @@ async fn message_replay(
     };
     match state.webhook().webhooks().replay(&replay).await {
         Ok(_) => Redirect::to(&format!("/dashboard/messages/{id}?done=replayed")).into_response(),
-        Err(e) => message_page(&state, &viewer, &id, None, Some(&format!("not done: {e}"))).await,
+        Err(e) => refused(
+            &e,
+            message_page(&state, &viewer, &id, None, Some(&format!("not done: {e}"))).await,
+        ),
     }
 }
 
@@ -632,12 +631,7 @@ async fn relay_page(
             }
         }
     };
-    let status = if error.is_some() {
-        StatusCode::CONFLICT
-    } else {
-        StatusCode::OK
-    };
-    (status, page("Outbox relay", viewer, notice, error, body)).into_response()
+    page("Outbox relay", viewer, notice, error, body).into_response()
 }
 
 async fn relay(
@@ -677,7 +671,10 @@ async fn on_dead_row(
     };
     match result {
         Ok(()) => Redirect::to(&format!("/dashboard/relays/{name}?done={done}")).into_response(),
-        Err(e) => relay_page(state, viewer, &name, None, Some(&format!("not done: {e}"))).await,
+        Err(e) => refused(
+            &e,
+            relay_page(state, viewer, &name, None, Some(&format!("not done: {e}"))).await,
+        ),
     }
 }
 

@@ -10,11 +10,11 @@
 //! no other site can compute); a request without the right one changes nothing. Pages forbid
 //! framing, so an action button cannot be clicked through another site's page.
 
+use axum::Form;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::{Form, extract::OptionalFromRequestParts};
 use maud::{Markup, html};
 use serde::Deserialize;
 
@@ -94,17 +94,6 @@ impl FromRequestParts<AppState> for Viewer {
             // The page's refresh script sees the redirect and reloads into the sign-in form.
             None => Err(Redirect::to("/dashboard/sign-in").into_response()),
         }
-    }
-}
-
-impl OptionalFromRequestParts<AppState> for Viewer {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Option<Self>, Self::Rejection> {
-        Ok(viewer(parts, state).await)
     }
 }
 
