@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use common::serve;
+use common::serve_with;
 use onephase_testkit::tool_path;
 use serde_json::{Value, json};
 use tokio::process::Command;
@@ -39,14 +39,12 @@ async fn an_operator_replays_a_dead_letter_from_the_dashboard() -> anyhow::Resul
     let rx = receiver::TestReceiver::start().await;
     rx.script(|_, n| receiver::Answer::status(if n == 0 { 500 } else { 200 }));
     let dir = tempfile::tempdir()?;
-    let config = dir.path().join("onephase.toml");
-    std::fs::write(
-        &config,
+    let server = serve_with(
+        dir.path(),
         "[webhook]\nallow_networks = [\"127.0.0.0/8\"]\nschedule_secs = [0]\njitter = 0.0\n\
          poll_interval_ms = 20\n",
-    )?;
-    let config = config.display().to_string();
-    let server = serve(dir.path(), &["--config", &config]).await?;
+    )
+    .await?;
     let token = server
         .token
         .clone()

@@ -13,7 +13,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, ensure};
-use common::serve;
+use common::serve_with;
 use onephase_testkit::{TestDb, tool_path};
 use tokio::process::Command;
 
@@ -28,18 +28,13 @@ async fn quickstart(program: &Path, args: &[&str], cwd: &Path) -> anyhow::Result
         return Ok(()); // the PostgreSQL suite is skipped (and said so)
     };
     let dir = tempfile::tempdir()?;
-    let config = dir.path().join("onephase.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[outbox.relay]]\nname = \"orders\"\nsource = \"{}\"\nsink = \"log\"\n\
-             [saga]\nallow_networks = [\"127.0.0.0/8\"]\npoll_interval_ms = 20\n\
-             [webhook]\nallow_networks = [\"127.0.0.0/8\"]\n",
-            app.url()
-        ),
-    )?;
-    let config = config.display().to_string();
-    let server = serve(dir.path(), &["--config", &config]).await?;
+    let toml = format!(
+        "[[outbox.relay]]\nname = \"orders\"\nsource = \"{}\"\nsink = \"log\"\n\
+         [saga]\nallow_networks = [\"127.0.0.0/8\"]\npoll_interval_ms = 20\n\
+         [webhook]\nallow_networks = [\"127.0.0.0/8\"]\n",
+        app.url()
+    );
+    let server = serve_with(dir.path(), &toml).await?;
     let token = server
         .token
         .clone()

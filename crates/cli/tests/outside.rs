@@ -11,26 +11,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use common::{Serve, serve};
+use common::{Serve, serve, serve_with};
 use onephase_testkit::{Engine, FaultProxy, engine_url};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_onephase");
-
-/// Writes `text` as the configuration file and returns the arguments that load it.
-fn config(dir: &Path, text: &str) -> anyhow::Result<Vec<String>> {
-    let path = dir.join("onephase.toml");
-    std::fs::write(&path, text)?;
-    Ok(vec!["--config".to_owned(), path.display().to_string()])
-}
-
-async fn serve_with(dir: &Path, text: &str) -> anyhow::Result<Serve> {
-    let args = config(dir, text)?;
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    serve(dir, &args).await
-}
 
 /// A client that sends the server's admin token.
 struct Api {

@@ -57,6 +57,14 @@ pub struct Serve {
     pub logs: Arc<Mutex<Vec<String>>>,
 }
 
+/// Writes `toml` as `dir/onephase.toml` and starts `onephase serve` in `dir` with it.
+pub async fn serve_with(dir: &Path, toml: &str) -> anyhow::Result<Serve> {
+    let path = dir.join("onephase.toml");
+    std::fs::write(&path, toml)?;
+    let path = path.display().to_string();
+    serve(dir, &["--config", &path]).await
+}
+
 /// Starts `onephase serve` in `dir` on a free port and waits until it listens.
 pub async fn serve(dir: &Path, extra: &[&str]) -> anyhow::Result<Serve> {
     let mut child = Command::new(BIN)

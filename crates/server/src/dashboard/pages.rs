@@ -115,13 +115,26 @@ fn failed(viewer: &Viewer, status: StatusCode, what: &str) -> Response {
         .into_response()
 }
 
-/// The page shown after a refused action, with the status the API would have answered (400
-/// for an empty note, 409 for a run that is not parked, ...), unless the page itself failed.
-fn refused(error: &(impl Classify + std::fmt::Display), mut page: Response) -> Response {
-    if page.status().is_success() {
-        *page.status_mut() = status_of(error);
+/// What follows an action: done, a redirect to the page at `back` with the notice `done`;
+/// refused, the page again (rendered by `again` with why) under the status the API would have
+/// answered (400 for an empty note, 409 for a run that is not parked, ...), unless the page
+/// itself could not be rendered.
+async fn settle<T, E: Classify + std::fmt::Display>(
+    result: Result<T, E>,
+    back: &str,
+    done: &str,
+    again: impl AsyncFnOnce(&str) -> Response,
+) -> Response {
+    match result {
+        Ok(_) => Redirect::to(&format!("{back}?done={done}")).into_response(),
+        Err(e) => {
+            let mut page = again(&format!("not done: {e}")).await;
+            if page.status().is_success() {
+                *page.status_mut() = status_of(&e);
+            }
+            page
+        }
     }
-    page
 }
 
 fn no_such_action(viewer: &Viewer, action: &str) -> Response {
@@ -268,13 +281,14 @@ async fn operate(
         return not_a_run_id(viewer, id);
     };
     let audit = onephase_saga::Audit::new(viewer.caller.name.clone(), form.note.clone());
-    match action(state.saga().orchestrator().admin(), id, audit).await {
-        Ok(()) => Redirect::to(&format!("/dashboard/runs/{id}?done={done}")).into_response(),
-        Err(e) => refused(
-            &e,
-            run_page(state, viewer, id, None, Some(&format!("not done: {e}"))).await,
-        ),
-    }
+    let result = action(state.saga().orchestrator().admin(), id, audit).await;
+    settle(
+        result,
+        &format!("/dashboard/runs/{id}"),
+        done,
+        async |why| run_page(state, viewer, id, None, Some(why)).await,
+    )
+    .await
 }
 
 /// `retry` or `abort` a parked run.
@@ -430,13 +444,14 @@ async fn on_endpoint<T>(
     if let Err((status, why)) = viewer.may_act(csrf) {
         return failed(viewer, status, why);
     }
-    match action(state.webhook().webhooks()).await {
-        Ok(_) => Redirect::to(&format!("/dashboard/endpoints/{id}?done={done}")).into_response(),
-        Err(e) => refused(
-            &e,
-            endpoint_page(state, viewer, id, None, Some(&format!("not done: {e}"))).await,
-        ),
-    }
+    let result = action(state.webhook().webhooks()).await;
+    settle(
+        result,
+        &format!("/dashboard/endpoints/{id}"),
+        done,
+        async |why| endpoint_page(state, viewer, id, None, Some(why)).await,
+    )
+    .await
 }
 
 /// `enable`, `disable` (with a reason) or `replay` the dead letters of an endpoint.
@@ -561,13 +576,14 @@ async fn message_replay(
         message_id: Some(id.clone()),
         ..Default::default()
     };
-    match state.webhook().webhooks().replay(&replay).await {
-        Ok(_) => Redirect::to(&format!("/dashboard/messages/{id}?done=replayed")).into_response(),
-        Err(e) => refused(
-            &e,
-            message_page(&state, &viewer, &id, None, Some(&format!("not done: {e}"))).await,
-        ),
-    }
+    let result = state.webhook().webhooks().replay(&replay).await;
+    settle(
+        result,
+        &format!("/dashboard/messages/{id}"),
+        "replayed",
+        async |why| message_page(&state, &viewer, &id, None, Some(why)).await,
+    )
+    .await
 }
 
 // ---- outbox relays ----
@@ -669,13 +685,13 @@ async fn on_dead_row(
     } else {
         (admin.retry(row).await, "row-retried")
     };
-    match result {
-        Ok(()) => Redirect::to(&format!("/dashboard/relays/{name}?done={done}")).into_response(),
-        Err(e) => refused(
-            &e,
-            relay_page(state, viewer, &name, None, Some(&format!("not done: {e}"))).await,
-        ),
-    }
+    settle(
+        result,
+        &format!("/dashboard/relays/{name}"),
+        done,
+        async |why| relay_page(state, viewer, &name, None, Some(why)).await,
+    )
+    .await
 }
 
 /// `retry` or `discard` a dead row.
