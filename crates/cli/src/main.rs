@@ -129,6 +129,15 @@ struct ServeArgs {
     /// Seconds to wait for requests in flight on shutdown [default: 30].
     #[arg(long, env = "ONEPHASE_SHUTDOWN_GRACE_SECS", value_name = "SECS")]
     shutdown_grace_secs: Option<u64>,
+
+    /// Export spans over OTLP/HTTP to this URL, e.g. http://127.0.0.1:4318/v1/traces
+    /// (`OTEL_EXPORTER_OTLP_ENDPOINT` gives the base URL instead) [default: no export].
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", value_name = "URL")]
+    otlp_endpoint: Option<String>,
+
+    /// The `service.name` of exported spans [default: onephase].
+    #[arg(long, env = "OTEL_SERVICE_NAME", value_name = "NAME")]
+    otlp_service_name: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -242,10 +251,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 log: args.log,
                 log_format: args.log_format,
                 shutdown_grace_secs: args.shutdown_grace_secs,
+                otlp_endpoint: args.otlp_endpoint.or_else(otlp_base_endpoint),
+                service_name: args.otlp_service_name,
             };
             let config = ServerConfig::load(config_file, overrides)?;
-            init_tracing(&config)?;
-            serve(config).await
+            let exporter = init_tracing(&config, true)?;
+            let served = serve(config).await;
+            if let Some(exporter) = exporter {
+                // Sends the spans still queued; blocking, so off the runtime's threads.
+                match tokio::task::spawn_blocking(move || exporter.shutdown()).await {
+                    Ok(Err(e)) => eprintln!("warning: {e}"),
+                    Err(e) => eprintln!("warning: traces: the exporter did not stop: {e}"),
+                    Ok(Ok(())) => {}
+                }
+            }
+            served
         }
         Command::Migrate(MigrateArgs {
             outbox: Some(url), ..
@@ -267,7 +287,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             outbox: None,
         }) => {
             let config = load_for_store(store)?;
-            init_tracing(&config)?;
+            init_tracing(&config, false)?;
             let store = Store::connect(&config.store).await?;
             store.migrate(&migrations()).await?;
             outln!("{}: migrations applied", store.url());
@@ -292,19 +312,58 @@ fn load_for_store(args: StoreArgs) -> anyhow::Result<ServerConfig> {
     Ok(ServerConfig::load(args.config.as_deref(), overrides)?)
 }
 
-fn init_tracing(config: &ServerConfig) -> anyhow::Result<()> {
-    use tracing_subscriber::EnvFilter;
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is the base URL of every signal: traces go to its
+/// `/v1/traces`, as the OpenTelemetry specification says.
+fn otlp_base_endpoint() -> Option<String> {
+    let base = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok()?;
+    let base = base.trim();
+    (!base.is_empty()).then(|| format!("{}/v1/traces", base.trim_end_matches('/')))
+}
+
+/// Log lines to stderr, filtered by `log`; with `export` and an OTLP endpoint configured, the
+/// spans of the onephase crates are also exported (whatever `log` lets through), and the
+/// exporter is returned to be shut down at the end.
+fn init_tracing(
+    config: &ServerConfig,
+    export: bool,
+) -> anyhow::Result<Option<onephase_trace::otlp::Exporter>> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{EnvFilter, Layer as _, filter::Targets};
     let filter = EnvFilter::try_new(&config.log)
         .with_context(|| format!("invalid log filter {:?}", config.log))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let log = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    match config.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    let log = match config.log_format {
+        LogFormat::Text => log.with_filter(filter).boxed(),
+        LogFormat::Json => log.json().with_filter(filter).boxed(),
+    };
+    let traces = &config.traces;
+    let exporter = match (&traces.otlp_endpoint, export) {
+        (Some(endpoint), true) => {
+            let mut otlp = onephase_trace::otlp::OtlpConfig::new(endpoint, traces.service_name());
+            otlp.sample_ratio = traces.sample_ratio();
+            otlp.headers = traces.headers.clone();
+            Some(onephase_trace::otlp::Exporter::start(
+                &otlp,
+                tokio::runtime::Handle::current(),
+            )?)
+        }
+        _ => None,
+    };
+    // Only onephase's own spans: a trace shows requests, steps, deliveries and publishes,
+    // not every query and connection underneath.
+    let spans = exporter.as_ref().map(|exporter| {
+        exporter
+            .layer()
+            .with_filter(Targets::new().with_target("onephase", tracing::Level::INFO))
+    });
+    tracing_subscriber::registry().with(log).with(spans).init();
+    if let Some(endpoint) = traces.otlp_endpoint.as_ref().filter(|_| export) {
+        tracing::info!(%endpoint, service = traces.service_name(), "exporting spans over OTLP");
     }
-    Ok(())
+    Ok(exporter)
 }
 
 async fn serve(config: ServerConfig) -> anyhow::Result<()> {

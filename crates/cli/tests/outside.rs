@@ -11,74 +11,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use common::{Serve, serve, serve_with};
+use common::{Api, serve, serve_with};
 use onephase_testkit::{Engine, FaultProxy, engine_url};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_onephase");
-
-/// A client that sends the server's admin token.
-struct Api {
-    http: reqwest::Client,
-    base: String,
-    token: String,
-}
-
-impl Api {
-    fn of(server: &Serve) -> anyhow::Result<Self> {
-        Ok(Self {
-            http: reqwest::Client::new(),
-            base: server.base.clone(),
-            token: server
-                .token
-                .clone()
-                .context("the first start prints a token")?,
-        })
-    }
-
-    async fn send(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> anyhow::Result<(u16, Value)> {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await?;
-        let status = response.status().as_u16();
-        let text = response.text().await?;
-        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
-    }
-
-    async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let (status, body) = self.send(reqwest::Method::GET, path, None).await?;
-        ensure!(status == 200, "GET {path}: {status} {body}");
-        Ok(body)
-    }
-
-    async fn post(&self, path: &str, body: Value) -> anyhow::Result<(u16, Value)> {
-        self.send(reqwest::Method::POST, path, Some(body)).await
-    }
-
-    /// GETs `path` as text, signed in to the dashboard with this token.
-    async fn text(&self, path: &str) -> anyhow::Result<String> {
-        Ok(self
-            .http
-            .get(format!("{}{path}", self.base))
-            .header("cookie", format!("onephase_session={}", self.token))
-            .send()
-            .await?
-            .text()
-            .await?)
-    }
-}
 
 /// Polls `check` every 50 ms for up to `within`.
 async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F) -> anyhow::Result<()>

@@ -299,11 +299,16 @@ impl<P: Publisher> Relay<P> {
                 continue;
             }
             let (rows, envelopes): (Vec<Row>, Vec<Envelope>) = wave.into_iter().unzip();
+            let spans: Vec<_> = envelopes.iter().map(|e| self.publish_span(e)).collect();
             let results = self.publisher.publish(&envelopes).await;
-            for (row, result) in rows.into_iter().zip(results) {
+            for ((row, result), span) in rows.into_iter().zip(results).zip(spans) {
                 match result {
                     Ok(()) => published.push(row.seq),
                     Err(e) => {
+                        if let Some(span) = span {
+                            span.record("otel.status_code", "ERROR");
+                            span.record("error", e.to_string());
+                        }
                         if let Some(key) = &row.key {
                             failed_keys.insert(key.clone());
                         }
@@ -367,6 +372,25 @@ impl<P: Publisher> Relay<P> {
         );
         log.unlogged = 0;
         log.logged_at = Some(now);
+    }
+
+    /// A span for the publish of an event written within a trace (its `traceparent` header),
+    /// as a child of that context; it lasts while its wave is published. Events written
+    /// outside a trace get none: a relay moves tens of thousands a second. The event keeps
+    /// the `traceparent` it was written with, so its consumers continue the writer's trace.
+    fn publish_span(&self, envelope: &Envelope) -> Option<tracing::Span> {
+        let traceparent = envelope.header(onephase_trace::TRACEPARENT)?;
+        let span = tracing::info_span!(
+            "outbox publish",
+            topic = envelope.topic(),
+            message = %envelope.id(),
+            sink = self.publisher.transport(),
+            otel.kind = "producer",
+            otel.status_code = tracing::field::Empty,
+            error = tracing::field::Empty,
+        );
+        onephase_trace::follow(&span, Some(traceparent));
+        Some(span)
     }
 
     /// The row as an envelope. Takes the row's topic and payload (the row keeps its seq, key

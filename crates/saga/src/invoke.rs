@@ -80,6 +80,10 @@ pub struct Call {
     pub input_json: Arc<RawJson>,
     /// The outputs exactly as the steps answered them.
     pub outputs_json: Arc<BTreeMap<String, RawJson>>,
+    /// The W3C `traceparent` of this attempt's span (or, when no OpenTelemetry layer records
+    /// spans, the one the run was started in): a participant that continues it joins the
+    /// run's trace. Sent over HTTP as `traceparent`.
+    pub traceparent: Option<String>,
 }
 
 impl Call {

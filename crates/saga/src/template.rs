@@ -307,6 +307,7 @@ mod tests {
                     .collect(),
             ),
             outputs: Arc::new(outputs),
+            traceparent: None,
         }
     }
 

@@ -87,12 +87,22 @@ pub fn router(state: AppState) -> Router {
                     .get("x-request-id")
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("-");
-                tracing::info_span!(
+                let span = tracing::info_span!(
                     "http",
                     method = %request.method(),
                     path = %request.uri().path(),
-                    request_id = %id
-                )
+                    request_id = %id,
+                    otel.name = %request.method(),
+                    otel.kind = "server",
+                    http.route = tracing::field::Empty,
+                    http.response.status_code = tracing::field::Empty,
+                    otel.status_code = tracing::field::Empty,
+                );
+                // A client in a trace (a `traceparent` header) gets this request as a child span.
+                onephase_trace::of_request(&span, |name| {
+                    request.headers().get(name).and_then(|v| v.to_str().ok())
+                });
+                span
             }),
         )
         .layer(PropagateRequestIdLayer::x_request_id())

@@ -62,6 +62,12 @@
 //! burst = 20                         # gcra only; default: the limit
 //! fail_mode = "open"                 # or "closed": when Redis or the database cannot answer
 //! chunk = 10                         # hybrid: decide in process on leases of 10 units; default: ask the store
+//!
+//! [traces]                           # span export over OTLP/HTTP (all optional)
+//! otlp_endpoint = "http://127.0.0.1:4318/v1/traces"  # --otlp-endpoint, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT; default: no export
+//! service_name = "onephase"          # OTEL_SERVICE_NAME
+//! sample_ratio = 1.0                 # share of new traces recorded
+//! headers = { "x-api-key" = "..." }  # sent with every export request
 //! ```
 //!
 //! Unknown keys are errors, so that a typo cannot silently leave a setting at its default.
@@ -77,6 +83,7 @@ use crate::lease::LeaseSettings;
 use crate::limit::LimitSettings;
 use crate::outbox::RelaySettings;
 use crate::saga::SagaSettings;
+use crate::traces::TracesSettings;
 use crate::webhook::WebhookSettings;
 
 /// The default listen address: loopback only, so a fresh start exposes nothing.
@@ -123,6 +130,10 @@ pub struct ConfigOverrides {
     pub log_format: Option<LogFormat>,
     /// How long shutdown waits for requests in flight, in seconds.
     pub shutdown_grace_secs: Option<u64>,
+    /// The OTLP/HTTP traces URL spans are exported to.
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` of exported spans.
+    pub service_name: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -146,6 +157,8 @@ struct FileConfig {
     lease: LeaseSettings,
     #[serde(default)]
     limit: LimitSettings,
+    #[serde(default)]
+    traces: TracesSettings,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -220,6 +233,8 @@ pub struct ServerConfig {
     pub lease: LeaseSettings,
     /// The `[limit]` table.
     pub limit: LimitSettings,
+    /// The `[traces]` table, with the overrides laid over it.
+    pub traces: TracesSettings,
 }
 
 impl Default for ServerConfig {
@@ -237,6 +252,7 @@ impl Default for ServerConfig {
             webhook: WebhookSettings::default(),
             lease: LeaseSettings::default(),
             limit: LimitSettings::default(),
+            traces: TracesSettings::default(),
         }
     }
 }
@@ -295,6 +311,10 @@ impl ServerConfig {
         file_config.saga.policy()?;
         file_config.lease.validate()?;
         file_config.limit.validate()?;
+        let mut traces = file_config.traces;
+        traces.otlp_endpoint = overrides.otlp_endpoint.or(traces.otlp_endpoint);
+        traces.service_name = overrides.service_name.or(traces.service_name);
+        traces.validate()?;
         let store = overrides
             .store
             .or(file_config.store)
@@ -324,6 +344,7 @@ impl ServerConfig {
             webhook: file_config.webhook,
             lease: file_config.lease,
             limit: file_config.limit,
+            traces,
         })
     }
 }

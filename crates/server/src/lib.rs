@@ -41,6 +41,7 @@ pub mod problem;
 pub mod saga;
 mod serve;
 pub mod state;
+pub mod traces;
 mod unread;
 pub mod v1;
 pub mod webhook;

@@ -61,7 +61,15 @@ pub async fn track_http(State(state): State<AppState>, request: Request, next: N
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    // Named by its route, not its path: a trace backend groups spans by name.
+    let span = tracing::Span::current();
+    span.record("otel.name", format!("{method} {route}"));
+    span.record("http.route", route.as_str());
     let response = next.run(request).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    if response.status().is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
     let status = response.status().as_u16().to_string();
     metrics::counter!(
         "onephase_http_requests_total",

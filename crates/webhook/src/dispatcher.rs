@@ -18,6 +18,7 @@ use onephase_core::{Random, SharedClock, SystemClock};
 use onephase_store::Store;
 use onephase_store::worker::{Pace, Wake, WorkerLoop};
 use tokio::sync::{Notify, mpsc};
+use tracing::Instrument as _;
 
 use crate::WebhookError;
 use crate::destination::{AddressPolicy, DeliveryClient, DeliveryError};
@@ -223,9 +224,24 @@ impl Dispatcher {
         for c in claimed {
             let inner = self.inner.clone();
             let results = results.clone();
-            tokio::spawn(async move {
-                let _ = results.send(inner.attempt(c).await);
-            });
+            // Each attempt is a span in the trace of the request that sent the message.
+            let span = tracing::info_span!(
+                "webhook delivery",
+                message = %c.message_id,
+                endpoint = %c.endpoint_id,
+                attempt = c.attempts.saturating_add(1),
+                otel.kind = "client",
+                http.response.status_code = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+                error = tracing::field::Empty,
+            );
+            onephase_trace::follow(&span, c.traceparent.as_deref());
+            tokio::spawn(
+                async move {
+                    let _ = results.send(inner.attempt(c).await);
+                }
+                .instrument(span),
+            );
         }
     }
 
@@ -338,6 +354,19 @@ impl Inner {
         )
         .unwrap_or(i64::MAX);
         let ended_ms = now_ms + latency_ms;
+        let span = tracing::Span::current();
+        match &sent {
+            Ok((status, ..)) => {
+                span.record("http.response.status_code", status);
+                if *status >= 300 {
+                    span.record("otel.status_code", "ERROR");
+                }
+            }
+            Err(error) => {
+                span.record("otel.status_code", "ERROR");
+                span.record("error", error.as_str());
+            }
+        }
         let (verdict, status_code, response, error) = match sent {
             Ok((status, retry_after, snippet)) => (
                 judge(status, retry_after.as_deref(), ended_ms / 1000),
@@ -417,7 +446,7 @@ impl Inner {
         let signer = signer(&keys, sql::ms(now)).map_err(|e| e.to_string())?;
         let timestamp = now.unix_timestamp();
         let signature = signer.sign(&c.message_id, timestamp, c.body.as_bytes());
-        let request = self
+        let mut request = self
             .client
             .http()
             .post(&c.url)
@@ -429,7 +458,13 @@ impl Inner {
                 "user-agent",
                 concat!("onephase-webhook/", env!("CARGO_PKG_VERSION")),
             )
-            .body(c.body.clone())
+            .body(c.body.clone());
+        if let Some(traceparent) =
+            onephase_trace::onward(&tracing::Span::current(), c.traceparent.as_deref())
+        {
+            request = request.header(onephase_trace::TRACEPARENT, traceparent);
+        }
+        let request = request
             .build()
             .map_err(|e| format!("the request could not be built: {e}"))?;
         let mut response = self.client.send(request).await.map_err(|e| match e {

@@ -41,6 +41,13 @@ pub struct NewMessage {
     #[serde(default)]
     #[setters(generate, strip_option, into)]
     pub idempotency_key: Option<String>,
+    /// The W3C `traceparent` of the work that sends it (the server takes it from the
+    /// request's `traceparent` header): each delivery attempt's span continues that trace,
+    /// and the endpoint receives the attempt's own `traceparent`. Not part of the message
+    /// itself: a repeat under the same idempotency key may come from another trace.
+    #[serde(skip)]
+    #[setters(generate, strip_option, into)]
+    pub traceparent: Option<String>,
 }
 
 impl PartialEq for NewMessage {
@@ -68,6 +75,7 @@ impl NewMessage {
             payload,
             partition_key: None,
             idempotency_key: None,
+            traceparent: None,
         }
     }
 
@@ -122,6 +130,10 @@ impl NewMessage {
             digest: self.digest(),
             body,
             created_at_ms: sql::ms(now),
+            traceparent: self
+                .traceparent
+                .clone()
+                .filter(|t| onephase_trace::is_valid(t)),
         })
     }
 

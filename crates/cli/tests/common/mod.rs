@@ -150,3 +150,64 @@ impl Serve {
         )
     }
 }
+
+/// A client that sends the server's admin token.
+pub struct Api {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub token: String,
+}
+
+impl Api {
+    pub fn of(server: &Serve) -> anyhow::Result<Self> {
+        Ok(Self {
+            http: reqwest::Client::new(),
+            base: server.base.clone(),
+            token: server
+                .token
+                .clone()
+                .context("the first start prints a token")?,
+        })
+    }
+
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let text = response.text().await?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let (status, body) = self.send(reqwest::Method::GET, path, None).await?;
+        ensure!(status == 200, "GET {path}: {status} {body}");
+        Ok(body)
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> anyhow::Result<(u16, Value)> {
+        self.send(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    /// GETs `path` as text, signed in to the dashboard with this token.
+    pub async fn text(&self, path: &str) -> anyhow::Result<String> {
+        Ok(self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header("cookie", format!("onephase_session={}", self.token))
+            .send()
+            .await?
+            .text()
+            .await?)
+    }
+}

@@ -25,7 +25,8 @@
 //! `Onephase-Saga-Run`, `Onephase-Saga-Step`, `Onephase-Attempt` and `Fencing-Token`, the
 //! fence of the orchestrator's claim: per run it only grows, so a participant that refuses a
 //! token lower than one it saw for the run, as `onephase_lease::FenceLayer` does, cannot be
-//! reached by an orchestrator paused past its claim). The response status
+//! reached by an orchestrator paused past its claim), and the W3C `traceparent` of the
+//! attempt's span when the run was started within a trace. The response status
 //! decides the outcome: `success` statuses (default `2xx`) store the response body (JSON, or
 //! text) as the step's output; `retry` statuses (default 408, 425, 429 and `5xx`), connection
 //! errors and timeouts are retried; every other status is a refusal (`fail`).
@@ -386,6 +387,7 @@ fn header_templates<'a>(
             .map_err(|_| format!("header name {name:?} is not a valid HTTP header name"))?;
         if header == "idempotency-key"
             || header == "fencing-token"
+            || header == onephase_trace::TRACEPARENT
             || name.to_ascii_lowercase().starts_with("onephase-")
         {
             return Err(format!(
@@ -553,6 +555,9 @@ impl HttpCall {
             .header("Onephase-Saga-Step", &*call.step)
             .header("Onephase-Attempt", call.attempt.to_string())
             .header("Fencing-Token", call.fencing_token.to_string());
+        if let Some(traceparent) = &call.traceparent {
+            request = request.header(onephase_trace::TRACEPARENT, traceparent);
+        }
         for (name, template) in &self.headers {
             let value = template
                 .render(&call, false)
@@ -679,5 +684,30 @@ mod tests {
             json!({"price": 2.0}),
             "a body is sent as written"
         );
+    }
+
+    #[test]
+    fn the_headers_the_orchestrator_sets_cannot_be_templated() {
+        for name in [
+            "Idempotency-Key",
+            "fencing-token",
+            "traceparent",
+            "Onephase-Attempt",
+        ] {
+            let spec = SagaSpec::from_value(json!({
+                "name": "s", "version": 1,
+                "steps": [{"name": "a", "kind": "pivot",
+                           "action": {"method": "POST", "url": "http://x/a",
+                                      "headers": {name: "{{input.x}}"}}}]
+            }))
+            .expect("the document parses");
+            let error = spec
+                .compile(&reqwest::Client::new())
+                .expect_err("a header the orchestrator sets is refused");
+            assert!(
+                error.to_string().contains("set by the orchestrator"),
+                "{name}: {error}"
+            );
+        }
     }
 }

@@ -20,6 +20,7 @@ use crate::invoke::{Call, Phase, SharedInvoke, StepError};
 use crate::sql::{Event, RunWrite, Sql, Transition};
 use crate::state::{self, Next, RunRecord, RunState, StepRecord, StepStatus};
 use crate::{SagaError, metrics};
+use tracing::Instrument as _;
 
 /// The step records and events of the transition being built.
 #[derive(Default)]
@@ -83,7 +84,10 @@ impl Inner {
     /// Drives `run` until it waits or finishes; on an error hands it back, due in a second.
     pub(super) async fn drive(self: Arc<Self>, run: RunRecord) {
         let (id, fence) = (run.id, run.fence);
-        if let Err(e) = self.drive_inner(run).await {
+        // One span per round of driving, in the trace of the request that started the run.
+        let span = tracing::info_span!("saga run", saga = %run.saga, run = %run.id);
+        onephase_trace::follow(&span, run.traceparent.as_deref());
+        if let Err(e) = self.drive_inner(run).instrument(span).await {
             metrics::round_error();
             // Hand the run back for a retry in a second rather than after the whole lease; if
             // the database is what failed, the lease still brings it back.
@@ -237,6 +241,7 @@ impl Inner {
                 outputs: outputs.clone(),
                 input_json: run.input.clone(),
                 outputs_json: outputs_json.clone(),
+                traceparent: run.traceparent.clone(),
             };
             pending.step(run, &name, phase, record);
             calls.push(Planned {
@@ -260,8 +265,21 @@ impl Inner {
                 let (name, phase, policy) = (name.clone(), *phase, planned.policy);
                 let started = clock.monotonic();
                 let attempt = planned.call.attempt;
-                let invoked = AssertUnwindSafe(planned.invoker.invoke(planned.call)).catch_unwind();
-                let result = match tokio::time::timeout(policy.timeout, invoked).await {
+                let span = tracing::info_span!(
+                    "saga step",
+                    step = %name,
+                    phase = %phase,
+                    attempt,
+                    otel.kind = "client",
+                    otel.status_code = tracing::field::Empty,
+                    error = tracing::field::Empty,
+                );
+                let mut call = planned.call;
+                call.traceparent = onephase_trace::onward(&span, call.traceparent.as_deref());
+                let invoked = AssertUnwindSafe(planned.invoker.invoke(call)).catch_unwind();
+                let bounded =
+                    tokio::time::timeout(policy.timeout, invoked).instrument(span.clone());
+                let result = match bounded.await {
                     Ok(Ok(result)) => result,
                     Ok(Err(_)) => Err(StepError::retry(format!(
                         "the {phase} of step {name:?} panicked"
@@ -272,6 +290,10 @@ impl Inner {
                     ))),
                 };
                 let elapsed = clock.monotonic().saturating_duration_since(started);
+                if let Err(e) = &result {
+                    span.record("otel.status_code", "ERROR");
+                    span.record("error", e.to_string());
+                }
                 metrics::attempt(saga, &name, phase, &result, elapsed);
                 Answered {
                     name,

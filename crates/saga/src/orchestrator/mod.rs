@@ -73,6 +73,10 @@ pub struct StartRequest {
     /// Starting twice with the same key (per saga) starts one run; the second start returns
     /// it. Reusing a key with another input is refused.
     pub idempotency_key: Option<String>,
+    /// The W3C `traceparent` of the work that starts the run (see `onephase_trace`): the
+    /// orchestrator's spans for the run continue that trace, and each step's call carries it
+    /// on. A malformed value is ignored.
+    pub traceparent: Option<String>,
 }
 
 impl StartRequest {
@@ -83,7 +87,14 @@ impl StartRequest {
             version: None,
             input: input.into(),
             idempotency_key: None,
+            traceparent: None,
         }
+    }
+
+    /// Within the trace of `traceparent`.
+    pub fn traceparent(mut self, traceparent: impl Into<String>) -> Self {
+        self.traceparent = Some(traceparent.into());
+        self
     }
 
     /// With an idempotency key.
@@ -428,6 +439,7 @@ impl Orchestrator {
             input: request.input,
             key: request.idempotency_key.clone(),
             digest: digest.clone(),
+            traceparent: request.traceparent.filter(|t| onephase_trace::is_valid(t)),
             now,
         };
         let record = RunRecord {
@@ -438,6 +450,7 @@ impl Orchestrator {
             input: Arc::new(RawJson::null()),
             error: None,
             fence: 0,
+            traceparent: None,
             steps: Default::default(),
         };
         let event = Event::new(&record, "run_started", now);

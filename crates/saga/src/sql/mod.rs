@@ -183,6 +183,7 @@ pub(crate) struct NewRun {
     pub input: RawJson,
     pub key: Option<String>,
     pub digest: String,
+    pub traceparent: Option<String>,
     pub now: OffsetDateTime,
 }
 

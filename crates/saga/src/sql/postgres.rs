@@ -128,8 +128,8 @@ pub(super) async fn start(
     let inserted = sqlx::query(
         "INSERT INTO onephase_saga_runs \
              (id, saga, version, state, input, idempotency_key, input_digest, created_at, \
-              updated_at, due_at) \
-         VALUES ($1, $2, $3, 'running', $4, $5, $6, $7, $7, $7) \
+              updated_at, due_at, traceparent) \
+         VALUES ($1, $2, $3, 'running', $4, $5, $6, $7, $7, $7, $8) \
          ON CONFLICT (saga, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
     )
     .bind(run.id)
@@ -139,6 +139,7 @@ pub(super) async fn start(
     .bind(&run.key)
     .bind(&run.digest)
     .bind(run.now)
+    .bind(&run.traceparent)
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -200,6 +201,7 @@ fn run_record(r: &PgRow) -> Result<RunRecord, sqlx::Error> {
         input: input.0.into(),
         error: r.try_get("error")?,
         fence: r.try_get("fence")?,
+        traceparent: r.try_get("traceparent")?,
         steps: BTreeMap::new(),
     })
 }
@@ -238,7 +240,7 @@ pub(super) async fn claim(pool: &PgPool, claim: Claim<'_>) -> Result<Vec<RunReco
              FOR UPDATE SKIP LOCKED \
          ) c \
          WHERE r.id = c.id \
-         RETURNING r.id, r.saga, r.version, r.state, r.input, r.error, r.fence",
+         RETURNING r.id, r.saga, r.version, r.state, r.input, r.error, r.fence, r.traceparent",
     )
     .bind(claim.me)
     .bind(millis(claim.lease))
@@ -365,7 +367,7 @@ where
 {
     let mut tx = pool.begin().await?;
     let Some(row) = sqlx::query(
-        "SELECT id, saga, version, state, input, error, fence FROM onephase_saga_runs \
+        "SELECT id, saga, version, state, input, error, fence, traceparent FROM onephase_saga_runs \
          WHERE id = $1 FOR UPDATE",
     )
     .bind(id)

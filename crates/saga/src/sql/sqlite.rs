@@ -169,8 +169,8 @@ pub(super) async fn start(
     let inserted = sqlx::query(
         "INSERT INTO onephase_saga_runs \
              (id, saga, version, state, input, idempotency_key, input_digest, created_at, \
-              updated_at, due_at) \
-         VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6, ?7, ?7, ?7) \
+              updated_at, due_at, traceparent) \
+         VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6, ?7, ?7, ?7, ?8) \
          ON CONFLICT (saga, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
     )
     .bind(run.id.to_string())
@@ -180,6 +180,7 @@ pub(super) async fn start(
     .bind(&run.key)
     .bind(&run.digest)
     .bind(ms(run.now))
+    .bind(&run.traceparent)
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -238,6 +239,7 @@ fn run_record(r: &SqliteRow) -> Result<RunRecord, sqlx::Error> {
         input: raw_json(r, "input")?.into(),
         error: r.try_get("error")?,
         fence: r.try_get("fence")?,
+        traceparent: r.try_get("traceparent")?,
         steps: BTreeMap::new(),
     })
 }
@@ -279,7 +281,7 @@ pub(super) async fn claim(
                AND (saga IN (SELECT value FROM json_each(?4)) \
                     OR (?5 AND saga IN (SELECT name FROM onephase_saga_definitions))) \
              ORDER BY due_at LIMIT ?6) \
-         RETURNING id, saga, version, state, input, error, fence",
+         RETURNING id, saga, version, state, input, error, fence, traceparent",
     )
     .bind(claim.me.to_string())
     .bind(ms(claim.now + claim.lease))
@@ -405,7 +407,7 @@ where
 {
     let mut tx = pool.begin().await?;
     let Some(row) = sqlx::query(
-        "SELECT id, saga, version, state, input, error, fence FROM onephase_saga_runs WHERE id = ?1",
+        "SELECT id, saga, version, state, input, error, fence, traceparent FROM onephase_saga_runs WHERE id = ?1",
     )
     .bind(id.to_string())
     .fetch_optional(&mut *tx)

@@ -185,6 +185,8 @@ pub(crate) struct RunRecord {
     pub error: Option<String>,
     /// The fence of the claim this record was read under (0 outside a claim).
     pub fence: i64,
+    /// The W3C `traceparent` the run was started in, if any.
+    pub traceparent: Option<String>,
     pub steps: BTreeMap<(String, Phase), StepRecord>,
 }
 

@@ -45,7 +45,8 @@ proptest! {
             state: RunState::Running,
             input: Arc::new(RawJson::null()),
             error: None,
-        fence: 0,
+            fence: 0,
+            traceparent: None,
             steps: BTreeMap::new(),
         };
         let mut now = OffsetDateTime::UNIX_EPOCH;

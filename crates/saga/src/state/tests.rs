@@ -33,6 +33,7 @@ fn run() -> RunRecord {
         input: Arc::new(json!({}).into()),
         error: None,
         fence: 0,
+        traceparent: None,
         steps: BTreeMap::new(),
     }
 }

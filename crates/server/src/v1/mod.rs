@@ -42,6 +42,16 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(limit::routes())
 }
 
+/// The W3C `traceparent` to store with the work this request starts (a saga run, a webhook
+/// message), so that the work's spans continue the request's trace: the request span's own
+/// when spans are exported, else the client's header as sent (a malformed one is dropped).
+pub(crate) fn traceparent(headers: &HeaderMap) -> Option<String> {
+    let received = headers
+        .get(onephase_trace::TRACEPARENT)
+        .and_then(|v| v.to_str().ok());
+    onephase_trace::onward(&tracing::Span::current(), received)
+}
+
 /// The `Idempotency-Key` header, if sent: 1 to 255 visible ASCII characters.
 pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     let Some(value) = headers.get("idempotency-key") else {

@@ -310,6 +310,7 @@ pub async fn start(
         version: body.version,
         input: body.input,
         idempotency_key: key,
+        traceparent: super::traceparent(&headers),
     };
     let started = state
         .saga()

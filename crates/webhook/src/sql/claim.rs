@@ -20,6 +20,8 @@ pub(crate) struct Claimed {
     pub rate_limit: Option<i32>,
     pub rate_tat_us: i64,
     pub body: String,
+    /// The W3C `traceparent` the message was sent in.
+    pub traceparent: Option<String>,
 }
 
 /// An enabled endpoint with room for more attempts.
@@ -52,14 +54,14 @@ fn rooms_sql(pg: bool) -> String {
 
 /// What a claim needs of a delivery, selected by id.
 const CLAIMED_BY_ID_PG: &str = "SELECT d.id, d.endpoint_id, d.message_id, d.attempts, e.url, \
-       e.keys, e.rate_limit, e.rate_tat_us, m.body \
+       e.keys, e.rate_limit, e.rate_tat_us, m.body, m.traceparent \
      FROM onephase_webhook_deliveries d \
      JOIN onephase_webhook_endpoints e ON e.id = d.endpoint_id \
      JOIN onephase_webhook_messages m ON m.id = d.message_id \
      WHERE d.id IN (SELECT jsonb_array_elements_text($1::jsonb)::bigint) \
      ORDER BY d.next_at_ms, d.id";
 const CLAIMED_BY_ID_SQLITE: &str = "SELECT d.id, d.endpoint_id, d.message_id, d.attempts, e.url, \
-       e.keys, e.rate_limit, e.rate_tat_us, m.body \
+       e.keys, e.rate_limit, e.rate_tat_us, m.body, m.traceparent \
      FROM onephase_webhook_deliveries d \
      JOIN onephase_webhook_endpoints e ON e.id = d.endpoint_id \
      JOIN onephase_webhook_messages m ON m.id = d.message_id \
@@ -69,7 +71,7 @@ const CLAIMED_BY_ID_SQLITE: &str = "SELECT d.id, d.endpoint_id, d.message_id, d.
 /// An unordered endpoint's due deliveries, oldest due first, with what sending them needs:
 /// at most `$3` rows are read, so a claim costs the same whatever the endpoint's backlog.
 const DUE: &str = "SELECT d.id, d.endpoint_id, d.message_id, d.attempts, e.url, e.keys, \
-       e.rate_limit, e.rate_tat_us, m.body \
+       e.rate_limit, e.rate_tat_us, m.body, m.traceparent \
      FROM (SELECT id, endpoint_id, message_id, attempts, next_at_ms \
            FROM onephase_webhook_deliveries \
            WHERE endpoint_id = $1 AND status = 'pending' AND next_at_ms <= $2 \

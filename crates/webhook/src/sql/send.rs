@@ -18,6 +18,7 @@ pub struct PreparedMessage {
     pub digest: String,
     pub body: String,
     pub created_at_ms: i64,
+    pub traceparent: Option<String>,
 }
 
 /// What writing a message did.
@@ -47,7 +48,8 @@ macro_rules! write_message {
         let m: &PreparedMessage = $m;
         let inserted = sqlx::query(
             "INSERT INTO onephase_webhook_messages (id, app, event_type, partition_key, \
-             idempotency_key, digest, body, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             idempotency_key, digest, body, created_at_ms, traceparent) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
              ON CONFLICT (app, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
         )
         .bind(&m.id)
@@ -58,6 +60,7 @@ macro_rules! write_message {
         .bind(&m.digest)
         .bind(&m.body)
         .bind(m.created_at_ms)
+        .bind(&m.traceparent)
         .execute(&mut *conn)
         .await?
         .rows_affected();

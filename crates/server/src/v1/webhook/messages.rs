@@ -63,6 +63,7 @@ pub async fn send(
         payload: body.payload,
         partition_key: body.partition_key,
         idempotency_key: crate::v1::idempotency_key(&headers)?,
+        traceparent: crate::v1::traceparent(&headers),
     };
     let sent = state.webhook().webhooks().send(&message).await?;
     let status = if sent.duplicate {
