@@ -36,6 +36,39 @@ impl Drop for Waiting {
     }
 }
 
+/// A bar of how much of a queue has drained: its length is the most ever seen waiting, its
+/// position how many of those are done; cleared when dropped.
+pub struct Draining {
+    bar: ProgressBar,
+    most: u64,
+}
+
+impl Draining {
+    /// Starts an empty bar whose counts are `what` (`deliveries`, say).
+    pub fn new(what: &str) -> Self {
+        let bar = ProgressBar::new(0);
+        let template = format!("{{bar:30}} {{pos}}/{{len}} {what} done, {{msg}}");
+        if let Ok(style) = ProgressStyle::with_template(&template) {
+            bar.set_style(style);
+        }
+        Self { bar, most: 0 }
+    }
+
+    /// `waiting` are still waiting, with `remaining` left before giving up.
+    pub fn update(&mut self, waiting: u64, remaining: Duration) {
+        self.most = self.most.max(waiting);
+        self.bar.set_length(self.most);
+        self.bar.set_position(self.most - waiting);
+        self.bar.set_message(left(remaining));
+    }
+}
+
+impl Drop for Draining {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
+    }
+}
+
 /// Awaits `work`, counting down from `within` on standard error meanwhile (`what: 12 s left`).
 pub async fn counting_down<T>(what: &str, within: Duration, work: impl Future<Output = T>) -> T {
     let deadline = Instant::now() + within;

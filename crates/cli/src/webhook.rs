@@ -2,11 +2,16 @@
 //! and replay, over a running server's HTTP API.
 
 use crate::output::outln;
+use std::time::Duration;
+
 use anyhow::Context;
 use clap::Subcommand;
 use serde_json::{Map, Value, json};
+use tokio::time::Instant;
 
 use crate::client::{Client, ServerArgs, answer, encode, list, print};
+use crate::lease::parse_duration;
+use crate::progress::Draining;
 
 #[derive(Debug, Subcommand)]
 pub enum WebhookCommand {
@@ -80,6 +85,14 @@ pub enum WebhookCommand {
         /// Also what was delivered, not only dead letters.
         #[arg(long)]
         include_delivered: bool,
+        /// Then wait until nothing is pending any more (the message's deliveries; with
+        /// `--endpoint` that endpoint's queue, else every endpoint's), with a bar of how many
+        /// are done. The exit status is 0 only if none went to the dead letters again.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this long: `30s`, `5m`, `1h`.
+        #[arg(long, default_value = "10m", value_parser = parse_duration, requires = "wait")]
+        timeout: Duration,
     },
 }
 
@@ -263,7 +276,18 @@ pub async fn run(command: WebhookCommand, server: &ServerArgs) -> anyhow::Result
             endpoint,
             since,
             include_delivered,
+            wait,
+            timeout,
         } => {
+            let scope = Scope {
+                message: message.as_deref(),
+                endpoint: endpoint.as_deref(),
+            };
+            // The newest attempt before the replay: what comes after it is the replay's.
+            let marker = match wait {
+                true => Some(scope.attempts(&Client::new(server)?, None, 1).await?),
+                false => None,
+            };
             let body = object(vec![
                 ("message_id", json!(message)),
                 ("endpoint_id", json!(endpoint)),
@@ -277,10 +301,141 @@ pub async fn run(command: WebhookCommand, server: &ServerArgs) -> anyhow::Result
             answer(server.json, &replayed, |a| {
                 format!("{} deliveries pending again", a["replayed"])
             });
-            Ok(())
+            let Some(marker) = marker else {
+                return Ok(());
+            };
+            let after = marker.first().and_then(|a| a["id"].as_i64()).unwrap_or(0);
+            drained(server, scope, after, timeout).await
         }
     }
 }
+
+/// What a replay's wait watches: one message's deliveries (to one endpoint, or all), or the
+/// queue of one endpoint or of every endpoint.
+#[derive(Clone, Copy)]
+struct Scope<'a> {
+    message: Option<&'a str>,
+    endpoint: Option<&'a str>,
+}
+
+impl Scope<'_> {
+    /// Deliveries pending now.
+    async fn pending(&self, client: &Client) -> anyhow::Result<u64> {
+        if let Some(id) = self.message {
+            let path = format!("/v1/webhooks/messages/{}", encode(id));
+            let message = client
+                .send(reqwest::Method::GET, &path)
+                .await?
+                .unwrap_or_default();
+            let rows = message["deliveries"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let pending = rows
+                .iter()
+                .filter(|r| self.endpoint.is_none_or(|e| r["endpoint_id"] == e))
+                .filter(|r| r["status"] == "pending")
+                .count();
+            return Ok(pending as u64);
+        }
+        let stats = client
+            .send(reqwest::Method::GET, "/v1/webhooks/stats")
+            .await?
+            .unwrap_or_default();
+        Ok(stats
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| self.endpoint.is_none_or(|e| r["endpoint_id"] == e))
+            .map(|r| r["pending"].as_u64().unwrap_or(0))
+            .sum())
+    }
+
+    /// Up to `limit` attempts, newest first, recorded before attempt `before` (if given).
+    async fn attempts(
+        &self,
+        client: &Client,
+        before: Option<i64>,
+        limit: u32,
+    ) -> anyhow::Result<Vec<Value>> {
+        let query = [
+            ("message_id", self.message.map(str::to_owned)),
+            ("endpoint_id", self.endpoint.map(str::to_owned)),
+            ("before", before.map(|b| b.to_string())),
+            ("limit", Some(limit.to_string())),
+        ];
+        let path = with_query("/v1/webhooks/attempts", &query);
+        let page = client
+            .send(reqwest::Method::GET, &path)
+            .await?
+            .unwrap_or_default();
+        Ok(page.as_array().cloned().unwrap_or_default())
+    }
+
+    /// Attempts recorded after attempt `after` that ended a delivery without delivering it
+    /// (`dead`, or `gone` for an endpoint that answered 410).
+    async fn failed_since(&self, client: &Client, after: i64) -> anyhow::Result<u64> {
+        let (mut failed, mut before) = (0, None);
+        loop {
+            let page = self.attempts(client, before, 1000).await?;
+            let newer: Vec<&Value> = page
+                .iter()
+                .take_while(|a| a["id"].as_i64().is_some_and(|id| id > after))
+                .collect();
+            failed += newer
+                .iter()
+                .filter(|a| a["outcome"] == "dead" || a["outcome"] == "gone")
+                .count() as u64;
+            if newer.len() < 1000 {
+                return Ok(failed);
+            }
+            before = newer.last().and_then(|a| a["id"].as_i64());
+        }
+    }
+}
+
+/// Polls until nothing in `scope` is pending or `timeout` passes, with a bar on standard
+/// error; fails on the timeout, or if attempts after attempt `after` sent deliveries to the
+/// dead letters.
+async fn drained(
+    server: &ServerArgs,
+    scope: Scope<'_>,
+    after: i64,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let client = Client::new(server)?;
+    let deadline = Instant::now() + timeout;
+    let mut bar = Draining::new("deliveries");
+    let pending = loop {
+        let pending = scope.pending(&client).await?;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if pending == 0 || remaining.is_zero() {
+            break pending;
+        }
+        bar.update(pending, remaining);
+        tokio::time::sleep(REPLAY_POLL.min(remaining)).await;
+    };
+    drop(bar);
+    let where_ = match (scope.message, scope.endpoint) {
+        (Some(id), _) => format!("`onephase webhook show {id}`"),
+        (None, Some(id)) => format!("`onephase webhook attempts --endpoint {id}`"),
+        (None, None) => "`onephase webhook attempts`".to_owned(),
+    };
+    anyhow::ensure!(
+        pending == 0,
+        "{pending} deliveries still pending after {} s; {where_} says why",
+        timeout.as_secs()
+    );
+    let failed = scope.failed_since(&client, after).await?;
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} deliveries went to the dead letters again; {where_} says why"
+    );
+    eprintln!("nothing pending any more; none went to the dead letters");
+    Ok(())
+}
+
+const REPLAY_POLL: Duration = Duration::from_millis(500);
 
 const MESSAGE_COLUMNS: &[(&str, &str)] = &[
     ("ID", "id"),

@@ -574,11 +574,52 @@ async fn webhook_commands_talk_to_a_running_server() -> anyhow::Result<()> {
     let (_, dead) = webhook(args(&["dead"])).await?;
     ensure!(dead.contains(&down_id), "{dead}");
 
-    rx.script(|_, _| receiver::Answer::status(200));
-    let (ok, replayed) = webhook(args(&["replay", "--endpoint", &down_id])).await?;
+    // Replayed to a receiver that still fails: the wait sees it go dead again, and says so.
+    let (ok, replayed) = webhook(args(&[
+        "replay",
+        "--endpoint",
+        &down_id,
+        "--wait",
+        "--timeout",
+        "20s",
+    ]))
+    .await?;
     ensure!(
-        ok && replayed.contains("1 deliveries pending again"),
+        !ok && replayed.contains("1 deliveries went to the dead letters again"),
         "{replayed}"
+    );
+    rx.script(|_, _| receiver::Answer::status(200));
+    let (ok, replayed) = webhook(args(&[
+        "replay",
+        "--endpoint",
+        &down_id,
+        "--wait",
+        "--timeout",
+        "20s",
+    ]))
+    .await?;
+    ensure!(
+        ok && replayed.contains("1 deliveries pending again")
+            && replayed.contains("nothing pending any more"),
+        "{replayed}"
+    );
+    let (ok, replayed) = webhook(args(&[
+        "replay",
+        "--message",
+        &id,
+        "--include-delivered",
+        "--wait",
+    ]))
+    .await?;
+    ensure!(
+        ok && replayed.contains("2 deliveries pending again")
+            && replayed.contains("nothing pending any more"),
+        "{replayed}"
+    );
+    let (ok, text) = webhook(args(&["replay", "--endpoint", &down_id, "--timeout", "5s"])).await?;
+    ensure!(
+        !ok && text.contains("--wait"),
+        "--timeout without --wait: {text}"
     );
     let (ok, rotated) = webhook(args(&[
         "endpoints",
