@@ -1,7 +1,8 @@
-//! The dashboard in a real browser: Debian's Chromium, headless, driven by Playwright
-//! (`tests/browser/dashboard.mjs`) against the release of `onephase serve` a user runs. An
-//! operator signs in, sees the dead letter, opens the endpoint, presses replay and sees the
-//! delivery succeed; the layout must not overflow 800 px.
+//! The dashboard and the lab's report in a real browser: Debian's Chromium, headless, driven
+//! by Playwright. `tests/browser/dashboard.mjs`, against `onephase serve`: an operator signs
+//! in, sees the dead letter, opens the endpoint, presses replay and sees the delivery succeed;
+//! the layout must not overflow 800 px. `tests/browser/lab.mjs`, on the page `onephase lab all
+//! --report` writes: every scenario with its numbers, verdicts and chart, nothing fetched.
 //!
 //! scripts/test.sh installs Chromium and the script's locked dependencies and sets
 //! `ONEPHASE_CHROMIUM` and `ONEPHASE_BROWSER_NODE`. With `ONEPHASE_SCREENSHOTS=DIR` the script
@@ -115,5 +116,64 @@ async fn an_operator_replays_a_dead_letter_from_the_dashboard() -> anyhow::Resul
         "the replay never reached the receiver"
     );
     server.terminate().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_lab_report_shows_every_scenario_with_its_chart() -> anyhow::Result<()> {
+    let (Some(chromium), Some(node)) = (
+        tool_path("ONEPHASE_CHROMIUM", "Chromium"),
+        tool_path("ONEPHASE_BROWSER_NODE", "Node.js for the browser test"),
+    ) else {
+        return Ok(());
+    };
+    let script_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    ensure!(
+        script_dir.join("node_modules/playwright-core").is_dir(),
+        "tests/browser has no node_modules: `npm ci` there (scripts/test.sh does)"
+    );
+    let dir = tempfile::tempdir()?;
+    let report = dir.path().join("lab.html");
+    let ran = Command::new(env!("CARGO_BIN_EXE_onephase"))
+        .args(["lab", "all", "--report"])
+        .arg(&report)
+        .output()
+        .await?;
+    ensure!(
+        ran.status.success(),
+        "onephase lab all: {}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    let listed = Command::new(env!("CARGO_BIN_EXE_onephase"))
+        .args(["lab", "--json"])
+        .output()
+        .await?;
+    let names: Vec<String> = serde_json::from_slice::<Value>(&listed.stdout)?
+        .as_array()
+        .context("the list")?
+        .iter()
+        .filter_map(|s| s["name"].as_str().map(str::to_owned))
+        .collect();
+
+    let mut command = Command::new(node);
+    command
+        .arg("lab.mjs")
+        .current_dir(&script_dir)
+        .env("REPORT", &report)
+        .env("SCENARIOS", names.join(","))
+        .env("CHROMIUM", &chromium);
+    if let Ok(dir) = std::env::var("ONEPHASE_SCREENSHOTS") {
+        command.env("SCREENSHOTS", dir);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(120), command.output())
+        .await
+        .context("the browser script did not finish within 120 s")??;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success() && stdout.contains("browser: ok"),
+        "the browser script failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }

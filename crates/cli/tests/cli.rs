@@ -759,6 +759,60 @@ async fn lab_prints_its_scenarios_and_names_the_ones_it_has() -> anyhow::Result<
     let text = String::from_utf8(table.stdout)?;
     assert!(text.contains("| peak reconnects per 100 ms |"), "{text}");
 
+    // Without a name, the list: one line per scenario, by post.
+    let listed = onephase(dir.path(), &["lab"]).await?;
+    let text = String::from_utf8(listed.stdout)?;
+    assert!(listed.status.success(), "{text}");
+    for line in [
+        "   1  fenced-lock",
+        "   6  stampede",
+        "  11  boundary-burst",
+    ] {
+        assert!(text.contains(line), "{line:?} in {text}");
+    }
+
+    // A report: one page, every scenario asked for, its verdict, no script.
+    let page = dir.path().join("lab.html");
+    let page_arg = page.display().to_string();
+    let reported = onephase(
+        dir.path(),
+        &[
+            "lab",
+            "boundary-burst",
+            "local-limits",
+            "--report",
+            &page_arg,
+        ],
+    )
+    .await?;
+    assert!(
+        reported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reported.stderr)
+    );
+    let html = std::fs::read_to_string(&page)?;
+    assert!(
+        html.contains(r#"id="boundary-burst""#) && html.contains(r#"id="local-limits""#),
+        "{html}"
+    );
+    assert!(html.contains("onephase kept every invariant") && !html.contains("<script"));
+    let unwritable = onephase(
+        dir.path(),
+        &[
+            "lab",
+            "boundary-burst",
+            "--report",
+            "/nonexistent/dir/lab.html",
+        ],
+    )
+    .await?;
+    assert_eq!(unwritable.status.code(), Some(1));
+    let err = String::from_utf8(unwritable.stderr)?;
+    assert!(
+        err.contains("cannot write the report to /nonexistent/dir/lab.html"),
+        "{err}"
+    );
+
     let unknown = onephase(dir.path(), &["lab", "stampedes"]).await?;
     assert_eq!(unknown.status.code(), Some(1));
     let err = String::from_utf8(unknown.stderr)?;

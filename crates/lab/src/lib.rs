@@ -8,9 +8,12 @@
 //!
 //! | scenario | failure | onephase's answer |
 //! |---|---|---|
+//! | [`lock::fenced_lock`] | a lock holder pauses past its lease | the fencing token of [`onephase_lease`], checked at the write |
 //! | [`herd::stampede`] | 1,000 readers miss an expired key at once | [`HerdCache`](onephase_herd::HerdCache): coalescing, XFetch |
 //! | [`herd::retry_storm`] | a dependency is down for 10 s under steady load | [`Retry`](onephase_herd::Retry) with a budget and "do not retry" |
 //! | [`herd::reconnect_flood`] | 1,000 clients lose their server at once | [`Reconnect`](onephase_herd::Reconnect): spread and jitter |
+//! | [`limit::boundary_burst`] | a client spends two windows' limit across one boundary | the sliding log of [`onephase_limit`] |
+//! | [`limit::local_limits`] | three nodes each enforce the global limit alone | one shared limit through [`HybridLimiter`](onephase_limit::HybridLimiter) |
 //!
 //! ```
 //! let report = onephase_lab::run(onephase_lab::Scenario::Stampede, 7);
@@ -20,37 +23,116 @@
 //! ```
 
 pub mod herd;
+mod html;
+pub mod limit;
+pub mod lock;
 mod report;
 mod sim;
 
-pub use report::{Report, Row};
+pub use html::html;
+pub use report::{Chart, Invariant, Report, Row, verdict};
 pub use sim::SimClock;
 
 /// A scenario the lab can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scenario {
+    /// [`lock::fenced_lock`].
+    FencedLock,
     /// [`herd::stampede`].
     Stampede,
     /// [`herd::retry_storm`].
     RetryStorm,
     /// [`herd::reconnect_flood`].
     ReconnectFlood,
+    /// [`limit::boundary_burst`].
+    BoundaryBurst,
+    /// [`limit::local_limits`].
+    LocalLimits,
 }
 
 impl Scenario {
-    /// Every scenario, in the order the lab prints them.
-    pub const ALL: [Scenario; 3] = [
+    /// Every scenario, in the order of the seed's posts.
+    pub const ALL: [Scenario; 6] = [
+        Scenario::FencedLock,
         Scenario::Stampede,
         Scenario::RetryStorm,
         Scenario::ReconnectFlood,
+        Scenario::BoundaryBurst,
+        Scenario::LocalLimits,
     ];
 
     /// The name the CLI knows it by.
     pub fn name(self) -> &'static str {
         match self {
+            Self::FencedLock => "fenced-lock",
             Self::Stampede => "stampede",
             Self::RetryStorm => "retry-storm",
             Self::ReconnectFlood => "reconnect-flood",
+            Self::BoundaryBurst => "boundary-burst",
+            Self::LocalLimits => "local-limits",
+        }
+    }
+
+    /// The post of the seed it makes executable.
+    pub fn post(self) -> u8 {
+        match self {
+            Self::FencedLock => 1,
+            Self::Stampede | Self::RetryStorm | Self::ReconnectFlood => 6,
+            Self::BoundaryBurst | Self::LocalLimits => 11,
+        }
+    }
+
+    /// The failure, in a line.
+    pub fn summary(self) -> &'static str {
+        match self {
+            Self::FencedLock => {
+                "a lock holder pauses past its lease, and another holder writes meanwhile"
+            }
+            Self::Stampede => "1,000 readers miss an expired key at once",
+            Self::RetryStorm => {
+                "a dependency is down for 10 s under steady load, and clients retry"
+            }
+            Self::ReconnectFlood => "1,000 clients lose their server at once and reconnect",
+            Self::BoundaryBurst => "a client spends two windows' limit across one boundary",
+            Self::LocalLimits => "three nodes each enforce the global limit in their own memory",
+        }
+    }
+
+    /// The failure and onephase's answer, in two sentences.
+    pub fn story(self) -> &'static str {
+        match self {
+            Self::FencedLock => {
+                "A lease lapses while its holder is paused between reading and writing, so a \
+                 second holder gets in and the first one's late write lands over it. Every \
+                 write checks the lease's fencing token in its transaction, and the older token \
+                 is refused, however long the pause or wherever the clocks jumped."
+            }
+            Self::Stampede => {
+                "When a hot key expires, every reader misses at once and each one calls the \
+                 origin. HerdCache makes the readers share one load and refreshes a little \
+                 early (XFetch), so the origin sees one call per expiry."
+            }
+            Self::RetryStorm => {
+                "When a dependency fails, clients that retry at once multiply its load just as \
+                 it tries to recover. Retry with jitter inside a budget, and no retry of an \
+                 overload, keeps the load near what it was."
+            }
+            Self::ReconnectFlood => {
+                "When a server restarts, every client reconnects in the same instant and the \
+                 new server meets all of them at once. Reconnect spreads the first attempt and \
+                 backs off with jitter, so the wave is flat."
+            }
+            Self::BoundaryBurst => {
+                "A fixed window resets on the second, so a client that sends its limit just \
+                 before the boundary and again just after gets twice the limit through in a \
+                 moment. A sliding log counts the last second wherever it falls, and never \
+                 admits more than the limit in it."
+            }
+            Self::LocalLimits => {
+                "Each node that counts in its own memory admits the whole limit, so three nodes \
+                 admit three times what was promised. One shared limit, reached through leases \
+                 of a few units per node, stays within the limit plus a stated margin."
+            }
         }
     }
 
@@ -60,20 +142,23 @@ impl Scenario {
     }
 }
 
-/// Runs `scenario` with `seed` on a paused-time runtime of its own (on a thread of its own,
-/// so it may be called from inside another runtime).
+/// Runs `scenario` with `seed` on a runtime of its own (on a thread of its own, so it may be
+/// called from inside another runtime): on paused time, except where the failure needs a
+/// real engine (the lock's leases live in SQLite), which runs on the real clock.
 pub fn run(scenario: Scenario, seed: u64) -> Report {
-    let work = move || {
-        sim::block_on(async move {
-            match scenario {
-                Scenario::Stampede => herd::stampede(seed).await,
-                Scenario::RetryStorm => herd::retry_storm(seed).await,
-                Scenario::ReconnectFlood => herd::reconnect_flood(seed).await,
-            }
-        })
+    let work = move || match scenario {
+        Scenario::FencedLock => sim::block_on_real(lock::fenced_lock(seed)),
+        Scenario::Stampede => sim::block_on(herd::stampede(seed)),
+        Scenario::RetryStorm => sim::block_on(herd::retry_storm(seed)),
+        Scenario::ReconnectFlood => sim::block_on(herd::reconnect_flood(seed)),
+        Scenario::BoundaryBurst => sim::block_on(limit::boundary_burst(seed)),
+        Scenario::LocalLimits => sim::block_on(limit::local_limits(seed)),
     };
-    match std::thread::spawn(work).join() {
+    let mut report = match std::thread::spawn(work).join() {
         Ok(report) => report,
         Err(panic) => std::panic::resume_unwind(panic),
-    }
+    };
+    report.post = scenario.post();
+    report.story = scenario.story();
+    report
 }

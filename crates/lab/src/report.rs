@@ -13,27 +13,101 @@ pub struct Row {
     pub onephase: f64,
 }
 
+/// What must hold, checked on both runs: onephase's must keep it; the naive one usually does
+/// not, which is the failure the scenario shows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Invariant {
+    /// The invariant as a sentence ("at most 1 origin call per expiry").
+    pub statement: String,
+    /// Whether onephase's run kept it.
+    pub holds: bool,
+    /// Whether the naive run kept it.
+    pub naive_holds: bool,
+}
+
+/// One quantity over the run, per bucket of time, naive beside onephase: the picture of the
+/// failure.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Chart {
+    /// What is counted ("origin calls per 100 ms").
+    pub title: String,
+    /// The unit of the values, if any.
+    pub unit: String,
+    /// The width of a bucket, in milliseconds.
+    pub bucket_ms: u64,
+    /// The naive run's value in each bucket.
+    pub naive: Vec<f64>,
+    /// onephase's value in each bucket.
+    pub onephase: Vec<f64>,
+}
+
 /// What a scenario measured.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
     /// The scenario's name.
     pub scenario: &'static str,
+    /// The post of the seed it comes from.
+    pub post: u8,
+    /// The failure and onephase's answer, in two sentences.
+    pub story: &'static str,
     /// The setup in one sentence: load, fault, settings.
     pub setup: String,
     /// The seed the run used.
     pub seed: u64,
     /// The figures.
     pub rows: Vec<Row>,
+    /// What must hold, and whether it did.
+    pub invariant: Invariant,
+    /// The failure over time, where time is what it is about.
+    pub chart: Option<Chart>,
 }
 
 impl Report {
     pub(crate) fn new(scenario: &'static str, seed: u64, setup: impl Into<String>) -> Self {
         Self {
             scenario,
+            post: 0,
+            story: "",
             setup: setup.into(),
             seed,
             rows: Vec::new(),
+            invariant: Invariant {
+                statement: "the scenario stated no invariant".to_owned(),
+                holds: false,
+                naive_holds: false,
+            },
+            chart: None,
         }
+    }
+
+    /// Whether onephase kept the invariant.
+    pub fn passed(&self) -> bool {
+        self.invariant.holds
+    }
+
+    pub(crate) fn invariant(&mut self, statement: impl Into<String>, naive: bool, onephase: bool) {
+        self.invariant = Invariant {
+            statement: statement.into(),
+            holds: onephase,
+            naive_holds: naive,
+        };
+    }
+
+    pub(crate) fn chart(
+        &mut self,
+        title: &str,
+        unit: &str,
+        bucket: std::time::Duration,
+        naive: Vec<f64>,
+        onephase: Vec<f64>,
+    ) {
+        self.chart = Some(Chart {
+            title: title.to_owned(),
+            unit: unit.to_owned(),
+            bucket_ms: u64::try_from(bucket.as_millis()).unwrap_or(u64::MAX),
+            naive,
+            onephase,
+        });
     }
 
     pub(crate) fn row(&mut self, metric: &str, naive: f64, onephase: f64) {
@@ -49,11 +123,12 @@ impl Report {
         self.rows.iter().find(|r| r.metric.starts_with(metric))
     }
 
-    /// The report as a Markdown table, with naive ÷ onephase in the last column.
+    /// The report as a Markdown table, with naive ÷ onephase in the last column, and the
+    /// invariant's verdict under it.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "{} (seed {})\n{}\n\n| metric | naive | onephase | naive ÷ onephase |\n|---|---:|---:|---:|\n",
-            self.scenario, self.seed, self.setup
+            "{} (post {}, seed {})\n{}\n\n| metric | naive | onephase | naive ÷ onephase |\n|---|---:|---:|---:|\n",
+            self.scenario, self.post, self.seed, self.setup
         );
         for r in &self.rows {
             let ratio = if r.onephase == 0.0 {
@@ -73,11 +148,23 @@ impl Report {
                 ratio
             ));
         }
+        out.push_str(&format!(
+            "\ninvariant: {}: onephase {}, naive {}\n",
+            self.invariant.statement,
+            verdict(self.invariant.holds),
+            verdict(self.invariant.naive_holds)
+        ));
         out
     }
 }
 
-fn figure(x: f64) -> String {
+/// `PASS` or `FAIL`.
+pub fn verdict(holds: bool) -> &'static str {
+    if holds { "PASS" } else { "FAIL" }
+}
+
+/// A figure as printed: whole numbers without decimals, others with two.
+pub(crate) fn figure(x: f64) -> String {
     if x.fract() == 0.0 && x.abs() < 1e15 {
         format!("{x:.0}")
     } else {

@@ -41,6 +41,16 @@ impl Clock for SimClock {
     }
 }
 
+/// Runs `future` to completion on a current-thread runtime on the real clock, for scenarios
+/// whose engine does I/O on other threads (paused time would jump past it).
+pub(crate) fn block_on_real<F: Future>(future: F) -> F::Output {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime builds");
+    runtime.block_on(future)
+}
+
 /// Runs `future` to completion on a current-thread runtime with paused time.
 pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -57,10 +57,3 @@ fn reconnect_flood_jitter_flattens_the_peak() {
     let back = row(&r, "peak reconnects per 100 ms once the server is back");
     assert!(back.onephase * 5.0 <= back.naive, "{back:?}");
 }
-
-#[test]
-fn the_same_seed_replays_the_same_run() {
-    for scenario in Scenario::ALL {
-        assert_eq!(run(scenario, 9), run(scenario, 9), "{}", scenario.name());
-    }
-}

@@ -55,12 +55,36 @@ impl Timeline {
             .sum()
     }
 
+    /// Every bucket's count, padded with zeros to `len` buckets.
+    pub(crate) fn counts(&self, len: usize) -> Vec<f64> {
+        let b = lock(&self.buckets);
+        (0..len.max(b.len()))
+            .map(|i| b.get(i).copied().unwrap_or(0) as f64)
+            .collect()
+    }
+
+    /// How many buckets hold counts.
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.buckets).len()
+    }
+
     /// The end of the last non-empty bucket, as a time.
     pub(crate) fn last(&self) -> Duration {
         let b = lock(&self.buckets);
         let last = b.iter().rposition(|n| *n > 0).map_or(0, |i| i + 1);
         BUCKET * last as u32
     }
+}
+
+/// Both runs' counts as the report's chart, on a common length.
+pub(crate) fn chart(
+    report: &mut crate::Report,
+    title: &str,
+    naive: &Timeline,
+    onephase: &Timeline,
+) {
+    let len = naive.len().max(onephase.len());
+    report.chart(title, "", BUCKET, naive.counts(len), onephase.counts(len));
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

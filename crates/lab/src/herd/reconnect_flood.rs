@@ -57,6 +57,19 @@ pub async fn reconnect_flood(seed: u64) -> Report {
         naive.connected.last().as_secs_f64(),
         onephase.connected.last().as_secs_f64(),
     );
+    // Spread over at least a second: no 100 ms holds more than a tenth of the clients.
+    let spread = |f: &Flood| f.attempts.peak_from(DOWN_FOR) * 10 <= CLIENTS as u64;
+    report.invariant(
+        "once the server is back, no 100 ms brings more than a tenth of the clients",
+        spread(&naive),
+        spread(&onephase),
+    );
+    super::chart(
+        &mut report,
+        "reconnect attempts per 100 ms",
+        &naive.attempts,
+        &onephase.attempts,
+    );
     report
 }
 

@@ -81,6 +81,27 @@ pub async fn retry_storm(seed: u64) -> Report {
         naive.failed.load(Ordering::SeqCst) as f64,
         onephase.failed.load(Ordering::SeqCst) as f64,
     );
+    // The budget's promise: retries are at most 10 % of requests plus 1 a second, over its
+    // 10 s window; the outage is one such window.
+    let within_budget = |r: &Outcome| {
+        let requests = r.requests.sum(DOWN_FROM, DOWN_UNTIL);
+        let retries = r
+            .attempts
+            .sum(DOWN_FROM, DOWN_UNTIL)
+            .saturating_sub(requests);
+        retries as f64 <= requests as f64 * 0.1 + (DOWN_UNTIL - DOWN_FROM).as_secs_f64()
+    };
+    report.invariant(
+        "during the 10 s outage, retries are at most 10 % of requests plus 1 per second",
+        within_budget(&naive),
+        within_budget(&onephase),
+    );
+    super::chart(
+        &mut report,
+        "attempts per 100 ms",
+        &naive.attempts,
+        &onephase.attempts,
+    );
     report
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use onephase_core::Clock as _;
 use onephase_herd::{CacheConfig, HerdCache, Random};
 
-use super::lock;
+use super::{Timeline, lock};
 use crate::{Report, SimClock};
 
 const TTL: Duration = Duration::from_secs(10);
@@ -66,10 +66,12 @@ pub async fn stampede(seed: u64) -> Report {
         })
         .collect();
     let herd_waits = join_all(readers).await;
-    report.row(
-        "burst: origin calls",
-        naive_burst as f64,
-        (origin.calls() - before) as f64,
+    let herd_burst = origin.calls() - before;
+    report.row("burst: origin calls", naive_burst as f64, herd_burst as f64);
+    report.invariant(
+        "1,000 readers arriving at an expired key make at most 1 origin call",
+        naive_burst <= 1,
+        herd_burst <= 1,
     );
     report.row(
         "burst: longest wait, ms",
@@ -109,6 +111,12 @@ pub async fn stampede(seed: u64) -> Report {
         "steady: longest wait, ms",
         max_ms(&naive_waits),
         max_ms(&herd_waits),
+    );
+    super::chart(
+        &mut report,
+        "steady: origin calls per 100 ms",
+        &naive_origin.at,
+        &origin.at,
     );
     report
 }
@@ -164,14 +172,27 @@ fn waited(waits: &[Duration]) -> f64 {
     waits.iter().filter(|d| !d.is_zero()).count() as f64
 }
 
-/// The slow thing behind the cache: 100 ms per call, counted.
-#[derive(Debug, Clone, Default)]
+/// The slow thing behind the cache: 100 ms per call, counted, and when (from its creation).
+#[derive(Debug, Clone)]
 struct Origin {
     calls: Arc<AtomicU64>,
+    at: Timeline,
+    clock: SimClock,
+}
+
+impl Default for Origin {
+    fn default() -> Self {
+        Self {
+            calls: Arc::default(),
+            at: Timeline::default(),
+            clock: SimClock::start(),
+        }
+    }
 }
 
 impl Origin {
     async fn load(&self) -> u64 {
+        self.at.add(self.clock.elapsed());
         let n = self.calls.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(ORIGIN).await;
         n

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use maud::{Markup, html};
+use maud::Markup;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -154,75 +154,9 @@ pub fn rates(totals: &[Option<f64>]) -> Vec<Option<f64>> {
         .collect()
 }
 
-/// A line chart of `series` (named, each with its CSS colour) as inline SVG, with the latest
-/// value of each in the legend. Missing points break the line.
+/// A line chart of the last hour of `series` (named, each with its CSS colour).
 pub fn chart(title: &str, unit: &str, series: &[(&str, &str, Vec<Option<f64>>)]) -> Markup {
-    const W: f64 = 320.0;
-    const H: f64 = 60.0;
-    let max = series
-        .iter()
-        .flat_map(|(_, _, points)| points.iter().flatten())
-        .copied()
-        .fold(0.0_f64, f64::max);
-    let top = if max > 0.0 { max } else { 1.0 };
-    let n = series.iter().map(|(_, _, p)| p.len()).max().unwrap_or(0);
-    let x = |i: usize| {
-        if n <= 1 {
-            W
-        } else {
-            i as f64 * W / (n - 1) as f64
-        }
-    };
-    let y = |v: f64| H - v / top * (H - 4.0) - 2.0;
-    let lines: Vec<(&str, Vec<String>)> = series
-        .iter()
-        .map(|(_, colour, points)| {
-            // Consecutive present points form one polyline; a gap starts another.
-            let mut runs = vec![String::new()];
-            for (i, point) in points.iter().enumerate() {
-                match point {
-                    Some(v) => {
-                        let run = runs.last_mut().expect("runs is never empty");
-                        run.push_str(&format!("{:.1},{:.1} ", x(i), y(*v)));
-                    }
-                    None => runs.push(String::new()),
-                }
-            }
-            runs.retain(|r| !r.is_empty());
-            (*colour, runs)
-        })
-        .collect();
-    html! {
-        figure.chart {
-            figcaption {
-                (title) " (last hour, max " (format_value(max)) " " (unit) ")"
-                @for (name, colour, points) in series {
-                    " " span style={ "color:" (colour) } { "■ " (name) " " (points.iter().rev().flatten().next().map_or("-".to_owned(), |v| format_value(*v))) }
-                }
-            }
-            svg viewBox={ "0 0 " (W) " " (H) } width="100%" height="60" preserveAspectRatio="none" role="img" aria-label=(title) {
-                line x1="0" y1=(H - 1.0) x2=(W) y2=(H - 1.0) stroke="#d0d5dd" stroke-width="1" {}
-                @for (colour, runs) in &lines {
-                    @for run in runs {
-                        @if run.matches(' ').count() == 1 {
-                            @let (px, py) = run.trim().split_once(',').unwrap_or(("0", "0"));
-                            circle cx=(px) cy=(py) r="2" fill=(colour) {}
-                        } @else {
-                            polyline points=(run.trim()) fill="none" stroke=(colour) stroke-width="1.5" vector-effect="non-scaling-stroke" {}
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn format_value(v: f64) -> String {
-    if v >= 100.0 || v == v.trunc() {
-        format!("{v:.0}")
-    } else {
-        format!("{v:.2}")
-    }
+    onephase_chart::line(title, "last hour", unit, series)
 }
 
 #[cfg(test)]
@@ -248,23 +182,5 @@ mod tests {
         let every = EVERY.as_secs_f64();
         let r = rates(&[Some(0.0), Some(every * 2.0), None, Some(10.0), Some(4.0)]);
         assert_eq!(r, vec![Some(2.0), None, None, None]);
-    }
-
-    #[test]
-    fn charts_draw_lines_dots_and_gaps() {
-        let svg = chart(
-            "x",
-            "/s",
-            &[("a", "#000", vec![Some(1.0), Some(2.0), None, Some(3.0)])],
-        )
-        .into_string();
-        assert_eq!(svg.matches("<polyline").count(), 1, "{svg}");
-        assert_eq!(svg.matches("<circle").count(), 1, "{svg}");
-        assert!(svg.contains("max 3 /s") && svg.contains("■ a 3"), "{svg}");
-        let empty = chart("y", "", &[("b", "#000", vec![])]).into_string();
-        assert!(
-            empty.contains("<svg") && !empty.contains("<polyline"),
-            "{empty}"
-        );
     }
 }

@@ -1,0 +1,146 @@
+//! The lab's report as one self-contained HTML page: no script, no style sheet or font from
+//! anywhere else, charts drawn as inline SVG by the dashboard's own chart code.
+
+use maud::{DOCTYPE, Markup, PreEscaped, html as page};
+
+use crate::report::{Report, figure, verdict};
+
+const NAIVE: &str = "#d92d20";
+const ONEPHASE: &str = "#1570ef";
+
+const STYLE: &str = "
+body { font: 15px/1.5 system-ui, sans-serif; margin: 0 auto; max-width: 60rem; padding: 1rem; color: #1d2939; }
+h1 { font-size: 1.6rem; } h2 { font-size: 1.25rem; margin-top: 2.5rem; border-top: 1px solid #eaecf0; padding-top: 1rem; }
+table { border-collapse: collapse; width: 100%; margin: .5rem 0; }
+th, td { text-align: left; padding: .25rem .5rem; border-bottom: 1px solid #eaecf0; }
+td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; }
+.pass { color: #067647; font-weight: 600; } .fail { color: #b42318; font-weight: 600; }
+.story { font-size: 1.05rem; } .setup, .meta { color: #475467; }
+figure.chart { margin: .75rem 0; } figure.chart svg { height: 140px; }
+code { background: #f2f4f7; padding: 0 .25rem; border-radius: 3px; } figcaption { font-size: .85rem; color: #475467; }
+";
+
+/// The reports as an HTML page: a summary of every invariant first, then each scenario's
+/// story, numbers, invariant and chart.
+pub fn html(reports: &[Report]) -> String {
+    let failed = reports.iter().filter(|r| !r.passed()).count();
+    page! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { "onephase failure lab" }
+                style { (PreEscaped(STYLE)) }
+            }
+            body {
+                h1 { "The failure lab" }
+                p.meta {
+                    (reports.len()) " scenarios, each run the naive way and with onephase on the same inputs. "
+                    @if failed == 0 {
+                        span.pass { "onephase kept every invariant." }
+                    } @else {
+                        span.fail { "onephase broke " (failed) " invariant(s)." }
+                    }
+                }
+                table {
+                    thead { tr { th { "scenario" } th { "post" } th { "invariant" } th { "naive" } th { "onephase" } } }
+                    tbody {
+                        @for r in reports {
+                            tr {
+                                td { a href={ "#" (r.scenario) } { (r.scenario) } }
+                                td { (r.post) }
+                                td { (r.invariant.statement) }
+                                td { (badge(r.invariant.naive_holds)) }
+                                td { (badge(r.invariant.holds)) }
+                            }
+                        }
+                    }
+                }
+                @for r in reports { (section(r)) }
+            }
+        }
+    }
+    .into_string()
+}
+
+fn section(r: &Report) -> Markup {
+    page! {
+        section id=(r.scenario) {
+            h2 { (r.scenario) " (post " (r.post) ")" }
+            p.story { (r.story) }
+            p.setup { (r.setup) ". " code { "onephase lab " (r.scenario) " --seed " (r.seed) } " replays this run." }
+            table {
+                thead { tr { th { "metric" } th.n { "naive" } th.n { "onephase" } } }
+                tbody {
+                    @for row in &r.rows {
+                        tr { td { (row.metric) } td.n { (figure(row.naive)) } td.n { (figure(row.onephase)) } }
+                    }
+                }
+            }
+            p {
+                "Invariant: " (r.invariant.statement) ". Naive " (badge(r.invariant.naive_holds))
+                ", onephase " (badge(r.invariant.holds)) "."
+            }
+            @if let Some(chart) = &r.chart {
+                (onephase_chart::line(
+                    &chart.title,
+                    &span(chart.bucket_ms, chart.naive.len().max(chart.onephase.len())),
+                    &chart.unit,
+                    &[
+                        ("naive", NAIVE, chart.naive.iter().copied().map(Some).collect()),
+                        ("onephase", ONEPHASE, chart.onephase.iter().copied().map(Some).collect()),
+                    ],
+                ))
+            }
+        }
+    }
+}
+
+fn badge(holds: bool) -> Markup {
+    page! { span class=(if holds { "pass" } else { "fail" }) { (verdict(holds)) } }
+}
+
+/// The time a chart covers: `60 s in 100 ms steps`.
+fn span(bucket_ms: u64, buckets: usize) -> String {
+    let total_ms = bucket_ms.saturating_mul(buckets as u64);
+    let total = if total_ms >= 1000 {
+        format!("{} s", total_ms / 1000)
+    } else {
+        format!("{total_ms} ms")
+    };
+    format!("{total} in {bucket_ms} ms steps")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::Report;
+
+    #[test]
+    fn the_page_holds_every_scenario_its_verdict_and_its_chart_and_nothing_from_elsewhere() {
+        let mut a = Report::new("alpha", 3, "setup a.");
+        a.row("calls", 1000.0, 1.0);
+        a.invariant("at most 1 call", false, true);
+        a.chart(
+            "calls per 100 ms",
+            "",
+            std::time::Duration::from_millis(100),
+            vec![0.0, 1000.0],
+            vec![1.0, 0.0],
+        );
+        let mut b = Report::new("beta <b>", 3, "setup b.");
+        b.invariant("never", true, false);
+        let page = html(&[a, b]);
+        assert!(
+            page.contains(r#"id="alpha""#) && page.contains("<polyline"),
+            "{page}"
+        );
+        assert!(page.contains("beta &lt;b&gt;"), "text is escaped: {page}");
+        assert!(page.contains("onephase broke 1 invariant(s)"), "{page}");
+        assert!(page.contains("200 ms in 100 ms steps"), "{page}");
+        for outside in ["<script", "http://", "https://", "<link"] {
+            assert!(!page.contains(outside), "{outside} in {page}");
+        }
+    }
+}
