@@ -880,3 +880,132 @@ fn the_deployment_files_name_only_documented_metrics_and_the_example_configurati
     ensure!(config.store.starts_with("postgres://"), "{}", config.store);
     Ok(())
 }
+
+/// The value of the hidden `csrf` field of a dashboard page.
+fn csrf_of(page: &str) -> anyhow::Result<String> {
+    let marker = r#"name="csrf" value=""#;
+    let start = page.find(marker).context("a csrf field")? + marker.len();
+    Ok(page[start..]
+        .split('"')
+        .next()
+        .context("a csrf value")?
+        .to_owned())
+}
+
+/// `/lab` on the dashboard: signed in, an admin runs every scenario from the page and sees the
+/// report; a client token sees it and may not run it; bad forms change nothing.
+#[tokio::test]
+async fn the_dashboard_runs_the_failure_lab_and_shows_its_report() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = serve(dir.path(), &[]).await?;
+    let api = Api::of(&server)?;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let lab = format!("{}/lab", api.base);
+    let run = format!("{}/lab/run", api.base);
+
+    let anonymous = http.get(&lab).send().await?;
+    ensure!(anonymous.status() == 303, "{}", anonymous.status());
+    ensure!(anonymous.headers()["location"] == "/dashboard/sign-in");
+
+    let admin = format!("onephase_session={}", api.token);
+    let empty = http
+        .get(&lab)
+        .header("cookie", &admin)
+        .send()
+        .await?
+        .text()
+        .await?;
+    ensure!(
+        empty.contains("No report yet") && empty.contains(r#"action="/lab/run""#),
+        "{empty}"
+    );
+    let csrf = csrf_of(&empty)?;
+    for (form, status) in [
+        (vec![("csrf", "not-this-session"), ("seed", "3")], 403),
+        (vec![("csrf", csrf.as_str()), ("seed", "three")], 400),
+    ] {
+        let refused = http
+            .post(&run)
+            .header("cookie", &admin)
+            .form(&form)
+            .send()
+            .await?;
+        ensure!(refused.status() == status, "{form:?}: {}", refused.status());
+    }
+    let still_empty = http
+        .get(&lab)
+        .header("cookie", &admin)
+        .send()
+        .await?
+        .text()
+        .await?;
+    ensure!(
+        still_empty.contains("No report yet"),
+        "a refused form ran the lab"
+    );
+
+    let ran = http
+        .post(&run)
+        .header("cookie", &admin)
+        .form(&[("csrf", csrf.as_str()), ("seed", "3")])
+        .send()
+        .await?;
+    ensure!(ran.status() == 303 && ran.headers()["location"] == "/lab");
+    let report = http
+        .get(&lab)
+        .header("cookie", &admin)
+        .send()
+        .await?
+        .text()
+        .await?;
+    for name in ["fenced-lock", "stampede", "boundary-burst", "local-limits"] {
+        ensure!(
+            report.contains(&format!(r#"<section id="{name}""#)),
+            "{name}: {report}"
+        );
+    }
+    ensure!(
+        report.contains("onephase kept every invariant") && report.contains(", seed 3."),
+        "{report}"
+    );
+
+    let (status, client) = api
+        .post("/v1/tokens", json!({"name": "viewer", "role": "client"}))
+        .await?;
+    ensure!(status == 201, "{status} {client}");
+    let viewer = format!(
+        "onephase_session={}",
+        client["token"].as_str().context("a token")?
+    );
+    let seen = http
+        .get(&lab)
+        .header("cookie", &viewer)
+        .send()
+        .await?
+        .text()
+        .await?;
+    ensure!(
+        seen.contains(r#"<section id="stampede""#) && !seen.contains(r#"action="/lab/run""#),
+        "{seen}"
+    );
+    // Its own session's CSRF token (from the overview's sign-out form) does not make it an
+    // admin.
+    let overview = format!("{}/", api.base);
+    let overview = http
+        .get(&overview)
+        .header("cookie", &viewer)
+        .send()
+        .await?
+        .text()
+        .await?;
+    let refused = http
+        .post(&run)
+        .header("cookie", &viewer)
+        .form(&[("csrf", csrf_of(&overview)?.as_str())])
+        .send()
+        .await?;
+    ensure!(refused.status() == 403, "{}", refused.status());
+    Ok(())
+}

@@ -1,7 +1,7 @@
 //! The lab's report as one self-contained HTML page: no script, no style sheet or font from
 //! anywhere else, charts drawn as inline SVG by the dashboard's own chart code.
 
-use maud::{DOCTYPE, Markup, PreEscaped, html as page};
+use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 use crate::report::{Report, figure, verdict};
 
@@ -23,8 +23,14 @@ code { background: #f2f4f7; padding: 0 .25rem; border-radius: 3px; } figcaption 
 /// The reports as an HTML page: a summary of every invariant first, then each scenario's
 /// story, numbers, invariant and chart.
 pub fn html(reports: &[Report]) -> String {
+    html_with(reports, html! {})
+}
+
+/// [`html()`], with `header` above the title (the dashboard puts its links and the form that
+/// runs the lab there).
+pub fn html_with(reports: &[Report], header: Markup) -> String {
     let failed = reports.iter().filter(|r| !r.passed()).count();
-    page! {
+    html! {
         (DOCTYPE)
         html lang="en" {
             head {
@@ -34,6 +40,7 @@ pub fn html(reports: &[Report]) -> String {
                 style { (PreEscaped(STYLE)) }
             }
             body {
+                (header)
                 h1 { "The failure lab" }
                 p.meta {
                     (reports.len()) " scenarios, each run the naive way and with onephase on the same inputs. "
@@ -65,7 +72,7 @@ pub fn html(reports: &[Report]) -> String {
 }
 
 fn section(r: &Report) -> Markup {
-    page! {
+    html! {
         section id=(r.scenario) {
             h2 { (r.scenario) " (post " (r.post) ")" }
             p.story { (r.story) }
@@ -98,7 +105,7 @@ fn section(r: &Report) -> Markup {
 }
 
 fn badge(holds: bool) -> Markup {
-    page! { span class=(if holds { "pass" } else { "fail" }) { (verdict(holds)) } }
+    html! { span class=(if holds { "pass" } else { "fail" }) { (verdict(holds)) } }
 }
 
 /// The time a chart covers: `60 s in 100 ms steps`.

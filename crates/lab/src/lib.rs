@@ -29,7 +29,7 @@ pub mod lock;
 mod report;
 mod sim;
 
-pub use html::html;
+pub use html::{html, html_with};
 pub use report::{Chart, Invariant, Report, Row, verdict};
 pub use sim::SimClock;
 

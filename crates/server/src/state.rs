@@ -45,6 +45,7 @@ struct StateInner {
     started: Instant,
     panels: Vec<Arc<dyn Panel>>,
     history: crate::dashboard::history::History,
+    lab: crate::dashboard::lab::LabRuns,
     outbox: OutboxService,
     saga: SagaService,
     webhook: WebhookService,
@@ -84,6 +85,7 @@ impl AppState {
                 Arc::new(LimitPanel),
             ],
             history: crate::dashboard::history::History::default(),
+            lab: crate::dashboard::lab::LabRuns::default(),
             outbox,
             saga,
             webhook,
@@ -95,6 +97,11 @@ impl AppState {
     /// The last hour, sampled, for the dashboard's charts.
     pub fn history(&self) -> &crate::dashboard::history::History {
         &self.0.history
+    }
+
+    /// The failure lab's last run in this server.
+    pub fn lab(&self) -> &crate::dashboard::lab::LabRuns {
+        &self.0.lab
     }
 
     /// The embedded log and the configured outbox relays.

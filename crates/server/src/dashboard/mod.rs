@@ -7,6 +7,7 @@
 //! admin acts on it ([`pages`]). Every page needs a session ([`session`]).
 
 pub mod history;
+pub mod lab;
 pub mod pages;
 pub mod session;
 
@@ -172,6 +173,8 @@ pub fn routes() -> axum::Router<AppState> {
             get(session::sign_in_form).post(session::sign_in),
         )
         .route("/dashboard/sign-out", post(session::sign_out))
+        .route("/lab", get(lab::page))
+        .route("/lab/run", post(lab::run))
         .merge(pages::routes())
         .layer(axum::middleware::map_response(protect))
 }
@@ -627,6 +630,7 @@ pub fn layout(title: &str, viewer: Option<&Viewer>, body: Markup) -> Markup {
             body {
                 header {
                     h1 { a href="/" style="color:inherit;text-decoration:none" { "onephase" } }
+                    a href="/lab" { "failure lab" }
                     a href="/metrics" { "metrics" }
                     a href="/openapi.json" { "OpenAPI" }
                     @if let Some(viewer) = viewer {
