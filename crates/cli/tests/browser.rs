@@ -12,7 +12,7 @@ mod common;
 #[path = "../../webhook/tests/common/mod.rs"]
 mod receiver;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
@@ -21,19 +21,65 @@ use onephase_testkit::tool_path;
 use serde_json::{Value, json};
 use tokio::process::Command;
 
+/// Chromium, Node.js and the scripts' folder with its locked dependencies.
+struct Browser {
+    chromium: PathBuf,
+    node: PathBuf,
+    scripts: PathBuf,
+}
+
+impl Browser {
+    /// The tools, or `None` (the suite is skipped, and says so) where they are not installed.
+    fn found() -> anyhow::Result<Option<Self>> {
+        let (Some(chromium), Some(node)) = (
+            tool_path("ONEPHASE_CHROMIUM", "Chromium"),
+            tool_path("ONEPHASE_BROWSER_NODE", "Node.js for the browser test"),
+        ) else {
+            return Ok(None);
+        };
+        let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+        ensure!(
+            scripts.join("node_modules/playwright-core").is_dir(),
+            "tests/browser has no node_modules: `npm ci` there (scripts/test.sh does)"
+        );
+        Ok(Some(Self {
+            chromium,
+            node,
+            scripts,
+        }))
+    }
+
+    /// Runs `script` with `env` (and `CHROMIUM`, and `SCREENSHOTS` from
+    /// `ONEPHASE_SCREENSHOTS`); it must end saying `browser: ok`.
+    async fn run(&self, script: &str, env: &[(&str, String)]) -> anyhow::Result<()> {
+        let mut command = Command::new(&self.node);
+        command
+            .arg(script)
+            .current_dir(&self.scripts)
+            .env("CHROMIUM", &self.chromium)
+            .envs(env.iter().map(|(k, v)| (*k, v)));
+        if let Ok(dir) = std::env::var("ONEPHASE_SCREENSHOTS") {
+            command.env("SCREENSHOTS", dir);
+        }
+        let out = tokio::time::timeout(Duration::from_secs(120), command.output())
+            .await
+            .with_context(|| format!("{script} did not finish within 120 s"))??;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            out.status.success() && stdout.contains("browser: ok"),
+            "{script} failed ({}):\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+}
+
 #[tokio::test]
 async fn an_operator_replays_a_dead_letter_from_the_dashboard() -> anyhow::Result<()> {
-    let (Some(chromium), Some(node)) = (
-        tool_path("ONEPHASE_CHROMIUM", "Chromium"),
-        tool_path("ONEPHASE_BROWSER_NODE", "Node.js for the browser test"),
-    ) else {
+    let Some(browser) = Browser::found()? else {
         return Ok(());
     };
-    let script_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    ensure!(
-        script_dir.join("node_modules/playwright-core").is_dir(),
-        "tests/browser has no node_modules: `npm ci` there (scripts/test.sh does)"
-    );
 
     // A receiver that fails the first attempt and accepts the rest; one attempt per delivery,
     // so the first is a dead letter at once.
@@ -90,27 +136,16 @@ async fn an_operator_replays_a_dead_letter_from_the_dashboard() -> anyhow::Resul
     }
     ensure!(dead == 1, "no dead letter to replay");
 
-    let mut command = Command::new(node);
-    command
-        .arg("dashboard.mjs")
-        .current_dir(&script_dir)
-        .env("BASE_URL", &server.base)
-        .env("TOKEN", &token)
-        .env("ENDPOINT_ID", &endpoint_id)
-        .env("CHROMIUM", &chromium);
-    if let Ok(dir) = std::env::var("ONEPHASE_SCREENSHOTS") {
-        command.env("SCREENSHOTS", dir);
-    }
-    let out = tokio::time::timeout(Duration::from_secs(120), command.output())
-        .await
-        .context("the browser script did not finish within 120 s")??;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    ensure!(
-        out.status.success() && stdout.contains("browser: ok"),
-        "the browser script failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    browser
+        .run(
+            "dashboard.mjs",
+            &[
+                ("BASE_URL", server.base.clone()),
+                ("TOKEN", token.clone()),
+                ("ENDPOINT_ID", endpoint_id.clone()),
+            ],
+        )
+        .await?;
     ensure!(
         rx.arrivals().len() >= 2,
         "the replay never reached the receiver"
@@ -121,17 +156,9 @@ async fn an_operator_replays_a_dead_letter_from_the_dashboard() -> anyhow::Resul
 
 #[tokio::test]
 async fn the_lab_report_shows_every_scenario_with_its_chart() -> anyhow::Result<()> {
-    let (Some(chromium), Some(node)) = (
-        tool_path("ONEPHASE_CHROMIUM", "Chromium"),
-        tool_path("ONEPHASE_BROWSER_NODE", "Node.js for the browser test"),
-    ) else {
+    let Some(browser) = Browser::found()? else {
         return Ok(());
     };
-    let script_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    ensure!(
-        script_dir.join("node_modules/playwright-core").is_dir(),
-        "tests/browser has no node_modules: `npm ci` there (scripts/test.sh does)"
-    );
     let dir = tempfile::tempdir()?;
     let report = dir.path().join("lab.html");
     let ran = Command::new(env!("CARGO_BIN_EXE_onephase"))
@@ -155,25 +182,14 @@ async fn the_lab_report_shows_every_scenario_with_its_chart() -> anyhow::Result<
         .filter_map(|s| s["name"].as_str().map(str::to_owned))
         .collect();
 
-    let mut command = Command::new(node);
-    command
-        .arg("lab.mjs")
-        .current_dir(&script_dir)
-        .env("REPORT", &report)
-        .env("SCENARIOS", names.join(","))
-        .env("CHROMIUM", &chromium);
-    if let Ok(dir) = std::env::var("ONEPHASE_SCREENSHOTS") {
-        command.env("SCREENSHOTS", dir);
-    }
-    let out = tokio::time::timeout(Duration::from_secs(120), command.output())
-        .await
-        .context("the browser script did not finish within 120 s")??;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    ensure!(
-        out.status.success() && stdout.contains("browser: ok"),
-        "the browser script failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    browser
+        .run(
+            "lab.mjs",
+            &[
+                ("REPORT", report.display().to_string()),
+                ("SCENARIOS", names.join(",")),
+            ],
+        )
+        .await?;
     Ok(())
 }

@@ -575,29 +575,21 @@ async fn webhook_commands_talk_to_a_running_server() -> anyhow::Result<()> {
     ensure!(dead.contains(&down_id), "{dead}");
 
     // Replayed to a receiver that still fails: the wait sees it go dead again, and says so.
-    let (ok, replayed) = webhook(args(&[
+    let replay_and_wait = args(&[
         "replay",
         "--endpoint",
         &down_id,
         "--wait",
         "--timeout",
         "20s",
-    ]))
-    .await?;
+    ]);
+    let (ok, replayed) = webhook(replay_and_wait.clone()).await?;
     ensure!(
         !ok && replayed.contains("1 deliveries went to the dead letters again"),
         "{replayed}"
     );
     rx.script(|_, _| receiver::Answer::status(200));
-    let (ok, replayed) = webhook(args(&[
-        "replay",
-        "--endpoint",
-        &down_id,
-        "--wait",
-        "--timeout",
-        "20s",
-    ]))
-    .await?;
+    let (ok, replayed) = webhook(replay_and_wait).await?;
     ensure!(
         ok && replayed.contains("1 deliveries pending again")
             && replayed.contains("nothing pending any more"),

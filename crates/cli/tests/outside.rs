@@ -892,6 +892,17 @@ fn csrf_of(page: &str) -> anyhow::Result<String> {
         .to_owned())
 }
 
+/// The text of the page at `url`, signed in with `cookie`.
+async fn page_as(http: &reqwest::Client, url: &str, cookie: &str) -> anyhow::Result<String> {
+    Ok(http
+        .get(url)
+        .header("cookie", cookie)
+        .send()
+        .await?
+        .text()
+        .await?)
+}
+
 /// `/lab` on the dashboard: signed in, an admin runs every scenario from the page and sees the
 /// report; a client token sees it and may not run it; bad forms change nothing.
 #[tokio::test]
@@ -910,13 +921,7 @@ async fn the_dashboard_runs_the_failure_lab_and_shows_its_report() -> anyhow::Re
     ensure!(anonymous.headers()["location"] == "/dashboard/sign-in");
 
     let admin = format!("onephase_session={}", api.token);
-    let empty = http
-        .get(&lab)
-        .header("cookie", &admin)
-        .send()
-        .await?
-        .text()
-        .await?;
+    let empty = page_as(&http, &lab, &admin).await?;
     ensure!(
         empty.contains("No report yet") && empty.contains(r#"action="/lab/run""#),
         "{empty}"
@@ -934,13 +939,7 @@ async fn the_dashboard_runs_the_failure_lab_and_shows_its_report() -> anyhow::Re
             .await?;
         ensure!(refused.status() == status, "{form:?}: {}", refused.status());
     }
-    let still_empty = http
-        .get(&lab)
-        .header("cookie", &admin)
-        .send()
-        .await?
-        .text()
-        .await?;
+    let still_empty = page_as(&http, &lab, &admin).await?;
     ensure!(
         still_empty.contains("No report yet"),
         "a refused form ran the lab"
@@ -953,13 +952,7 @@ async fn the_dashboard_runs_the_failure_lab_and_shows_its_report() -> anyhow::Re
         .send()
         .await?;
     ensure!(ran.status() == 303 && ran.headers()["location"] == "/lab");
-    let report = http
-        .get(&lab)
-        .header("cookie", &admin)
-        .send()
-        .await?
-        .text()
-        .await?;
+    let report = page_as(&http, &lab, &admin).await?;
     for name in ["fenced-lock", "stampede", "boundary-burst", "local-limits"] {
         ensure!(
             report.contains(&format!(r#"<section id="{name}""#)),
@@ -979,13 +972,7 @@ async fn the_dashboard_runs_the_failure_lab_and_shows_its_report() -> anyhow::Re
         "onephase_session={}",
         client["token"].as_str().context("a token")?
     );
-    let seen = http
-        .get(&lab)
-        .header("cookie", &viewer)
-        .send()
-        .await?
-        .text()
-        .await?;
+    let seen = page_as(&http, &lab, &viewer).await?;
     ensure!(
         seen.contains(r#"<section id="stampede""#) && !seen.contains(r#"action="/lab/run""#),
         "{seen}"
@@ -993,13 +980,7 @@ async fn the_dashboard_runs_the_failure_lab_and_shows_its_report() -> anyhow::Re
     // Its own session's CSRF token (from the overview's sign-out form) does not make it an
     // admin.
     let overview = format!("{}/", api.base);
-    let overview = http
-        .get(&overview)
-        .header("cookie", &viewer)
-        .send()
-        .await?
-        .text()
-        .await?;
+    let overview = page_as(&http, &overview, &viewer).await?;
     let refused = http
         .post(&run)
         .header("cookie", &viewer)

@@ -281,6 +281,21 @@ async fn post(
     Ok(body)
 }
 
+/// Starts a run of the saga in the trace of `traceparent` and waits until it completes;
+/// returns its id.
+async fn run_traced(api: &Api, input: Value, traceparent: &str) -> anyhow::Result<String> {
+    let run = post(
+        api,
+        "/v1/sagas/reserve/runs",
+        json!({ "input": input }),
+        Some(traceparent),
+    )
+    .await?;
+    let id = run["id"].as_str().context("run id")?.to_owned();
+    wait_completed(api, &id).await?;
+    Ok(id)
+}
+
 /// Waits (up to 20 s) until run `id` completes.
 async fn wait_completed(api: &Api, id: &str) -> anyhow::Result<()> {
     let path = format!("/v1/saga-runs/{id}");
@@ -374,15 +389,7 @@ async fn one_trace_follows_a_request_through_an_outbox_event_a_saga_step_and_a_w
     );
 
     // The saga: the client starts a run in its trace.
-    let run = post(
-        &api,
-        "/v1/sagas/reserve/runs",
-        json!({"input": {}}),
-        Some(&traceparent),
-    )
-    .await?;
-    let run_id = run["id"].as_str().context("run id")?.to_owned();
-    wait_completed(&api, &run_id).await?;
+    let run_id = run_traced(&api, json!({}), &traceparent).await?;
 
     let start = otlp.span(&trace, "POST /v1/sagas/{name}/runs").await?;
     ensure!(start.parent == client_span, "the request span: {start:?}");
@@ -436,14 +443,7 @@ async fn one_trace_follows_a_request_through_an_outbox_event_a_saga_step_and_a_w
     // trace of its own and still completes.
     let before: std::collections::HashSet<String> =
         otlp.spans().into_iter().map(|s| s.trace_id).collect();
-    let run = post(
-        &api,
-        "/v1/sagas/reserve/runs",
-        json!({"input": {"n": 2}}),
-        Some("00-zz-not-a-trace-01"),
-    )
-    .await?;
-    wait_completed(&api, run["id"].as_str().context("run id")?).await?;
+    run_traced(&api, json!({"n": 2}), "00-zz-not-a-trace-01").await?;
     let mut fresh = None;
     for _ in 0..400 {
         fresh = otlp
@@ -478,14 +478,7 @@ async fn without_an_exporter_the_clients_traceparent_travels_on_unchanged() -> a
     let dir = tempfile::tempdir()?;
     let (server, api, participant, hooks) = ground(dir.path(), "").await?;
     let (traceparent, ..) = client_traceparent();
-    let run = post(
-        &api,
-        "/v1/sagas/reserve/runs",
-        json!({"input": {}}),
-        Some(&traceparent),
-    )
-    .await?;
-    wait_completed(&api, run["id"].as_str().context("run id")?).await?;
+    run_traced(&api, json!({}), &traceparent).await?;
     let called = lock(&participant.received)
         .first()
         .cloned()
@@ -514,14 +507,7 @@ async fn a_collector_that_is_down_does_not_slow_or_fail_the_work() -> anyhow::Re
     let (server, api, ..) = ground(dir.path(), &traces).await?;
     let (traceparent, ..) = client_traceparent();
     for n in 0..5 {
-        let run = post(
-            &api,
-            "/v1/sagas/reserve/runs",
-            json!({"input": {"n": n}}),
-            Some(&traceparent),
-        )
-        .await?;
-        wait_completed(&api, run["id"].as_str().context("run id")?).await?;
+        run_traced(&api, json!({"n": n}), &traceparent).await?;
     }
     let status = server.terminate().await?;
     ensure!(status.success(), "exit status {status}");

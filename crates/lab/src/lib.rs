@@ -1,10 +1,13 @@
 //! The failure lab: each failure reproduced on demand, first against the naive approach and
 //! then against onephase, on the same inputs, with the numbers side by side.
 //!
-//! Scenarios run on a tokio runtime whose time is paused ([`SimClock`]): when every task is
-//! waiting, the runtime jumps to the next timer, so a minute of load runs in a fraction of a
-//! second, and a seed replays a run exactly. The code under test is the real code: the naive
-//! side is written here, the onephase side is the library itself.
+//! Scenarios about time run on a tokio runtime whose time is paused ([`SimClock`]): when every
+//! task is waiting, the runtime jumps to the next timer, so a minute of load runs in a
+//! fraction of a second, and a seed replays a run exactly. Scenarios about an engine (leases,
+//! an outbox and a log in SQLite) run against it on the real clock, whose I/O paused time
+//! would jump past. The code under test is the real code: the naive side is written here, the
+//! onephase side is the library itself. Each report states one invariant, checked on both
+//! runs ([`Report::passed`]), and charts the run ([`Chart`]); [`html()`] makes a page of them.
 //!
 //! | scenario | failure | onephase's answer |
 //! |---|---|---|
@@ -12,6 +15,7 @@
 //! | [`herd::stampede`] | 1,000 readers miss an expired key at once | [`HerdCache`](onephase_herd::HerdCache): coalescing, XFetch |
 //! | [`herd::retry_storm`] | a dependency is down for 10 s under steady load | [`Retry`](onephase_herd::Retry) with a budget and "do not retry" |
 //! | [`herd::reconnect_flood`] | 1,000 clients lose their server at once | [`Reconnect`](onephase_herd::Reconnect): spread and jitter |
+//! | [`outbox::dual_write`] | an order committed and its event published separately | [`onephase_outbox`]: the event in the order's transaction |
 //! | [`limit::boundary_burst`] | a client spends two windows' limit across one boundary | the sliding log of [`onephase_limit`] |
 //! | [`limit::local_limits`] | three nodes each enforce the global limit alone | one shared limit through [`HybridLimiter`](onephase_limit::HybridLimiter) |
 //!
@@ -26,6 +30,7 @@ pub mod herd;
 mod html;
 pub mod limit;
 pub mod lock;
+pub mod outbox;
 mod report;
 mod sim;
 
@@ -38,6 +43,8 @@ pub use sim::SimClock;
 pub enum Scenario {
     /// [`lock::fenced_lock`].
     FencedLock,
+    /// [`outbox::dual_write`].
+    DualWrite,
     /// [`herd::stampede`].
     Stampede,
     /// [`herd::retry_storm`].
@@ -52,11 +59,12 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the order of the seed's posts.
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::FencedLock,
         Scenario::Stampede,
         Scenario::RetryStorm,
         Scenario::ReconnectFlood,
+        Scenario::DualWrite,
         Scenario::BoundaryBurst,
         Scenario::LocalLimits,
     ];
@@ -65,6 +73,7 @@ impl Scenario {
     pub fn name(self) -> &'static str {
         match self {
             Self::FencedLock => "fenced-lock",
+            Self::DualWrite => "dual-write",
             Self::Stampede => "stampede",
             Self::RetryStorm => "retry-storm",
             Self::ReconnectFlood => "reconnect-flood",
@@ -77,6 +86,7 @@ impl Scenario {
     pub fn post(self) -> u8 {
         match self {
             Self::FencedLock => 1,
+            Self::DualWrite => 9,
             Self::Stampede | Self::RetryStorm | Self::ReconnectFlood => 6,
             Self::BoundaryBurst | Self::LocalLimits => 11,
         }
@@ -87,6 +97,9 @@ impl Scenario {
         match self {
             Self::FencedLock => {
                 "a lock holder pauses past its lease, and another holder writes meanwhile"
+            }
+            Self::DualWrite => {
+                "an order is committed and its event published: two writes, two systems"
             }
             Self::Stampede => "1,000 readers miss an expired key at once",
             Self::RetryStorm => {
@@ -106,6 +119,12 @@ impl Scenario {
                  second holder gets in and the first one's late write lands over it. Every \
                  write checks the lease's fencing token in its transaction, and the older token \
                  is refused, however long the pause or wherever the clocks jumped."
+            }
+            Self::DualWrite => {
+                "Commit, then publish, and a crash between loses the event; publish, then \
+                 commit, and a failed commit leaves an event about an order that never existed. \
+                 The outbox writes the event in the order's own transaction and a relay \
+                 publishes what committed, so neither can happen."
             }
             Self::Stampede => {
                 "When a hot key expires, every reader misses at once and each one calls the \
@@ -148,6 +167,7 @@ impl Scenario {
 pub fn run(scenario: Scenario, seed: u64) -> Report {
     let work = move || match scenario {
         Scenario::FencedLock => sim::block_on_real(lock::fenced_lock(seed)),
+        Scenario::DualWrite => sim::block_on_real(outbox::dual_write(seed)),
         Scenario::Stampede => sim::block_on(herd::stampede(seed)),
         Scenario::RetryStorm => sim::block_on(herd::retry_storm(seed)),
         Scenario::ReconnectFlood => sim::block_on(herd::reconnect_flood(seed)),

@@ -1,4 +1,4 @@
-//! Post 1 of the seed, *The Distributed Lock That Doesn't Lock*: a holder pauses past its
+//! Post 1 of the seed, *Why Your Distributed Lock Doesn't Lock*: a holder pauses past its
 //! lease, or the lock server's clock jumps, and a second holder writes meanwhile. Run on real
 //! leases ([`onephase_lease`] in a SQLite store) and a real table, on the real clock: the
 //! pauses are a few hundred milliseconds.
@@ -125,10 +125,10 @@ pub async fn fenced_lock(seed: u64) -> Report {
         kept(&naive),
         kept(&onephase),
     );
-    report.chart(
-        "increments lost, after each round",
+    report.chart_by(
+        "increments lost so far",
         "",
-        PAUSE,
+        "round",
         naive.lost_after_round,
         onephase.lost_after_round,
     );

@@ -33,8 +33,8 @@ pub struct Chart {
     pub title: String,
     /// The unit of the values, if any.
     pub unit: String,
-    /// The width of a bucket, in milliseconds.
-    pub bucket_ms: u64,
+    /// What one point stands for: `100 ms`, `a round`, `20 orders`.
+    pub step: String,
     /// The naive run's value in each bucket.
     pub naive: Vec<f64>,
     /// onephase's value in each bucket.
@@ -93,6 +93,7 @@ impl Report {
         };
     }
 
+    /// A chart over time, one point per `bucket`.
     pub(crate) fn chart(
         &mut self,
         title: &str,
@@ -101,10 +102,23 @@ impl Report {
         naive: Vec<f64>,
         onephase: Vec<f64>,
     ) {
+        let step = format!("{} ms", bucket.as_millis());
+        self.chart_by(title, unit, &step, naive, onephase);
+    }
+
+    /// A chart with one point per `step` of the run (`a round`, `20 orders`).
+    pub(crate) fn chart_by(
+        &mut self,
+        title: &str,
+        unit: &str,
+        step: &str,
+        naive: Vec<f64>,
+        onephase: Vec<f64>,
+    ) {
         self.chart = Some(Chart {
             title: title.to_owned(),
             unit: unit.to_owned(),
-            bucket_ms: u64::try_from(bucket.as_millis()).unwrap_or(u64::MAX),
+            step: step.to_owned(),
             naive,
             onephase,
         });

@@ -83,3 +83,24 @@ fn the_page_holds_every_scenario() {
     }
     assert_eq!(page.matches("<svg").count(), 2, "one chart each");
 }
+
+#[test]
+fn the_outbox_loses_no_event_and_invents_none() {
+    let report = run(Scenario::DualWrite, 5);
+    let lost = report.get("events lost").expect("row");
+    let phantom = report.get("phantom events").expect("row");
+    assert!(
+        lost.naive > 0.0 && phantom.naive > 0.0,
+        "{}",
+        report.table()
+    );
+    assert_eq!(
+        (lost.onephase, phantom.onephase),
+        (0.0, 0.0),
+        "{}",
+        report.table()
+    );
+    let committed = report.get("orders committed").expect("row");
+    let published = report.get("events published").expect("row");
+    assert_eq!(committed.onephase, published.onephase, "{}", report.table());
+}

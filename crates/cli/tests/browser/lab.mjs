@@ -7,26 +7,14 @@
 // executable), and optionally SCREENSHOTS (a folder to write the page to, for the docs).
 
 import assert from "node:assert/strict";
-import { chromium } from "playwright-core";
+import { launch } from "./launch.mjs";
 
 const { REPORT, SCENARIOS, CHROMIUM, SCREENSHOTS } = process.env;
 for (const [name, value] of Object.entries({ REPORT, SCENARIOS, CHROMIUM })) {
   if (!value) throw new Error(`set ${name}`);
 }
 
-const browser = await chromium.launch({
-  executablePath: CHROMIUM,
-  headless: true,
-  args: [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-  ],
-});
+const browser = await launch(CHROMIUM);
 try {
   const page = await browser.newPage({ viewport: { width: 800, height: 900 } });
   const requests = [];

@@ -1,0 +1,252 @@
+//! Posts 9 and 13 of the seed (*The Outbox Pattern: Reliable Events Without Two-Phase
+//! Commit*, *The Transactional Outbox Pattern in Spring Boot*): a service writes an order and
+//! publishes an event about it, and the two writes go to two systems. Run on real stores: the orders and the outbox in one SQLite database,
+//! the broker an embedded log in another, on the real clock.
+
+use std::collections::BTreeSet;
+
+use bytes::Bytes;
+use onephase_broker::log::EmbeddedLog;
+use onephase_core::{Envelope, Random};
+use onephase_outbox::{Relay, RelayConfig, enqueue};
+use onephase_store::Store;
+use sqlx::SqlitePool;
+
+use crate::Report;
+
+const ORDERS: u32 = 400;
+/// The share of orders after whose commit the process dies.
+const CRASH: f64 = 0.05;
+/// The share of orders whose commit fails (a constraint, a serialization failure, a timeout).
+const COMMIT_FAILS: f64 = 0.05;
+const TOPIC: &str = "orders.created";
+/// Orders per point of the chart.
+const STEP: u32 = 20;
+
+type Failed = Box<dyn std::error::Error + Send + Sync>;
+
+/// How the service writes an order and its event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Write {
+    /// Commit the order, then publish the event.
+    CommitThenPublish,
+    /// Publish the event, then commit the order.
+    PublishThenCommit,
+    /// The order and an outbox row in one transaction; a relay publishes the row.
+    Outbox,
+}
+
+/// What one way of writing left behind.
+struct Outcome {
+    orders: BTreeSet<u32>,
+    events: BTreeSet<u32>,
+    /// Orders or events without their other half, after each [`STEP`] orders.
+    broken: Vec<f64>,
+}
+
+impl Outcome {
+    fn lost(&self) -> usize {
+        self.orders.difference(&self.events).count()
+    }
+
+    fn phantom(&self) -> usize {
+        self.events.difference(&self.orders).count()
+    }
+}
+
+/// The dual write.
+///
+/// 400 orders. After 5 % of the commits the process dies before doing anything else; 5 % of
+/// the commits fail. The same orders, crashes and failures (drawn from the seed) for each way
+/// of writing:
+///
+/// - **Naive, commit then publish**: an order whose process died after the commit never gets
+///   its event.
+/// - **Naive, publish then commit**: an order whose commit failed has an event about it
+///   anyway: consumers act on an order that does not exist.
+/// - **onephase**: the order and its event ([`enqueue`]) in one transaction; a [`Relay`]
+///   publishes committed rows. A crash after the commit loses nothing (the row waits in the
+///   table), a failed commit leaves neither.
+pub async fn dual_write(seed: u64) -> Report {
+    let mut report = Report::new(
+        "dual-write",
+        seed,
+        "400 orders, each with an event; the process dies after 5 % of commits, 5 % of commits fail; SQLite store, embedded log",
+    );
+    let outcomes = async {
+        let first = run(Write::CommitThenPublish, seed).await?;
+        let second = run(Write::PublishThenCommit, seed).await?;
+        let outbox = run(Write::Outbox, seed).await?;
+        Ok::<_, Failed>((first, second, outbox))
+    };
+    let (first, second, outbox) = match outcomes.await {
+        Ok(outcomes) => outcomes,
+        Err(e) => {
+            report.invariant(format!("the scenario could not run: {e}"), false, false);
+            return report;
+        }
+    };
+    report.row(
+        "events lost (commit, then publish; the process died between)",
+        first.lost() as f64,
+        outbox.lost() as f64,
+    );
+    report.row(
+        "phantom events (publish, then commit; the commit failed)",
+        second.phantom() as f64,
+        outbox.phantom() as f64,
+    );
+    report.row(
+        "orders committed",
+        first.orders.len() as f64,
+        outbox.orders.len() as f64,
+    );
+    report.row(
+        "events published",
+        first.events.len() as f64,
+        outbox.events.len() as f64,
+    );
+    let whole = |o: &Outcome| o.lost() == 0 && o.phantom() == 0;
+    report.invariant(
+        "every committed order has its event and every event its order: 0 lost, 0 phantom",
+        whole(&first) && whole(&second),
+        whole(&outbox),
+    );
+    let naive: Vec<f64> = first
+        .broken
+        .iter()
+        .zip(&second.broken)
+        .map(|(a, b)| a + b)
+        .collect();
+    report.chart_by(
+        "orders and events without their other half, both naive ways together",
+        "",
+        &format!("{STEP} orders"),
+        naive,
+        outbox.broken,
+    );
+    report
+}
+
+async fn run(write: Write, seed: u64) -> Result<Outcome, Failed> {
+    let app = Store::connect("sqlite::memory:").await?;
+    app.migrate(&[onephase_outbox::migrations()]).await?;
+    let pool = app
+        .as_sqlite()
+        .ok_or("an in-memory store is SQLite")?
+        .writer()
+        .clone();
+    sqlx::query("CREATE TABLE orders (id INTEGER PRIMARY KEY, total INTEGER NOT NULL)")
+        .execute(&pool)
+        .await?;
+    let broker = Store::connect("sqlite::memory:").await?;
+    broker
+        .migrate(&[onephase_broker::log::migrations()])
+        .await?;
+    let log = EmbeddedLog::new(broker.clone());
+    let fate = Random::seeded(seed);
+    let mut broken = Vec::new();
+    let relay = Relay::new(
+        app.clone(),
+        log.publisher(),
+        RelayConfig {
+            batch_size: 50,
+            ..RelayConfig::default()
+        },
+    );
+    for order in 0..ORDERS {
+        // The same draws in the same order for every way of writing.
+        let (dies, fails) = (fate.chance(CRASH), fate.chance(COMMIT_FAILS));
+        let event = event(order)?;
+        match write {
+            Write::CommitThenPublish => {
+                let committed = place(&pool, order, fails).await?;
+                if committed && !dies {
+                    log.append(std::slice::from_ref(&event)).await?;
+                }
+            }
+            Write::PublishThenCommit => {
+                log.append(std::slice::from_ref(&event)).await?;
+                place(&pool, order, fails).await?;
+            }
+            Write::Outbox => {
+                let mut tx = pool.begin().await?;
+                insert(&mut tx, order).await?;
+                enqueue(&mut *tx, &event).await?;
+                if fails {
+                    tx.rollback().await?;
+                } else {
+                    tx.commit().await?;
+                }
+                // A crash here loses nothing: the row is committed, and the relay (another
+                // process) publishes it.
+                relay.run_once().await?;
+            }
+        }
+        if (order + 1) % STEP == 0 {
+            let outcome = tally(&pool, &log, Vec::new()).await?;
+            broken.push((outcome.lost() + outcome.phantom()) as f64);
+        }
+    }
+    while write == Write::Outbox && relay.run_once().await?.claimed > 0 {}
+    let outcome = tally(&pool, &log, broken).await?;
+    app.close().await;
+    broker.close().await;
+    Ok(outcome)
+}
+
+fn event(order: u32) -> Result<Envelope, Failed> {
+    let payload = Bytes::from(format!(r#"{{"order":{order}}}"#));
+    Ok(Envelope::builder(TOPIC, payload)
+        .key(format!("order-{order}"))
+        .build()?)
+}
+
+/// Inserts the order and commits, unless the commit `fails`; whether it committed.
+async fn place(pool: &SqlitePool, order: u32, fails: bool) -> Result<bool, Failed> {
+    let mut tx = pool.begin().await?;
+    insert(&mut tx, order).await?;
+    if fails {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+async fn insert(tx: &mut sqlx::SqliteConnection, order: u32) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO orders (id, total) VALUES ($1, 100)")
+        .bind(i64::from(order))
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+/// The orders in the table and the orders the log has events about.
+async fn tally(pool: &SqlitePool, log: &EmbeddedLog, broken: Vec<f64>) -> Result<Outcome, Failed> {
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM orders")
+        .fetch_all(pool)
+        .await?;
+    let orders = ids
+        .into_iter()
+        .filter_map(|id| u32::try_from(id).ok())
+        .collect();
+    let mut events = BTreeSet::new();
+    let mut after = 0;
+    loop {
+        let records = log.read(TOPIC, after, 1000).await?;
+        let Some(last) = records.last() else { break };
+        after = last.position;
+        for record in &records {
+            let body: serde_json::Value = serde_json::from_slice(record.envelope.payload())?;
+            if let Some(order) = body["order"].as_u64().and_then(|o| u32::try_from(o).ok()) {
+                events.insert(order);
+            }
+        }
+    }
+    Ok(Outcome {
+        orders,
+        events,
+        broken,
+    })
+}
