@@ -352,17 +352,62 @@ async fn counter(http: &reqwest::Client, base: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// What a fault waits for (up to 5 s) before it strikes, so that it meets work in flight
+/// however slow the machine is.
+#[derive(Clone, Copy)]
+enum Busy<'a> {
+    /// Nothing: strike on the schedule.
+    Never,
+    /// The victim's outbox relay (the relay id of each server) holds a batch.
+    Relays(&'a sqlx::PgPool, &'a [Uuid]),
+    /// A webhook delivery is locked for an attempt (deliveries do not record their server).
+    Deliveries(&'a sqlx::PgPool),
+}
+
+impl Busy<'_> {
+    async fn wait(self, victim: usize) -> anyhow::Result<()> {
+        let busy_by = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < busy_by {
+            let holding: i64 = match self {
+                Busy::Never => return Ok(()),
+                Busy::Relays(pool, ids) => {
+                    sqlx::query_scalar(
+                        "SELECT count(*) FROM onephase_outbox WHERE published_at IS NULL \
+                         AND claimed_by = $1 AND claimed_until > now()",
+                    )
+                    .bind(ids[victim])
+                    .fetch_one(pool)
+                    .await?
+                }
+                Busy::Deliveries(pool) => {
+                    sqlx::query_scalar(
+                        "SELECT count(*) FROM onephase_webhook_deliveries WHERE status = 'pending' \
+                         AND locked_until_ms > (extract(epoch from clock_timestamp()) * 1000)::bigint",
+                    )
+                    .fetch_one(pool)
+                    .await?
+                }
+            };
+            if holding > 0 {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+}
+
 /// Alternates the fault between the two servers, `FAULTS` times, each held a little longer
-/// than a claim lasts (`hold_ms`), with some work in between. With `relays` (the outbox
-/// relay id of each server), each fault waits (up to 5 s) until its victim holds a batch, and
-/// 1.5 s into the fault counts the rows the stopped relay still holds; returns the sum.
+/// than a claim lasts (`hold_ms`), with some work in between, each struck once `busy` says
+/// work is in flight. With [`Busy::Relays`], 1.5 s into the fault counts the rows the stopped
+/// relay still holds; returns the sum.
 async fn torment(
     site: &Site,
     servers: &[Child],
     fault: Fault,
     hold_ms: std::ops::Range<u64>,
     seed: u64,
-    relays: Option<(&sqlx::PgPool, &[Uuid])>,
+    busy: Busy<'_>,
 ) -> anyhow::Result<i64> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut total = 0;
@@ -370,26 +415,12 @@ async fn torment(
         tokio::time::sleep(Duration::from_millis(rng.random_range(300..900))).await;
         let victim = round % servers.len();
         let hold = Duration::from_millis(rng.random_range(hold_ms.clone()));
-        if let Some((pool, ids)) = relays {
-            let busy_by = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < busy_by {
-                let holding: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM onephase_outbox WHERE published_at IS NULL \
-                     AND claimed_by = $1 AND claimed_until > now()",
-                )
-                .bind(ids[victim])
-                .fetch_one(pool)
-                .await?;
-                if holding > 0 {
-                    break;
-                }
-            }
-        }
+        busy.wait(victim).await?;
         site.hurt(fault, victim, &servers[victim], true)?;
         let probe_at = Duration::from_millis(1500);
         tokio::time::sleep(probe_at).await;
-        let counted = match relays {
-            Some((pool, ids)) => sqlx::query_scalar(
+        let counted = match busy {
+            Busy::Relays(pool, ids) => sqlx::query_scalar(
                 "SELECT count(*) FROM onephase_outbox WHERE published_at IS NULL \
                  AND claimed_by = $1",
             )
@@ -397,7 +428,7 @@ async fn torment(
             .fetch_one(pool)
             .await
             .map_err(anyhow::Error::from),
-            None => Ok(0),
+            Busy::Never | Busy::Deliveries(_) => Ok(0),
         };
         tokio::time::sleep(hold.saturating_sub(probe_at)).await;
         // Lifted whatever the count did: a server left stopped would outlive the test.
@@ -551,7 +582,7 @@ async fn sagas_under(fault: Fault) -> anyhow::Result<()> {
         })
     };
     let started = Instant::now();
-    torment(&site, &servers, fault, 3000..4500, 0x5A6A, None).await?;
+    torment(&site, &servers, fault, 3000..4500, 0x5A6A, Busy::Never).await?;
     let ids = starter.await??;
     eprintln!(
         "{fault:?}: {FAULTS} faults over {:.1} s while {RUNS} sagas ran",
@@ -736,7 +767,7 @@ async fn outbox_under(fault: Fault) -> anyhow::Result<()> {
         fault,
         2500..4000,
         0x0B0C,
-        Some((&pool, &relays)),
+        Busy::Relays(&pool, &relays),
     )
     .await?;
     eprintln!(
@@ -886,14 +917,23 @@ async fn webhooks_under(fault: Fault) -> anyhow::Result<()> {
         })
     };
     let started = Instant::now();
-    // A delivery's lock lasts 2 s (attempt timeout + margin); each fault is held 2.5 to 4 s.
-    torment(&site, &servers, fault, 2500..4000, 0x3EB, None).await?;
+    // A delivery's lock lasts 2 s (attempt timeout + margin); each fault is held 2.5 to 4 s,
+    // struck while a delivery is locked for an attempt.
+    let pool = db.store().as_postgres().context("PostgreSQL")?.clone();
+    torment(
+        &site,
+        &servers,
+        fault,
+        2500..4000,
+        0x3EB,
+        Busy::Deliveries(&pool),
+    )
+    .await?;
     sender.await??;
     eprintln!(
         "{fault:?}: {FAULTS} faults over {:.1} s while {MESSAGES} messages went to 2 endpoints",
         started.elapsed().as_secs_f64()
     );
-    let pool = db.store().as_postgres().context("PostgreSQL")?.clone();
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let (pending, other): (i64, i64) = sqlx::query_as(
