@@ -88,11 +88,21 @@ impl OtlpReceiver {
 
     /// Waits (up to 20 s) for a span named `name` in trace `trace_id`.
     async fn span(&self, trace_id: &str, name: &str) -> anyhow::Result<Received> {
+        self.span_where(trace_id, name, |_| true).await
+    }
+
+    /// Waits (up to 20 s) for a span named `name` in trace `trace_id` that `matches`.
+    async fn span_where(
+        &self,
+        trace_id: &str,
+        name: &str,
+        matches: impl Fn(&Received) -> bool,
+    ) -> anyhow::Result<Received> {
         for _ in 0..400 {
             if let Some(span) = self
                 .spans()
                 .into_iter()
-                .find(|s| s.trace_id == trace_id && s.name == name)
+                .find(|s| s.trace_id == trace_id && s.name == name && matches(s))
             {
                 return Ok(span);
             }
@@ -314,6 +324,7 @@ async fn wait_completed(api: &Api, id: &str) -> anyhow::Result<()> {
 fn config(app_db: &Path, traces: &str) -> String {
     format!(
         "[[outbox.relay]]\nname = \"app\"\nsource = \"sqlite://{}\"\nsink = \"log\"\n\
+         [[outbox.relay]]\nname = \"server\"\nsink = \"log\"\n\
          [webhook]\nallow_networks = [\"127.0.0.0/8\"]\npoll_interval_ms = 20\n\
          [saga]\nallow_networks = [\"127.0.0.0/8\"]\npoll_interval_ms = 20\n{traces}",
         app_db.display()
@@ -403,6 +414,17 @@ async fn one_trace_follows_a_request_through_an_outbox_event_a_saga_step_and_a_w
     ensure!(
         driven.attribute("run") == Some(run_id.as_str()),
         "{driven:?}"
+    );
+    // The run's own events (the saga's outbox topic) carry its context: their publish by
+    // the relay reading the server's store is a child of the starting request.
+    let event = otlp
+        .span_where(&trace, "outbox publish", |s| {
+            s.attribute("topic") == Some("onephase.saga")
+        })
+        .await?;
+    ensure!(
+        event.parent == start.span_id,
+        "the run event's publish: {event:?}"
     );
     let step = otlp.span(&trace, "saga step").await?;
     ensure!(step.parent == driven.span_id, "the step's span: {step:?}");

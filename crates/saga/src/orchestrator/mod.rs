@@ -450,7 +450,7 @@ impl Orchestrator {
             input: Arc::new(RawJson::null()),
             error: None,
             fence: 0,
-            traceparent: None,
+            traceparent: run.traceparent.clone(),
             steps: Default::default(),
         };
         let event = Event::new(&record, "run_started", now);

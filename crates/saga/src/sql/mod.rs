@@ -240,6 +240,10 @@ pub(crate) struct Event {
     pub actor: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
+    /// The run's W3C `traceparent`: the event's header, so that its publish and its
+    /// consumers join the trace of the request that started the run.
+    #[serde(skip)]
+    pub traceparent: Option<String>,
 }
 
 impl Event {
@@ -257,6 +261,7 @@ impl Event {
             detail: None,
             actor: None,
             at,
+            traceparent: run.traceparent.clone(),
         }
     }
 
@@ -267,11 +272,14 @@ impl Event {
         let payload = serde_json::to_vec(self).map_err(|e| {
             crate::SagaError::InvalidInput(format!("saga event does not serialize: {e}"))
         })?;
-        Ok(Envelope::builder(topic.to_owned(), payload)
+        let mut envelope = Envelope::builder(topic.to_owned(), payload)
             .key(self.run_id.to_string())
             .header("content-type", "application/json")
-            .created_at(self.at)
-            .build()?)
+            .created_at(self.at);
+        if let Some(traceparent) = &self.traceparent {
+            envelope = envelope.header(onephase_trace::TRACEPARENT, traceparent.clone());
+        }
+        Ok(envelope.build()?)
     }
 }
 
