@@ -12,6 +12,7 @@
 //! | scenario | failure | onephase's answer |
 //! |---|---|---|
 //! | [`lock::fenced_lock`] | a lock holder pauses past its lease | the fencing token of [`onephase_lease`], checked at the write |
+//! | [`saga::compensation`] | a refund fails after an order is refused | the [`Orchestrator`](onephase_saga::Orchestrator): the run waits for an operator |
 //! | [`herd::stampede`] | 1,000 readers miss an expired key at once | [`HerdCache`](onephase_herd::HerdCache): coalescing, XFetch |
 //! | [`herd::retry_storm`] | a dependency is down for 10 s under steady load | [`Retry`](onephase_herd::Retry) with a budget and "do not retry" |
 //! | [`herd::reconnect_flood`] | 1,000 clients lose their server at once | [`Reconnect`](onephase_herd::Reconnect): spread and jitter |
@@ -32,6 +33,7 @@ pub mod limit;
 pub mod lock;
 pub mod outbox;
 mod report;
+pub mod saga;
 mod sim;
 
 pub use html::{html, html_with};
@@ -45,6 +47,8 @@ pub enum Scenario {
     FencedLock,
     /// [`outbox::dual_write`].
     DualWrite,
+    /// [`saga::compensation`].
+    SagaCompensation,
     /// [`herd::stampede`].
     Stampede,
     /// [`herd::retry_storm`].
@@ -59,8 +63,9 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the order of the seed's posts.
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::FencedLock,
+        Scenario::SagaCompensation,
         Scenario::Stampede,
         Scenario::RetryStorm,
         Scenario::ReconnectFlood,
@@ -74,6 +79,7 @@ impl Scenario {
         match self {
             Self::FencedLock => "fenced-lock",
             Self::DualWrite => "dual-write",
+            Self::SagaCompensation => "saga-compensation",
             Self::Stampede => "stampede",
             Self::RetryStorm => "retry-storm",
             Self::ReconnectFlood => "reconnect-flood",
@@ -87,6 +93,7 @@ impl Scenario {
         match self {
             Self::FencedLock => 1,
             Self::DualWrite => 9,
+            Self::SagaCompensation => 3,
             Self::Stampede | Self::RetryStorm | Self::ReconnectFlood => 6,
             Self::BoundaryBurst | Self::LocalLimits => 11,
         }
@@ -100,6 +107,9 @@ impl Scenario {
             }
             Self::DualWrite => {
                 "an order is committed and its event published: two writes, two systems"
+            }
+            Self::SagaCompensation => {
+                "orders charged, then refused, while the refund service is down"
             }
             Self::Stampede => "1,000 readers miss an expired key at once",
             Self::RetryStorm => {
@@ -119,6 +129,12 @@ impl Scenario {
                  second holder gets in and the first one's late write lands over it. Every \
                  write checks the lease's fencing token in its transaction, and the older token \
                  is refused, however long the pause or wherever the clocks jumped."
+            }
+            Self::SagaCompensation => {
+                "A saga has no isolation: others see the card charged before the order is \
+                 placed, and a refused order is undone by a refund that can fail too. A \
+                 try/catch logs the failed refund and moves on; the orchestrator parks the run \
+                 for an operator, so no customer stays charged for nothing unnoticed."
             }
             Self::DualWrite => {
                 "Commit, then publish, and a crash between loses the event; publish, then \
@@ -168,6 +184,7 @@ pub fn run(scenario: Scenario, seed: u64) -> Report {
     let work = move || match scenario {
         Scenario::FencedLock => sim::block_on_real(lock::fenced_lock(seed)),
         Scenario::DualWrite => sim::block_on_real(outbox::dual_write(seed)),
+        Scenario::SagaCompensation => sim::block_on_real(saga::compensation(seed)),
         Scenario::Stampede => sim::block_on(herd::stampede(seed)),
         Scenario::RetryStorm => sim::block_on(herd::retry_storm(seed)),
         Scenario::ReconnectFlood => sim::block_on(herd::reconnect_flood(seed)),

@@ -6,8 +6,9 @@ use onephase_lab::{Scenario, run};
 #[test]
 fn the_same_seed_replays_the_same_run() {
     for scenario in Scenario::ALL {
-        if scenario == Scenario::FencedLock {
-            // Real leases on the real clock: its figures are counts, and checked below.
+        if matches!(scenario, Scenario::FencedLock | Scenario::SagaCompensation) {
+            // On the real clock with timed steps: their verdicts are checked below, and a
+            // reader's count of what it saw depends on the machine.
             continue;
         }
         assert_eq!(run(scenario, 9), run(scenario, 9), "{}", scenario.name());
@@ -103,4 +104,34 @@ fn the_outbox_loses_no_event_and_invents_none() {
     let committed = report.get("orders committed").expect("row");
     let published = report.get("events published").expect("row");
     assert_eq!(committed.onephase, published.onephase, "{}", report.table());
+}
+
+#[test]
+fn a_failed_refund_waits_for_the_operator_instead_of_vanishing() {
+    let report = run(Scenario::SagaCompensation, 3);
+    let unnoticed = report.get("of those, known to nobody").expect("row");
+    let parked = report.get("runs that waited for an operator").expect("row");
+    let left = report
+        .get("customers charged for an order never placed")
+        .expect("row");
+    assert!(unnoticed.naive > 0.0, "{}", report.table());
+    assert_eq!(unnoticed.naive, left.naive, "{}", report.table());
+    assert_eq!(
+        (unnoticed.onephase, left.onephase),
+        (0.0, 0.0),
+        "{}",
+        report.table()
+    );
+    assert_eq!(
+        parked.onephase,
+        unnoticed.naive,
+        "every refused order parked: {}",
+        report.table()
+    );
+    let seen = report.get("reads that saw").expect("row");
+    assert!(
+        seen.naive > 0.0 && seen.onephase > 0.0,
+        "no isolation either way: {}",
+        report.table()
+    );
 }
