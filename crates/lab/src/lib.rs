@@ -35,6 +35,7 @@ pub mod outbox;
 mod report;
 pub mod saga;
 mod sim;
+pub mod trace;
 
 pub use html::{html, html_with};
 pub use report::{Chart, Invariant, Report, Row, verdict};
@@ -49,6 +50,8 @@ pub enum Scenario {
     DualWrite,
     /// [`saga::compensation`].
     SagaCompensation,
+    /// [`trace::stored_context`].
+    TraceContext,
     /// [`herd::stampede`].
     Stampede,
     /// [`herd::retry_storm`].
@@ -63,7 +66,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the order of the seed's posts.
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::FencedLock,
         Scenario::SagaCompensation,
         Scenario::Stampede,
@@ -72,6 +75,7 @@ impl Scenario {
         Scenario::DualWrite,
         Scenario::BoundaryBurst,
         Scenario::LocalLimits,
+        Scenario::TraceContext,
     ];
 
     /// The name the CLI knows it by.
@@ -80,6 +84,7 @@ impl Scenario {
             Self::FencedLock => "fenced-lock",
             Self::DualWrite => "dual-write",
             Self::SagaCompensation => "saga-compensation",
+            Self::TraceContext => "trace-context",
             Self::Stampede => "stampede",
             Self::RetryStorm => "retry-storm",
             Self::ReconnectFlood => "reconnect-flood",
@@ -94,6 +99,8 @@ impl Scenario {
             Self::FencedLock => 1,
             Self::DualWrite => 9,
             Self::SagaCompensation => 3,
+            // Not one of the posts: the operations docs (docs/trace.md).
+            Self::TraceContext => 0,
             Self::Stampede | Self::RetryStorm | Self::ReconnectFlood => 6,
             Self::BoundaryBurst | Self::LocalLimits => 11,
         }
@@ -111,6 +118,7 @@ impl Scenario {
             Self::SagaCompensation => {
                 "orders charged, then refused, while the refund service is down"
             }
+            Self::TraceContext => "a request leaves work in a table; the trace stops there",
             Self::Stampede => "1,000 readers miss an expired key at once",
             Self::RetryStorm => {
                 "a dependency is down for 10 s under steady load, and clients retry"
@@ -129,6 +137,11 @@ impl Scenario {
                  second holder gets in and the first one's late write lands over it. Every \
                  write checks the lease's fencing token in its transaction, and the older token \
                  is refused, however long the pause or wherever the clocks jumped."
+            }
+            Self::TraceContext => {
+                "Work left in a table is done later by a worker whose spans start traces of \
+                 their own, so the request's trace ends at the table. Storing the request's \
+                 traceparent with the row and following it in the worker keeps one trace."
             }
             Self::SagaCompensation => {
                 "A saga has no isolation: others see the card charged before the order is \
@@ -185,6 +198,7 @@ pub fn run(scenario: Scenario, seed: u64) -> Report {
         Scenario::FencedLock => sim::block_on_real(lock::fenced_lock(seed)),
         Scenario::DualWrite => sim::block_on_real(outbox::dual_write(seed)),
         Scenario::SagaCompensation => sim::block_on_real(saga::compensation(seed)),
+        Scenario::TraceContext => sim::block_on(trace::stored_context(seed)),
         Scenario::Stampede => sim::block_on(herd::stampede(seed)),
         Scenario::RetryStorm => sim::block_on(herd::retry_storm(seed)),
         Scenario::ReconnectFlood => sim::block_on(herd::reconnect_flood(seed)),

@@ -30,7 +30,11 @@ fn every_scenario_shows_the_naive_way_breaking_its_invariant_and_onephase_keepin
             "{}",
             scenario.name()
         );
-        assert!(chart.naive.iter().any(|v| *v > 0.0), "{}", scenario.name());
+        assert!(
+            chart.naive.iter().chain(&chart.onephase).any(|v| *v > 0.0),
+            "{}",
+            scenario.name()
+        );
     }
 }
 
@@ -132,6 +136,20 @@ fn a_failed_refund_waits_for_the_operator_instead_of_vanishing() {
     assert!(
         seen.naive > 0.0 && seen.onephase > 0.0,
         "no isolation either way: {}",
+        report.table()
+    );
+}
+
+#[test]
+fn work_left_in_a_table_stays_in_its_requests_trace() {
+    let report = run(Scenario::TraceContext, 8);
+    let joined = report
+        .get("participant calls in their request's trace")
+        .expect("row");
+    assert_eq!(
+        (joined.naive, joined.onephase),
+        (0.0, 100.0),
+        "{}",
         report.table()
     );
 }
