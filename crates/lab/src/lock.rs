@@ -95,7 +95,7 @@ pub async fn fenced_lock(seed: u64) -> Report {
     let (naive, onephase) = match (naive, onephase) {
         (Ok(naive), Ok(onephase)) => (naive, onephase),
         (Err(e), _) | (_, Err(e)) => {
-            report.invariant(format!("the scenario could not run: {e}"), false, false);
+            report.could_not_run(e);
             return report;
         }
     };

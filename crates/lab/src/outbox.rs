@@ -82,7 +82,7 @@ pub async fn dual_write(seed: u64) -> Report {
     let (first, second, outbox) = match outcomes.await {
         Ok(outcomes) => outcomes,
         Err(e) => {
-            report.invariant(format!("the scenario could not run: {e}"), false, false);
+            report.could_not_run(e);
             return report;
         }
     };

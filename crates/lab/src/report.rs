@@ -85,6 +85,12 @@ impl Report {
         self.invariant.holds
     }
 
+    /// The scenario's engine failed before it measured anything: a failed invariant that
+    /// says why, so that `lab` exits non-zero with the cause.
+    pub(crate) fn could_not_run(&mut self, error: impl std::fmt::Display) {
+        self.invariant(format!("the scenario could not run: {error}"), false, false);
+    }
+
     pub(crate) fn invariant(&mut self, statement: impl Into<String>, naive: bool, onephase: bool) {
         self.invariant = Invariant {
             statement: statement.into(),

@@ -146,7 +146,7 @@ pub async fn compensation(seed: u64) -> Report {
     let (naive, onephase) = match outcomes.await {
         Ok(outcomes) => outcomes,
         Err(e) => {
-            report.invariant(format!("the scenario could not run: {e}"), false, false);
+            report.could_not_run(e);
             return report;
         }
     };
