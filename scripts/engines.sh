@@ -7,7 +7,9 @@
 # Idempotent and quick when everything already runs: each engine is probed first and touched
 # only if it does not answer. Status goes to stderr; only `export` lines go to stdout.
 #
-# Engines: PostgreSQL, Redis, NATS with JetStream, RabbitMQ (restarted with the machine's own
+# Engines: PostgreSQL, a second PostgreSQL cluster of the project's own with prepared
+# transactions enabled (the lab's two-phase commit scenario; `pg_createcluster` on 127.0.0.1:5433,
+# so the shared server is never reconfigured), Redis, NATS with JetStream, RabbitMQ (restarted with the machine's own
 # commands when down, installed from Debian's packages when absent), etcd 3.4 (Debian's
 # etcd-server, run on loopback) and tansu, a Kafka-compatible broker (`cargo install tansu
 # --features dynostore`, run with in-memory storage on 127.0.0.1:9092).
@@ -81,6 +83,41 @@ ensure_postgres() {
     fi
   fi
   pg_ok || die "PostgreSQL runs but $pg_url_default does not answer"
+}
+
+# --- PostgreSQL with prepared transactions -------------------------------------------------
+# The lab's two-phase commit scenario needs `max_prepared_transactions > 0`, which a default
+# server (and the shared one) has at 0. A cluster of its own on another port, made once.
+pg2pc_url_default="postgres://postgres@127.0.0.1:5433/postgres"
+pg2pc_ok() {
+  local prepared
+  prepared=$(psql "${ONEPHASE_TEST_POSTGRES_2PC_URL:-$pg2pc_url_default}" -Atqc 'SHOW max_prepared_transactions' 2>/dev/null) || return 1
+  [[ $prepared =~ ^[0-9]+$ ]] && ((prepared > 0))
+}
+ensure_postgres_2pc() {
+  if [[ -n ${ONEPHASE_TEST_POSTGRES_2PC_URL:-} ]]; then
+    pg2pc_ok || die "ONEPHASE_TEST_POSTGRES_2PC_URL=$ONEPHASE_TEST_POSTGRES_2PC_URL does not answer, or has max_prepared_transactions = 0"
+    return
+  fi
+  pg2pc_ok && return
+  port_open 127.0.0.1 5433 &&
+    die "something listens on 127.0.0.1:5433 but is not a PostgreSQL with max_prepared_transactions > 0 (set ONEPHASE_TEST_POSTGRES_2PC_URL to one)"
+  command -v pg_createcluster >/dev/null ||
+    die "pg_createcluster (Debian's postgresql-common) is needed to make the prepared-transactions cluster; or set ONEPHASE_TEST_POSTGRES_2PC_URL to a server with max_prepared_transactions > 0"
+  local version
+  version=$(find /etc/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' 2>/dev/null | sort -V | tail -1)
+  [[ -n $version ]] || die "PostgreSQL is installed but has no version in /etc/postgresql"
+  if [[ ! -d /etc/postgresql/$version/onephase2pc ]]; then
+    [[ $(id -u) == 0 ]] || die "need root to create the PostgreSQL cluster $version/onephase2pc"
+    say "creating PostgreSQL cluster $version/onephase2pc on 127.0.0.1:5433 (max_prepared_transactions = 64)"
+    pg_createcluster "$version" onephase2pc --port 5433 \
+      -o max_prepared_transactions=64 -o max_connections=200 \
+      -- --auth-host=trust --auth-local=trust >&2
+  fi
+  say "starting PostgreSQL cluster $version/onephase2pc"
+  pg_ctlcluster --skip-systemctl-redirect "$version" onephase2pc start >&2
+  started+=(postgresql-2pc)
+  wait_for "PostgreSQL (prepared transactions)" 30 pg2pc_ok
 }
 
 # --- Redis --------------------------------------------------------------------------------
@@ -173,6 +210,7 @@ ensure_kafka() {
 }
 
 ensure_postgres
+ensure_postgres_2pc
 ensure_redis
 ensure_nats
 ensure_rabbitmq
@@ -187,6 +225,7 @@ fi
 
 cat <<EOF
 export ONEPHASE_TEST_POSTGRES_URL=${ONEPHASE_TEST_POSTGRES_URL:-$pg_url_default}
+export ONEPHASE_TEST_POSTGRES_2PC_URL=${ONEPHASE_TEST_POSTGRES_2PC_URL:-$pg2pc_url_default}
 export ONEPHASE_TEST_REDIS_URL=${ONEPHASE_TEST_REDIS_URL:-redis://127.0.0.1:6379}
 export ONEPHASE_TEST_NATS_URL=${ONEPHASE_TEST_NATS_URL:-nats://127.0.0.1:4222}
 export ONEPHASE_TEST_AMQP_URL=${ONEPHASE_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}

@@ -161,11 +161,14 @@ async fn the_lab_report_shows_every_scenario_with_its_chart() -> anyhow::Result<
     };
     let dir = tempfile::tempdir()?;
     let report = dir.path().join("lab.html");
-    let ran = Command::new(env!("CARGO_BIN_EXE_onephase"))
-        .args(["lab", "all", "--report"])
-        .arg(&report)
-        .output()
-        .await?;
+    let mut lab = Command::new(env!("CARGO_BIN_EXE_onephase"));
+    lab.args(["lab", "all", "--report"]).arg(&report);
+    // Every scenario, the ones about an engine too, where the engine is here.
+    match onephase_testkit::engine_url(onephase_testkit::Engine::PostgresPrepared) {
+        Some(url) => lab.env("ONEPHASE_LAB_POSTGRES_URL", url),
+        None => lab.env_remove("ONEPHASE_LAB_POSTGRES_URL"),
+    };
+    let ran = lab.output().await?;
     ensure!(
         ran.status.success(),
         "onephase lab all: {}",

@@ -14,7 +14,7 @@ h1 { font-size: 1.6rem; } h2 { font-size: 1.25rem; margin-top: 2.5rem; border-to
 table { border-collapse: collapse; width: 100%; margin: .5rem 0; }
 th, td { text-align: left; padding: .25rem .5rem; border-bottom: 1px solid #eaecf0; }
 td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; }
-.pass { color: #067647; font-weight: 600; } .fail { color: #b42318; font-weight: 600; }
+.pass { color: #067647; font-weight: 600; } .fail { color: #b42318; font-weight: 600; } .skip { color: #475467; font-weight: 600; }
 .story { font-size: 1.05rem; } .setup, .meta { color: #475467; }
 figure.chart { margin: .75rem 0; } figure.chart svg { height: 140px; }
 code { background: #f2f4f7; padding: 0 .25rem; border-radius: 3px; } figcaption { font-size: .85rem; color: #475467; }
@@ -29,7 +29,8 @@ pub fn html(reports: &[Report]) -> String {
 /// [`html()`], with `header` above the title (the dashboard puts its links and the form that
 /// runs the lab there).
 pub fn html_with(reports: &[Report], header: Markup) -> String {
-    let failed = reports.iter().filter(|r| !r.passed()).count();
+    let failed = reports.iter().filter(|r| r.ran() && !r.passed()).count();
+    let not_run = reports.iter().filter(|r| !r.ran()).count();
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -49,6 +50,9 @@ pub fn html_with(reports: &[Report], header: Markup) -> String {
                     } @else {
                         span.fail { "onephase broke " (failed) " invariant(s)." }
                     }
+                    @if not_run > 0 {
+                        " " span.skip { (not_run) " not run: their engine was not given." }
+                    }
                 }
                 table {
                     thead { tr { th { "scenario" } th { "post" } th { "invariant" } th { "naive" } th { "onephase" } } }
@@ -58,8 +62,12 @@ pub fn html_with(reports: &[Report], header: Markup) -> String {
                                 td { a href={ "#" (r.scenario) } { (r.scenario) } }
                                 td { (r.post) }
                                 td { (r.invariant.statement) }
-                                td { (badge(r.invariant.naive_holds)) }
-                                td { (badge(r.invariant.holds)) }
+                                @if r.ran() {
+                                    td { (badge(r.invariant.naive_holds)) }
+                                    td { (badge(r.invariant.holds)) }
+                                } @else {
+                                    td.skip { "not run" } td.skip { "not run" }
+                                }
                             }
                         }
                     }
@@ -76,6 +84,17 @@ fn section(r: &Report) -> Markup {
         section id=(r.scenario) {
             h2 { (r.scenario) " (post " (r.post) ")" }
             p.story { (r.story) }
+            @if let Some(needs) = &r.needs {
+                p.skip { "Not run: it needs " (needs) "." }
+            } @else {
+                (measured(r))
+            }
+        }
+    }
+}
+
+fn measured(r: &Report) -> Markup {
+    html! {
             p.setup { (r.setup) ". " code { "onephase lab " (r.scenario) " --seed " (r.seed) } " replays this run." }
             table {
                 thead { tr { th { "metric" } th.n { "naive" } th.n { "onephase" } } }
@@ -104,7 +123,6 @@ fn section(r: &Report) -> Markup {
                     ],
                 ))
             }
-        }
     }
 }
 
@@ -131,7 +149,11 @@ mod tests {
         );
         let mut b = Report::new("beta <b>", 3, "setup b.");
         b.invariant("never", true, false);
-        let page = html(&[a, b]);
+        let mut c = Report::new("gamma", 3, "setup c.");
+        c.needs("an engine");
+        let page = html(&[a, b, c]);
+        assert!(page.contains("Not run: it needs an engine."), "{page}");
+        assert!(page.contains("1 not run"), "{page}");
         assert!(
             page.contains(r#"id="alpha""#) && page.contains("<polyline"),
             "{page}"

@@ -12,6 +12,8 @@
 //! | scenario | failure | onephase's answer |
 //! |---|---|---|
 //! | [`lock::fenced_lock`] | a lock holder pauses past its lease | the fencing token of [`onephase_lease`], checked at the write |
+//! | [`two_phase::two_phase_commit`] | a 2PC coordinator dies after the prepare, locks held | a saga: local transactions, a run another orchestrator takes over |
+//! | [`webhook::webhooks`] | a receiver down for a second, lost answers, forged requests | [`onephase_webhook`]: stored, signed, retried with jitter, applied once |
 //! | [`saga::compensation`] | a refund fails after an order is refused | the [`Orchestrator`](onephase_saga::Orchestrator): the run waits for an operator |
 //! | [`herd::stampede`] | 1,000 readers miss an expired key at once | [`HerdCache`](onephase_herd::HerdCache): coalescing, XFetch |
 //! | [`herd::retry_storm`] | a dependency is down for 10 s under steady load | [`Retry`](onephase_herd::Retry) with a budget and "do not retry" |
@@ -36,6 +38,8 @@ mod report;
 pub mod saga;
 mod sim;
 pub mod trace;
+pub mod two_phase;
+pub mod webhook;
 
 pub use html::{html, html_with};
 pub use report::{Chart, Invariant, Report, Row, verdict};
@@ -50,6 +54,10 @@ pub enum Scenario {
     DualWrite,
     /// [`saga::compensation`].
     SagaCompensation,
+    /// [`two_phase::two_phase_commit`].
+    TwoPhaseCommit,
+    /// [`webhook::webhooks`].
+    Webhooks,
     /// [`trace::stored_context`].
     TraceContext,
     /// [`herd::stampede`].
@@ -66,15 +74,17 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the order of the seed's posts.
-    pub const ALL: [Scenario; 9] = [
+    pub const ALL: [Scenario; 11] = [
         Scenario::FencedLock,
         Scenario::SagaCompensation,
         Scenario::Stampede,
         Scenario::RetryStorm,
         Scenario::ReconnectFlood,
+        Scenario::Webhooks,
         Scenario::DualWrite,
         Scenario::BoundaryBurst,
         Scenario::LocalLimits,
+        Scenario::TwoPhaseCommit,
         Scenario::TraceContext,
     ];
 
@@ -84,6 +94,8 @@ impl Scenario {
             Self::FencedLock => "fenced-lock",
             Self::DualWrite => "dual-write",
             Self::SagaCompensation => "saga-compensation",
+            Self::TwoPhaseCommit => "two-phase-commit",
+            Self::Webhooks => "webhooks",
             Self::TraceContext => "trace-context",
             Self::Stampede => "stampede",
             Self::RetryStorm => "retry-storm",
@@ -99,6 +111,8 @@ impl Scenario {
             Self::FencedLock => 1,
             Self::DualWrite => 9,
             Self::SagaCompensation => 3,
+            Self::TwoPhaseCommit => 12,
+            Self::Webhooks => 8,
             // Not one of the posts: the operations docs (docs/trace.md).
             Self::TraceContext => 0,
             Self::Stampede | Self::RetryStorm | Self::ReconnectFlood => 6,
@@ -117,6 +131,12 @@ impl Scenario {
             }
             Self::SagaCompensation => {
                 "orders charged, then refused, while the refund service is down"
+            }
+            Self::TwoPhaseCommit => {
+                "a transfer across two databases by 2PC; the coordinator dies after the prepare"
+            }
+            Self::Webhooks => {
+                "a flaky receiver, an impatient sender and an attacker who forges requests"
             }
             Self::TraceContext => "a request leaves work in a table; the trace stops there",
             Self::Stampede => "1,000 readers miss an expired key at once",
@@ -142,6 +162,20 @@ impl Scenario {
                 "Work left in a table is done later by a worker whose spans start traces of \
                  their own, so the request's trace ends at the table. Storing the request's \
                  traceparent with the row and following it in the worker keeps one trace."
+            }
+            Self::TwoPhaseCommit => {
+                "A coordinator that dies between PREPARE and COMMIT PREPARED leaves its \
+                 transactions in doubt, holding their row locks, and everything else that \
+                 touches those rows waits until an operator decides. A saga commits each step \
+                 locally and keeps its progress in a table, so nothing waits: the money is \
+                 visibly in flight for a moment, and a failed credit is refunded."
+            }
+            Self::Webhooks => {
+                "A sender that retries at once hammers a receiver that is down and then gives \
+                 up, a receiver that applies whatever arrives applies retries twice and \
+                 forgeries once. A stored message retried on a jittered schedule, signed, and \
+                 applied once per webhook-id in the receiver's transaction loses nothing, \
+                 doubles nothing and lets no forgery in."
             }
             Self::SagaCompensation => {
                 "A saga has no isolation: others see the card charged before the order is \
@@ -190,14 +224,35 @@ impl Scenario {
     }
 }
 
+/// Where the engines are, for the scenarios whose failure is about an engine.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Engines {
+    /// A PostgreSQL server with `max_prepared_transactions > 0`: `two-phase-commit` runs only
+    /// with it (and says what it needs without it).
+    pub postgres: Option<String>,
+}
+
+/// Runs `scenario` with `seed` and no engines: the scenarios that need one report what they
+/// need ([`Report::needs`]) instead of running. See [`run_with`].
+pub fn run(scenario: Scenario, seed: u64) -> Report {
+    run_with(scenario, seed, &Engines::default())
+}
+
 /// Runs `scenario` with `seed` on a runtime of its own (on a thread of its own, so it may be
 /// called from inside another runtime): on paused time, except where the failure needs a
-/// real engine (the lock's leases live in SQLite), which runs on the real clock.
-pub fn run(scenario: Scenario, seed: u64) -> Report {
+/// real engine (the lock's leases live in SQLite, 2PC needs PostgreSQL), which runs on the
+/// real clock.
+pub fn run_with(scenario: Scenario, seed: u64, engines: &Engines) -> Report {
+    let engines = engines.clone();
     let work = move || match scenario {
         Scenario::FencedLock => sim::block_on_real(lock::fenced_lock(seed)),
         Scenario::DualWrite => sim::block_on_real(outbox::dual_write(seed)),
         Scenario::SagaCompensation => sim::block_on_real(saga::compensation(seed)),
+        Scenario::TwoPhaseCommit => sim::block_on_real(two_phase::two_phase_commit(
+            seed,
+            engines.postgres.as_deref(),
+        )),
+        Scenario::Webhooks => sim::block_on_real(webhook::webhooks(seed)),
         Scenario::TraceContext => sim::block_on(trace::stored_context(seed)),
         Scenario::Stampede => sim::block_on(herd::stampede(seed)),
         Scenario::RetryStorm => sim::block_on(herd::retry_storm(seed)),

@@ -60,6 +60,8 @@ pub struct Report {
     pub invariant: Invariant,
     /// The failure over time, where time is what it is about.
     pub chart: Option<Chart>,
+    /// What the scenario needs and was not given (an engine): it did not run.
+    pub needs: Option<String>,
 }
 
 impl Report {
@@ -77,6 +79,7 @@ impl Report {
                 naive_holds: false,
             },
             chart: None,
+            needs: None,
         }
     }
 
@@ -85,10 +88,22 @@ impl Report {
         self.invariant.holds
     }
 
+    /// Whether the scenario ran: false when it needs an engine it was not given
+    /// ([`needs`](Self::needs) says which).
+    pub fn ran(&self) -> bool {
+        self.needs.is_none()
+    }
+
     /// The scenario's engine failed before it measured anything: a failed invariant that
     /// says why, so that `lab` exits non-zero with the cause.
     pub(crate) fn could_not_run(&mut self, error: impl std::fmt::Display) {
         self.invariant(format!("the scenario could not run: {error}"), false, false);
+    }
+
+    /// The scenario needs `what` (an engine it was not given) and did not run.
+    pub(crate) fn needs(&mut self, what: &str) {
+        self.needs = Some(what.to_owned());
+        self.invariant(format!("not run: it needs {what}"), false, false);
     }
 
     pub(crate) fn invariant(&mut self, statement: impl Into<String>, naive: bool, onephase: bool) {
@@ -146,6 +161,12 @@ impl Report {
     /// The report as a Markdown table, with naive ÷ onephase in the last column, and the
     /// invariant's verdict under it.
     pub fn table(&self) -> String {
+        if let Some(needs) = &self.needs {
+            return format!(
+                "{} (post {})\nnot run: it needs {needs}\n",
+                self.scenario, self.post
+            );
+        }
         let mut out = format!(
             "{} (post {}, seed {})\n{}\n\n| metric | naive | onephase | naive ÷ onephase |\n|---|---:|---:|---:|\n",
             self.scenario, self.post, self.seed, self.setup
@@ -190,4 +211,9 @@ pub(crate) fn figure(x: f64) -> String {
     } else {
         format!("{x:.2}")
     }
+}
+
+/// A duration in seconds, to the hundredth, for a row.
+pub(crate) fn seconds(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 100.0).round() / 100.0
 }

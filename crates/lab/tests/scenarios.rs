@@ -1,12 +1,28 @@
 //! Every scenario of the lab: the naive way breaks the scenario's invariant, onephase keeps it,
 //! the same seed replays the same figures, and the HTML page holds every scenario.
 
-use onephase_lab::{Scenario, run};
+use onephase_lab::{Engines, Scenario, run, run_with};
+use onephase_testkit::{Engine, engine_url};
+
+/// The engines the scenarios about an engine run on, where the environment names them.
+fn engines() -> Engines {
+    Engines {
+        postgres: engine_url(Engine::PostgresPrepared),
+    }
+}
+
+/// Whether `scenario` can run here: it needs no engine, or its engine is configured.
+fn runs_here(scenario: Scenario, engines: &Engines) -> bool {
+    scenario != Scenario::TwoPhaseCommit || engines.postgres.is_some()
+}
 
 #[test]
 fn the_same_seed_replays_the_same_run() {
     for scenario in Scenario::ALL {
-        if matches!(scenario, Scenario::FencedLock | Scenario::SagaCompensation) {
+        if matches!(
+            scenario,
+            Scenario::FencedLock | Scenario::SagaCompensation | Scenario::TwoPhaseCommit
+        ) {
             // On the real clock with timed steps: their verdicts are checked below, and a
             // reader's count of what it saw depends on the machine.
             continue;
@@ -17,8 +33,12 @@ fn the_same_seed_replays_the_same_run() {
 
 #[test]
 fn every_scenario_shows_the_naive_way_breaking_its_invariant_and_onephase_keeping_it() {
+    let engines = engines();
     for scenario in Scenario::ALL {
-        let report = run(scenario, 4);
+        if !runs_here(scenario, &engines) {
+            continue;
+        }
+        let report = run_with(scenario, 4, &engines);
         assert!(report.passed(), "{}", report.table());
         assert!(!report.invariant.naive_holds, "{}", report.table());
         assert_eq!(report.post, scenario.post());
@@ -149,6 +169,103 @@ fn work_left_in_a_table_stays_in_its_requests_trace() {
     assert_eq!(
         (joined.naive, joined.onephase),
         (0.0, 100.0),
+        "{}",
+        report.table()
+    );
+}
+
+#[test]
+fn a_dead_two_phase_coordinator_blocks_the_account_and_a_saga_does_not() {
+    let engines = engines();
+    if engines.postgres.is_none() {
+        return;
+    }
+    let report = run_with(Scenario::TwoPhaseCommit, 1, &engines);
+    println!("{}", report.table());
+    let timed_out = report
+        .get("requests that timed out waiting for a lock")
+        .expect("row");
+    assert!(timed_out.naive > 0.0, "{}", report.table());
+    assert_eq!(timed_out.onephase, 0.0, "{}", report.table());
+    let unavailable = report
+        .get("seconds the account could not be written")
+        .expect("row");
+    assert!(unavailable.naive >= 2.0, "{}", report.table());
+    let undone = report.get("transfers undone").expect("row");
+    assert_eq!(
+        (undone.naive, undone.onephase),
+        (1.0, 1.0),
+        "{}",
+        report.table()
+    );
+    let done = report.get("transfers completed").expect("row");
+    assert_eq!(done.onephase, 19.0, "{}", report.table());
+    let drift = report.get("money created or lost").expect("row");
+    assert_eq!(
+        (drift.naive, drift.onephase),
+        (0.0, 0.0),
+        "{}",
+        report.table()
+    );
+}
+
+#[test]
+fn without_its_engine_the_two_phase_scenario_says_what_it_needs() {
+    let report = run(Scenario::TwoPhaseCommit, 1);
+    let needs = report.needs.as_deref().expect("needs an engine");
+    assert!(needs.contains("max_prepared_transactions > 0"), "{needs}");
+    assert!(!report.passed());
+    assert!(report.rows.is_empty());
+}
+
+#[test]
+fn a_server_without_prepared_transactions_is_named_with_what_to_do() {
+    let Some(url) = engine_url(Engine::Postgres) else {
+        return;
+    };
+    let engines = Engines {
+        postgres: Some(url.clone()),
+    };
+    let report = run_with(Scenario::TwoPhaseCommit, 1, &engines);
+    let statement = &report.invariant.statement;
+    assert!(!report.passed(), "{statement}");
+    assert!(
+        statement.contains("max_prepared_transactions = 0") && statement.contains(&url),
+        "{statement}"
+    );
+}
+
+#[test]
+fn webhooks_arrive_once_signed_and_at_a_bounded_rate() {
+    let report = run(Scenario::Webhooks, 1);
+    println!("{}", report.table());
+    assert!(report.passed(), "{}", report.table());
+    let lost = report.get("events never applied").expect("row");
+    assert!(
+        lost.naive > 0.0 && lost.onephase == 0.0,
+        "{}",
+        report.table()
+    );
+    let twice = report.get("events applied twice or more").expect("row");
+    assert!(
+        twice.naive > 0.0 && twice.onephase == 0.0,
+        "{}",
+        report.table()
+    );
+    let forged = report.get("forged requests applied").expect("row");
+    assert_eq!(
+        (forged.naive, forged.onephase),
+        (20.0, 0.0),
+        "{}",
+        report.table()
+    );
+    let refused = report.get("forged requests refused").expect("row");
+    assert_eq!(refused.onephase, 20.0, "{}", report.table());
+    let down = report
+        .get("most requests in one 100 ms while the receiver was down")
+        .expect("row");
+    assert!(
+        down.naive > 10.0 && down.onephase <= 10.0,
         "{}",
         report.table()
     );

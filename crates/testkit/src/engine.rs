@@ -13,6 +13,9 @@ pub const REQUIRE_ENGINES_VAR: &str = "ONEPHASE_REQUIRE_ENGINES";
 pub enum Engine {
     /// PostgreSQL, the scale-out store.
     Postgres,
+    /// A PostgreSQL server with `max_prepared_transactions > 0` (the lab's two-phase commit
+    /// scenario); scripts/engines.sh starts a cluster of its own for it.
+    PostgresPrepared,
     /// Redis: shared rate limits, Redis Streams.
     Redis,
     /// NATS with JetStream.
@@ -27,8 +30,9 @@ pub enum Engine {
 
 impl Engine {
     /// Every engine, in the order suites report them.
-    pub const ALL: [Engine; 6] = [
+    pub const ALL: [Engine; 7] = [
         Engine::Postgres,
+        Engine::PostgresPrepared,
         Engine::Redis,
         Engine::Nats,
         Engine::RabbitMq,
@@ -40,6 +44,7 @@ impl Engine {
     pub fn name(self) -> &'static str {
         match self {
             Engine::Postgres => "PostgreSQL",
+            Engine::PostgresPrepared => "PostgreSQL with prepared transactions",
             Engine::Redis => "Redis",
             Engine::Nats => "NATS JetStream",
             Engine::RabbitMq => "RabbitMQ",
@@ -52,6 +57,7 @@ impl Engine {
     pub fn env_var(self) -> &'static str {
         match self {
             Engine::Postgres => "ONEPHASE_TEST_POSTGRES_URL",
+            Engine::PostgresPrepared => "ONEPHASE_TEST_POSTGRES_2PC_URL",
             Engine::Redis => "ONEPHASE_TEST_REDIS_URL",
             Engine::Nats => "ONEPHASE_TEST_NATS_URL",
             Engine::RabbitMq => "ONEPHASE_TEST_AMQP_URL",
@@ -64,6 +70,7 @@ impl Engine {
     pub fn example(self) -> &'static str {
         match self {
             Engine::Postgres => "postgres://postgres@127.0.0.1:5432/test",
+            Engine::PostgresPrepared => "postgres://postgres@127.0.0.1:5433/postgres",
             Engine::Redis => "redis://127.0.0.1:6379",
             Engine::Nats => "nats://127.0.0.1:4222",
             Engine::RabbitMq => "amqp://guest:guest@127.0.0.1:5672/%2f",
