@@ -27,6 +27,19 @@ pub struct LabArgs {
     /// Without it that scenario is skipped by `all`, and fails when named.
     #[arg(long, value_name = "URL", env = "ONEPHASE_LAB_POSTGRES_URL")]
     postgres: Option<String>,
+    /// Run on the engines: `dual-write` on PostgreSQL (`--postgres`) and NATS JetStream
+    /// (`--nats`), with this executable started as the relay and killed with SIGKILL; and a
+    /// scenario whose engine is missing fails instead of being skipped.
+    #[arg(long)]
+    engines: bool,
+    /// NATS with JetStream, for `--engines`.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "ONEPHASE_LAB_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    nats: String,
 }
 
 pub fn lab(args: LabArgs) -> anyhow::Result<()> {
@@ -61,8 +74,22 @@ pub fn lab(args: LabArgs) -> anyhow::Result<()> {
     }
     let mut seen = std::collections::HashSet::new();
     scenarios.retain(|s| seen.insert(*s));
+    if args.engines && args.postgres.is_none() {
+        bail!(
+            "--engines needs a PostgreSQL server: --postgres URL (or ONEPHASE_LAB_POSTGRES_URL); two-phase-commit needs it to have max_prepared_transactions > 0, as the one scripts/engines.sh starts on 127.0.0.1:5433 has"
+        );
+    }
     let engines = Engines {
         postgres: args.postgres.clone(),
+        nats: args.engines.then(|| args.nats.clone()),
+        onephase: if args.engines {
+            Some(
+                std::env::current_exe()
+                    .context("cannot find this executable to run as the relay")?,
+            )
+        } else {
+            None
+        },
     };
     let reports: Vec<_> = scenarios
         .into_iter()
@@ -90,7 +117,7 @@ pub fn lab(args: LabArgs) -> anyhow::Result<()> {
     let failed: Vec<_> = reports
         .iter()
         .filter(|r| {
-            let required = r.ran() || named.iter().any(|s| s.name() == r.scenario);
+            let required = r.ran() || args.engines || named.iter().any(|s| s.name() == r.scenario);
             required && !r.passed()
         })
         .map(|r| format!("{}: {}", r.scenario, r.invariant.statement))

@@ -814,3 +814,91 @@ async fn lab_prints_its_scenarios_and_names_the_ones_it_has() -> anyhow::Result<
     );
     Ok(())
 }
+
+/// The figure of `metric` in a JSON report: (naive, onephase).
+fn figure(report: &Value, metric: &str) -> anyhow::Result<(f64, f64)> {
+    let row = report["rows"]
+        .as_array()
+        .context("rows")?
+        .iter()
+        .find(|r| r["metric"].as_str().is_some_and(|m| m.starts_with(metric)))
+        .with_context(|| format!("no row {metric:?} in {report}"))?;
+    Ok((
+        row["naive"].as_f64().context("naive")?,
+        row["onephase"].as_f64().context("onephase")?,
+    ))
+}
+
+#[tokio::test]
+async fn lab_on_engines_kills_the_relay_and_holds_two_phase_commit_to_account() -> anyhow::Result<()>
+{
+    use onephase_testkit::{Engine, engine_url};
+    let (Some(postgres), Some(nats)) = (
+        engine_url(Engine::PostgresPrepared),
+        engine_url(Engine::Nats),
+    ) else {
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    let out = Command::new(BIN)
+        .args(["lab", "dual-write", "two-phase-commit", "--engines", "--json"])
+        .args(["--postgres", &postgres, "--nats", &nats])
+        .current_dir(dir.path())
+        .output()
+        .await?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.success(), "{stderr}");
+    let reports: Value = serde_json::from_slice(&out.stdout)?;
+    let (dual, two_phase) = (&reports[0], &reports[1]);
+    ensure!(
+        dual["setup"].as_str().is_some_and(|s| s.contains("NATS JetStream")),
+        "{dual}"
+    );
+    // The relay process was really killed, and nothing was lost or made up for it.
+    ensure!(figure(dual, "relay processes killed")? == (0.0, 3.0), "{dual}");
+    let (lost_naive, lost) = figure(dual, "events lost")?;
+    let (phantom_naive, phantom) = figure(dual, "phantom events")?;
+    ensure!(lost_naive > 0.0 && phantom_naive > 0.0, "{dual}");
+    ensure!(lost == 0.0 && phantom == 0.0, "{dual}");
+    let (committed_naive, committed) = figure(dual, "orders committed")?;
+    ensure!(committed_naive == committed, "the same fates on both: {dual}");
+    ensure!(figure(dual, "events published")?.1 == committed, "{dual}");
+
+    let (blocked_naive, blocked) = figure(two_phase, "requests that timed out")?;
+    ensure!(blocked_naive > 0.0 && blocked == 0.0, "{two_phase}");
+    ensure!(two_phase["invariant"]["holds"] == true, "{two_phase}");
+
+    // Without a PostgreSQL server, --engines says what it needs and runs nothing.
+    let refused = Command::new(BIN)
+        .args(["lab", "dual-write", "--engines"])
+        .env_remove("ONEPHASE_LAB_POSTGRES_URL")
+        .current_dir(dir.path())
+        .output()
+        .await?;
+    ensure!(refused.status.code() == Some(2) || refused.status.code() == Some(1));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    ensure!(err.contains("--engines needs a PostgreSQL server"), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn lab_all_skips_a_scenario_whose_engine_is_missing_and_naming_it_fails() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let named = Command::new(BIN)
+        .args(["lab", "two-phase-commit"])
+        .env_remove("ONEPHASE_LAB_POSTGRES_URL")
+        .current_dir(dir.path())
+        .output()
+        .await?;
+    ensure!(named.status.code() == Some(1), "{named:?}");
+    let err = String::from_utf8_lossy(&named.stderr);
+    ensure!(
+        err.contains("skipped two-phase-commit: it needs a PostgreSQL server with max_prepared_transactions > 0")
+            && err.contains("1 scenario(s) failed"),
+        "{err}"
+    );
+    let text = String::from_utf8_lossy(&named.stdout);
+    ensure!(text.contains("not run: it needs"), "{text}");
+    Ok(())
+}

@@ -228,8 +228,39 @@ impl Scenario {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Engines {
     /// A PostgreSQL server with `max_prepared_transactions > 0`: `two-phase-commit` runs only
-    /// with it (and says what it needs without it).
+    /// with it (and says what it needs without it). `dual-write` on engines keeps its orders
+    /// there too.
     pub postgres: Option<String>,
+    /// NATS with JetStream: with it (and `postgres` and `onephase`), `dual-write` runs on
+    /// PostgreSQL and NATS instead of SQLite and the embedded log. Needs the feature `nats`.
+    pub nats: Option<String>,
+    /// The `onephase` executable, which `dual-write` on engines runs as its relay and kills.
+    pub onephase: Option<std::path::PathBuf>,
+}
+
+/// The dual write on engines when they are all given, else on SQLite and the embedded log.
+async fn dual_write(seed: u64, engines: &Engines) -> Report {
+    let (Some(postgres), Some(nats), Some(onephase)) =
+        (&engines.postgres, &engines.nats, &engines.onephase)
+    else {
+        return outbox::dual_write(seed).await;
+    };
+    #[cfg(feature = "nats")]
+    {
+        let on = outbox::engines::OnEngines {
+            postgres,
+            nats,
+            onephase,
+        };
+        outbox::engines::dual_write_on_engines(seed, on).await
+    }
+    #[cfg(not(feature = "nats"))]
+    {
+        let _ = (postgres, nats, onephase);
+        let mut report = Report::new("dual-write", seed, "on PostgreSQL and NATS JetStream");
+        report.needs("a build with the feature `nats` (the NATS client) to run on engines");
+        report
+    }
 }
 
 /// Runs `scenario` with `seed` and no engines: the scenarios that need one report what they
@@ -246,7 +277,7 @@ pub fn run_with(scenario: Scenario, seed: u64, engines: &Engines) -> Report {
     let engines = engines.clone();
     let work = move || match scenario {
         Scenario::FencedLock => sim::block_on_real(lock::fenced_lock(seed)),
-        Scenario::DualWrite => sim::block_on_real(outbox::dual_write(seed)),
+        Scenario::DualWrite => sim::block_on_real(dual_write(seed, &engines)),
         Scenario::SagaCompensation => sim::block_on_real(saga::compensation(seed)),
         Scenario::TwoPhaseCommit => sim::block_on_real(two_phase::two_phase_commit(
             seed,

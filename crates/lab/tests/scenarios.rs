@@ -8,6 +8,7 @@ use onephase_testkit::{Engine, engine_url};
 fn engines() -> Engines {
     Engines {
         postgres: engine_url(Engine::PostgresPrepared),
+        ..Engines::default()
     }
 }
 
@@ -21,7 +22,10 @@ fn the_same_seed_replays_the_same_run() {
     for scenario in Scenario::ALL {
         if matches!(
             scenario,
-            Scenario::FencedLock | Scenario::SagaCompensation | Scenario::TwoPhaseCommit
+            Scenario::FencedLock
+                | Scenario::SagaCompensation
+                | Scenario::TwoPhaseCommit
+                | Scenario::Webhooks
         ) {
             // On the real clock with timed steps: their verdicts are checked below, and a
             // reader's count of what it saw depends on the machine.
@@ -225,6 +229,7 @@ fn a_server_without_prepared_transactions_is_named_with_what_to_do() {
     };
     let engines = Engines {
         postgres: Some(url.clone()),
+        ..Engines::default()
     };
     let report = run_with(Scenario::TwoPhaseCommit, 1, &engines);
     let statement = &report.invariant.statement;

@@ -1,7 +1,13 @@
 //! Posts 9 and 13 of the seed (*The Outbox Pattern: Reliable Events Without Two-Phase
 //! Commit*, *The Transactional Outbox Pattern in Spring Boot*): a service writes an order and
-//! publishes an event about it, and the two writes go to two systems. Run on real stores: the orders and the outbox in one SQLite database,
-//! the broker an embedded log in another, on the real clock.
+//! publishes an event about it, and the two writes go to two systems. Run on real stores, on
+//! the real clock: by default the orders and the outbox in one SQLite database and the broker
+//! an embedded log in another; on engines ([`engines`], feature `nats`) the orders in
+//! PostgreSQL, the broker NATS JetStream, and the relay a `onephase serve` process killed with
+//! SIGKILL while it publishes.
+
+#[cfg(feature = "nats")]
+pub mod engines;
 
 use std::collections::BTreeSet;
 
@@ -42,6 +48,9 @@ struct Outcome {
     events: BTreeSet<u32>,
     /// Orders or events without their other half, after each [`STEP`] orders.
     broken: Vec<f64>,
+    /// Events that reached the broker more than once (counted on engines).
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    duplicates: usize,
 }
 
 impl Outcome {
@@ -86,6 +95,12 @@ pub async fn dual_write(seed: u64) -> Report {
             return report;
         }
     };
+    figures(&mut report, &first, &second, &outbox);
+    report
+}
+
+/// The rows, the invariant and the chart of the three ways of writing.
+fn figures(report: &mut Report, first: &Outcome, second: &Outcome, outbox: &Outcome) {
     report.row(
         "events lost (commit, then publish; the process died between)",
         first.lost() as f64,
@@ -109,8 +124,8 @@ pub async fn dual_write(seed: u64) -> Report {
     let whole = |o: &Outcome| o.lost() == 0 && o.phantom() == 0;
     report.invariant(
         "every committed order has its event and every event its order: 0 lost, 0 phantom",
-        whole(&first) && whole(&second),
-        whole(&outbox),
+        whole(first) && whole(second),
+        whole(outbox),
     );
     let naive: Vec<f64> = first
         .broken
@@ -123,9 +138,8 @@ pub async fn dual_write(seed: u64) -> Report {
         "",
         &format!("{STEP} orders"),
         naive,
-        outbox.broken,
+        outbox.broken.clone(),
     );
-    report
 }
 
 async fn run(write: Write, seed: u64) -> Result<Outcome, Failed> {
@@ -144,7 +158,7 @@ async fn run(write: Write, seed: u64) -> Result<Outcome, Failed> {
         .migrate(&[onephase_broker::log::migrations()])
         .await?;
     let log = EmbeddedLog::new(broker.clone());
-    let fate = Random::seeded(seed);
+    let fates = fates(seed);
     let mut broken = Vec::new();
     let relay = Relay::new(
         app.clone(),
@@ -154,10 +168,8 @@ async fn run(write: Write, seed: u64) -> Result<Outcome, Failed> {
             ..RelayConfig::default()
         },
     );
-    for order in 0..ORDERS {
-        // The same draws in the same order for every way of writing.
-        let (dies, fails) = (fate.chance(CRASH), fate.chance(COMMIT_FAILS));
-        let event = event(order)?;
+    for (order, (dies, fails)) in (0..ORDERS).zip(fates) {
+        let event = event(TOPIC, order)?;
         match write {
             Write::CommitThenPublish => {
                 let committed = place(&pool, order, fails).await?;
@@ -195,9 +207,18 @@ async fn run(write: Write, seed: u64) -> Result<Outcome, Failed> {
     Ok(outcome)
 }
 
-fn event(order: u32) -> Result<Envelope, Failed> {
+/// For each order, whether the process dies after its commit and whether the commit fails:
+/// the same draws for every way of writing.
+fn fates(seed: u64) -> Vec<(bool, bool)> {
+    let fate = Random::seeded(seed);
+    (0..ORDERS)
+        .map(|_| (fate.chance(CRASH), fate.chance(COMMIT_FAILS)))
+        .collect()
+}
+
+fn event(topic: &str, order: u32) -> Result<Envelope, Failed> {
     let payload = Bytes::from(format!(r#"{{"order":{order}}}"#));
-    Ok(Envelope::builder(TOPIC, payload)
+    Ok(Envelope::builder(topic, payload)
         .key(format!("order-{order}"))
         .build()?)
 }
@@ -222,6 +243,12 @@ async fn insert(tx: &mut sqlx::SqliteConnection, order: u32) -> Result<(), sqlx:
     Ok(())
 }
 
+/// The order an event's payload is about.
+fn order_of(payload: &[u8]) -> Option<u32> {
+    let body: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    body["order"].as_u64().and_then(|o| u32::try_from(o).ok())
+}
+
 /// The orders in the table and the orders the log has events about.
 async fn tally(pool: &SqlitePool, log: &EmbeddedLog, broken: Vec<f64>) -> Result<Outcome, Failed> {
     let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM orders")
@@ -238,8 +265,7 @@ async fn tally(pool: &SqlitePool, log: &EmbeddedLog, broken: Vec<f64>) -> Result
         let Some(last) = records.last() else { break };
         after = last.position;
         for record in &records {
-            let body: serde_json::Value = serde_json::from_slice(record.envelope.payload())?;
-            if let Some(order) = body["order"].as_u64().and_then(|o| u32::try_from(o).ok()) {
+            if let Some(order) = order_of(record.envelope.payload()) {
                 events.insert(order);
             }
         }
@@ -248,5 +274,6 @@ async fn tally(pool: &SqlitePool, log: &EmbeddedLog, broken: Vec<f64>) -> Result
         orders,
         events,
         broken,
+        duplicates: 0,
     })
 }
