@@ -841,7 +841,13 @@ async fn lab_on_engines_kills_the_relay_and_holds_two_phase_commit_to_account() 
     };
     let dir = tempfile::tempdir()?;
     let out = Command::new(BIN)
-        .args(["lab", "dual-write", "two-phase-commit", "--engines", "--json"])
+        .args([
+            "lab",
+            "dual-write",
+            "two-phase-commit",
+            "--engines",
+            "--json",
+        ])
         .args(["--postgres", &postgres, "--nats", &nats])
         .current_dir(dir.path())
         .output()
@@ -851,17 +857,25 @@ async fn lab_on_engines_kills_the_relay_and_holds_two_phase_commit_to_account() 
     let reports: Value = serde_json::from_slice(&out.stdout)?;
     let (dual, two_phase) = (&reports[0], &reports[1]);
     ensure!(
-        dual["setup"].as_str().is_some_and(|s| s.contains("NATS JetStream")),
+        dual["setup"]
+            .as_str()
+            .is_some_and(|s| s.contains("NATS JetStream")),
         "{dual}"
     );
     // The relay process was really killed, and nothing was lost or made up for it.
-    ensure!(figure(dual, "relay processes killed")? == (0.0, 3.0), "{dual}");
+    ensure!(
+        figure(dual, "relay processes killed")? == (0.0, 3.0),
+        "{dual}"
+    );
     let (lost_naive, lost) = figure(dual, "events lost")?;
     let (phantom_naive, phantom) = figure(dual, "phantom events")?;
     ensure!(lost_naive > 0.0 && phantom_naive > 0.0, "{dual}");
     ensure!(lost == 0.0 && phantom == 0.0, "{dual}");
     let (committed_naive, committed) = figure(dual, "orders committed")?;
-    ensure!(committed_naive == committed, "the same fates on both: {dual}");
+    ensure!(
+        committed_naive == committed,
+        "the same fates on both: {dual}"
+    );
     ensure!(figure(dual, "events published")?.1 == committed, "{dual}");
 
     let (blocked_naive, blocked) = figure(two_phase, "requests that timed out")?;
