@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use crate::client::UsageError;
 use crate::output::outln;
 use anyhow::{Context, bail};
 use clap::Args;
@@ -45,7 +46,7 @@ pub struct LabArgs {
 pub fn lab(args: LabArgs) -> anyhow::Result<()> {
     if args.scenarios.is_empty() {
         if args.report.is_some() {
-            bail!("name the scenarios to report on, or `all`");
+            return Err(usage("name the scenarios to report on, or `all`"));
         }
         list(args.json)?;
         return Ok(());
@@ -65,19 +66,19 @@ pub fn lab(args: LabArgs) -> anyhow::Result<()> {
             }
             None => {
                 let known: Vec<_> = Scenario::ALL.iter().map(|s| s.name()).collect();
-                bail!(
+                return Err(usage(format!(
                     "unknown scenario {name:?}; the lab has: {} (or all); `onephase lab` lists them",
                     known.join(", ")
-                );
+                )));
             }
         }
     }
     let mut seen = std::collections::HashSet::new();
     scenarios.retain(|s| seen.insert(*s));
     if args.engines && args.postgres.is_none() {
-        bail!(
-            "--engines needs a PostgreSQL server: --postgres URL (or ONEPHASE_LAB_POSTGRES_URL); two-phase-commit needs it to have max_prepared_transactions > 0, as the one scripts/engines.sh starts on 127.0.0.1:5433 has"
-        );
+        return Err(usage(
+            "--engines needs a PostgreSQL server: --postgres URL (or ONEPHASE_LAB_POSTGRES_URL); two-phase-commit needs it to have max_prepared_transactions > 0, as the one scripts/engines.sh starts on 127.0.0.1:5433 has",
+        ));
     }
     let engines = Engines {
         postgres: args.postgres.clone(),
@@ -107,29 +108,35 @@ pub fn lab(args: LabArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot write the report to {}", path.display()))?;
         eprintln!("the report is in {}", path.display());
     }
-    for r in reports.iter().filter(|r| !r.ran()) {
-        eprintln!(
-            "skipped {}: it needs {}",
-            r.scenario,
-            r.needs.as_deref().unwrap_or("an engine")
-        );
+    // `all` runs what it can; a scenario named, or any under --engines, must run.
+    let required =
+        |r: &onephase_lab::Report| args.engines || named.iter().any(|s| s.name() == r.scenario);
+    let mut failures = Vec::new();
+    for r in &reports {
+        match (&r.needs, &r.error) {
+            (Some(needs), _) if required(r) => {
+                failures.push(format!("{} did not run: it needs {needs}", r.scenario));
+            }
+            (Some(needs), _) => eprintln!("skipped {}: it needs {needs}", r.scenario),
+            (None, Some(error)) => {
+                failures.push(format!("{} could not run: {error}", r.scenario));
+            }
+            (None, None) if !r.passed() => failures.push(format!(
+                "{}: onephase broke its invariant ({})",
+                r.scenario, r.invariant.statement
+            )),
+            (None, None) => {}
+        }
     }
-    let failed: Vec<_> = reports
-        .iter()
-        .filter(|r| {
-            let required = r.ran() || args.engines || named.iter().any(|s| s.name() == r.scenario);
-            required && !r.passed()
-        })
-        .map(|r| format!("{}: {}", r.scenario, r.invariant.statement))
-        .collect();
-    if !failed.is_empty() {
-        bail!(
-            "{} scenario(s) failed, onephase did not keep the invariant: {}",
-            failed.len(),
-            failed.join("; ")
-        );
+    if !failures.is_empty() {
+        bail!("{}", failures.join("; "));
     }
     Ok(())
+}
+
+/// A command line the lab cannot use: exit status 2.
+fn usage(message: impl Into<String>) -> anyhow::Error {
+    UsageError(message.into()).into()
 }
 
 /// One line per scenario, by post.
@@ -151,7 +158,11 @@ fn list(json: bool) -> anyhow::Result<()> {
         .unwrap_or(0);
     outln!("POST  {:width$}  FAILURE", "SCENARIO");
     for s in Scenario::ALL {
-        outln!("{:>4}  {:width$}  {}", s.post(), s.name(), s.summary());
+        let post = s
+            .post()
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "-".into());
+        outln!("{post:>4}  {:width$}  {}", s.name(), s.summary());
     }
     outln!(
         "\n`onephase lab NAME` runs one and `onephase lab all` every one; `--report lab.html` writes the page."

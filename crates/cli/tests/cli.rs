@@ -806,7 +806,7 @@ async fn lab_prints_its_scenarios_and_names_the_ones_it_has() -> anyhow::Result<
     );
 
     let unknown = onephase(dir.path(), &["lab", "stampedes"]).await?;
-    assert_eq!(unknown.status.code(), Some(1));
+    assert_eq!(unknown.status.code(), Some(2));
     let err = String::from_utf8(unknown.stderr)?;
     assert!(
         err.contains("unknown scenario \"stampedes\"") && err.contains("retry-storm"),
@@ -889,7 +889,7 @@ async fn lab_on_engines_kills_the_relay_and_holds_two_phase_commit_to_account() 
         .current_dir(dir.path())
         .output()
         .await?;
-    ensure!(refused.status.code() == Some(2) || refused.status.code() == Some(1));
+    ensure!(refused.status.code() == Some(2), "{refused:?}");
     let err = String::from_utf8_lossy(&refused.stderr);
     ensure!(err.contains("--engines needs a PostgreSQL server"), "{err}");
     Ok(())
@@ -908,11 +908,40 @@ async fn lab_all_skips_a_scenario_whose_engine_is_missing_and_naming_it_fails() 
     ensure!(named.status.code() == Some(1), "{named:?}");
     let err = String::from_utf8_lossy(&named.stderr);
     ensure!(
-        err.contains("skipped two-phase-commit: it needs a PostgreSQL server with max_prepared_transactions > 0")
-            && err.contains("1 scenario(s) failed"),
+        err.contains(
+            "two-phase-commit did not run: it needs a PostgreSQL server with max_prepared_transactions > 0"
+        ) && !err.contains("skipped"),
         "{err}"
     );
     let text = String::from_utf8_lossy(&named.stdout);
     ensure!(text.contains("not run: it needs"), "{text}");
+
+    // `all` runs the rest, says which one it skipped and why, and succeeds.
+    let all = Command::new(BIN)
+        .args(["lab", "all", "--json"])
+        .env_remove("ONEPHASE_LAB_POSTGRES_URL")
+        .current_dir(dir.path())
+        .output()
+        .await?;
+    let err = String::from_utf8_lossy(&all.stderr);
+    ensure!(all.status.success(), "{err}");
+    ensure!(
+        err.contains("skipped two-phase-commit: it needs a PostgreSQL server"),
+        "{err}"
+    );
+    let reports: Value = serde_json::from_slice(&all.stdout)?;
+    let reports = reports.as_array().context("an array of reports")?;
+    ensure!(reports.len() == 11, "{reports:?}");
+    for r in reports {
+        let ran = r["needs"].is_null();
+        ensure!(
+            ran == (r["scenario"] != "two-phase-commit"),
+            "only two-phase-commit is skipped: {r}"
+        );
+        ensure!(
+            !ran || r["invariant"]["holds"] == true,
+            "onephase keeps every invariant: {r}"
+        );
+    }
     Ok(())
 }

@@ -60,7 +60,7 @@ pub fn html_with(reports: &[Report], header: Markup) -> String {
                         @for r in reports {
                             tr {
                                 td { a href={ "#" (r.scenario) } { (r.scenario) } }
-                                td { (r.post) }
+                                td { (r.post.map(|p| p.to_string()).unwrap_or_default()) }
                                 td { (r.invariant.statement) }
                                 @if r.ran() {
                                     td { (badge(r.invariant.naive_holds)) }
@@ -82,10 +82,12 @@ pub fn html_with(reports: &[Report], header: Markup) -> String {
 fn section(r: &Report) -> Markup {
     html! {
         section id=(r.scenario) {
-            h2 { (r.scenario) " (post " (r.post) ")" }
+            h2 { (r.scenario) " (" (r.source()) ")" }
             p.story { (r.story) }
             @if let Some(needs) = &r.needs {
                 p.skip { "Not run: it needs " (needs) "." }
+            } @else if let Some(error) = &r.error {
+                p.skip { span.fail { "Could not run" } ": " (error) "." }
             } @else {
                 (measured(r))
             }
@@ -150,7 +152,7 @@ mod tests {
         let mut b = Report::new("beta <b>", 3, "setup b.");
         b.invariant("never", true, false);
         let mut c = Report::new("gamma", 3, "setup c.");
-        c.needs("an engine");
+        c.not_run_for_want_of("an engine");
         let page = html(&[a, b, c]);
         assert!(page.contains("Not run: it needs an engine."), "{page}");
         assert!(page.contains("1 not run"), "{page}");

@@ -46,8 +46,8 @@ pub struct Chart {
 pub struct Report {
     /// The scenario's name.
     pub scenario: &'static str,
-    /// The post of the seed it comes from.
-    pub post: u8,
+    /// The post of the seed it comes from; `None` for a scenario no post is about.
+    pub post: Option<u8>,
     /// The failure and onephase's answer, in two sentences.
     pub story: &'static str,
     /// The setup in one sentence: load, fault, settings.
@@ -62,13 +62,16 @@ pub struct Report {
     pub chart: Option<Chart>,
     /// What the scenario needs and was not given (an engine): it did not run.
     pub needs: Option<String>,
+    /// Why the scenario stopped before it measured anything (its engine failed); the
+    /// invariant then fails with the same words.
+    pub error: Option<String>,
 }
 
 impl Report {
     pub(crate) fn new(scenario: &'static str, seed: u64, setup: impl Into<String>) -> Self {
         Self {
             scenario,
-            post: 0,
+            post: None,
             story: "",
             setup: setup.into(),
             seed,
@@ -80,6 +83,7 @@ impl Report {
             },
             chart: None,
             needs: None,
+            error: None,
         }
     }
 
@@ -97,11 +101,13 @@ impl Report {
     /// The scenario's engine failed before it measured anything: a failed invariant that
     /// says why, so that `lab` exits non-zero with the cause.
     pub(crate) fn could_not_run(&mut self, error: impl std::fmt::Display) {
+        let error = error.to_string();
         self.invariant(format!("the scenario could not run: {error}"), false, false);
+        self.error = Some(error);
     }
 
     /// The scenario needs `what` (an engine it was not given) and did not run.
-    pub(crate) fn needs(&mut self, what: &str) {
+    pub(crate) fn not_run_for_want_of(&mut self, what: &str) {
         self.needs = Some(what.to_owned());
         self.invariant(format!("not run: it needs {what}"), false, false);
     }
@@ -153,6 +159,14 @@ impl Report {
         });
     }
 
+    /// Where the scenario comes from, for a heading: `post 12`, or `no post`.
+    pub fn source(&self) -> String {
+        match self.post {
+            Some(post) => format!("post {post}"),
+            None => "no post".to_owned(),
+        }
+    }
+
     /// The figure for `metric` (a row whose name starts with it).
     pub fn get(&self, metric: &str) -> Option<&Row> {
         self.rows.iter().find(|r| r.metric.starts_with(metric))
@@ -163,13 +177,25 @@ impl Report {
     pub fn table(&self) -> String {
         if let Some(needs) = &self.needs {
             return format!(
-                "{} (post {})\nnot run: it needs {needs}\n",
-                self.scenario, self.post
+                "{} ({})\nnot run: it needs {needs}\n",
+                self.scenario,
+                self.source()
+            );
+        }
+        if let Some(error) = &self.error {
+            return format!(
+                "{} ({}, seed {})\ncould not run: {error}\n",
+                self.scenario,
+                self.source(),
+                self.seed
             );
         }
         let mut out = format!(
-            "{} (post {}, seed {})\n{}\n\n| metric | naive | onephase | naive ÷ onephase |\n|---|---:|---:|---:|\n",
-            self.scenario, self.post, self.seed, self.setup
+            "{} ({}, seed {})\n{}\n\n| metric | naive | onephase | naive ÷ onephase |\n|---|---:|---:|---:|\n",
+            self.scenario,
+            self.source(),
+            self.seed,
+            self.setup
         );
         for r in &self.rows {
             let ratio = if r.onephase == 0.0 {

@@ -1,4 +1,4 @@
-//! Post 12 of the seed, *Two-Phase Commit Is a Lie (Use Sagas Instead)*: a money transfer
+//! Post 12 of the seed, *Distributed Transactions Are a Lie*: a money transfer
 //! across two PostgreSQL databases, with real `PREPARE TRANSACTION` / `COMMIT PREPARED` and a
 //! coordinator that dies between the two, beside the same transfer as an onephase saga.
 //!
@@ -17,7 +17,7 @@ use onephase_core::{Backoff, Jitter};
 use onephase_saga::{
     Call, Orchestrator, OrchestratorConfig, Policy, RunState, Saga, StartRequest, StepError, step,
 };
-use onephase_store::Store;
+use onephase_store::{Store, redact_url};
 use serde_json::{Value, json};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection, Executor};
@@ -140,7 +140,7 @@ impl Banks {
 /// take turns instead of emptying each other's tables; after checking that the server can
 /// prepare transactions at all.
 async fn exclusive(url: &str) -> Result<sqlx::PgConnection, Failed> {
-    let mut session = sqlx::PgConnection::connect_with(&PgConnectOptions::from_str(url)?).await?;
+    let mut session = connect(url).await?;
     let prepared: i64 = sqlx::query_scalar(
         "SELECT setting::bigint FROM pg_settings WHERE name = 'max_prepared_transactions'",
     )
@@ -148,7 +148,8 @@ async fn exclusive(url: &str) -> Result<sqlx::PgConnection, Failed> {
     .await?;
     if prepared == 0 {
         return Err(format!(
-            "{url} has max_prepared_transactions = 0, so it refuses PREPARE TRANSACTION; this scenario needs {NEEDS}"
+            "{} has max_prepared_transactions = 0, so it refuses PREPARE TRANSACTION; this scenario needs {NEEDS}",
+            redact_url(url)
         )
         .into());
     }
@@ -156,6 +157,15 @@ async fn exclusive(url: &str) -> Result<sqlx::PgConnection, Failed> {
         .execute(&mut session)
         .await?;
     Ok(session)
+}
+
+/// A session on `url`; an error that names the server (without its password).
+pub(crate) async fn connect(url: &str) -> Result<sqlx::PgConnection, Failed> {
+    let options = PgConnectOptions::from_str(url)
+        .map_err(|e| format!("{} is not a PostgreSQL URL: {e}", redact_url(url)))?;
+    sqlx::PgConnection::connect_with(&options)
+        .await
+        .map_err(|e| format!("cannot connect to PostgreSQL at {}: {e}", redact_url(url)).into())
 }
 
 fn lock_timed_out(error: &sqlx::Error) -> bool {
@@ -283,7 +293,7 @@ pub async fn two_phase_commit(seed: u64, postgres: Option<&str>) -> Report {
         "20 transfers A → B, one every 100 ms, the 4th's coordinator dies; 6 clients buy on the same account every 20 ms (lock_timeout 200 ms); PostgreSQL",
     );
     let Some(url) = postgres else {
-        report.needs(NEEDS);
+        report.not_run_for_want_of(NEEDS);
         return report;
     };
     let outcomes = async {
@@ -661,8 +671,15 @@ fn transfer_saga(
 
 async fn saga(url: &str, seed: u64) -> Result<Outcome, Failed> {
     let banks = Banks::open(url).await?;
-    // The orchestrator's own state: its runs outlive it, whichever process drives them.
-    let store = Store::connect("sqlite::memory:").await?;
+    // The orchestrator's own state: its runs outlive it, whichever process drives them. A
+    // file, not `sqlite::memory:`: that database lives in one connection, which the driver's
+    // death may take with it.
+    let dir = tempfile::tempdir()?;
+    let store = Store::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("saga.db").display()
+    ))
+    .await?;
     store
         .migrate(&[onephase_outbox::migrations(), onephase_saga::migrations()])
         .await?;

@@ -1,4 +1,4 @@
-//! Post 8 of the seed, *Webhooks Done Right*: a sender, a flaky receiver and an attacker, over
+//! Post 8 of the seed, *Webhook Reliability: The Lost Art*: a sender, a flaky receiver and an attacker, over
 //! real HTTP on loopback, on the real clock. The receiver's books are a SQLite table.
 
 use std::sync::Arc;

@@ -9,7 +9,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::stream::Stream;
@@ -18,7 +17,7 @@ use onephase_broker::Publisher;
 use onephase_broker::nats::NatsPublisher;
 use onephase_outbox::enqueue;
 use onephase_store::Store;
-use sqlx::postgres::{PgConnectOptions, PgPool};
+use sqlx::postgres::PgPool;
 use sqlx::{AssertSqlSafe, Connection, Executor};
 use tokio::process::{Child, Command};
 
@@ -142,8 +141,7 @@ async fn run_all(
 
 /// The scenario's database on `server`, made if missing: its URL.
 async fn database(server: &str) -> Result<String, Failed> {
-    let options = PgConnectOptions::from_str(server)?;
-    let mut admin = sqlx::PgConnection::connect_with(&options).await?;
+    let mut admin = crate::two_phase::connect(server).await?;
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
             .bind(DATABASE)
@@ -243,10 +241,10 @@ async fn relayed(
 ) -> Result<(Outcome, Kills), Failed> {
     reset(pool).await?;
     let topic = format!("{subjects}.{}", mode(Write::Outbox));
-    let dir = std::env::temp_dir().join(format!("onephase-lab-{}", uuid::Uuid::now_v7().simple()));
-    std::fs::create_dir_all(&dir)?;
+    // The relay's own store and configuration, removed when the run is over.
+    let dir = tempfile::Builder::new().prefix("onephase-lab-").tempdir()?;
     let relay = Relay {
-        config: config(&dir, url, engines.nats)?,
+        config: config(dir.path(), url, engines.nats)?,
         onephase: engines.onephase.to_owned(),
     };
     let outcome = async {
@@ -287,7 +285,7 @@ async fn relayed(
         Ok::<_, Failed>(kills)
     }
     .await;
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
     let kills = outcome?;
     Ok((tally(pool, stream, &topic).await?, kills))
 }
