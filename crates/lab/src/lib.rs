@@ -45,6 +45,9 @@ pub mod two_phase;
 pub mod webhook;
 
 pub use html::{html, html_with};
+
+/// Whatever stopped a scenario's engine: it ends the run, and the report says why.
+type Failed = Box<dyn std::error::Error + Send + Sync>;
 pub use report::{Chart, Invariant, Report, Row, verdict};
 pub use sim::SimClock;
 

@@ -13,7 +13,7 @@ use onephase_store::Store;
 use sqlx::SqlitePool;
 use time::OffsetDateTime;
 
-use crate::Report;
+use crate::{Failed, Report};
 
 const TTL: Duration = Duration::from_millis(200);
 /// The first holder's pause: twice its lease.
@@ -90,14 +90,10 @@ pub async fn fenced_lock(seed: u64) -> Report {
         seed,
         "leases of 200 ms on SQLite; a holder pauses 400 ms between its read and its write, 5 times; then the lock server's clock jumps 10 s",
     );
-    let naive = rounds(Writer::Naive).await;
-    let onephase = rounds(Writer::Fenced).await;
-    let (naive, onephase) = match (naive, onephase) {
-        (Ok(naive), Ok(onephase)) => (naive, onephase),
-        (Err(e), _) | (_, Err(e)) => {
-            report.could_not_run(e);
-            return report;
-        }
+    let outcomes =
+        async { Ok::<_, Failed>((rounds(Writer::Naive).await?, rounds(Writer::Fenced).await?)) };
+    let Some((naive, onephase)) = report.ran_to_end(outcomes.await) else {
+        return report;
     };
     report.row(
         "increments made",
@@ -135,7 +131,7 @@ pub async fn fenced_lock(seed: u64) -> Report {
     report
 }
 
-async fn rounds(writer: Writer) -> Result<Outcome, Box<dyn std::error::Error + Send + Sync>> {
+async fn rounds(writer: Writer) -> Result<Outcome, Failed> {
     let store = Store::connect("sqlite::memory:").await?;
     store.migrate(&[migrations()]).await?;
     let pool = store
@@ -206,7 +202,7 @@ async fn write(
     writer: Writer,
     token: FencingToken,
     value: i64,
-) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<bool, Failed> {
     let mut tx = pool.begin().await?;
     if writer == Writer::Fenced {
         match fence::check(&mut *tx, RESOURCE, token).await {

@@ -98,12 +98,22 @@ impl Report {
         self.needs.is_none()
     }
 
-    /// The scenario's engine failed before it measured anything: a failed invariant that
-    /// says why, so that `lab` exits non-zero with the cause.
-    pub(crate) fn could_not_run(&mut self, error: impl std::fmt::Display) {
-        let error = error.to_string();
-        self.invariant(format!("the scenario could not run: {error}"), false, false);
-        self.error = Some(error);
+    /// What the runs measured, or `None` when the scenario's engine failed before they
+    /// measured anything: then the report keeps the error and a failed invariant that says
+    /// why, so that `lab` exits non-zero with the cause.
+    pub(crate) fn ran_to_end<T, E: std::fmt::Display>(
+        &mut self,
+        outcome: Result<T, E>,
+    ) -> Option<T> {
+        match outcome {
+            Ok(measured) => Some(measured),
+            Err(error) => {
+                let error = error.to_string();
+                self.invariant(format!("the scenario could not run: {error}"), false, false);
+                self.error = Some(error);
+                None
+            }
+        }
     }
 
     /// The scenario needs `what` (an engine it was not given) and did not run.

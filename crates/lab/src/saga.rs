@@ -15,16 +15,14 @@ use onephase_saga::{
 use onephase_store::Store;
 use serde_json::{Value, json};
 
-use crate::Report;
 use crate::herd::lock;
+use crate::{Failed, Report};
 
 const ORDERS: u32 = 100;
 /// The share of orders the warehouse cannot place (out of stock).
 const OUT_OF_STOCK: f64 = 0.2;
 /// Orders per point of the chart.
 const STEP: u32 = 10;
-
-type Failed = Box<dyn std::error::Error + Send + Sync>;
 
 /// The payment and order services' books, and what a reader of them sees meanwhile.
 #[derive(Debug, Default)]
@@ -143,12 +141,8 @@ pub async fn compensation(seed: u64) -> Report {
         let onephase = orchestrated(seed).await?;
         Ok::<_, Failed>((naive, onephase))
     };
-    let (naive, onephase) = match outcomes.await {
-        Ok(outcomes) => outcomes,
-        Err(e) => {
-            report.could_not_run(e);
-            return report;
-        }
+    let Some((naive, onephase)) = report.ran_to_end(outcomes.await) else {
+        return report;
     };
     report.row(
         "reads that saw the order in progress charged and not placed",

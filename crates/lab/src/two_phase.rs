@@ -22,11 +22,9 @@ use serde_json::{Value, json};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection, Executor};
 
-use crate::Report;
 use crate::herd::{Timeline, lock};
 use crate::report::seconds;
-
-type Failed = Box<dyn std::error::Error + Send + Sync>;
+use crate::{Failed, Report};
 
 /// Transfers, one every [`TRANSFER_EVERY`].
 const TRANSFERS: u32 = 20;
@@ -303,12 +301,8 @@ pub async fn two_phase_commit(seed: u64, postgres: Option<&str>) -> Report {
         one_at_a_time.close().await?;
         Ok::<_, Failed>((naive, onephase))
     };
-    let (naive, onephase) = match outcomes.await {
-        Ok(outcomes) => outcomes,
-        Err(e) => {
-            report.could_not_run(e);
-            return report;
-        }
+    let Some((naive, onephase)) = report.ran_to_end(outcomes.await) else {
+        return report;
     };
     report.row(
         "requests that timed out waiting for a lock",

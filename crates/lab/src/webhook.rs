@@ -22,11 +22,9 @@ use onephase_webhook::{Dispatcher, DispatcherConfig, EndpointSpec, NewMessage, W
 use serde_json::{Value, json};
 use sqlx::SqlitePool;
 
-use crate::Report;
 use crate::herd::{BUCKET, Timeline};
 use crate::report::seconds;
-
-type Failed = Box<dyn std::error::Error + Send + Sync>;
+use crate::{Failed, Report};
 
 const EVENTS: u32 = 200;
 /// One event every 10 ms: 10 per 100 ms.
@@ -197,12 +195,8 @@ pub async fn webhooks(seed: u64) -> Report {
         let onephase = run(Side::Onephase, seed).await?;
         Ok::<_, Failed>((naive, onephase))
     };
-    let (naive, onephase) = match outcomes.await {
-        Ok(outcomes) => outcomes,
-        Err(e) => {
-            report.could_not_run(e);
-            return report;
-        }
+    let Some((naive, onephase)) = report.ran_to_end(outcomes.await) else {
+        return report;
     };
     report.row(
         "events never applied",

@@ -238,6 +238,15 @@ fn a_server_without_prepared_transactions_is_named_with_what_to_do() {
         statement.contains("max_prepared_transactions = 0") && statement.contains(&url),
         "{statement}"
     );
+    // It ran and stopped: an error, not a missing engine, and no figures made up.
+    assert!(report.ran() && report.rows.is_empty(), "{report:?}");
+    let error = report.error.as_deref().expect("the error is kept");
+    assert!(statement.ends_with(error), "{statement} / {error}");
+    assert!(
+        report.table().contains("could not run: "),
+        "{}",
+        report.table()
+    );
 }
 
 #[test]

@@ -52,12 +52,9 @@ pub async fn dual_write_on_engines(seed: u64, engines: OnEngines<'_>) -> Report 
         seed,
         "400 orders, each with an event; the process dies after 5 % of commits, 5 % of commits fail; PostgreSQL, NATS JetStream, the relay killed with SIGKILL 3 times",
     );
-    let (first, second, outbox, kills) = match run_all(seed, &engines).await {
-        Ok(outcomes) => outcomes,
-        Err(e) => {
-            report.could_not_run(e);
-            return report;
-        }
+    let Some((first, second, outbox, kills)) = report.ran_to_end(run_all(seed, &engines).await)
+    else {
+        return report;
     };
     figures(&mut report, &first, &second, &outbox);
     report.row(

@@ -18,7 +18,7 @@ use onephase_outbox::{Relay, RelayConfig, enqueue};
 use onephase_store::Store;
 use sqlx::SqlitePool;
 
-use crate::Report;
+use crate::{Failed, Report};
 
 const ORDERS: u32 = 400;
 /// The share of orders after whose commit the process dies.
@@ -28,8 +28,6 @@ const COMMIT_FAILS: f64 = 0.05;
 const TOPIC: &str = "orders.created";
 /// Orders per point of the chart.
 const STEP: u32 = 20;
-
-type Failed = Box<dyn std::error::Error + Send + Sync>;
 
 /// How the service writes an order and its event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,12 +86,8 @@ pub async fn dual_write(seed: u64) -> Report {
         let outbox = run(Write::Outbox, seed).await?;
         Ok::<_, Failed>((first, second, outbox))
     };
-    let (first, second, outbox) = match outcomes.await {
-        Ok(outcomes) => outcomes,
-        Err(e) => {
-            report.could_not_run(e);
-            return report;
-        }
+    let Some((first, second, outbox)) = report.ran_to_end(outcomes.await) else {
+        return report;
     };
     figures(&mut report, &first, &second, &outbox);
     report
