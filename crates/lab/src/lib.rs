@@ -6,9 +6,10 @@
 //! fraction of a second, and a seed replays a run exactly. Scenarios about an engine (leases,
 //! an outbox and a log in SQLite, two PostgreSQL databases, HTTP on loopback) run against it
 //! on the real clock, whose I/O paused time would jump past; one that needs an engine it was
-//! not given reports what it needs instead ([`Report::needs`]). The code under test is the real code: the naive side is written here, the
-//! onephase side is the library itself. Each report states one invariant, checked on both
-//! runs ([`Report::passed`]), and charts the run ([`Chart`]); [`html()`] makes a page of them.
+//! not given reports what it needs instead ([`Report::needs`]). The code under test is the
+//! real code: the naive side is written here, the onephase side is the library itself. Each
+//! report states one invariant, checked on both runs ([`Report::passed`]), and charts the run
+//! ([`Chart`]); [`html()`] makes a page of them.
 //!
 //! | scenario | failure | onephase's answer |
 //! |---|---|---|
@@ -45,11 +46,11 @@ pub mod two_phase;
 pub mod webhook;
 
 pub use html::{html, html_with};
+pub use report::{Chart, Invariant, Report, Row, verdict};
+pub use sim::SimClock;
 
 /// Whatever stopped a scenario's engine: it ends the run, and the report says why.
 type Failed = Box<dyn std::error::Error + Send + Sync>;
-pub use report::{Chart, Invariant, Report, Row, verdict};
-pub use sim::SimClock;
 
 /// A scenario the lab can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
