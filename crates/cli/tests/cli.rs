@@ -22,6 +22,9 @@ async fn onephase(dir: &Path, args: &[&str]) -> anyhow::Result<std::process::Out
         .current_dir(dir)
         .env_remove("ONEPHASE_STORE")
         .env_remove("ONEPHASE_CONFIG")
+        // The lab's engines are given on the command line, or missing on purpose.
+        .env_remove("ONEPHASE_LAB_POSTGRES_URL")
+        .env_remove("ONEPHASE_LAB_NATS_URL")
         .output()
         .await?)
 }
@@ -883,12 +886,7 @@ async fn lab_on_engines_kills_the_relay_and_holds_two_phase_commit_to_account() 
     ensure!(two_phase["invariant"]["holds"] == true, "{two_phase}");
 
     // Without a PostgreSQL server, --engines says what it needs and runs nothing.
-    let refused = Command::new(BIN)
-        .args(["lab", "dual-write", "--engines"])
-        .env_remove("ONEPHASE_LAB_POSTGRES_URL")
-        .current_dir(dir.path())
-        .output()
-        .await?;
+    let refused = onephase(dir.path(), &["lab", "dual-write", "--engines"]).await?;
     ensure!(refused.status.code() == Some(2), "{refused:?}");
     let err = String::from_utf8_lossy(&refused.stderr);
     ensure!(err.contains("--engines needs a PostgreSQL server"), "{err}");
@@ -899,12 +897,7 @@ async fn lab_on_engines_kills_the_relay_and_holds_two_phase_commit_to_account() 
 async fn lab_all_skips_a_scenario_whose_engine_is_missing_and_naming_it_fails() -> anyhow::Result<()>
 {
     let dir = tempfile::tempdir()?;
-    let named = Command::new(BIN)
-        .args(["lab", "two-phase-commit"])
-        .env_remove("ONEPHASE_LAB_POSTGRES_URL")
-        .current_dir(dir.path())
-        .output()
-        .await?;
+    let named = onephase(dir.path(), &["lab", "two-phase-commit"]).await?;
     ensure!(named.status.code() == Some(1), "{named:?}");
     let err = String::from_utf8_lossy(&named.stderr);
     ensure!(
@@ -917,12 +910,7 @@ async fn lab_all_skips_a_scenario_whose_engine_is_missing_and_naming_it_fails() 
     ensure!(text.contains("not run: it needs"), "{text}");
 
     // `all` runs the rest, says which one it skipped and why, and succeeds.
-    let all = Command::new(BIN)
-        .args(["lab", "all", "--json"])
-        .env_remove("ONEPHASE_LAB_POSTGRES_URL")
-        .current_dir(dir.path())
-        .output()
-        .await?;
+    let all = onephase(dir.path(), &["lab", "all", "--json"]).await?;
     let err = String::from_utf8_lossy(&all.stderr);
     ensure!(all.status.success(), "{err}");
     ensure!(

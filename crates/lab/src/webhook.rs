@@ -274,11 +274,18 @@ fn peak(requests: &Timeline, from: Duration, to: Duration) -> u64 {
 }
 
 async fn run(side: Side, seed: u64) -> Result<Outcome, Failed> {
-    let books = Store::connect("sqlite::memory:").await?;
+    // A file, not `sqlite::memory:`: that database lives in one connection, and a handler
+    // dropped mid-query (its client gave up) may take the connection with it.
+    let dir = tempfile::tempdir()?;
+    let books = Store::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("books.db").display()
+    ))
+    .await?;
     books.migrate(&[onephase_outbox::migrations()]).await?;
     let pool = books
         .as_sqlite()
-        .ok_or("an in-memory store is SQLite")?
+        .ok_or("a sqlite:// URL opens a SQLite store")?
         .writer()
         .clone();
     sqlx::query("CREATE TABLE effects (payment INTEGER NOT NULL)")
