@@ -171,6 +171,42 @@ pub fn lookup<'a>(raw: &'a RawValue, path: &[String]) -> Option<&'a RawValue> {
     lookup(member, rest)
 }
 
+/// The members of the JSON object `raw`, in the order written, each value exactly as written;
+/// `None` if `raw` is not an object.
+///
+/// ```
+/// use serde_json::value::RawValue;
+/// let raw = RawValue::from_string(r#"{"b": 1.50, "a": [1]}"#.into())?;
+/// let members = onephase_core::json::members(&raw).expect("an object");
+/// assert_eq!(members[0].0, "b");
+/// assert_eq!(members[0].1.get(), "1.50");
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+pub fn members(raw: &RawValue) -> Option<Vec<(String, &RawValue)>> {
+    if !raw.get().trim_start().starts_with('{') {
+        return None;
+    }
+    serde_json::from_str::<MembersInOrder<'_>>(raw.get())
+        .ok()
+        .map(|m| m.0)
+}
+
+/// A JSON object written from `members` in order: each key escaped, each value's text as given
+/// (which must be JSON).
+pub fn object<'a>(members: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let mut out = String::from("{");
+    for (i, (key, value)) in members.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&Value::String(key.to_owned()).to_string());
+        out.push(':');
+        out.push_str(value);
+    }
+    out.push('}');
+    out
+}
+
 /// An object's members in the order written, values borrowed from the text.
 struct MembersInOrder<'a>(Vec<(String, &'a RawValue)>);
 

@@ -37,7 +37,10 @@ impl SqliteStore {
         let base = base
             .foreign_keys(true)
             .busy_timeout(options.busy_timeout)
-            .synchronous(SqliteSynchronous::Full);
+            .synchronous(SqliteSynchronous::Full)
+            // Deleted content is overwritten, not left in free pages: a forgotten subject's
+            // key (crypto-shredding) must not survive in the file.
+            .pragma("secure_delete", "ON");
 
         if !in_memory && !options.create_if_missing {
             let path = base.get_filename();

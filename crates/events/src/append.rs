@@ -1,0 +1,404 @@
+//! Appending: expected versions, several streams at once, in the caller's transaction,
+//! idempotent on event ids.
+
+use std::collections::HashSet;
+
+use onephase_store::{Connection, on_store};
+
+use crate::event::{category_of, check_name};
+use crate::sql::{on_conn, stored};
+use crate::{
+    Appended, EventStore, EventsError, ExpectedVersion, NewEvent, StreamAppend, StreamVersion,
+};
+
+/// Rows per INSERT statement: 11 parameters each stays under every backend's limit.
+const ROWS_PER_INSERT: usize = 500;
+
+/// An event ready to insert: its place and its stored columns.
+struct Row<'a> {
+    event: &'a NewEvent,
+    stream: &'a str,
+    version: i64,
+    position: i64,
+    schema_version: i32,
+    data: String,
+    metadata: String,
+    personal: Option<String>,
+}
+
+impl EventStore {
+    /// Appends `events` to `stream` in a transaction of its own; see
+    /// [`append_in`](Self::append_in).
+    pub async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Appended, EventsError> {
+        self.append_all(&[StreamAppend::new(stream, expected, events)])
+            .await
+    }
+
+    /// Appends to several streams atomically, in a transaction of its own.
+    pub async fn append_all(&self, appends: &[StreamAppend]) -> Result<Appended, EventsError> {
+        on_store!(self.store.db(), pool => {
+            let mut tx = pool.begin().await?;
+            let appended = self.append_in(&mut tx, appends).await?;
+            tx.commit().await?;
+            Ok(appended)
+        })
+    }
+
+    /// Appends to each stream of `appends`, checking its expected version, as part of the
+    /// caller's transaction: business rows, events and outbox rows commit together or not at
+    /// all.
+    ///
+    /// - Every stream's expected version is checked before anything is written; one mismatch
+    ///   is [`EventsError::WrongExpectedVersion`] naming the stream and its version, and
+    ///   nothing is written.
+    /// - An append whose event ids were all appended before, to the same streams in the same
+    ///   order, succeeds again without writing, returning the first append's positions: a
+    ///   retry after a lost answer is safe. Reusing one id elsewhere is
+    ///   [`EventsError::IdReused`].
+    /// - Appends take turns on the store (a one-row lock held to commit), which is what keeps
+    ///   the global order gap-safe: keep the caller's transaction short after appending.
+    ///
+    /// On an error the caller's transaction may be unusable (PostgreSQL aborts it): roll it
+    /// back.
+    pub async fn append_in<C: Connection + ?Sized>(
+        &self,
+        conn: &mut C,
+        appends: &[StreamAppend],
+    ) -> Result<Appended, EventsError> {
+        self.check(appends)?;
+        // The turn: held to commit, so positions become visible in the order handed out.
+        let head: i64 = on_conn!(conn, c => {
+            sqlx::query_scalar(
+                "UPDATE onephase_events_head SET position = position WHERE id = 1 RETURNING position",
+            )
+            .fetch_one(c)
+            .await?
+        });
+        if let Some(done) = self.already_appended(conn, appends).await? {
+            return Ok(done);
+        }
+        let mut versions = Vec::with_capacity(appends.len());
+        for append in appends {
+            let actual: Option<i64> = on_conn!(conn, c => {
+                sqlx::query_scalar("SELECT version FROM onephase_events_streams WHERE stream = $1")
+                    .bind(&append.stream)
+                    .fetch_optional(c)
+                    .await?
+            });
+            let actual = crate::sql::position(actual.unwrap_or(0))?;
+            if !append.expected.admits(actual) {
+                return Err(EventsError::WrongExpectedVersion {
+                    stream: append.stream.clone(),
+                    expected: append.expected,
+                    actual,
+                });
+            }
+            versions.push(actual);
+        }
+        let rows = self.rows(conn, appends, &versions, head).await?;
+        let now = self.now_ms();
+        for chunk in rows.chunks(ROWS_PER_INSERT) {
+            on_conn!(conn, c => {
+                let mut q = sqlx::QueryBuilder::new(
+                    "INSERT INTO onephase_events (position, id, stream, category, version, \
+                     event_type, schema_version, data, metadata, subject, personal, recorded_ms) ",
+                );
+                q.push_values(chunk, |mut b, row| {
+                    b.push_bind(row.position)
+                        .push_bind(row.event.id.to_string())
+                        .push_bind(row.stream)
+                        .push_bind(category_of(row.stream))
+                        .push_bind(row.version)
+                        .push_bind(&row.event.event_type)
+                        .push_bind(row.schema_version)
+                        .push_bind(&row.data)
+                        .push_bind(&row.metadata)
+                        .push_bind(row.event.subject.as_deref())
+                        .push_bind(row.personal.as_deref())
+                        .push_bind(now);
+                });
+                q.build().execute(c).await?;
+            });
+        }
+        let mut streams = Vec::with_capacity(appends.len());
+        for (append, before) in appends.iter().zip(&versions) {
+            let version = before + append.events.len() as u64;
+            on_conn!(conn, c => {
+                sqlx::query(
+                    "INSERT INTO onephase_events_streams (stream, category, version, updated_ms) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (stream) DO UPDATE \
+                     SET version = excluded.version, updated_ms = excluded.updated_ms",
+                )
+                .bind(&append.stream)
+                .bind(category_of(&append.stream))
+                .bind(stored(version)?)
+                .bind(now)
+                .execute(c)
+                .await?;
+            });
+            streams.push(StreamVersion {
+                stream: append.stream.clone(),
+                version,
+            });
+        }
+        let last = head + rows.len() as i64;
+        on_conn!(conn, c => {
+            sqlx::query("UPDATE onephase_events_head SET position = $1 WHERE id = 1")
+                .bind(last)
+                .execute(c)
+                .await?;
+        });
+        crate::store::appended();
+        metrics::counter!("onephase_events_appended_total").increment(rows.len() as u64);
+        Ok(Appended {
+            position: crate::sql::position(last)?,
+            first_position: crate::sql::position(head + 1)?,
+            streams,
+        })
+    }
+
+    /// Refuses what cannot be appended, before anything is written.
+    fn check(&self, appends: &[StreamAppend]) -> Result<(), EventsError> {
+        if appends.is_empty() || appends.iter().any(|a| a.events.is_empty()) {
+            return Err(EventsError::invalid(
+                "events",
+                "an append needs at least one event for each stream it names",
+            ));
+        }
+        let total: usize = appends.iter().map(|a| a.events.len()).sum();
+        if total > crate::store::MAX_EVENTS_PER_APPEND {
+            return Err(EventsError::invalid(
+                "events",
+                format!(
+                    "{total} events in one append; at most {} are accepted",
+                    crate::store::MAX_EVENTS_PER_APPEND
+                ),
+            ));
+        }
+        let mut streams = HashSet::new();
+        let mut ids = HashSet::new();
+        let mut index = 0;
+        for append in appends {
+            check_name("stream", &append.stream)?;
+            if !streams.insert(append.stream.as_str()) {
+                return Err(EventsError::invalid(
+                    "stream",
+                    format!(
+                        "{:?} appears twice in one append; put its events in one list",
+                        append.stream
+                    ),
+                ));
+            }
+            for event in &append.events {
+                check_name("type", &event.event_type)?;
+                if event.id.is_nil() || !ids.insert(event.id) {
+                    return Err(EventsError::invalid(
+                        "id",
+                        format!(
+                            "event id {} is nil or appears twice in one append",
+                            event.id
+                        ),
+                    ));
+                }
+                let size = event.data.get().len() + self.metadata_size(event);
+                if size > self.max_event_size {
+                    return Err(EventsError::TooLarge {
+                        index,
+                        size,
+                        limit: self.max_event_size,
+                    });
+                }
+                self.check_version(event)?;
+                match (&event.subject, event.personal.is_empty()) {
+                    (Some(subject), _) if subject.is_empty() || subject.len() > 200 => {
+                        return Err(EventsError::invalid("subject", "use 1 to 200 characters"));
+                    }
+                    (None, false) => {
+                        return Err(EventsError::invalid(
+                            "personal",
+                            "personal fields need the subject they belong to",
+                        ));
+                    }
+                    _ => {}
+                }
+                index += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn metadata_size(&self, event: &NewEvent) -> usize {
+        serde_json::to_string(&event.metadata).map_or(0, |m| m.len())
+    }
+
+    fn check_version(&self, event: &NewEvent) -> Result<(), EventsError> {
+        let current = self.upcasters.current(&event.event_type);
+        match (event.schema_version, current) {
+            (Some(0), _) => Err(EventsError::invalid(
+                "schema_version",
+                "versions start at 1",
+            )),
+            (Some(v), Some(current)) if v > current => Err(EventsError::invalid(
+                "schema_version",
+                format!(
+                    "{} version {v} is newer than the {current} this store's upcasters know",
+                    event.event_type
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The first append's result, if every id of `appends` was appended by it; an error if
+    /// some id was appended elsewhere; `None` if none was.
+    async fn already_appended<C: Connection + ?Sized>(
+        &self,
+        conn: &mut C,
+        appends: &[StreamAppend],
+    ) -> Result<Option<Appended>, EventsError> {
+        let ids: Vec<String> = appends
+            .iter()
+            .flat_map(|a| a.events.iter().map(|e| e.id.to_string()))
+            .collect();
+        let mut found: Vec<(String, String, i64, i64)> = Vec::new();
+        for chunk in ids.chunks(ROWS_PER_INSERT) {
+            let rows: Vec<(String, String, i64, i64)> = on_conn!(conn, c => {
+                let mut q = sqlx::QueryBuilder::new(
+                    "SELECT id, stream, version, position FROM onephase_events WHERE id IN (",
+                );
+                let mut list = q.separated(", ");
+                for id in chunk {
+                    list.push_bind(id);
+                }
+                q.push(")");
+                q.build_query_as().fetch_all(c).await?
+            });
+            found.extend(rows);
+        }
+        if found.is_empty() {
+            return Ok(None);
+        }
+        let same = found.len() == ids.len()
+            && appends.iter().all(|a| {
+                let mut versions = a.events.iter().filter_map(|e| {
+                    let id = e.id.to_string();
+                    found
+                        .iter()
+                        .find(|f| f.0 == id && f.1 == a.stream)
+                        .map(|f| f.2)
+                });
+                let first = versions.next();
+                let rest: Vec<i64> = versions.collect();
+                first.is_some()
+                    && rest.len() + 1 == a.events.len()
+                    && rest
+                        .iter()
+                        .enumerate()
+                        .all(|(i, v)| Some(*v) == first.map(|f| f + 1 + i as i64))
+            });
+        if !same {
+            let (id, stream, version, _) = &found[0];
+            return Err(EventsError::IdReused {
+                id: id.clone(),
+                stream: stream.clone(),
+                version: crate::sql::position(*version)?,
+            });
+        }
+        let mut streams = Vec::with_capacity(appends.len());
+        for a in appends {
+            let last = a
+                .events
+                .last()
+                .map(|e| e.id.to_string())
+                .unwrap_or_default();
+            let version = found.iter().find(|f| f.0 == last).map_or(0, |f| f.2);
+            streams.push(StreamVersion {
+                stream: a.stream.clone(),
+                version: crate::sql::position(version)?,
+            });
+        }
+        let first = found.iter().map(|f| f.3).min().unwrap_or(0);
+        let last = found.iter().map(|f| f.3).max().unwrap_or(0);
+        Ok(Some(Appended {
+            position: crate::sql::position(last)?,
+            first_position: crate::sql::position(first)?,
+            streams,
+        }))
+    }
+
+    /// The rows to insert: positions after `head`, versions after each stream's, personal
+    /// fields sealed with their subject's key.
+    async fn rows<'a, C: Connection + ?Sized>(
+        &self,
+        conn: &mut C,
+        appends: &'a [StreamAppend],
+        versions: &[u64],
+        head: i64,
+    ) -> Result<Vec<Row<'a>>, EventsError> {
+        let mut rows = Vec::new();
+        let mut position = head;
+        for (append, before) in appends.iter().zip(versions) {
+            for (i, event) in append.events.iter().enumerate() {
+                position += 1;
+                let data = match &event.subject {
+                    Some(subject) if !event.personal.is_empty() => {
+                        let key = self.subject_key(conn, subject).await?;
+                        crate::seal::seal(event.data.get(), &event.personal, &key, event.id)?
+                    }
+                    _ => event.data.get().to_owned(),
+                };
+                let schema_version = event
+                    .schema_version
+                    .or_else(|| self.upcasters.current(&event.event_type))
+                    .unwrap_or(1);
+                rows.push(Row {
+                    event,
+                    stream: &append.stream,
+                    version: stored(before + i as u64 + 1)?,
+                    position,
+                    schema_version: i32::try_from(schema_version)
+                        .map_err(|_| EventsError::invalid("schema_version", "out of range"))?,
+                    data,
+                    metadata: serde_json::to_string(&event.metadata)
+                        .map_err(|e| EventsError::invalid("metadata", e.to_string()))?,
+                    personal: (!event.personal.is_empty())
+                        .then(|| serde_json::to_string(&event.personal))
+                        .transpose()
+                        .map_err(|e| EventsError::invalid("personal", e.to_string()))?,
+                });
+            }
+        }
+        Ok(rows)
+    }
+
+    /// The subject's key, made on first use; an error if the subject was forgotten.
+    async fn subject_key<C: Connection + ?Sized>(
+        &self,
+        conn: &mut C,
+        subject: &str,
+    ) -> Result<String, EventsError> {
+        let now = self.now_ms();
+        let fresh = crate::seal::new_key();
+        let key: Option<String> = on_conn!(conn, c => {
+            sqlx::query(
+                "INSERT INTO onephase_events_subjects (subject, key, created_ms) VALUES ($1, $2, $3) \
+                 ON CONFLICT (subject) DO NOTHING",
+            )
+            .bind(subject)
+            .bind(&fresh)
+            .bind(now)
+            .execute(&mut *c)
+            .await?;
+            sqlx::query_scalar("SELECT key FROM onephase_events_subjects WHERE subject = $1")
+                .bind(subject)
+                .fetch_one(c)
+                .await?
+        });
+        key.ok_or_else(|| EventsError::SubjectForgotten(subject.to_owned()))
+    }
+}
