@@ -4,6 +4,7 @@
 //! (`outbox status`, `saga list`, ...) are HTTP clients of a running server.
 
 mod client;
+mod events;
 mod lab;
 mod lease;
 mod limit;
@@ -68,6 +69,10 @@ enum Command {
     /// Operate a running server's fenced leases: acquire, renew, release, list.
     #[command(subcommand)]
     Lease(lease::LeaseCommand),
+    /// Operate a running server's event store: append, read, tail, projections, define,
+    /// retry, skip, rebuild, explain, wait, forget.
+    #[command(subcommand)]
+    Events(events::EventsCommand),
     /// Check keys against a running server's rate limits, and list its policies.
     #[command(subcommand)]
     Limit(limit::LimitCommand),
@@ -281,6 +286,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Webhook(command) => webhook::run(command, server).await,
         Command::Lease(command) => lease::run(command, server).await,
         Command::Limit(command) => limit::run(command, server).await,
+        Command::Events(command) => events::run(command, server).await,
         Command::Lab(args) => lab::lab(args),
         Command::Migrate(MigrateArgs {
             store,

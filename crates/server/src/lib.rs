@@ -30,6 +30,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod dashboard;
+pub mod events;
 pub mod health;
 pub mod json;
 pub mod lease;

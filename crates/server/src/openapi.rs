@@ -25,6 +25,7 @@ use crate::problem::Problem;
         (name = "saga", description = "Saga definitions, runs and operator actions"),
         (name = "webhook", description = "Webhook endpoints, messages, attempts, dead letters and replay"),
         (name = "lease", description = "Fenced leases: acquire, renew, release, list"),
+        (name = "events", description = "Event streams with expected versions, the global order, SSE subscriptions, document projections: status, park, rebuild, explain, consistency wait"),
         (name = "limit", description = "Rate-limit policies and checks"),
     )
 )]

@@ -35,6 +35,7 @@ pub fn migrations() -> Vec<Migrations> {
         onephase_webhook::migrations(),
         onephase_lease::migrations(),
         onephase_limit::migrations(),
+        onephase_events::migrations(),
     ]
 }
 
@@ -121,6 +122,7 @@ impl Server {
             webhook,
             lease,
             limit,
+            events: crate::events::EventsService::new(&store),
         };
         // Last, once nothing else can fail: a token created by a start that then failed
         // would be stored but never shown.
@@ -176,6 +178,7 @@ impl Server {
         let mut relays = self.state.outbox().spawn(relays_stopped.clone());
         relays.extend(self.state.saga().spawn(relays_stopped.clone()));
         relays.extend(self.state.webhook().spawn(relays_stopped.clone()));
+        relays.push(self.state.events().spawn(relays_stopped.clone()));
         relays.push(crate::dashboard::history::spawn(
             self.state.clone(),
             relays_stopped,

@@ -12,6 +12,7 @@ use crate::config::ServerConfig;
 use crate::dashboard::{
     LeasePanel, LimitPanel, OutboxPanel, Panel, SagaPanel, ServerPanel, WebhookPanel,
 };
+use crate::events::EventsService;
 use crate::lease::LeaseService;
 use crate::limit::LimitService;
 use crate::outbox::OutboxService;
@@ -28,6 +29,8 @@ pub struct Services {
     pub webhook: WebhookService,
     /// Fenced leases.
     pub lease: LeaseService,
+    /// The event store and its projections.
+    pub events: EventsService,
     /// Rate limits.
     pub limit: LimitService,
 }
@@ -51,6 +54,7 @@ struct StateInner {
     webhook: WebhookService,
     lease: LeaseService,
     limit: LimitService,
+    events: EventsService,
 }
 
 impl AppState {
@@ -68,6 +72,7 @@ impl AppState {
             webhook,
             lease,
             limit,
+            events,
         } = services;
         let started = clock.monotonic();
         Self(Arc::new(StateInner {
@@ -91,6 +96,7 @@ impl AppState {
             webhook,
             lease,
             limit,
+            events,
         }))
     }
 
@@ -127,6 +133,11 @@ impl AppState {
     /// Rate limits.
     pub fn limit(&self) -> &LimitService {
         &self.0.limit
+    }
+
+    /// The event store and its projections.
+    pub fn events(&self) -> &EventsService {
+        &self.0.events
     }
 
     /// The store.

@@ -1,6 +1,7 @@
 //! The authenticated JSON API under `/v1`. One module per capability; each contributes its
 //! routes (with their OpenAPI description) through [`routes()`].
 
+mod events;
 mod lease;
 mod limit;
 mod outbox;
@@ -40,6 +41,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(webhook::routes())
         .merge(lease::routes())
         .merge(limit::routes())
+        .merge(events::routes())
 }
 
 /// The W3C `traceparent` to store with the work this request starts (a saga run, a webhook
