@@ -18,7 +18,7 @@ use crate::output::outln;
 pub enum EventsCommand {
     /// Append one event to a stream, checking its version.
     Append {
-        /// The stream: <category>-<id>, such as order-42.
+        /// The stream: CATEGORY-ID, such as order-42.
         stream: String,
         /// The event's type.
         #[arg(long = "type")]
