@@ -140,6 +140,7 @@ fn documented_metrics() -> BTreeSet<String> {
         include_str!("../../../docs/webhook.md"),
         include_str!("../../../docs/lease.md"),
         include_str!("../../../docs/limit.md"),
+        include_str!("../../../docs/events.md"),
     ];
     let mut names = BTreeSet::new();
     for page in pages {
@@ -274,6 +275,35 @@ async fn every_documented_metric_is_on_the_servers_metrics() -> anyhow::Result<(
         .post("/v1/limits/api/check", json!({"key": "k"}))
         .await?;
     ensure!(status == 200);
+    // Events: a projection that applies one event and parks on the next.
+    let (status, body) = api
+        .send(
+            reqwest::Method::PUT,
+            "/v1/events/projections/customers",
+            Some(json!({"key": {"field": "customer"}, "handlers": {"OrderPlaced": "count"}})),
+        )
+        .await?;
+    ensure!(status == 200, "{status} {body}");
+    let (status, body) = api
+        .post(
+            "/v1/events/streams/order-1",
+            json!({"events": [{"type": "OrderPlaced", "data": {"customer": "c-1"}},
+                              {"type": "OrderPlaced", "data": {"total": 1}}]}),
+        )
+        .await?;
+    ensure!(status == 201, "{status} {body}");
+    eventually(Duration::from_secs(20), "the projection parks", || async {
+        Ok(api.get("/v1/events/projections/customers").await?[0]["parked_position"] == 2)
+    })
+    .await?;
+    // The gauges are refreshed every 5 s.
+    eventually(Duration::from_secs(20), "the lag gauges", || async {
+        Ok(api
+            .text("/metrics")
+            .await?
+            .contains("onephase_events_projection_lag_seconds{"))
+    })
+    .await?;
     api.text("/readyz").await?;
     api.text("/").await?;
 

@@ -48,7 +48,7 @@ pub use projection::{
     Document, DocumentAction, DocumentDefinition, DocumentKey, DocumentProjection, Explanation,
     Projection, ProjectionError, ProjectionStatus, ProjectionTx, Projections, Projector,
 };
-pub use read::{AsOf, MAX_READ};
+pub use read::{AsOf, CategoryActivity, MAX_READ};
 pub use store::{DEFAULT_MAX_EVENT_SIZE, EventStore, MAX_EVENTS_PER_APPEND, appended_here};
 pub use upcast::{Upcaster, Upcasters};
 

@@ -32,6 +32,17 @@ impl AsOf {
     }
 }
 
+/// Recent appends to one stream category.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CategoryActivity {
+    /// The category (`order` for `order-42`).
+    pub category: String,
+    /// Events appended to it among the recent ones.
+    pub events: u64,
+    /// When its last one was appended.
+    pub last_at: OffsetDateTime,
+}
+
 impl EventStore {
     /// Up to `limit` events of `stream` after version `after` (0: from the start), in order.
     /// [`EventsError::NoStream`] if nothing was ever appended to it.
@@ -133,6 +144,35 @@ impl EventStore {
             q.fetch_all(pool).await?
         });
         Ok(rows)
+    }
+
+    /// How many of the last `window` events each stream category received, and when its last
+    /// one was appended: the busiest first, at most 20.
+    pub async fn recent_categories(
+        &self,
+        window: u64,
+    ) -> Result<Vec<CategoryActivity>, EventsError> {
+        let head = self.head().await?;
+        let from = stored(head.saturating_sub(window))?;
+        let rows: Vec<(String, i64, i64)> = on_store!(read self.store.db(), pool => {
+            sqlx::query_as(
+                "SELECT category, COUNT(*), MAX(recorded_ms) FROM onephase_events \
+                 WHERE position > $1 GROUP BY category ORDER BY COUNT(*) DESC, category LIMIT 20",
+            )
+            .bind(from)
+            .fetch_all(pool)
+            .await?
+        });
+        rows.into_iter()
+            .map(|(category, events, last)| {
+                Ok(CategoryActivity {
+                    category,
+                    events: crate::sql::position(events)?,
+                    last_at: onephase_store::convert::from_unix_ms(last)
+                        .map_err(|e| EventsError::corrupt("recorded_ms", e))?,
+                })
+            })
+            .collect()
     }
 
     /// The events at `positions`, in order of position.

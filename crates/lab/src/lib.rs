@@ -24,6 +24,10 @@
 //! | `outbox::engines::dual_write_on_engines` (feature `nats`) | the same on PostgreSQL and NATS JetStream, the relay killed with SIGKILL | the outbox, a relay that resumes, JetStream's duplicate window |
 //! | [`limit::boundary_burst`] | a client spends two windows' limit across one boundary | the sliding log of [`onephase_limit`] |
 //! | [`limit::local_limits`] | three nodes each enforce the global limit alone | one shared limit through [`HybridLimiter`](onephase_limit::HybridLimiter) |
+//! | [`events::lost_update`] | two writers decide on the same state and both append | the expected version of [`onephase_events`] |
+//! | [`events::skipped::skipped_event`] | a reader by position passes an event that commits late | positions visible in the order handed out |
+//! | [`events::read_your_writes`] | a client reads the read model right after its write | the append's position as a consistency token |
+//! | [`events::schema_change`] | last year's events meet this year's code | [`Upcasters`](onephase_events::Upcasters) on read |
 //! | [`trace::stored_context`] | work left in a table loses its request's trace | [`onephase_trace`]: the `traceparent` kept with the work |
 //!
 //! ```
@@ -33,6 +37,7 @@
 //! println!("{}", report.table());
 //! ```
 
+pub mod events;
 pub mod herd;
 mod html;
 pub mod limit;
@@ -77,11 +82,19 @@ pub enum Scenario {
     BoundaryBurst,
     /// [`limit::local_limits`].
     LocalLimits,
+    /// [`events::lost_update`].
+    LostUpdate,
+    /// [`events::skipped::skipped_event`].
+    SkippedEvent,
+    /// [`events::read_your_writes`].
+    ReadYourWrites,
+    /// [`events::schema_change`].
+    SchemaChange,
 }
 
 impl Scenario {
     /// Every scenario, in the order of the seed's posts.
-    pub const ALL: [Scenario; 11] = [
+    pub const ALL: [Scenario; 15] = [
         Scenario::FencedLock,
         Scenario::SagaCompensation,
         Scenario::Stampede,
@@ -91,6 +104,10 @@ impl Scenario {
         Scenario::DualWrite,
         Scenario::BoundaryBurst,
         Scenario::LocalLimits,
+        Scenario::ReadYourWrites,
+        Scenario::LostUpdate,
+        Scenario::SkippedEvent,
+        Scenario::SchemaChange,
         Scenario::TwoPhaseCommit,
         Scenario::TraceContext,
     ];
@@ -109,6 +126,10 @@ impl Scenario {
             Self::ReconnectFlood => "reconnect-flood",
             Self::BoundaryBurst => "boundary-burst",
             Self::LocalLimits => "local-limits",
+            Self::LostUpdate => "lost-update",
+            Self::SkippedEvent => "skipped-event",
+            Self::ReadYourWrites => "read-your-writes",
+            Self::SchemaChange => "schema-change",
         }
     }
 
@@ -124,6 +145,8 @@ impl Scenario {
             Self::TraceContext => None,
             Self::Stampede | Self::RetryStorm | Self::ReconnectFlood => Some(6),
             Self::BoundaryBurst | Self::LocalLimits => Some(11),
+            Self::ReadYourWrites => Some(5),
+            Self::LostUpdate | Self::SkippedEvent | Self::SchemaChange => Some(10),
         }
     }
 
@@ -153,6 +176,12 @@ impl Scenario {
             Self::ReconnectFlood => "1,000 clients lose their server at once and reconnect",
             Self::BoundaryBurst => "a client spends two windows' limit across one boundary",
             Self::LocalLimits => "three nodes each enforce the global limit in their own memory",
+            Self::LostUpdate => {
+                "two writers withdraw from one account, each after checking the balance"
+            }
+            Self::SkippedEvent => "a reader by position meets a transaction that commits late",
+            Self::ReadYourWrites => "a client reads the read model right after its own write",
+            Self::SchemaChange => "three years of an event's shapes, read by this year's code",
         }
     }
 
@@ -222,6 +251,31 @@ impl Scenario {
                  admit three times what was promised. One shared limit, reached through leases \
                  of a few units per node, stays within the limit plus a stated margin."
             }
+            Self::LostUpdate => {
+                "Two writers read the same balance, both decide it covers their withdrawal, and \
+                 both append: the account is overdrawn though each decision was right. An \
+                 append that expects the version it read is refused when the stream moved, and \
+                 the writer decides again on the new balance."
+            }
+            Self::SkippedEvent => {
+                "Positions from a sequence are handed out at insert and become visible at \
+                 commit, so a reader that moves past the newest position it saw skips an \
+                 event whose transaction was still open. Handing positions out in turns, held \
+                 to commit, makes them visible in order: nothing is skipped, at the price of \
+                 appends waiting for an open one."
+            }
+            Self::ReadYourWrites => {
+                "The read model is updated after the write, so a client that reads it at once \
+                 does not see what it just did and retries, or worse, decides again. The \
+                 append's position is a token: the read waits, bounded, until the projection \
+                 has applied it."
+            }
+            Self::SchemaChange => {
+                "Events are kept forever and their shape changes, so code that deserializes \
+                 today's shape fails on last year's events, or reads them wrong. Upcasters \
+                 bring each stored version to today's on read, and a version the reader cannot \
+                 know is refused by name instead of being skipped."
+            }
         }
     }
 
@@ -236,7 +290,7 @@ impl Scenario {
 pub struct Engines {
     /// A PostgreSQL server with `max_prepared_transactions > 0`: `two-phase-commit` runs only
     /// with it (and says what it needs without it). `dual-write` on engines keeps its orders
-    /// there too.
+    /// there too, and `skipped-event` (which needs any PostgreSQL) makes its database there.
     pub postgres: Option<String>,
     /// NATS with JetStream: with it (and `postgres` and `onephase`), `dual-write` runs on
     /// PostgreSQL and NATS instead of SQLite and the embedded log. Needs the feature `nats`.
@@ -299,6 +353,13 @@ pub fn run_with(scenario: Scenario, seed: u64, engines: &Engines) -> Report {
         Scenario::ReconnectFlood => sim::block_on(herd::reconnect_flood(seed)),
         Scenario::BoundaryBurst => sim::block_on(limit::boundary_burst(seed)),
         Scenario::LocalLimits => sim::block_on(limit::local_limits(seed)),
+        Scenario::LostUpdate => sim::block_on_real(events::lost_update(seed)),
+        Scenario::SkippedEvent => sim::block_on_real(events::skipped::skipped_event(
+            seed,
+            engines.postgres.as_deref(),
+        )),
+        Scenario::ReadYourWrites => sim::block_on_real(events::read_your_writes(seed)),
+        Scenario::SchemaChange => sim::block_on_real(events::schema_change(seed)),
     };
     let mut report = match std::thread::spawn(work).join() {
         Ok(report) => report,

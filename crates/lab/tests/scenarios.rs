@@ -14,7 +14,8 @@ fn engines() -> Engines {
 
 /// Whether `scenario` can run here: it needs no engine, or its engine is configured.
 fn runs_here(scenario: Scenario, engines: &Engines) -> bool {
-    scenario != Scenario::TwoPhaseCommit || engines.postgres.is_some()
+    !matches!(scenario, Scenario::TwoPhaseCommit | Scenario::SkippedEvent)
+        || engines.postgres.is_some()
 }
 
 #[test]
@@ -26,6 +27,8 @@ fn the_same_seed_replays_the_same_run() {
                 | Scenario::SagaCompensation
                 | Scenario::TwoPhaseCommit
                 | Scenario::Webhooks
+                | Scenario::SkippedEvent
+                | Scenario::ReadYourWrites
         ) {
             // On the real clock with timed steps: their verdicts are checked below, and a
             // reader's count of what it saw depends on the machine.

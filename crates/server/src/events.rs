@@ -33,15 +33,31 @@ impl EventsService {
         &self.projections
     }
 
-    /// Runs the document projections defined in the store until `stop` turns true.
-    pub fn spawn(&self, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+    /// Runs the document projections defined in the store, and refreshes the head and lag
+    /// gauges every five seconds, until `stop` turns true.
+    pub fn spawn(&self, stop: watch::Receiver<bool>) -> JoinHandle<()> {
         let projector = Projector::new(self.events.clone()).with_documents();
+        let (events, projections) = (self.events.clone(), self.projections.clone());
+        let mut stopped = stop.clone();
+        let gauges = async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stopped.wait_for(|stop| *stop) => return,
+                }
+                // `list` sets the lag gauges as it computes them.
+                if let (Ok(head), Ok(_)) = (events.head().await, projections.list().await) {
+                    metrics::gauge!("onephase_events_head").set(head as f64);
+                }
+            }
+        };
+        let mut stop = stop;
         tokio::spawn(async move {
-            projector
-                .run(async move {
-                    let _ = stop.wait_for(|stop| *stop).await;
-                })
-                .await;
+            let run = projector.run(async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            });
+            tokio::join!(run, gauges);
         })
     }
 }

@@ -121,6 +121,7 @@ fn register_at_zero() {
         metrics::counter!("onephase_saga_operator_actions_total", "action" => action).increment(0);
     }
     metrics::counter!("onephase_saga_lost_claims_total").increment(0);
+    metrics::counter!("onephase_events_appended_total").increment(0);
     metrics::counter!("onephase_saga_round_errors_total").increment(0);
     for operation in ["acquire", "renew", "release"] {
         for outcome in ["ok", "conflict", "refused", "error"] {
@@ -196,6 +197,14 @@ const COUNTERS: &[(&str, &str)] = &[
         "onephase_limit_decisions_total",
         "Rate-limit checks answered, by policy and outcome",
     ),
+    (
+        "onephase_events_appended_total",
+        "Events appended to the event store",
+    ),
+    (
+        "onephase_events_projection_parked_total",
+        "Times a projection parked on an event it could not apply, by projection",
+    ),
 ];
 
 /// Every gauge, with its help.
@@ -218,6 +227,22 @@ const GAUGES: &[(&str, &str)] = &[
         "1 while a relay runs, 0 while its source or sink does not answer",
     ),
     ("onephase_saga_runs", "Saga runs by state"),
+    (
+        "onephase_events_head",
+        "The event store's last global position",
+    ),
+    (
+        "onephase_events_projection_position",
+        "The last global position a projection generation applied, by projection and generation",
+    ),
+    (
+        "onephase_events_projection_lag_events",
+        "Events a projection has not applied yet, by projection and role",
+    ),
+    (
+        "onephase_events_projection_lag_seconds",
+        "Age of the oldest event a projection has not applied, by projection and role",
+    ),
 ];
 
 /// Every histogram (in seconds), with its help.

@@ -88,6 +88,7 @@ impl AppState {
                 Arc::new(WebhookPanel),
                 Arc::new(LeasePanel),
                 Arc::new(LimitPanel),
+                Arc::new(crate::dashboard::events::EventsPanel),
             ],
             history: crate::dashboard::history::History::default(),
             lab: crate::dashboard::lab::LabRuns::default(),

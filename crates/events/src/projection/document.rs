@@ -2,7 +2,8 @@
 //!
 //! A definition says which events build which JSON document: the row key (the event's stream,
 //! or a top-level field of its data) and, per event type, what the event does to its row:
-//! `merge` (an RFC 7396 merge patch of the event's data into the row), `replace`, or `delete`.
+//! `merge` (an RFC 7396 merge patch of the event's data into the row), `replace`, `delete`, or
+//! `count` (one more in the row's `count` member).
 //! Event types it does not name are passed over. The rows live in one table of the store,
 //! keyed by projection, generation and key, each with the position of the last event that
 //! changed it.
@@ -44,6 +45,8 @@ pub enum DocumentAction {
     Replace,
     /// Deletes the row.
     Delete,
+    /// Adds one to the row's `count` member (a tally of events, such as orders per customer).
+    Count,
 }
 
 /// A document projection's definition.
@@ -186,11 +189,27 @@ impl Projection for DocumentProjection {
             let Some((key, action)) = definition.route(event)? else {
                 return Ok(());
             };
-            let current = load(tx, &self.name, generation, &key).await?;
+            let current = match tx.documents.get(&key) {
+                Some(pending) => pending.as_ref().map(|row| row.doc.clone()),
+                None => load(tx, &self.name, generation, &key).await?,
+            };
             let next = apply_action(current.as_deref(), action, event)?;
-            store_row(tx, &self.name, generation, &key, next.as_deref(), event).await?;
+            let pending = next.map(|doc| PendingRow {
+                doc,
+                position: event.position,
+                ms: onephase_store::convert::unix_ms(event.recorded_at),
+            });
+            tx.documents.insert(key.clone(), pending);
             tx.touched(key);
             Ok(())
+        })
+    }
+
+    fn flush<'a>(&'a self, tx: &'a mut ProjectionTx) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(async move {
+            let generation = tx.generation();
+            let pending: Vec<(String, Option<PendingRow>)> = tx.documents.drain().collect();
+            store_rows(tx, &self.name, generation, &pending).await
         })
     }
 
@@ -219,6 +238,21 @@ fn apply_action(
     Ok(match action {
         DocumentAction::Delete => None,
         DocumentAction::Replace => Some(event.data.get().to_owned()),
+        DocumentAction::Count => {
+            let mut doc = current
+                .map(serde_json::from_str)
+                .transpose()
+                .map_err(|e| e.to_string())?
+                .unwrap_or(serde_json::Value::Object(Default::default()));
+            let count = doc
+                .get("count")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0);
+            if let Some(map) = doc.as_object_mut() {
+                map.insert("count".into(), (count + 1).into());
+            }
+            Some(doc.to_string())
+        }
         DocumentAction::Merge => {
             let patch = event.data.to_value();
             if !patch.is_object() {
@@ -271,32 +305,49 @@ async fn load(
     }))
 }
 
-async fn store_row(
+/// A row changed by the batch, written by [`Projection::flush`].
+#[derive(Debug, Clone)]
+pub(crate) struct PendingRow {
+    doc: String,
+    position: u64,
+    ms: i64,
+}
+
+/// Writes the batch's rows: upserts in statements of 500 rows, then deletes.
+async fn store_rows(
     tx: &mut ProjectionTx,
     name: &str,
     generation: u64,
-    key: &str,
-    doc: Option<&str>,
-    event: &RecordedEvent,
+    rows: &[(String, Option<PendingRow>)],
 ) -> Result<(), ProjectionError> {
     let generation = stored(generation)?;
-    let at = stored(event.position)?;
-    let ms = onephase_store::convert::unix_ms(event.recorded_at);
-    on_tx!(tx, c => match doc {
-        Some(doc) => {
-            sqlx::query(
-                "INSERT INTO onephase_events_documents (projection, generation, key, doc, position, updated_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (projection, generation, key) \
-                 DO UPDATE SET doc = excluded.doc, position = excluded.position, updated_ms = excluded.updated_ms",
-            )
-            .bind(name).bind(generation).bind(key).bind(doc).bind(at).bind(ms)
-            .execute(c).await?;
-        }
-        None => {
+    let upserts: Vec<(&str, &PendingRow)> = rows
+        .iter()
+        .filter_map(|(k, r)| r.as_ref().map(|r| (k.as_str(), r)))
+        .collect();
+    for chunk in upserts.chunks(500) {
+        let positions = chunk
+            .iter()
+            .map(|(_, r)| stored(r.position))
+            .collect::<Result<Vec<_>, _>>()?;
+        on_tx!(tx, c => {
+            let mut q = sqlx::QueryBuilder::new(
+                "INSERT INTO onephase_events_documents (projection, generation, key, doc, position, updated_ms) ",
+            );
+            q.push_values(chunk.iter().zip(&positions), |mut b, ((key, row), at)| {
+                b.push_bind(name).push_bind(generation).push_bind(*key).push_bind(&row.doc).push_bind(*at).push_bind(row.ms);
+            });
+            q.push(" ON CONFLICT (projection, generation, key) DO UPDATE SET doc = excluded.doc, \
+                    position = excluded.position, updated_ms = excluded.updated_ms");
+            q.build().execute(c).await?;
+        });
+    }
+    for (key, _) in rows.iter().filter(|(_, r)| r.is_none()) {
+        on_tx!(tx, c => {
             sqlx::query("DELETE FROM onephase_events_documents WHERE projection = $1 AND generation = $2 AND key = $3")
                 .bind(name).bind(generation).bind(key).execute(c).await?;
-        }
-    });
+        });
+    }
     Ok(())
 }
 
@@ -454,6 +505,10 @@ pub(crate) async fn refresh_subject(events: &EventStore, subject: &str) -> Resul
                 .map_err(|e| EventsError::corrupt("document", e))?;
         }
         tx.touched.clear();
+        projection
+            .flush(&mut tx)
+            .await
+            .map_err(|e| EventsError::corrupt("document", e))?;
         super::runner::commit(tx).await?;
     }
     Ok(())

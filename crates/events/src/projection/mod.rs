@@ -94,6 +94,13 @@ pub trait Projection: Send + Sync + 'static {
         event: &'a RecordedEvent,
     ) -> BoxFuture<'a, Result<(), ProjectionError>>;
 
+    /// Writes what `apply` kept back during the batch, just before the checkpoint moves in the
+    /// same transaction. The default writes nothing (`apply` wrote as it went).
+    fn flush<'a>(&'a self, tx: &'a mut ProjectionTx) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        let _ = tx;
+        Box::pin(async { Ok(()) })
+    }
+
     /// Deletes the rows of `generation`, which a rebuild has replaced.
     fn drop_generation<'a>(
         &'a self,
@@ -116,6 +123,10 @@ pub struct ProjectionTx {
     pub(crate) position: u64,
     #[debug(skip)]
     pub(crate) touched: Vec<(String, u64)>,
+    /// Document rows changed in this batch and not yet written: a row changed by many events
+    /// of a batch is read once and written once ([`Projection::flush`]).
+    #[debug(skip)]
+    pub(crate) documents: std::collections::HashMap<String, Option<document::PendingRow>>,
 }
 
 impl ProjectionTx {

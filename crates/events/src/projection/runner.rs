@@ -206,6 +206,7 @@ impl Projector {
             }
         }
         let Some((failed, error)) = failure else {
+            flush(p, &mut tx).await?;
             checkpoint(
                 &mut tx,
                 p.name(),
@@ -238,6 +239,7 @@ impl Projector {
                 });
             }
         }
+        flush(p, &mut tx).await?;
         let done = failed.checked_sub(1).map_or(from, |i| positions[i]);
         let at = positions[failed];
         let parked = Some((at, error.as_str(), self.events.now_ms()));
@@ -314,6 +316,14 @@ impl Projector {
     }
 }
 
+/// The projection's [`flush`](Projection::flush); a failure fails the batch (it is retried).
+async fn flush(p: &dyn Projection, tx: &mut ProjectionTx) -> Result<(), EventsError> {
+    p.flush(tx).await.map_err(|e| EventsError::ProjectionState {
+        projection: p.name().to_owned(),
+        message: format!("writing the batch's rows failed: {e}"),
+    })
+}
+
 fn progressed_to(name: &str, generation: u64, at: u64) {
     metrics::gauge!("onephase_events_projection_position", "projection" => name.to_owned(),
         "generation" => generation.to_string())
@@ -363,6 +373,7 @@ pub(crate) async fn begin(
         generation,
         position: 0,
         touched: Vec::new(),
+        documents: std::collections::HashMap::new(),
     })
 }
 

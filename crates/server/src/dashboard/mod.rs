@@ -6,6 +6,7 @@
 //! about one thing (a saga run, a webhook endpoint or message, a relay's dead letters) where an
 //! admin acts on it ([`pages`]). Every page needs a session ([`session`]).
 
+pub mod events;
 pub mod history;
 pub mod lab;
 pub mod pages;
