@@ -59,6 +59,7 @@ fn event(n: u64) -> AnyResult<NewEvent> {
 
 /// Raw INSERTs of `rows` rows per transaction, `transactions` times; rows per second.
 async fn raw_inserts(store: &Store, transactions: u64, rows: u64) -> AnyResult<f64> {
+    on_store!(store.db(), pool => { sqlx::query("DELETE FROM raw_events").execute(pool).await?; });
     let start = Instant::now();
     let mut position = 0i64;
     for t in 0..transactions {

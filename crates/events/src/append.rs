@@ -53,9 +53,9 @@ impl EventStore {
     /// caller's transaction: business rows, events and outbox rows commit together or not at
     /// all.
     ///
-    /// - Every stream's expected version is checked before anything is written; one mismatch
+    /// - Every stream's expected version is checked under the stream's row lock; one mismatch
     ///   is [`EventsError::WrongExpectedVersion`] naming the stream and its version, and
-    ///   nothing is written.
+    ///   nothing of the append remains (what it had changed is put back in the transaction).
     /// - An append whose event ids were all appended before, to the same streams in the same
     ///   order, succeeds again without writing, returning the first append's positions: a
     ///   retry after a lost answer is safe. Reusing one id elsewhere is
@@ -63,103 +63,152 @@ impl EventStore {
     /// - Appends take turns on the store (a one-row lock held to commit), which is what keeps
     ///   the global order gap-safe: keep the caller's transaction short after appending.
     ///
-    /// On an error the caller's transaction may be unusable (PostgreSQL aborts it): roll it
-    /// back.
+    /// A refusal (a wrong version, a reused id, a forgotten subject, invalid input) leaves no
+    /// event, position or stream version behind in the caller's transaction. A store error may
+    /// leave the transaction unusable (PostgreSQL aborts it): roll it back.
     pub async fn append_in<C: Connection + ?Sized>(
         &self,
         conn: &mut C,
         appends: &[StreamAppend],
     ) -> Result<Appended, EventsError> {
         self.check(appends)?;
-        // The turn: held to commit, so positions become visible in the order handed out.
-        let head: i64 = on_conn!(conn, c => {
+        let total: usize = appends.iter().map(|a| a.events.len()).sum();
+        // The turn, and the positions with it: the head row stays locked to commit, so
+        // positions become visible in the order handed out. Three statements in all on the
+        // way that succeeds: this one, one per stream, one per 500 events.
+        let last: i64 = on_conn!(conn, c => {
             sqlx::query_scalar(
-                "UPDATE onephase_events_head SET position = position WHERE id = 1 RETURNING position",
+                "UPDATE onephase_events_head SET position = position + $1 WHERE id = 1 RETURNING position",
             )
+            .bind(total as i64)
             .fetch_one(c)
             .await?
         });
-        if let Some(done) = self.already_appended(conn, appends).await? {
-            return Ok(done);
-        }
+        let first = last - total as i64 + 1;
+        let now = self.now_ms();
         let mut versions = Vec::with_capacity(appends.len());
         for append in appends {
-            let actual: Option<i64> = on_conn!(conn, c => {
-                sqlx::query_scalar("SELECT version FROM onephase_events_streams WHERE stream = $1")
-                    .bind(&append.stream)
-                    .fetch_optional(c)
-                    .await?
-            });
-            let actual = crate::sql::position(actual.unwrap_or(0))?;
-            if !append.expected.admits(actual) {
-                return Err(EventsError::WrongExpectedVersion {
-                    stream: append.stream.clone(),
-                    expected: append.expected,
-                    actual,
-                });
+            let before = self.bump_stream(conn, append, now).await?;
+            versions.push(before);
+            if !append.expected.admits(before) {
+                self.revert(conn, appends, &versions, total).await?;
+                return match self.already_appended(conn, appends).await? {
+                    Some(done) => Ok(done),
+                    None => Err(EventsError::WrongExpectedVersion {
+                        stream: append.stream.clone(),
+                        expected: append.expected,
+                        actual: before,
+                    }),
+                };
             }
-            versions.push(actual);
         }
-        let rows = self.rows(conn, appends, &versions, head).await?;
-        let now = self.now_ms();
+        let rows = match self.rows(conn, appends, &versions, first - 1).await {
+            Ok(rows) => rows,
+            Err(refused) => {
+                // A forgotten subject, a personal field that is not there: leave nothing.
+                self.revert(conn, appends, &versions, total).await?;
+                return Err(refused);
+            }
+        };
+        let mut inserted = 0;
         for chunk in rows.chunks(ROWS_PER_INSERT) {
-            on_conn!(conn, c => {
-                let mut q = sqlx::QueryBuilder::new(
-                    "INSERT INTO onephase_events (position, id, stream, category, version, \
-                     event_type, schema_version, data, metadata, subject, personal, recorded_ms) ",
-                );
-                q.push_values(chunk, |mut b, row| {
-                    b.push_bind(row.position)
-                        .push_bind(row.event.id.to_string())
-                        .push_bind(row.stream)
-                        .push_bind(category_of(row.stream))
-                        .push_bind(row.version)
-                        .push_bind(&row.event.event_type)
-                        .push_bind(row.schema_version)
-                        .push_bind(&row.data)
-                        .push_bind(&row.metadata)
-                        .push_bind(row.event.subject.as_deref())
-                        .push_bind(row.personal.as_deref())
-                        .push_bind(now);
-                });
-                q.build().execute(c).await?;
-            });
+            inserted += insert_rows(conn, chunk, now).await?;
         }
-        let mut streams = Vec::with_capacity(appends.len());
-        for (append, before) in appends.iter().zip(&versions) {
-            let version = before + append.events.len() as u64;
+        if inserted < total as u64 {
+            // Some ids were there already: a retry, or an id reused. Undo this append's rows
+            // (the caller's transaction may go on), then tell which.
             on_conn!(conn, c => {
-                sqlx::query(
-                    "INSERT INTO onephase_events_streams (stream, category, version, updated_ms) \
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (stream) DO UPDATE \
-                     SET version = excluded.version, updated_ms = excluded.updated_ms",
-                )
-                .bind(&append.stream)
-                .bind(category_of(&append.stream))
-                .bind(stored(version)?)
-                .bind(now)
-                .execute(c)
-                .await?;
+                sqlx::query("DELETE FROM onephase_events WHERE position >= $1 AND position <= $2")
+                    .bind(first)
+                    .bind(last)
+                    .execute(c)
+                    .await?;
             });
-            streams.push(StreamVersion {
-                stream: append.stream.clone(),
-                version,
-            });
+            self.revert(conn, appends, &versions, total).await?;
+            return match self.already_appended(conn, appends).await? {
+                Some(done) => Ok(done),
+                None => Err(EventsError::corrupt(
+                    "events",
+                    "a position or stream version of this append was taken by a row written \
+                     without the store's append",
+                )),
+            };
         }
-        let last = head + rows.len() as i64;
+        crate::store::appended();
+        metrics::counter!("onephase_events_appended_total").increment(total as u64);
+        Ok(Appended {
+            position: crate::sql::position(last)?,
+            first_position: crate::sql::position(first)?,
+            streams: appends
+                .iter()
+                .zip(&versions)
+                .map(|(a, before)| StreamVersion {
+                    stream: a.stream.clone(),
+                    version: before + a.events.len() as u64,
+                })
+                .collect(),
+        })
+    }
+
+    /// Raises the stream's version by the append's events (creating the stream), holding its
+    /// row; returns the version before.
+    async fn bump_stream<C: Connection + ?Sized>(
+        &self,
+        conn: &mut C,
+        append: &StreamAppend,
+        now: i64,
+    ) -> Result<u64, EventsError> {
+        let added = append.events.len() as i64;
+        let after: i64 = on_conn!(conn, c => {
+            sqlx::query_scalar(
+                "INSERT INTO onephase_events_streams (stream, category, version, updated_ms) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (stream) DO UPDATE \
+                 SET version = onephase_events_streams.version + excluded.version, \
+                 updated_ms = excluded.updated_ms RETURNING version",
+            )
+            .bind(&append.stream)
+            .bind(category_of(&append.stream))
+            .bind(added)
+            .bind(now)
+            .fetch_one(c)
+            .await?
+        });
+        crate::sql::position(after - added)
+    }
+
+    /// Puts the head and the streams bumped so far (`before[i]` for `appends[i]`) back as
+    /// they were (their rows are still locked by this transaction): an append that writes
+    /// nothing leaves nothing changed, not even a gap in the positions.
+    async fn revert<C: Connection + ?Sized>(
+        &self,
+        conn: &mut C,
+        appends: &[StreamAppend],
+        before: &[u64],
+        total: usize,
+    ) -> Result<(), EventsError> {
         on_conn!(conn, c => {
-            sqlx::query("UPDATE onephase_events_head SET position = $1 WHERE id = 1")
-                .bind(last)
+            sqlx::query("UPDATE onephase_events_head SET position = position - $1 WHERE id = 1")
+                .bind(total as i64)
                 .execute(c)
                 .await?;
         });
-        crate::store::appended();
-        metrics::counter!("onephase_events_appended_total").increment(rows.len() as u64);
-        Ok(Appended {
-            position: crate::sql::position(last)?,
-            first_position: crate::sql::position(head + 1)?,
-            streams,
-        })
+        for (append, version) in appends.iter().zip(before) {
+            on_conn!(conn, c => {
+                if *version == 0 {
+                    sqlx::query("DELETE FROM onephase_events_streams WHERE stream = $1")
+                        .bind(&append.stream)
+                        .execute(c)
+                        .await?;
+                } else {
+                    sqlx::query("UPDATE onephase_events_streams SET version = $2 WHERE stream = $1")
+                        .bind(&append.stream)
+                        .bind(stored(*version)?)
+                        .execute(c)
+                        .await?;
+                }
+            });
+        }
+        Ok(())
     }
 
     /// Refuses what cannot be appended, before anything is written.
@@ -401,4 +450,35 @@ impl EventStore {
         });
         key.ok_or_else(|| EventsError::SubjectForgotten(subject.to_owned()))
     }
+}
+
+/// Inserts `rows`, passing over any whose id is taken; how many were inserted.
+async fn insert_rows<C: Connection + ?Sized>(
+    conn: &mut C,
+    rows: &[Row<'_>],
+    now: i64,
+) -> Result<u64, EventsError> {
+    let done = on_conn!(conn, c => {
+        let mut q = sqlx::QueryBuilder::new(
+            "INSERT INTO onephase_events (position, id, stream, category, version, \
+             event_type, schema_version, data, metadata, subject, personal, recorded_ms) ",
+        );
+        q.push_values(rows, |mut b, row| {
+            b.push_bind(row.position)
+                .push_bind(row.event.id.to_string())
+                .push_bind(row.stream)
+                .push_bind(category_of(row.stream))
+                .push_bind(row.version)
+                .push_bind(&row.event.event_type)
+                .push_bind(row.schema_version)
+                .push_bind(&row.data)
+                .push_bind(&row.metadata)
+                .push_bind(row.event.subject.as_deref())
+                .push_bind(row.personal.as_deref())
+                .push_bind(now);
+        });
+        q.push(" ON CONFLICT DO NOTHING");
+        q.build().execute(c).await?.rows_affected()
+    });
+    Ok(done)
 }

@@ -220,8 +220,8 @@ pub struct RecordedEvent {
     pub stream: String,
     /// Its version in the stream (the first event is 1).
     pub version: u64,
-    /// Its global position (gap-free order of commit across all streams; gaps in the numbers
-    /// are possible, skipped events are not).
+    /// Its global position: the order of commit across all streams, numbered 1, 2, 3, ...
+    /// without gaps (an append that fails or rolls back gives its numbers back).
     pub position: u64,
     /// Its type.
     #[serde(rename = "type")]

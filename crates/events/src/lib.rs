@@ -52,6 +52,11 @@ pub use read::{AsOf, CategoryActivity, MAX_READ};
 pub use store::{DEFAULT_MAX_EVENT_SIZE, EventStore, MAX_EVENTS_PER_APPEND, appended_here};
 pub use upcast::{Upcaster, Upcasters};
 
+/// The examples of `docs/events.md`, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/events.md")]
+pub struct DocsEvents;
+
 /// The event store's tables, to pass to [`Store::migrate`](onephase_store::Store::migrate).
 pub fn migrations() -> Migrations {
     Migrations::new(

@@ -103,6 +103,17 @@ per_backend! {
             tx.rollback().await?;
         });
         assert_eq!(count_events(events.store()).await?, 1);
+        // A refused append leaves nothing behind, so a caller may go on and commit the rest.
+        on_store!(events.store().db(), pool => {
+            let mut tx = pool.begin().await?;
+            let err = events.append_in(&mut tx, &transfer(ExpectedVersion::Exact(7))).await.unwrap_err();
+            assert!(matches!(err, EventsError::WrongExpectedVersion { actual: 1, .. }), "{err}");
+            sqlx::query("INSERT INTO business (id) VALUES (2)").execute(&mut *tx).await?;
+            tx.commit().await?;
+        });
+        assert_eq!(events.stream_version("account-a").await?, None);
+        assert_eq!(events.stream_version("account-b").await?, Some(1));
+        assert_eq!(count_events(events.store()).await?, 1);
         // Committed: both.
         let appended = on_store!(events.store().db(), pool => {
             let mut tx = pool.begin().await?;

@@ -69,6 +69,20 @@ per_backend! {
         assert_eq!(why.events.iter().map(|e| e.position).collect::<Vec<_>>(), [1, 2, 3]);
         let status = projections.status("customers").await?;
         assert_eq!((status[0].position, status[0].lag_events), (5, 0));
+        // A plain rebuild (no new definition) keeps building with the live definition, and
+        // goes on after the switch.
+        assert_eq!(projections.rebuild("customers", "ops", "new disk").await?, 2);
+        catch_up(&projector).await?;
+        let status = projections.status("customers").await?;
+        assert_eq!((status.len(), status[0].generation), (1, 2), "{status:?}");
+        assert_eq!(projections.definition("customers").await?, orders());
+        events.append("order-3", ExpectedVersion::NoStream, vec![
+            NewEvent::new("OrderShipped", r#"{"customer":"c-1","late":true}"#)?,
+        ]).await?;
+        catch_up(&projector).await?;
+        let doc = projections.document("customers", "c-1").await?.expect("a row");
+        assert_eq!(doc.doc.to_value()["late"], serde_json::json!(true));
+        assert_eq!(projections.explain("customers", "c-1").await?.events.len(), 4);
         Ok(())
     }
 

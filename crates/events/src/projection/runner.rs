@@ -102,13 +102,18 @@ impl Projector {
         }
         let mut more = false;
         for p in &projections {
-            let tracks = tracks(&self.events, p.name()).await?;
-            for track in tracks.iter().filter(|t| t.parked_position.is_none()) {
+            let before = tracks(&self.events, p.name()).await?;
+            for track in before.iter().filter(|t| t.parked_position.is_none()) {
                 more |= self
                     .apply_batch(p.as_ref(), position(track.generation)?)
                     .await?;
             }
-            self.switch_if_caught_up(p.as_ref(), &tracks).await?;
+            if before.iter().any(|t| t.role == "building") {
+                // As they are after this round's batches: a rebuild that just caught up
+                // switches now, not a poll interval later.
+                let after = tracks(&self.events, p.name()).await?;
+                self.switch_if_caught_up(p.as_ref(), &after).await?;
+            }
         }
         Ok(more)
     }
@@ -289,8 +294,13 @@ impl Projector {
                 .bind(p.name()).bind(stored(new)?).bind(now).execute(&mut *c).await?;
             sqlx::query("DELETE FROM onephase_events_lineage WHERE projection = $1 AND generation = $2")
                 .bind(p.name()).bind(stored(old)?).execute(&mut *c).await?;
-            sqlx::query("DELETE FROM onephase_events_definitions WHERE name = $1 AND generation < $2")
-                .bind(p.name()).bind(stored(new)?).execute(&mut *c).await?;
+            // The definition the new generation was built with is the latest at or below it
+            // (a plain rebuild has none of its own): keep that one, drop the older.
+            sqlx::query(
+                "DELETE FROM onephase_events_definitions WHERE name = $1 AND generation < \
+                 (SELECT MAX(generation) FROM onephase_events_definitions WHERE name = $1 AND generation <= $2)",
+            )
+            .bind(p.name()).bind(stored(new)?).execute(&mut *c).await?;
             sqlx::query("INSERT INTO onephase_events_audit (projection, action, position, actor, reason, at_ms) VALUES ($1, 'switch', $2, 'projector', $3, $4)")
                 .bind(p.name()).bind(stored(new_at)?)
                 .bind(format!("generation {new} caught up at position {new_at} and replaced generation {old}"))

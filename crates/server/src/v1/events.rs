@@ -173,16 +173,7 @@ pub async fn append(
             response.headers_mut().insert(header::ETAG, etag(version));
             Ok(response)
         }
-        Err(EventsError::WrongExpectedVersion {
-            actual,
-            stream,
-            expected,
-        }) => {
-            let error = EventsError::WrongExpectedVersion {
-                stream,
-                expected,
-                actual,
-            };
+        Err(error @ EventsError::WrongExpectedVersion { actual, .. }) => {
             let mut response = Problem::from(error).into_response();
             response.headers_mut().insert(header::ETAG, etag(actual));
             Ok(response)
