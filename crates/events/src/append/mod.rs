@@ -7,6 +7,8 @@ use onephase_store::{Connection, on_store};
 
 use crate::event::{category_of, check_name};
 use crate::sql::{on_conn, stored};
+
+mod postgres;
 use crate::{
     Appended, EventStore, EventsError, ExpectedVersion, NewEvent, StreamAppend, StreamVersion,
 };
@@ -16,14 +18,30 @@ const ROWS_PER_INSERT: usize = 500;
 
 /// An event ready to insert: its place and its stored columns.
 struct Row<'a> {
-    event: &'a NewEvent,
+    sealed: &'a Sealed<'a>,
     stream: &'a str,
     version: i64,
     position: i64,
-    schema_version: i32,
-    data: String,
-    metadata: String,
-    personal: Option<String>,
+}
+
+/// What an append's statements did, before [`EventStore::settle`] checks it.
+pub(crate) struct Outcome {
+    /// The last position taken.
+    pub(crate) last: i64,
+    /// Each stream's version before the append, as far as the statements got.
+    pub(crate) before: Vec<u64>,
+    /// How many events were inserted.
+    pub(crate) inserted: u64,
+}
+
+/// An event's stored columns that do not depend on its place: personal fields sealed,
+/// metadata and the personal field list as JSON.
+pub(crate) struct Sealed<'a> {
+    pub(crate) event: &'a NewEvent,
+    pub(crate) schema_version: i32,
+    pub(crate) data: String,
+    pub(crate) metadata: String,
+    pub(crate) personal: Option<String>,
 }
 
 impl EventStore {
@@ -73,9 +91,30 @@ impl EventStore {
     ) -> Result<Appended, EventsError> {
         self.check(appends)?;
         let total: usize = appends.iter().map(|a| a.events.len()).sum();
-        // The turn, and the positions with it: the head row stays locked to commit, so
-        // positions become visible in the order handed out. Three statements in all on the
-        // way that succeeds: this one, one per stream, one per 500 events.
+        let sealed = self.seal_all(conn, appends).await?;
+        let now = self.now_ms();
+        if let [one] = appends
+            && let Some(outcome) = postgres::append_one(conn, one, &sealed[0], now).await?
+        {
+            return self.settle(conn, appends, outcome, total).await;
+        }
+        let outcome = self
+            .append_statements(conn, appends, &sealed, total, now)
+            .await?;
+        self.settle(conn, appends, outcome, total).await
+    }
+
+    /// The append's statements on either backend: the turn and the positions (the head row
+    /// stays locked to commit, so positions become visible in the order handed out), one
+    /// version bump per stream (stopping at the first that does not match), the rows.
+    async fn append_statements<C: Connection + ?Sized>(
+        &self,
+        conn: &mut C,
+        appends: &[StreamAppend],
+        sealed: &[Vec<Sealed<'_>>],
+        total: usize,
+        now: i64,
+    ) -> Result<Outcome, EventsError> {
         let last: i64 = on_conn!(conn, c => {
             sqlx::query_scalar(
                 "UPDATE onephase_events_head SET position = position + $1 WHERE id = 1 RETURNING position",
@@ -84,55 +123,76 @@ impl EventStore {
             .fetch_one(c)
             .await?
         });
-        let first = last - total as i64 + 1;
-        let now = self.now_ms();
-        let mut versions = Vec::with_capacity(appends.len());
+        let mut before = Vec::with_capacity(appends.len());
         for append in appends {
-            let before = self.bump_stream(conn, append, now).await?;
-            versions.push(before);
-            if !append.expected.admits(before) {
-                self.revert(conn, appends, &versions, total).await?;
-                return match self.already_appended(conn, appends).await? {
-                    Some(done) => Ok(done),
-                    None => Err(EventsError::WrongExpectedVersion {
-                        stream: append.stream.clone(),
-                        expected: append.expected,
-                        actual: before,
-                    }),
-                };
+            let version = self.bump_stream(conn, append, now).await?;
+            before.push(version);
+            if !append.expected.admits(version) {
+                return Ok(Outcome {
+                    last,
+                    before,
+                    inserted: 0,
+                });
             }
         }
-        let rows = match self.rows(conn, appends, &versions, first - 1).await {
-            Ok(rows) => rows,
-            Err(refused) => {
-                // A forgotten subject, a personal field that is not there: leave nothing.
-                self.revert(conn, appends, &versions, total).await?;
-                return Err(refused);
-            }
-        };
+        let rows = rows(appends, sealed, &before, last - total as i64)?;
         let mut inserted = 0;
         for chunk in rows.chunks(ROWS_PER_INSERT) {
             inserted += insert_rows(conn, chunk, now).await?;
         }
-        if inserted < total as u64 {
-            // Some ids were there already: a retry, or an id reused. Undo this append's rows
-            // (the caller's transaction may go on), then tell which.
-            on_conn!(conn, c => {
-                sqlx::query("DELETE FROM onephase_events WHERE position >= $1 AND position <= $2")
-                    .bind(first)
-                    .bind(last)
-                    .execute(c)
-                    .await?;
-            });
-            self.revert(conn, appends, &versions, total).await?;
-            return match self.already_appended(conn, appends).await? {
-                Some(done) => Ok(done),
-                None => Err(EventsError::corrupt(
+        Ok(Outcome {
+            last,
+            before,
+            inserted,
+        })
+    }
+
+    /// Checks what the statements did: a version that did not match, or ids that were there
+    /// already, put everything back (the caller's transaction may go on) and are answered as
+    /// a retry of an earlier append or as a refusal.
+    async fn settle<C: Connection + ?Sized>(
+        &self,
+        conn: &mut C,
+        appends: &[StreamAppend],
+        outcome: Outcome,
+        total: usize,
+    ) -> Result<Appended, EventsError> {
+        let Outcome {
+            last,
+            before,
+            inserted,
+        } = outcome;
+        let first = last - total as i64 + 1;
+        let mismatch = appends
+            .iter()
+            .zip(&before)
+            .find(|(a, version)| !a.expected.admits(**version));
+        if mismatch.is_some() || before.len() < appends.len() || inserted < total as u64 {
+            if inserted > 0 {
+                on_conn!(conn, c => {
+                    sqlx::query("DELETE FROM onephase_events WHERE position >= $1 AND position <= $2")
+                        .bind(first)
+                        .bind(last)
+                        .execute(c)
+                        .await?;
+                });
+            }
+            self.revert(conn, appends, &before, total).await?;
+            if let Some(done) = self.already_appended(conn, appends).await? {
+                return Ok(done);
+            }
+            return Err(match mismatch {
+                Some((append, version)) => EventsError::WrongExpectedVersion {
+                    stream: append.stream.clone(),
+                    expected: append.expected,
+                    actual: *version,
+                },
+                None => EventsError::corrupt(
                     "events",
                     "a position or stream version of this append was taken by a row written \
                      without the store's append",
-                )),
-            };
+                ),
+            });
         }
         crate::store::appended();
         metrics::counter!("onephase_events_appended_total").increment(total as u64);
@@ -141,10 +201,10 @@ impl EventStore {
             first_position: crate::sql::position(first)?,
             streams: appends
                 .iter()
-                .zip(&versions)
-                .map(|(a, before)| StreamVersion {
+                .zip(&before)
+                .map(|(a, version)| StreamVersion {
                     stream: a.stream.clone(),
-                    version: before + a.events.len() as u64,
+                    version: version + a.events.len() as u64,
                 })
                 .collect(),
         })
@@ -380,20 +440,17 @@ impl EventStore {
         }))
     }
 
-    /// The rows to insert: positions after `head`, versions after each stream's, personal
-    /// fields sealed with their subject's key.
-    async fn rows<'a, C: Connection + ?Sized>(
+    /// Each event's stored columns, personal fields sealed with their subject's key (made on
+    /// first use; a forgotten subject is refused here, before anything is written).
+    async fn seal_all<'a, C: Connection + ?Sized>(
         &self,
         conn: &mut C,
         appends: &'a [StreamAppend],
-        versions: &[u64],
-        head: i64,
-    ) -> Result<Vec<Row<'a>>, EventsError> {
-        let mut rows = Vec::new();
-        let mut position = head;
-        for (append, before) in appends.iter().zip(versions) {
-            for (i, event) in append.events.iter().enumerate() {
-                position += 1;
+    ) -> Result<Vec<Vec<Sealed<'a>>>, EventsError> {
+        let mut all = Vec::with_capacity(appends.len());
+        for append in appends {
+            let mut sealed = Vec::with_capacity(append.events.len());
+            for event in &append.events {
                 let data = match &event.subject {
                     Some(subject) if !event.personal.is_empty() => {
                         let key = self.subject_key(conn, subject).await?;
@@ -405,11 +462,8 @@ impl EventStore {
                     .schema_version
                     .or_else(|| self.upcasters.current(&event.event_type))
                     .unwrap_or(1);
-                rows.push(Row {
+                sealed.push(Sealed {
                     event,
-                    stream: &append.stream,
-                    version: stored(before + i as u64 + 1)?,
-                    position,
                     schema_version: i32::try_from(schema_version)
                         .map_err(|_| EventsError::invalid("schema_version", "out of range"))?,
                     data,
@@ -421,8 +475,9 @@ impl EventStore {
                         .map_err(|e| EventsError::invalid("personal", e.to_string()))?,
                 });
             }
+            all.push(sealed);
         }
-        Ok(rows)
+        Ok(all)
     }
 
     /// The subject's key, made on first use; an error if the subject was forgotten.
@@ -452,6 +507,29 @@ impl EventStore {
     }
 }
 
+/// The rows to insert: positions after `head`, versions after each stream's `before`.
+fn rows<'a>(
+    appends: &'a [StreamAppend],
+    sealed: &'a [Vec<Sealed<'a>>],
+    before: &[u64],
+    head: i64,
+) -> Result<Vec<Row<'a>>, EventsError> {
+    let mut rows = Vec::new();
+    let mut position = head;
+    for ((append, events), version) in appends.iter().zip(sealed).zip(before) {
+        for (i, sealed) in events.iter().enumerate() {
+            position += 1;
+            rows.push(Row {
+                sealed,
+                stream: &append.stream,
+                version: stored(version + i as u64 + 1)?,
+                position,
+            });
+        }
+    }
+    Ok(rows)
+}
+
 /// Inserts `rows`, passing over any whose id is taken; how many were inserted.
 async fn insert_rows<C: Connection + ?Sized>(
     conn: &mut C,
@@ -464,17 +542,18 @@ async fn insert_rows<C: Connection + ?Sized>(
              event_type, schema_version, data, metadata, subject, personal, recorded_ms) ",
         );
         q.push_values(rows, |mut b, row| {
+            let sealed = row.sealed;
             b.push_bind(row.position)
-                .push_bind(row.event.id.to_string())
+                .push_bind(sealed.event.id.to_string())
                 .push_bind(row.stream)
                 .push_bind(category_of(row.stream))
                 .push_bind(row.version)
-                .push_bind(&row.event.event_type)
-                .push_bind(row.schema_version)
-                .push_bind(&row.data)
-                .push_bind(&row.metadata)
-                .push_bind(row.event.subject.as_deref())
-                .push_bind(row.personal.as_deref())
+                .push_bind(&sealed.event.event_type)
+                .push_bind(sealed.schema_version)
+                .push_bind(&sealed.data)
+                .push_bind(&sealed.metadata)
+                .push_bind(sealed.event.subject.as_deref())
+                .push_bind(sealed.personal.as_deref())
                 .push_bind(now);
         });
         q.push(" ON CONFLICT DO NOTHING");
