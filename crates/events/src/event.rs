@@ -197,6 +197,10 @@ pub struct Appended {
     pub first_position: u64,
     /// Each stream's version after the append.
     pub streams: Vec<StreamVersion>,
+    /// Whether this was a repeat of an earlier append (the same event ids): nothing was
+    /// written, and the positions are the earlier append's.
+    #[serde(default)]
+    pub repeated: bool,
 }
 
 /// A stream and its version.

@@ -207,6 +207,7 @@ impl EventStore {
                     version: version + a.events.len() as u64,
                 })
                 .collect(),
+            repeated: false,
         })
     }
 
@@ -437,6 +438,7 @@ impl EventStore {
             position: crate::sql::position(last)?,
             first_position: crate::sql::position(first)?,
             streams,
+            repeated: true,
         }))
     }
 

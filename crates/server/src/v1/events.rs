@@ -142,6 +142,7 @@ fn expected(body: Option<ExpectedInput>, headers: &HeaderMap) -> Result<Expected
     request_body = AppendEvents,
     responses(
         (status = 201, description = "Appended; `position` is the consistency token; `ETag` is the stream's new version", body = Appended),
+        (status = 200, description = "The same append again (the same event ids): nothing written, the first answer's positions, `repeated: true`", body = Appended),
         (status = 400, description = "An invalid stream, type, event or expectation, or malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The stream is not at the expected version (`ETag` carries its version), or an event id was used elsewhere", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "An event over the size limit", body = Problem, content_type = "application/problem+json"),
@@ -169,7 +170,14 @@ pub async fn append(
     {
         Ok(appended) => {
             let version = appended.streams.first().map_or(0, |s| s.version);
-            let mut response = (StatusCode::CREATED, ApiJson(appended)).into_response();
+            // 201 for a new append, 200 for the same append again (its ids), as every API
+            // that takes a client's ids answers.
+            let status = if appended.repeated {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            };
+            let mut response = (status, ApiJson(appended)).into_response();
             response.headers_mut().insert(header::ETAG, etag(version));
             Ok(response)
         }
