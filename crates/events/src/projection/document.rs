@@ -14,6 +14,7 @@ use futures::future::BoxFuture;
 use onephase_core::json::RawJson;
 use onephase_store::on_store;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use time::OffsetDateTime;
 
 use super::runner::on_tx;
@@ -229,7 +230,8 @@ impl Projection for DocumentProjection {
     }
 }
 
-/// The row after `action`: `None` deletes it.
+/// The row after `action`: `None` deletes it. Rows are JSON text and stay text: values are
+/// copied as written, so no number passes through an `f64`.
 fn apply_action(
     current: Option<&str>,
     action: DocumentAction,
@@ -239,57 +241,76 @@ fn apply_action(
         DocumentAction::Delete => None,
         DocumentAction::Replace => Some(event.data.get().to_owned()),
         DocumentAction::Count => {
-            let mut doc = current
-                .map(serde_json::from_str)
-                .transpose()
-                .map_err(|e| e.to_string())?
-                .unwrap_or(serde_json::Value::Object(Default::default()));
-            let count = doc
-                .get("count")
-                .and_then(serde_json::Value::as_u64)
+            let mut members = members_of(current)?;
+            let count = members
+                .iter()
+                .find(|(k, _)| k == "count")
+                .and_then(|(_, v)| v.trim().parse::<u64>().ok())
                 .unwrap_or(0);
-            if let Some(map) = doc.as_object_mut() {
-                map.insert("count".into(), (count + 1).into());
-            }
-            Some(doc.to_string())
+            set(&mut members, "count", (count + 1).to_string());
+            Some(object(&members))
         }
         DocumentAction::Merge => {
-            let patch = event.data.to_value();
-            if !patch.is_object() {
+            if onephase_core::json::members(event.data.as_raw()).is_none() {
                 return Err(format!(
                     "{} data is not an object to merge",
                     event.event_type
                 ));
             }
-            let mut doc = current
-                .map(serde_json::from_str)
-                .transpose()
-                .map_err(|e| e.to_string())?
-                .unwrap_or(serde_json::Value::Object(Default::default()));
-            merge_patch(&mut doc, &patch);
-            Some(doc.to_string())
+            Some(merge_patch(current, event.data.as_raw())?)
         }
     })
 }
 
-/// RFC 7396.
-fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
-    let serde_json::Value::Object(patch) = patch else {
-        *target = patch.clone();
-        return;
+/// RFC 7396 on JSON text: a `null` member removes, an object member merges, anything else
+/// replaces, each value copied as written.
+fn merge_patch(target: Option<&str>, patch: &RawValue) -> Result<String, String> {
+    let Some(patch) = onephase_core::json::members(patch) else {
+        return Ok(patch.get().to_owned());
     };
-    if !target.is_object() {
-        *target = serde_json::Value::Object(Default::default());
-    }
-    if let serde_json::Value::Object(map) = target {
-        for (k, v) in patch {
-            if v.is_null() {
-                map.remove(k);
-            } else {
-                merge_patch(map.entry(k.clone()).or_insert(serde_json::Value::Null), v);
-            }
+    let mut members = members_of(target)?;
+    for (key, value) in patch {
+        let text = value.get().trim();
+        if text == "null" {
+            members.retain(|(k, _)| *k != key);
+            continue;
         }
+        let merged = if text.starts_with('{') {
+            let inner = members
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.as_str());
+            merge_patch(inner, value)?
+        } else {
+            text.to_owned()
+        };
+        set(&mut members, &key, merged);
     }
+    Ok(object(&members))
+}
+
+/// The members of a stored row (none if there is no row, or it is not an object).
+fn members_of(doc: Option<&str>) -> Result<Vec<(String, String)>, String> {
+    let Some(doc) = doc else {
+        return Ok(Vec::new());
+    };
+    let raw = onephase_core::json::parse_raw(doc).map_err(|e| e.to_string())?;
+    Ok(onephase_core::json::members(&raw)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.get().to_owned()))
+        .collect())
+}
+
+fn set(members: &mut Vec<(String, String)>, key: &str, value: String) {
+    match members.iter_mut().find(|(k, _)| k == key) {
+        Some(member) => member.1 = value,
+        None => members.push((key.to_owned(), value)),
+    }
+}
+
+fn object(members: &[(String, String)]) -> String {
+    onephase_core::json::object(members.iter().map(|(k, v)| (k.as_str(), v.as_str())))
 }
 
 async fn load(
