@@ -103,21 +103,15 @@ pub struct Loaded<A> {
 impl EventStore {
     /// Loads `stream` as `A`: the latest snapshot, then the events after it.
     pub async fn load<A: Aggregate>(&self, stream: &str) -> Result<Loaded<A>, EventsError> {
-        let (mut state, mut version) = self.snapshot::<A>(stream).await?;
-        loop {
-            let events = match self.read_stream(stream, version, 1000).await {
-                Err(EventsError::NoStream(_)) => Vec::new(),
-                other => other?,
-            };
-            let Some(last) = events.last().map(|e| e.version) else {
-                break;
-            };
-            for event in &events {
-                state.apply(&typed::<A>(event)?);
-            }
-            version = last;
+        let (state, version) = self.snapshot::<A>(stream).await?;
+        match self.fold(state, version, stream, AsOf::Now).await {
+            // A stream with no events yet is the aggregate's default state.
+            Err(EventsError::NoStream(_)) => Ok(Loaded {
+                state: A::default(),
+                version: 0,
+            }),
+            other => other,
         }
-        Ok(Loaded { state, version })
     }
 
     /// Loads `stream` as `A` as it was at `as_of` (time travel; snapshots are not used).
@@ -126,19 +120,31 @@ impl EventStore {
         stream: &str,
         as_of: AsOf,
     ) -> Result<Loaded<A>, EventsError> {
-        let mut state = A::default();
-        let mut version = 0;
+        self.fold(A::default(), 0, stream, as_of).await
+    }
+
+    /// Applies the events of `stream` after `version` (up to `as_of`) to `state`, a page at a
+    /// time; a short page is the last, so the end costs no extra read.
+    async fn fold<A: Aggregate>(
+        &self,
+        mut state: A,
+        mut version: u64,
+        stream: &str,
+        as_of: AsOf,
+    ) -> Result<Loaded<A>, EventsError> {
+        const PAGE: u32 = 1000;
         loop {
-            let events = self.read_stream_as_of(stream, version, 1000, as_of).await?;
-            let Some(last) = events.last().map(|e| e.version) else {
-                break;
-            };
+            let events = self.read_stream_as_of(stream, version, PAGE, as_of).await?;
             for event in &events {
                 state.apply(&typed::<A>(event)?);
             }
-            version = last;
+            if let Some(last) = events.last() {
+                version = last.version;
+            }
+            if events.len() < PAGE as usize {
+                return Ok(Loaded { state, version });
+            }
         }
-        Ok(Loaded { state, version })
     }
 
     /// Runs `command` against `stream`: load, decide, append at the loaded version; again
