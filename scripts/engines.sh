@@ -7,7 +7,8 @@
 # Idempotent and quick when everything already runs: each engine is probed first and touched
 # only if it does not answer. Status goes to stderr; only `export` lines go to stdout.
 #
-# Engines: PostgreSQL, a second PostgreSQL cluster of the project's own with prepared
+# Engines: PostgreSQL, a primary with two streaming replicas (scripts/pg-replica.sh, on
+# 5434-5436), a second PostgreSQL cluster of the project's own with prepared
 # transactions enabled (the lab's two-phase commit scenario; `pg_createcluster` on 127.0.0.1:5433,
 # so the shared server is never reconfigured), Redis, NATS with JetStream, RabbitMQ (restarted with the machine's own
 # commands when down, installed from Debian's packages when absent), etcd 3.4 (Debian's
@@ -120,6 +121,15 @@ ensure_postgres_2pc() {
   wait_for "PostgreSQL (prepared transactions)" 30 pg2pc_ok
 }
 
+# --- PostgreSQL primary and streaming replicas --------------------------------------------
+# The replica suites pause, delay and promote replicas: a primary (5434) and two replicas
+# (5435, 5436) of the project's own, made by scripts/pg-replica.sh.
+pg_replicas_default="postgres://postgres@127.0.0.1:5434/postgres,postgres://postgres@127.0.0.1:5435/postgres,postgres://postgres@127.0.0.1:5436/postgres"
+ensure_postgres_replicas() {
+  if [[ -n ${ONEPHASE_TEST_POSTGRES_REPLICAS:-} ]]; then return; fi
+  "$repo/scripts/pg-replica.sh" all || die "the PostgreSQL replica clusters could not be made"
+}
+
 # --- Redis --------------------------------------------------------------------------------
 ensure_redis() {
   if [[ -n ${ONEPHASE_TEST_REDIS_URL:-} ]]; then return; fi
@@ -211,6 +221,7 @@ ensure_kafka() {
 
 ensure_postgres
 ensure_postgres_2pc
+ensure_postgres_replicas
 ensure_redis
 ensure_nats
 ensure_rabbitmq
@@ -226,6 +237,7 @@ fi
 cat <<EOF
 export ONEPHASE_TEST_POSTGRES_URL=${ONEPHASE_TEST_POSTGRES_URL:-$pg_url_default}
 export ONEPHASE_TEST_POSTGRES_2PC_URL=${ONEPHASE_TEST_POSTGRES_2PC_URL:-$pg2pc_url_default}
+export ONEPHASE_TEST_POSTGRES_REPLICAS=${ONEPHASE_TEST_POSTGRES_REPLICAS:-$pg_replicas_default}
 export ONEPHASE_TEST_REDIS_URL=${ONEPHASE_TEST_REDIS_URL:-redis://127.0.0.1:6379}
 export ONEPHASE_TEST_NATS_URL=${ONEPHASE_TEST_NATS_URL:-nats://127.0.0.1:4222}
 export ONEPHASE_TEST_AMQP_URL=${ONEPHASE_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}

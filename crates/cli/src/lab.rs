@@ -28,6 +28,12 @@ pub struct LabArgs {
     /// Without it that scenario is skipped by `all`, and fails when named.
     #[arg(long, value_name = "URL", env = "ONEPHASE_LAB_POSTGRES_URL")]
     postgres: Option<String>,
+    /// A PostgreSQL primary and two streaming replicas, comma-separated, primary first, for
+    /// the replica scenarios (`replica-read-your-writes`, `monotonic-reads`,
+    /// `token-across-services`). They set `recovery_min_apply_delay` on the replicas for their
+    /// run and reset it after: use a cluster of your own. Without it they are skipped by `all`.
+    #[arg(long, value_name = "URLS", env = "ONEPHASE_LAB_REPLICAS")]
+    replicas: Option<String>,
     /// Run on the engines: `dual-write` on PostgreSQL (`--postgres`) and NATS JetStream
     /// (`--nats`), with this executable started as the relay and killed with SIGKILL; and a
     /// scenario whose engine is missing fails instead of being skipped.
@@ -91,6 +97,7 @@ pub fn lab(args: LabArgs) -> anyhow::Result<()> {
         } else {
             None
         },
+        replicas: args.replicas.clone(),
     };
     let reports: Vec<_> = scenarios
         .into_iter()

@@ -11,6 +11,7 @@ mod limit;
 mod outbox;
 mod output;
 mod progress;
+mod replica;
 mod saga;
 mod webhook;
 
@@ -73,6 +74,10 @@ enum Command {
     /// retry, skip, rebuild, explain, wait, forget.
     #[command(subcommand)]
     Events(events::EventsCommand),
+    /// The replica clusters a running server watches: status (lag, rotation), and a wait for
+    /// a consistency token.
+    #[command(subcommand)]
+    Replica(replica::ReplicaCommand),
     /// Check keys against a running server's rate limits, and list its policies.
     #[command(subcommand)]
     Limit(limit::LimitCommand),
@@ -286,6 +291,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Webhook(command) => webhook::run(command, server).await,
         Command::Lease(command) => lease::run(command, server).await,
         Command::Limit(command) => limit::run(command, server).await,
+        Command::Replica(command) => replica::run(command, server).await,
         Command::Events(command) => events::run(command, server).await,
         Command::Lab(args) => lab::lab(args),
         Command::Migrate(MigrateArgs {

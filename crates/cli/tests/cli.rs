@@ -25,6 +25,7 @@ async fn onephase(dir: &Path, args: &[&str]) -> anyhow::Result<std::process::Out
         // The lab's engines are given on the command line, or missing on purpose.
         .env_remove("ONEPHASE_LAB_POSTGRES_URL")
         .env_remove("ONEPHASE_LAB_NATS_URL")
+        .env_remove("ONEPHASE_LAB_REPLICAS")
         .output()
         .await?)
 }
@@ -1012,12 +1013,20 @@ async fn lab_all_skips_a_scenario_whose_engine_is_missing_and_naming_it_fails() 
     );
     let reports: Value = serde_json::from_slice(&all.stdout)?;
     let reports = reports.as_array().context("an array of reports")?;
-    ensure!(reports.len() == 15, "{reports:?}");
+    ensure!(reports.len() == 18, "{reports:?}");
+    let need_engines = [
+        "two-phase-commit",
+        "skipped-event",
+        "replica-read-your-writes",
+        "monotonic-reads",
+        "token-across-services",
+    ];
     for r in reports {
         let ran = r["needs"].is_null();
+        let scenario = r["scenario"].as_str().unwrap_or_default();
         ensure!(
-            ran == (r["scenario"] != "two-phase-commit" && r["scenario"] != "skipped-event"),
-            "only the scenarios that need PostgreSQL are skipped: {r}"
+            ran != need_engines.contains(&scenario),
+            "only the scenarios that need PostgreSQL or its replicas are skipped: {r}"
         );
         ensure!(
             !ran || r["invariant"]["holds"] == true,

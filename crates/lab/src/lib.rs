@@ -28,6 +28,9 @@
 //! | [`events::skipped::skipped_event`] | a reader by position passes an event that commits late | positions visible in the order handed out |
 //! | [`events::read_your_writes`] | a client reads the read model right after its write | the append's position as a consistency token |
 //! | [`events::schema_change`] | last year's events meet this year's code | [`Upcasters`](onephase_events::Upcasters) on read |
+//! | [`replica::read_your_writes`] | a client reads a lagging replica right after its write | a consistency token: a replica that has replayed it, a bounded wait, or the primary |
+//! | [`replica::monotonic_reads`] | a reader alternates between replicas with different lag | a [`Session`](onephase_replica::Session) that never moves to a replica behind its last read |
+//! | [`replica::across_services`] | service A writes and calls B, which reads a replica | the token in the `consistency-token` header, read by B |
 //! | [`trace::stored_context`] | work left in a table loses its request's trace | [`onephase_trace`]: the `traceparent` kept with the work |
 //!
 //! ```
@@ -43,6 +46,7 @@ mod html;
 pub mod limit;
 pub mod lock;
 pub mod outbox;
+pub mod replica;
 mod report;
 pub mod saga;
 mod sim;
@@ -90,11 +94,17 @@ pub enum Scenario {
     ReadYourWrites,
     /// [`events::schema_change`].
     SchemaChange,
+    /// [`replica::read_your_writes`].
+    ReplicaReadYourWrites,
+    /// [`replica::monotonic_reads`].
+    MonotonicReads,
+    /// [`replica::across_services`].
+    TokenAcrossServices,
 }
 
 impl Scenario {
     /// Every scenario, in the order of the seed's posts.
-    pub const ALL: [Scenario; 15] = [
+    pub const ALL: [Scenario; 18] = [
         Scenario::FencedLock,
         Scenario::SagaCompensation,
         Scenario::Stampede,
@@ -109,6 +119,9 @@ impl Scenario {
         Scenario::SkippedEvent,
         Scenario::SchemaChange,
         Scenario::TwoPhaseCommit,
+        Scenario::ReplicaReadYourWrites,
+        Scenario::MonotonicReads,
+        Scenario::TokenAcrossServices,
         Scenario::TraceContext,
     ];
 
@@ -130,6 +143,9 @@ impl Scenario {
             Self::SkippedEvent => "skipped-event",
             Self::ReadYourWrites => "read-your-writes",
             Self::SchemaChange => "schema-change",
+            Self::ReplicaReadYourWrites => "replica-read-your-writes",
+            Self::MonotonicReads => "monotonic-reads",
+            Self::TokenAcrossServices => "token-across-services",
         }
     }
 
@@ -147,6 +163,9 @@ impl Scenario {
             Self::BoundaryBurst | Self::LocalLimits => Some(11),
             Self::ReadYourWrites => Some(5),
             Self::LostUpdate | Self::SkippedEvent | Self::SchemaChange => Some(10),
+            Self::ReplicaReadYourWrites | Self::MonotonicReads | Self::TokenAcrossServices => {
+                Some(4)
+            }
         }
     }
 
@@ -182,6 +201,13 @@ impl Scenario {
             Self::SkippedEvent => "a reader by position meets a transaction that commits late",
             Self::ReadYourWrites => "a client reads the read model right after its own write",
             Self::SchemaChange => "three years of an event's shapes, read by this year's code",
+            Self::ReplicaReadYourWrites => {
+                "a client writes, then reads the row back from a replica that applies WAL late"
+            }
+            Self::MonotonicReads => "a reader alternates between a late replica and a prompt one",
+            Self::TokenAcrossServices => {
+                "service A writes and calls service B, which reads from a replica"
+            }
         }
     }
 
@@ -270,6 +296,22 @@ impl Scenario {
                  append's position is a token: the read waits, bounded, until the projection \
                  has applied it."
             }
+            Self::ReplicaReadYourWrites => {
+                "A replica shows the primary as it was a moment ago, so a read right after a \
+                 write often misses it. The token taken after the commit names a WAL position; \
+                 the read goes to a replica that has replayed it, waits a bounded time for one, \
+                 or goes to the primary, and the latency rows show what that costs."
+            }
+            Self::MonotonicReads => {
+                "Two replicas with different lag, read in turn, show a value and then an older \
+                 one: time goes backwards for the reader. A session stays on one replica, whose \
+                 replay only moves forward, and moves only to one at least as far along."
+            }
+            Self::TokenAcrossServices => {
+                "Service B knows nothing of the write service A made just before calling it, \
+                 so its replica read misses it. A sends the write's token in a header, B's \
+                 router waits for a replica that has it: read-your-writes across a network hop."
+            }
             Self::SchemaChange => {
                 "Events are kept forever and their shape changes, so code that deserializes \
                  today's shape fails on last year's events, or reads them wrong. Upcasters \
@@ -297,6 +339,10 @@ pub struct Engines {
     pub nats: Option<String>,
     /// The `onephase` executable, which `dual-write` on engines runs as its relay and kills.
     pub onephase: Option<std::path::PathBuf>,
+    /// A PostgreSQL primary and two streaming replicas, as comma-separated URLs (primary
+    /// first): the replica scenarios run only with them, and set `recovery_min_apply_delay`
+    /// on the replicas for their run.
+    pub replicas: Option<String>,
 }
 
 /// The dual write on engines when they are all given, else on SQLite and the embedded log.
@@ -360,6 +406,15 @@ pub fn run_with(scenario: Scenario, seed: u64, engines: &Engines) -> Report {
         )),
         Scenario::ReadYourWrites => sim::block_on_real(events::read_your_writes(seed)),
         Scenario::SchemaChange => sim::block_on_real(events::schema_change(seed)),
+        Scenario::ReplicaReadYourWrites => {
+            sim::block_on_real(replica::read_your_writes(seed, engines.replicas.as_deref()))
+        }
+        Scenario::MonotonicReads => {
+            sim::block_on_real(replica::monotonic_reads(seed, engines.replicas.as_deref()))
+        }
+        Scenario::TokenAcrossServices => {
+            sim::block_on_real(replica::across_services(seed, engines.replicas.as_deref()))
+        }
     };
     let mut report = match std::thread::spawn(work).join() {
         Ok(report) => report,

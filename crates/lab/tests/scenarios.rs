@@ -12,10 +12,21 @@ fn engines() -> Engines {
     }
 }
 
-/// Whether `scenario` can run here: it needs no engine, or its engine is configured.
+/// Whether `scenario` can run here: it needs no engine, or its engine is configured. The
+/// replica scenarios run in `replica_lab`, one at a time with the other replica suites.
 fn runs_here(scenario: Scenario, engines: &Engines) -> bool {
+    if is_replica(scenario) {
+        return false;
+    }
     !matches!(scenario, Scenario::TwoPhaseCommit | Scenario::SkippedEvent)
         || engines.postgres.is_some()
+}
+
+fn is_replica(scenario: Scenario) -> bool {
+    matches!(
+        scenario,
+        Scenario::ReplicaReadYourWrites | Scenario::MonotonicReads | Scenario::TokenAcrossServices
+    )
 }
 
 #[test]

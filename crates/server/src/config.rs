@@ -63,6 +63,15 @@
 //! fail_mode = "open"                 # or "closed": when Redis or the database cannot answer
 //! chunk = 10                         # hybrid: decide in process on leases of 10 units; default: ask the store
 //!
+//! [[replica]]                       # a PostgreSQL primary and its streaming replicas to watch
+//! cluster = "orders"
+//! primary = "postgres://app@db-primary/orders"
+//! replicas = { r1 = "postgres://app@db-replica-1/orders" }
+//! poll_interval_ms = 250             # optional
+//! heartbeat_interval_ms = 1000       # optional; the heartbeat table is made on the primary
+//! max_lag_ms = 5000                  # optional; staler replicas leave rotation
+//! heartbeat = true                   # optional; false where another monitor writes it
+//!
 //! [traces]                           # span export over OTLP/HTTP (all optional)
 //! otlp_endpoint = "http://127.0.0.1:4318/v1/traces"  # --otlp-endpoint, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT; default: no export
 //! service_name = "onephase"          # OTEL_SERVICE_NAME
@@ -82,6 +91,7 @@ use crate::auth::ConfiguredToken;
 use crate::lease::LeaseSettings;
 use crate::limit::LimitSettings;
 use crate::outbox::RelaySettings;
+use crate::replica::ReplicaSettings;
 use crate::saga::SagaSettings;
 use crate::traces::TracesSettings;
 use crate::webhook::WebhookSettings;
@@ -159,6 +169,8 @@ struct FileConfig {
     limit: LimitSettings,
     #[serde(default)]
     traces: TracesSettings,
+    #[serde(default)]
+    replica: Vec<ReplicaSettings>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -235,6 +247,8 @@ pub struct ServerConfig {
     pub limit: LimitSettings,
     /// The `[traces]` table, with the overrides laid over it.
     pub traces: TracesSettings,
+    /// The `[[replica]]` tables: replica clusters to watch.
+    pub replicas: Vec<ReplicaSettings>,
 }
 
 impl Default for ServerConfig {
@@ -253,6 +267,7 @@ impl Default for ServerConfig {
             lease: LeaseSettings::default(),
             limit: LimitSettings::default(),
             traces: TracesSettings::default(),
+            replicas: Vec::new(),
         }
     }
 }
@@ -311,6 +326,7 @@ impl ServerConfig {
         file_config.saga.policy()?;
         file_config.lease.validate()?;
         file_config.limit.validate()?;
+        ReplicaSettings::validate(&file_config.replica)?;
         let mut traces = file_config.traces;
         traces.otlp_endpoint = overrides.otlp_endpoint.or(traces.otlp_endpoint);
         traces.service_name = overrides.service_name.or(traces.service_name);
@@ -345,6 +361,7 @@ impl ServerConfig {
             lease: file_config.lease,
             limit: file_config.limit,
             traces,
+            replicas: file_config.replica,
         })
     }
 }

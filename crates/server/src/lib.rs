@@ -39,6 +39,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod outbox;
 pub mod problem;
+pub mod replica;
 pub mod saga;
 mod serve;
 pub mod state;

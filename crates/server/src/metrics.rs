@@ -243,6 +243,22 @@ const GAUGES: &[(&str, &str)] = &[
         "onephase_events_projection_lag_seconds",
         "Age of the oldest event a projection has not applied, by projection and role",
     ),
+    (
+        "onephase_replica_lag_seconds",
+        "How stale a replica was at most at its last poll, measured on the primary's clock",
+    ),
+    (
+        "onephase_replica_lag_bytes",
+        "WAL bytes a replica had still to replay at its last poll",
+    ),
+    (
+        "onephase_replica_in_rotation",
+        "1 while a replica takes reads, 0 while it is out (lagging, paused, stalled, promoted, unreachable)",
+    ),
+    (
+        "onephase_replica_primary_up",
+        "1 when a watched cluster's primary answered the last poll, else 0",
+    ),
 ];
 
 /// Every histogram (in seconds), with its help.
@@ -255,5 +271,9 @@ const SECONDS_HISTOGRAMS: &[(&str, &str)] = &[
     (
         "onephase_webhook_attempt_seconds",
         "Webhook attempt latency, sending to the answer's headers",
+    ),
+    (
+        "onephase_replica_wait_seconds",
+        "Time a read or a wait spent waiting for a replica to replay a token, whatever the outcome",
     ),
 ];

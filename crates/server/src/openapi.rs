@@ -11,7 +11,7 @@ use crate::problem::Problem;
 #[openapi(
     info(
         title = "onephase",
-        description = "Outbox, inbox, sagas, webhooks, fenced leases and rate limits over \
+        description = "Outbox, inbox, sagas, webhooks, fenced leases, rate limits and replica waits over \
                        HTTP/JSON. Errors are RFC 9457 problem documents. Everything under /v1 \
                        needs `Authorization: Bearer <token>`.",
         license(name = "MIT OR Apache-2.0")
@@ -27,6 +27,7 @@ use crate::problem::Problem;
         (name = "lease", description = "Fenced leases: acquire, renew, release, list"),
         (name = "events", description = "Event streams with expected versions, the global order, SSE subscriptions, document projections: status, park, rebuild, explain, consistency wait"),
         (name = "limit", description = "Rate-limit policies and checks"),
+        (name = "replica", description = "Watched PostgreSQL replica clusters: lag, rotation, and a wait for a consistency token"),
     )
 )]
 pub struct ApiDoc;

@@ -123,6 +123,7 @@ impl Server {
             lease,
             limit,
             events: crate::events::EventsService::new(&store),
+            replica: crate::replica::ReplicaService::new(&config.replicas)?,
         };
         // Last, once nothing else can fail: a token created by a start that then failed
         // would be stored but never shown.
@@ -179,6 +180,7 @@ impl Server {
         relays.extend(self.state.saga().spawn(relays_stopped.clone()));
         relays.extend(self.state.webhook().spawn(relays_stopped.clone()));
         relays.push(self.state.events().spawn(relays_stopped.clone()));
+        relays.extend(self.state.replica().spawn(relays_stopped.clone()));
         relays.push(crate::dashboard::history::spawn(
             self.state.clone(),
             relays_stopped,

@@ -16,6 +16,7 @@ use crate::events::EventsService;
 use crate::lease::LeaseService;
 use crate::limit::LimitService;
 use crate::outbox::OutboxService;
+use crate::replica::ReplicaService;
 use crate::saga::SagaService;
 use crate::webhook::WebhookService;
 
@@ -33,6 +34,8 @@ pub struct Services {
     pub events: EventsService,
     /// Rate limits.
     pub limit: LimitService,
+    /// The replica clusters watched.
+    pub replica: ReplicaService,
 }
 
 /// What every handler can reach: the store, the token registry, the clock, the dashboard's
@@ -55,6 +58,7 @@ struct StateInner {
     lease: LeaseService,
     limit: LimitService,
     events: EventsService,
+    replica: ReplicaService,
 }
 
 impl AppState {
@@ -73,6 +77,7 @@ impl AppState {
             lease,
             limit,
             events,
+            replica,
         } = services;
         let started = clock.monotonic();
         Self(Arc::new(StateInner {
@@ -89,6 +94,7 @@ impl AppState {
                 Arc::new(LeasePanel),
                 Arc::new(LimitPanel),
                 Arc::new(crate::dashboard::events::EventsPanel),
+                Arc::new(crate::dashboard::replica::ReplicaPanel),
             ],
             history: crate::dashboard::history::History::default(),
             lab: crate::dashboard::lab::LabRuns::default(),
@@ -98,6 +104,7 @@ impl AppState {
             lease,
             limit,
             events,
+            replica,
         }))
     }
 
@@ -139,6 +146,11 @@ impl AppState {
     /// The event store and its projections.
     pub fn events(&self) -> &EventsService {
         &self.0.events
+    }
+
+    /// The replica clusters watched.
+    pub fn replica(&self) -> &ReplicaService {
+        &self.0.replica
     }
 
     /// The store.

@@ -16,6 +16,10 @@ pub enum Engine {
     /// A PostgreSQL server with `max_prepared_transactions > 0` (the lab's two-phase commit
     /// scenario); scripts/engines.sh starts a cluster of its own for it.
     PostgresPrepared,
+    /// A PostgreSQL primary with two streaming replicas of the project's own
+    /// (scripts/pg-replica.sh): the variable lists the primary's URL, then the replicas',
+    /// separated by commas. The second replica is the one the failover test promotes.
+    PostgresReplicas,
     /// Redis: shared rate limits, Redis Streams.
     Redis,
     /// NATS with JetStream.
@@ -30,9 +34,10 @@ pub enum Engine {
 
 impl Engine {
     /// Every engine, in the order suites report them.
-    pub const ALL: [Engine; 7] = [
+    pub const ALL: [Engine; 8] = [
         Engine::Postgres,
         Engine::PostgresPrepared,
+        Engine::PostgresReplicas,
         Engine::Redis,
         Engine::Nats,
         Engine::RabbitMq,
@@ -45,6 +50,7 @@ impl Engine {
         match self {
             Engine::Postgres => "PostgreSQL",
             Engine::PostgresPrepared => "PostgreSQL with prepared transactions",
+            Engine::PostgresReplicas => "PostgreSQL streaming replicas",
             Engine::Redis => "Redis",
             Engine::Nats => "NATS JetStream",
             Engine::RabbitMq => "RabbitMQ",
@@ -58,6 +64,7 @@ impl Engine {
         match self {
             Engine::Postgres => "ONEPHASE_TEST_POSTGRES_URL",
             Engine::PostgresPrepared => "ONEPHASE_TEST_POSTGRES_2PC_URL",
+            Engine::PostgresReplicas => "ONEPHASE_TEST_POSTGRES_REPLICAS",
             Engine::Redis => "ONEPHASE_TEST_REDIS_URL",
             Engine::Nats => "ONEPHASE_TEST_NATS_URL",
             Engine::RabbitMq => "ONEPHASE_TEST_AMQP_URL",
@@ -71,6 +78,9 @@ impl Engine {
         match self {
             Engine::Postgres => "postgres://postgres@127.0.0.1:5432/test",
             Engine::PostgresPrepared => "postgres://postgres@127.0.0.1:5433/postgres",
+            Engine::PostgresReplicas => {
+                "postgres://postgres@127.0.0.1:5434/postgres,postgres://postgres@127.0.0.1:5435/postgres,postgres://postgres@127.0.0.1:5436/postgres"
+            }
             Engine::Redis => "redis://127.0.0.1:6379",
             Engine::Nats => "nats://127.0.0.1:4222",
             Engine::RabbitMq => "amqp://guest:guest@127.0.0.1:5672/%2f",

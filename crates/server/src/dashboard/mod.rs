@@ -10,6 +10,7 @@ pub mod events;
 pub mod history;
 pub mod lab;
 pub mod pages;
+pub mod replica;
 pub mod session;
 
 use std::future::Future;

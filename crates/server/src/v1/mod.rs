@@ -5,6 +5,7 @@ mod events;
 mod lease;
 mod limit;
 mod outbox;
+mod replica;
 mod responses;
 mod saga;
 mod tokens;
@@ -42,6 +43,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(lease::routes())
         .merge(limit::routes())
         .merge(events::routes())
+        .merge(replica::routes())
 }
 
 /// The W3C `traceparent` to store with the work this request starts (a saga run, a webhook
