@@ -190,6 +190,7 @@ async fn the_server_watches_a_replica_and_answers_waits() -> anyhow::Result<()> 
         .as_str()
         .context("status token")?
         .to_owned();
+    let started = Instant::now();
     let (status, answer) = api
         .post(
             "/v1/replicas/wait",
@@ -197,6 +198,18 @@ async fn the_server_watches_a_replica_and_answers_waits() -> anyhow::Result<()> 
         )
         .await?;
     ensure!(status == 504, "{status} {answer}");
+    // The whole timeout, though no replica is in rotation: one may come back within it.
+    ensure!(
+        started.elapsed() >= Duration::from_millis(300),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    ensure!(
+        answer["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("r1 paused")),
+        "{answer}"
+    );
     let out = cli(&server, &["replica", "wait", &newer, "--timeout", "300ms"]).await?;
     ensure!(!out.status.success());
     ensure!(String::from_utf8_lossy(&out.stderr).contains("read from the primary"));
@@ -208,6 +221,20 @@ async fn the_server_watches_a_replica_and_answers_waits() -> anyhow::Result<()> 
     ensure!(
         page.contains("Replicas"),
         "the dashboard has no replica panel"
+    );
+
+    // Resumed: a wait that starts while the replica is still out of rotation (it rejoins after
+    // three calm polls) answers once it is back, within its timeout.
+    sql(&replica, "SELECT pg_wal_replay_resume()").await?;
+    let (status, answer) = api
+        .post(
+            "/v1/replicas/wait",
+            json!({"token": newer, "timeout_ms": 10_000}),
+        )
+        .await?;
+    ensure!(
+        status == 200 && answer["replicas"] == json!(["r1"]),
+        "{status} {answer}"
     );
 
     reset(&replica).await?;

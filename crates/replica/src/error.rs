@@ -73,8 +73,8 @@ pub enum ReplicaError {
     /// No replica had reached the token within the bound (the wait API; a routed read goes to
     /// the primary instead).
     #[error(
-        "no replica of cluster {cluster:?} had replayed {token} after {waited:?}; read from the \
-         primary, or wait longer"
+        "no replica of cluster {cluster:?} in rotation had replayed {token} after {waited:?} \
+         (replicas: {replicas}); read from the primary, or wait longer"
     )]
     NotReached {
         /// The cluster.
@@ -83,6 +83,8 @@ pub enum ReplicaError {
         token: Token,
         /// How long it waited.
         waited: Duration,
+        /// Each replica's name and state when the wait ended.
+        replicas: String,
     },
     /// The read needed the primary (no replica could serve it) and the primary fallback budget
     /// was spent: the read is refused rather than added to an overloaded primary.
@@ -108,9 +110,28 @@ pub enum ReplicaError {
         #[source]
         source: sqlx::Error,
     },
-    /// An unknown cluster or replica name.
-    #[error("no replica cluster named {0:?} is configured")]
-    UnknownCluster(String),
+    /// No cluster of that name is watched.
+    #[error("no replica cluster named {name:?} is watched; watched: {known:?}")]
+    UnknownCluster {
+        /// The name asked for.
+        name: String,
+        /// The clusters watched.
+        known: Vec<String>,
+    },
+    /// The request named no cluster, and there is not exactly one to default to.
+    #[error("{}", cluster_needed(known))]
+    ClusterNeeded {
+        /// The clusters watched.
+        known: Vec<String>,
+    },
+}
+
+fn cluster_needed(known: &[String]) -> String {
+    if known.is_empty() {
+        "no replica cluster is watched: configure a [[replica]] table".to_owned()
+    } else {
+        format!("several replica clusters are watched ({known:?}): name one in `cluster`")
+    }
 }
 
 impl ReplicaError {
@@ -145,7 +166,8 @@ impl Classify for ReplicaError {
             ReplicaError::Overloaded { .. }
             | ReplicaError::NotReady(_)
             | ReplicaError::Database { .. } => ErrorKind::Unavailable,
-            ReplicaError::UnknownCluster(_) => ErrorKind::NotFound,
+            ReplicaError::UnknownCluster { .. } => ErrorKind::NotFound,
+            ReplicaError::ClusterNeeded { .. } => ErrorKind::InvalidInput,
         }
     }
 

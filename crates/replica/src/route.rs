@@ -215,7 +215,7 @@ impl Router {
         if let Some(i) = self.pick(|seen| seen.replay >= target) {
             return Ok(Some(self.to_replica(i, Reason::Satisfied)));
         }
-        match self.wait_for(target, wait, Some(&token)).await {
+        match self.wait_for(target, wait, Some(&token), false).await {
             Ok(Some((i, waited))) => Ok(Some(self.to_replica(i, Reason::Waited(waited)))),
             Ok(None) => Ok(None),
             Err(e) => Err(Step::Failed(e)),
@@ -225,15 +225,18 @@ impl Router {
     /// Waits up to `bound` for an in-rotation replica to replay `target`, asking the one
     /// furthest along, then the next, backing off from 1 ms to 20 ms. Returns the replica and
     /// how long it took. With `token`, a token ahead of the primary is refused after the first
-    /// miss instead of waited for.
+    /// miss instead of waited for. When no replica is in rotation, a `patient` wait goes on
+    /// (one may come back within the bound); an impatient one (a read, which has the primary)
+    /// returns at once.
     pub(crate) async fn wait_for(
         &self,
         target: Lsn,
         bound: Duration,
         token: Option<&Token>,
+        patient: bool,
     ) -> Result<Option<(usize, Duration)>, ReplicaError> {
         let started = self.inner.clock.monotonic();
-        let outcome = self.wait_loop(target, bound, token).await;
+        let outcome = self.wait_loop(target, bound, token, patient).await;
         let waited = self
             .inner
             .clock
@@ -249,6 +252,7 @@ impl Router {
         target: Lsn,
         bound: Duration,
         token: Option<&Token>,
+        patient: bool,
     ) -> Result<Option<(usize, Duration)>, ReplicaError> {
         let clock = &self.inner.clock;
         let started = clock.monotonic();
@@ -256,7 +260,7 @@ impl Router {
         let mut checked_primary = token.is_none();
         loop {
             let candidates = self.by_replay();
-            if candidates.is_empty() {
+            if candidates.is_empty() && !patient {
                 return Ok(None);
             }
             for i in candidates {
@@ -315,14 +319,26 @@ impl Router {
             });
         }
         self.check_not_ahead(token).await?;
-        let Some((first, waited)) = self.wait_for(token.position(), bound, None).await? else {
+        let started = self.inner.clock.monotonic();
+        let Some((first, _)) = self.wait_for(token.position(), bound, None, true).await? else {
+            let waited = self
+                .inner
+                .clock
+                .monotonic()
+                .saturating_duration_since(started);
+            let states: Vec<String> = self
+                .status()
+                .replicas
+                .iter()
+                .map(|r| format!("{} {}", r.name, r.state.as_str()))
+                .collect();
             return Err(ReplicaError::NotReached {
                 cluster: self.inner.cluster.clone(),
                 token: *token,
-                waited: bound,
+                waited,
+                replicas: states.join(", "),
             });
         };
-        let _ = waited;
         let view = self.view();
         let mut reached: Vec<String> = (0..self.inner.replicas.len())
             .filter(|&i| {

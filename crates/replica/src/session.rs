@@ -131,7 +131,7 @@ impl Router {
         }
         if target > Lsn(0)
             && let Some((i, waited)) = self
-                .wait_for(target, std::time::Duration::ZERO, None)
+                .wait_for(target, std::time::Duration::ZERO, None, false)
                 .await?
         {
             session.on = Some(On::Replica(i));

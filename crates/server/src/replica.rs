@@ -173,16 +173,23 @@ impl ReplicaService {
 
     /// The cluster named `name`, or the only one when `name` is absent.
     pub fn router(&self, name: Option<&str>) -> Result<&Router, ReplicaError> {
+        let known = || {
+            self.routers
+                .iter()
+                .map(|r| r.cluster().to_owned())
+                .collect()
+        };
         match name {
             Some(name) => self
                 .routers
                 .iter()
                 .find(|r| r.cluster() == name)
-                .ok_or_else(|| ReplicaError::UnknownCluster(name.to_owned())),
+                .ok_or_else(|| ReplicaError::UnknownCluster {
+                    name: name.to_owned(),
+                    known: known(),
+                }),
             None if self.routers.len() == 1 => Ok(&self.routers[0]),
-            None => Err(ReplicaError::UnknownCluster(
-                "(none given; name the cluster, as several are configured or none is)".to_owned(),
-            )),
+            None => Err(ReplicaError::ClusterNeeded { known: known() }),
         }
     }
 

@@ -73,8 +73,8 @@ pub async fn list(State(state): State<AppState>) -> ApiJson<Replicas> {
     request_body = WaitForToken,
     responses(
         (status = 200, description = "These replicas have replayed the token: read there", body = Reached),
-        (status = 400, description = "A malformed token, one of another cluster or ahead of the primary, a timeout over 30,000 ms, or malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such cluster (or none named while several are watched)", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A malformed token, one of another cluster or ahead of the primary, a timeout over 30,000 ms, no cluster named while several (or none) are watched, or malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such cluster", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The token predates a failover: read from the primary", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The cluster's primary has not been reached yet", body = Problem, content_type = "application/problem+json"),
         (status = 504, description = "No replica replayed it within the timeout: read from the primary", body = Problem, content_type = "application/problem+json"),
