@@ -93,12 +93,19 @@ impl Router {
         let mut table_ready = !config.heartbeat;
         let mut last_beat: Option<Instant> = None;
         let mut failing = false;
+        let mut table_failing = false;
         loop {
             if !table_ready {
                 match sql::create_heartbeat(&inner.primary).await {
                     Ok(()) => table_ready = true,
-                    Err(e) => tracing::warn!(cluster = %inner.cluster, error = %e,
-                        "cannot create the heartbeat table on the primary; retrying"),
+                    // Once per failure, not once per poll: a primary that is down for an hour
+                    // must not fill the log.
+                    Err(e) if !table_failing => {
+                        table_failing = true;
+                        tracing::warn!(cluster = %inner.cluster, error = %e,
+                            "cannot create the heartbeat table on the primary; retrying at every poll");
+                    }
+                    Err(_) => {}
                 }
             }
             let now = inner.clock.monotonic();

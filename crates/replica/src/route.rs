@@ -74,16 +74,17 @@ impl Router {
     /// ([`ReplicaError::TokenAhead`]); [`ReplicaError::Overloaded`] when the read needs the
     /// primary and its fallback budget is spent.
     pub async fn route(&self, policy: Policy) -> Result<Route, ReplicaError> {
-        let policy_name = match policy {
+        // Every read that could go to a replica earns the primary a share of a fallback.
+        let (policy_name, routed) = match policy {
             Policy::Primary => return Ok(self.to_primary(Reason::Asked, "primary")),
-            Policy::ReadYourWrites { .. } => "read_your_writes",
-            Policy::BoundedStaleness(_) => "bounded_staleness",
-        };
-        self.inner.budget.deposit();
-        let routed = match policy {
-            Policy::ReadYourWrites { token, wait } => self.read_your_writes(token, wait).await,
-            Policy::BoundedStaleness(bound) => Ok(self.bounded(bound)),
-            Policy::Primary => unreachable!("returned above"),
+            Policy::ReadYourWrites { token, wait } => {
+                self.inner.budget.deposit();
+                ("read_your_writes", self.read_your_writes(token, wait).await)
+            }
+            Policy::BoundedStaleness(bound) => {
+                self.inner.budget.deposit();
+                ("bounded_staleness", Ok(self.bounded(bound)))
+            }
         };
         match routed {
             Ok(Some(route)) => {
