@@ -34,6 +34,11 @@ pub struct LabArgs {
     /// run and reset it after: use a cluster of your own. Without it they are skipped by `all`.
     #[arg(long, value_name = "URLS", env = "ONEPHASE_LAB_REPLICAS")]
     replicas: Option<String>,
+    /// A Kafka-compatible broker (HOST:PORT) for `kafka-group-that-stopped`, in a build with
+    /// the feature `kafka`. It makes two topics and groups of its own per run. Without it the
+    /// scenario is skipped by `all`.
+    #[arg(long, value_name = "HOST:PORT", env = "ONEPHASE_LAB_KAFKA")]
+    kafka: Option<String>,
     /// Run on the engines: `dual-write` on PostgreSQL (`--postgres`) and NATS JetStream
     /// (`--nats`), with this executable started as the relay and killed with SIGKILL; and a
     /// scenario whose engine is missing fails instead of being skipped.
@@ -98,6 +103,7 @@ pub fn lab(args: LabArgs) -> anyhow::Result<()> {
             None
         },
         replicas: args.replicas.clone(),
+        kafka: args.kafka.clone(),
     };
     let reports: Vec<_> = scenarios
         .into_iter()

@@ -5,6 +5,7 @@
 
 mod client;
 mod events;
+mod kafka;
 mod lab;
 mod lease;
 mod limit;
@@ -78,6 +79,10 @@ enum Command {
     /// a consistency token.
     #[command(subcommand)]
     Replica(replica::ReplicaCommand),
+    /// Kafka consumer groups: diagnose them against the brokers (doctor), or list what a
+    /// running server watches (status).
+    #[command(subcommand)]
+    Kafka(kafka::KafkaCommand),
     /// Check keys against a running server's rate limits, and list its policies.
     #[command(subcommand)]
     Limit(limit::LimitCommand),
@@ -292,6 +297,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Lease(command) => lease::run(command, server).await,
         Command::Limit(command) => limit::run(command, server).await,
         Command::Replica(command) => replica::run(command, server).await,
+        Command::Kafka(command) => kafka::run(command, server).await,
         Command::Events(command) => events::run(command, server).await,
         Command::Lab(args) => lab::lab(args),
         Command::Migrate(MigrateArgs {

@@ -123,6 +123,7 @@ fn documented_metrics() -> BTreeSet<String> {
         include_str!("../../../docs/limit.md"),
         include_str!("../../../docs/events.md"),
         include_str!("../../../docs/replica.md"),
+        include_str!("../../../docs/kafka.md"),
     ];
     let mut names = BTreeSet::new();
     for page in pages {
@@ -158,12 +159,20 @@ async fn every_documented_metric_is_on_the_servers_metrics() -> anyhow::Result<(
             urls[0], urls[1]
         )
     });
+    // The Kafka group gauges need a watch (and a binary built with Kafka); the partition
+    // gauges need a group with partitions, which crates/kafka/tests/doctor.rs checks.
+    let kafka = engine_url(Engine::Kafka).filter(|_| cfg!(feature = "kafka"));
+    let kafka_watch = kafka.as_deref().map_or(String::new(), |brokers| {
+        format!(
+            "[[kafka.watch]]\nbrokers = \"{brokers}\"\ngroups = [\"outside-check\"]\ninterval_ms = 200\n"
+        )
+    });
     let server = serve_with(
         dir.path(),
         &format!(
             "[[outbox.relay]]\nname = \"app\"\nsource = \"sqlite://{}\"\nsink = \"log\"\n\
              [webhook]\nallow_networks = [\"127.0.0.0/8\"]\nschedule_secs = [0, 1]\npoll_interval_ms = 20\n\
-             [saga]\nallow_networks = [\"127.0.0.0/8\"]\npoll_interval_ms = 20\n{watched}",
+             [saga]\nallow_networks = [\"127.0.0.0/8\"]\npoll_interval_ms = 20\n{watched}{kafka_watch}",
             app_db.display()
         ),
     )
@@ -313,6 +322,19 @@ async fn every_documented_metric_is_on_the_servers_metrics() -> anyhow::Result<(
             .await?;
         ensure!(status == 200 || status == 504, "{status} {body}");
     }
+    if kafka.is_some() {
+        eventually(
+            Duration::from_secs(20),
+            "the Kafka watch observes",
+            || async {
+                Ok(
+                    api.get("/v1/kafka/groups").await?["watches"][0]["groups"][0]["group"]
+                        == "outside-check",
+                )
+            },
+        )
+        .await?;
+    }
     api.text("/readyz").await?;
     api.text("/").await?;
 
@@ -325,6 +347,10 @@ async fn every_documented_metric_is_on_the_servers_metrics() -> anyhow::Result<(
     let missing: Vec<String> = documented_metrics()
         .into_iter()
         .filter(|name| replicas.is_some() || !name.starts_with("onephase_replica_"))
+        .filter(|name| {
+            !name.starts_with("onephase_kafka_partition_")
+                && (kafka.is_some() || !name.starts_with("onephase_kafka_"))
+        })
         .filter(|name| {
             !["", "_bucket", "_count"]
                 .iter()

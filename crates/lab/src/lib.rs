@@ -30,6 +30,7 @@
 //! | [`events::schema_change`] | last year's events meet this year's code | [`Upcasters`](onephase_events::Upcasters) on read |
 //! | [`replica::read_your_writes`] | a client reads a lagging replica right after its write | a consistency token: a replica that has replayed it, a bounded wait, or the primary |
 //! | [`replica::monotonic_reads`] | a reader alternates between replicas with different lag | a [`Session`](onephase_replica::Session) that never moves to a replica behind its last read |
+//! | [`kafka::group_that_stopped`] | a slow message and a poison message in front of a consumer group | [`onephase_kafka::Consumer`]: polls on its own thread, a dead-letter topic; the doctor names both failures |
 //! | [`replica::across_services`] | service A writes and calls B, which reads a replica | the token in the `consistency-token` header, read by B |
 //! | [`trace::stored_context`] | work left in a table loses its request's trace | [`onephase_trace`]: the `traceparent` kept with the work |
 //!
@@ -43,6 +44,7 @@
 pub mod events;
 pub mod herd;
 mod html;
+pub mod kafka;
 pub mod limit;
 pub mod lock;
 pub mod outbox;
@@ -100,12 +102,15 @@ pub enum Scenario {
     MonotonicReads,
     /// [`replica::across_services`].
     TokenAcrossServices,
+    /// [`kafka::group_that_stopped`].
+    GroupThatStopped,
 }
 
 impl Scenario {
     /// Every scenario, in the order of the seed's posts.
-    pub const ALL: [Scenario; 18] = [
+    pub const ALL: [Scenario; 19] = [
         Scenario::FencedLock,
+        Scenario::GroupThatStopped,
         Scenario::SagaCompensation,
         Scenario::Stampede,
         Scenario::RetryStorm,
@@ -144,6 +149,7 @@ impl Scenario {
             Self::ReadYourWrites => "read-your-writes",
             Self::SchemaChange => "schema-change",
             Self::ReplicaReadYourWrites => "replica-read-your-writes",
+            Self::GroupThatStopped => "kafka-group-that-stopped",
             Self::MonotonicReads => "monotonic-reads",
             Self::TokenAcrossServices => "token-across-services",
         }
@@ -166,6 +172,7 @@ impl Scenario {
             Self::ReplicaReadYourWrites | Self::MonotonicReads | Self::TokenAcrossServices => {
                 Some(4)
             }
+            Self::GroupThatStopped => Some(2),
         }
     }
 
@@ -207,6 +214,9 @@ impl Scenario {
             Self::MonotonicReads => "a reader alternates between a late replica and a prompt one",
             Self::TokenAcrossServices => {
                 "service A writes and calls service B, which reads from a replica"
+            }
+            Self::GroupThatStopped => {
+                "a consumer group meets a message slower than max.poll.interval and one that always fails"
             }
         }
     }
@@ -312,6 +322,14 @@ impl Scenario {
                  so its replica read misses it. A sends the write's token in a header, B's \
                  router waits for a replica that has it: read-your-writes across a network hop."
             }
+            Self::GroupThatStopped => {
+                "A handler inside the poll loop that outlasts max.poll.interval.ms gets its \
+                 member thrown out and the group rebalances again and again, and a message \
+                 retried in place holds its partition for ever, while the process stays up. \
+                 The runtime polls on its own thread, runs handlers on tasks per key, and \
+                 sends a message that keeps failing to a dead-letter topic; the doctor names \
+                 each failure."
+            }
             Self::SchemaChange => {
                 "Events are kept forever and their shape changes, so code that deserializes \
                  today's shape fails on last year's events, or reads them wrong. Upcasters \
@@ -343,6 +361,9 @@ pub struct Engines {
     /// first): the replica scenarios run only with them, and set `recovery_min_apply_delay`
     /// on the replicas for their run.
     pub replicas: Option<String>,
+    /// A Kafka-compatible broker (`host:port`): `kafka-group-that-stopped` runs only with it,
+    /// and only in a build with the feature `kafka`.
+    pub kafka: Option<String>,
 }
 
 /// The dual write on engines when they are all given, else on SQLite and the embedded log.
@@ -414,6 +435,9 @@ pub fn run_with(scenario: Scenario, seed: u64, engines: &Engines) -> Report {
         }
         Scenario::TokenAcrossServices => {
             sim::block_on_real(replica::across_services(seed, engines.replicas.as_deref()))
+        }
+        Scenario::GroupThatStopped => {
+            sim::block_on_real(kafka::group_that_stopped(seed, engines.kafka.as_deref()))
         }
     };
     let mut report = match std::thread::spawn(work).join() {

@@ -25,7 +25,11 @@ fn runs_here(scenario: Scenario, engines: &Engines) -> bool {
 fn is_replica(scenario: Scenario) -> bool {
     matches!(
         scenario,
-        Scenario::ReplicaReadYourWrites | Scenario::MonotonicReads | Scenario::TokenAcrossServices
+        Scenario::ReplicaReadYourWrites
+            | Scenario::MonotonicReads
+            | Scenario::TokenAcrossServices
+            // On a Kafka-compatible broker, in kafka_lab.
+            | Scenario::GroupThatStopped
     )
 }
 

@@ -72,6 +72,13 @@
 //! max_lag_ms = 5000                  # optional; staler replicas leave rotation
 //! heartbeat = true                   # optional; false where another monitor writes it
 //!
+//! [[kafka.watch]]                    # Kafka consumer groups to diagnose (needs --features kafka)
+//! brokers = "127.0.0.1:9092"
+//! groups = ["billing"]               # optional; default: every group the brokers list
+//! topics = []                        # optional; topics to read beyond those members own
+//! interval_ms = 5000                 # optional; time between observations
+//! window_ms = 300000                 # optional; the window the rules judge
+//!
 //! [traces]                           # span export over OTLP/HTTP (all optional)
 //! otlp_endpoint = "http://127.0.0.1:4318/v1/traces"  # --otlp-endpoint, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT; default: no export
 //! service_name = "onephase"          # OTEL_SERVICE_NAME
@@ -88,6 +95,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::ConfiguredToken;
+use crate::kafka::KafkaSettings;
 use crate::lease::LeaseSettings;
 use crate::limit::LimitSettings;
 use crate::outbox::RelaySettings;
@@ -171,6 +179,8 @@ struct FileConfig {
     traces: TracesSettings,
     #[serde(default)]
     replica: Vec<ReplicaSettings>,
+    #[serde(default)]
+    kafka: KafkaSettings,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -249,6 +259,8 @@ pub struct ServerConfig {
     pub traces: TracesSettings,
     /// The `[[replica]]` tables: replica clusters to watch.
     pub replicas: Vec<ReplicaSettings>,
+    /// The `[kafka]` table: consumer groups to watch.
+    pub kafka: KafkaSettings,
 }
 
 impl Default for ServerConfig {
@@ -268,6 +280,7 @@ impl Default for ServerConfig {
             limit: LimitSettings::default(),
             traces: TracesSettings::default(),
             replicas: Vec::new(),
+            kafka: KafkaSettings::default(),
         }
     }
 }
@@ -327,6 +340,7 @@ impl ServerConfig {
         file_config.lease.validate()?;
         file_config.limit.validate()?;
         ReplicaSettings::validate(&file_config.replica)?;
+        file_config.kafka.validate()?;
         let mut traces = file_config.traces;
         traces.otlp_endpoint = overrides.otlp_endpoint.or(traces.otlp_endpoint);
         traces.service_name = overrides.service_name.or(traces.service_name);
@@ -362,6 +376,7 @@ impl ServerConfig {
             limit: file_config.limit,
             traces,
             replicas: file_config.replica,
+            kafka: file_config.kafka,
         })
     }
 }

@@ -33,6 +33,7 @@ pub mod dashboard;
 pub mod events;
 pub mod health;
 pub mod json;
+pub mod kafka;
 pub mod lease;
 pub mod limit;
 pub mod metrics;

@@ -259,6 +259,42 @@ const GAUGES: &[(&str, &str)] = &[
         "onephase_replica_primary_up",
         "1 when a watched cluster's primary answered the last poll, else 0",
     ),
+    (
+        "onephase_kafka_group_status",
+        "A watched consumer group's worst partition status: 0 ok, 1 warn, 2 rewind, 3 stall, 4 stop",
+    ),
+    (
+        "onephase_kafka_group_members",
+        "Members of a watched consumer group at its last observation",
+    ),
+    (
+        "onephase_kafka_group_rebalances",
+        "Changes of a watched group's member set within the doctor's window",
+    ),
+    (
+        "onephase_kafka_group_lag",
+        "Messages a watched group has not consumed, over its partitions",
+    ),
+    (
+        "onephase_kafka_group_lag_seconds",
+        "Age of the oldest message a watched group has not consumed",
+    ),
+    (
+        "onephase_kafka_partition_lag",
+        "Messages a watched group has not consumed on one partition",
+    ),
+    (
+        "onephase_kafka_partition_lag_seconds",
+        "Age of the oldest message waiting on one partition of a watched group",
+    ),
+    (
+        "onephase_kafka_partition_status",
+        "A partition's status for a watched group: 0 ok, 1 warn, 2 rewind, 3 stall, 4 stop",
+    ),
+    (
+        "onephase_kafka_doctor_up",
+        "1 when the last observation of a watched Kafka cluster succeeded, else 0",
+    ),
 ];
 
 /// Every histogram (in seconds), with its help.

@@ -28,6 +28,7 @@ use crate::problem::Problem;
         (name = "events", description = "Event streams with expected versions, the global order, SSE subscriptions, document projections: status, park, rebuild, explain, consistency wait"),
         (name = "limit", description = "Rate-limit policies and checks"),
         (name = "replica", description = "Watched PostgreSQL replica clusters: lag, rotation, and a wait for a consistency token"),
+        (name = "kafka", description = "Watched Kafka consumer groups: lag in messages and seconds, rebalances, each partition's status and a diagnosis"),
     )
 )]
 pub struct ApiDoc;

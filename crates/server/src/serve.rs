@@ -124,6 +124,7 @@ impl Server {
             limit,
             events: crate::events::EventsService::new(&store),
             replica: crate::replica::ReplicaService::new(&config.replicas)?,
+            kafka: crate::kafka::KafkaService::new(&config.kafka),
         };
         // Last, once nothing else can fail: a token created by a start that then failed
         // would be stored but never shown.
@@ -181,6 +182,7 @@ impl Server {
         relays.extend(self.state.webhook().spawn(relays_stopped.clone()));
         relays.push(self.state.events().spawn(relays_stopped.clone()));
         relays.extend(self.state.replica().spawn(relays_stopped.clone()));
+        relays.extend(self.state.kafka().spawn(relays_stopped.clone()));
         relays.push(crate::dashboard::history::spawn(
             self.state.clone(),
             relays_stopped,

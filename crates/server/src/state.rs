@@ -13,6 +13,7 @@ use crate::dashboard::{
     LeasePanel, LimitPanel, OutboxPanel, Panel, SagaPanel, ServerPanel, WebhookPanel,
 };
 use crate::events::EventsService;
+use crate::kafka::KafkaService;
 use crate::lease::LeaseService;
 use crate::limit::LimitService;
 use crate::outbox::OutboxService;
@@ -36,6 +37,8 @@ pub struct Services {
     pub limit: LimitService,
     /// The replica clusters watched.
     pub replica: ReplicaService,
+    /// The Kafka consumer groups watched.
+    pub kafka: KafkaService,
 }
 
 /// What every handler can reach: the store, the token registry, the clock, the dashboard's
@@ -59,6 +62,7 @@ struct StateInner {
     limit: LimitService,
     events: EventsService,
     replica: ReplicaService,
+    kafka: KafkaService,
 }
 
 impl AppState {
@@ -78,6 +82,7 @@ impl AppState {
             limit,
             events,
             replica,
+            kafka,
         } = services;
         let started = clock.monotonic();
         Self(Arc::new(StateInner {
@@ -95,6 +100,7 @@ impl AppState {
                 Arc::new(LimitPanel),
                 Arc::new(crate::dashboard::events::EventsPanel),
                 Arc::new(crate::dashboard::replica::ReplicaPanel),
+                Arc::new(crate::dashboard::kafka::KafkaPanel),
             ],
             history: crate::dashboard::history::History::default(),
             lab: crate::dashboard::lab::LabRuns::default(),
@@ -105,6 +111,7 @@ impl AppState {
             limit,
             events,
             replica,
+            kafka,
         }))
     }
 
@@ -151,6 +158,11 @@ impl AppState {
     /// The replica clusters watched.
     pub fn replica(&self) -> &ReplicaService {
         &self.0.replica
+    }
+
+    /// The Kafka consumer groups watched.
+    pub fn kafka(&self) -> &KafkaService {
+        &self.0.kafka
     }
 
     /// The store.

@@ -8,6 +8,7 @@
 
 pub mod events;
 pub mod history;
+pub mod kafka;
 pub mod lab;
 pub mod pages;
 pub mod replica;

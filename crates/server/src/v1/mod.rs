@@ -2,6 +2,7 @@
 //! routes (with their OpenAPI description) through [`routes()`].
 
 mod events;
+mod kafka;
 mod lease;
 mod limit;
 mod outbox;
@@ -44,6 +45,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(limit::routes())
         .merge(events::routes())
         .merge(replica::routes())
+        .merge(kafka::routes())
 }
 
 /// The W3C `traceparent` to store with the work this request starts (a saga run, a webhook
