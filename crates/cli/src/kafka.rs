@@ -63,7 +63,7 @@ pub async fn run(command: KafkaCommand, server: &ServerArgs) -> anyhow::Result<(
                 Duration::from_secs(10)
             });
             doctor::run(
-                doctor::Args {
+                DoctorArgs {
                     brokers,
                     groups,
                     topics,
@@ -117,9 +117,19 @@ async fn status(server: &ServerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `kafka doctor` was asked, with the window's default applied.
+pub struct DoctorArgs {
+    pub brokers: String,
+    pub groups: Vec<String>,
+    pub topics: Vec<String>,
+    pub window: Duration,
+    pub interval: Duration,
+    pub watch: bool,
+    pub timeout: Duration,
+}
+
 #[cfg(feature = "kafka")]
 mod doctor {
-    use std::time::Duration;
 
     use onephase_kafka::doctor::report;
     use onephase_kafka::{Doctor, DoctorConfig};
@@ -127,17 +137,7 @@ mod doctor {
     use crate::output::outln;
     use crate::progress::Waiting;
 
-    pub struct Args {
-        pub brokers: String,
-        pub groups: Vec<String>,
-        pub topics: Vec<String>,
-        pub window: Duration,
-        pub interval: Duration,
-        pub watch: bool,
-        pub timeout: Duration,
-    }
-
-    pub async fn run(args: Args, json: bool) -> anyhow::Result<()> {
+    pub async fn run(args: super::DoctorArgs, json: bool) -> anyhow::Result<()> {
         let config = DoctorConfig::new(&args.brokers)
             .with_groups(args.groups)
             .with_topics(args.topics)
@@ -186,19 +186,8 @@ mod doctor {
 
 #[cfg(not(feature = "kafka"))]
 mod doctor {
-    use std::time::Duration;
 
-    pub struct Args {
-        pub brokers: String,
-        pub groups: Vec<String>,
-        pub topics: Vec<String>,
-        pub window: Duration,
-        pub interval: Duration,
-        pub watch: bool,
-        pub timeout: Duration,
-    }
-
-    pub async fn run(args: Args, _json: bool) -> anyhow::Result<()> {
+    pub async fn run(args: super::DoctorArgs, _json: bool) -> anyhow::Result<()> {
         let _ = (
             args.brokers,
             args.groups,

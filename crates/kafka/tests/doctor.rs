@@ -101,6 +101,33 @@ mod suite {
         (tx, task)
     }
 
+    /// Produces `per_round` keyed messages to `topic` every `every` until the flag is cleared.
+    fn feed(
+        brokers: &str,
+        topic: &str,
+        per_round: u32,
+        every: Duration,
+    ) -> (Arc<AtomicBool>, tokio::task::JoinHandle<anyhow::Result<()>>) {
+        let feeding = Arc::new(AtomicBool::new(true));
+        let (brokers, topic, flag) = (brokers.to_owned(), topic.to_owned(), Arc::clone(&feeding));
+        let task = tokio::spawn(async move {
+            let p = producer(&brokers)?;
+            let mut i = 0u32;
+            while flag.load(Ordering::Relaxed) {
+                produce(
+                    &p,
+                    &topic,
+                    (0..per_round).map(|j| (format!("f{i}-{j}"), "x".to_owned())),
+                )
+                .await?;
+                i += 1;
+                tokio::time::sleep(every).await;
+            }
+            anyhow::Ok(())
+        });
+        (feeding, task)
+    }
+
     fn commit(brokers: &str, group: &str, topic: &str, offsets: &[i64]) -> anyhow::Result<()> {
         let client: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
@@ -228,25 +255,7 @@ mod suite {
             }
             Ok(())
         });
-        let feeding = Arc::new(AtomicBool::new(true));
-        let feeder = {
-            let (brokers, topic, feeding) = (brokers.clone(), topic.clone(), Arc::clone(&feeding));
-            tokio::spawn(async move {
-                let p = producer(&brokers)?;
-                let mut i = 0u32;
-                while feeding.load(Ordering::Relaxed) {
-                    produce(
-                        &p,
-                        &topic,
-                        (0..6).map(|j| (format!("f{i}-{j}"), "x".to_owned())),
-                    )
-                    .await?;
-                    i += 1;
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                }
-                anyhow::Ok(())
-            })
-        };
+        let (feeding, feeder) = feed(&brokers, &topic, 6, Duration::from_millis(300));
         let doctor = doctor(&brokers, &group).await?;
         let d = until(
             &doctor,
@@ -299,26 +308,8 @@ mod suite {
             tokio::time::sleep(Duration::from_millis(40)).await;
             Ok(())
         });
-        let feeding = Arc::new(AtomicBool::new(true));
-        let feeder = {
-            let (brokers, topic, feeding) = (brokers.clone(), topic.clone(), Arc::clone(&feeding));
-            tokio::spawn(async move {
-                let p = producer(&brokers)?;
-                let mut i = 0u32;
-                while feeding.load(Ordering::Relaxed) {
-                    // About 50 messages a second against a consumer that does about 25.
-                    produce(
-                        &p,
-                        &topic,
-                        (0..10).map(|j| (format!("s{i}-{j}"), "x".to_owned())),
-                    )
-                    .await?;
-                    i += 1;
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                anyhow::Ok(())
-            })
-        };
+        // About 50 messages a second against a consumer that does about 25.
+        let (feeding, feeder) = feed(&brokers, &topic, 10, Duration::from_millis(200));
         let doctor = doctor(&brokers, &group).await?;
         let d = until(&doctor, FindingKind::FallingBehind, Duration::from_secs(60)).await?;
         feeding.store(false, Ordering::Relaxed);
