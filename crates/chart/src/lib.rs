@@ -1,4 +1,4 @@
-//! Line charts as inline SVG, drawn on the server.
+//! Line and bar charts as SVG, drawn on the server.
 //!
 //! A chart is a `<figure>` holding an `<svg>` of polylines: no script, no library, no request
 //! to anywhere else, so a page that holds it reads the same in a browser, in a mail client or
@@ -79,6 +79,48 @@ pub fn line(
                         } @else {
                             polyline points=(run.trim()) fill="none" stroke=(colour) stroke-width="1.5" vector-effect="non-scaling-stroke" {}
                         }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Rows of bars as one SVG document (valid inline in HTML and as a file of its own): one row
+/// per series (a label and its bars, each with its value as a tooltip), all on the scale of
+/// the largest value, which the title states with `unit`.
+///
+/// ```
+/// let svg = onephase_chart::bars("Share per partition", "%", &[("jump", "#1570ef", vec![24.0, 26.0])])
+///     .into_string();
+/// assert_eq!(svg.matches("<rect").count(), 2);
+/// ```
+pub fn bars(title: &str, unit: &str, series: &[(&str, &str, Vec<f64>)]) -> Markup {
+    const LABEL: f64 = 120.0;
+    const PLOT: f64 = 480.0;
+    const ROW: f64 = 44.0;
+    const TOP: f64 = 24.0;
+    let max = series
+        .iter()
+        .flat_map(|(_, _, values)| values.iter())
+        .copied()
+        .fold(0.0_f64, f64::max);
+    let scale = if max > 0.0 { max } else { 1.0 };
+    let height = TOP + ROW * series.len() as f64;
+    html! {
+        svg xmlns="http://www.w3.org/2000/svg" viewBox={ "0 0 " (LABEL + PLOT) " " (height) }
+            width=(LABEL + PLOT) height=(height) role="img" aria-label=(title) font-family="sans-serif" font-size="11" {
+            text x="0" y="14" font-size="13" { (title) " (bar height: largest " (format_value(max)) @if !unit.is_empty() { " " (unit) } ")" }
+            @for (row, (name, colour, values)) in series.iter().enumerate() {
+                @let base = TOP + ROW * (row as f64 + 1.0) - 4.0;
+                @let width = PLOT / values.len().max(1) as f64;
+                text x="0" y=(base - 8.0) { (name) }
+                line x1=(LABEL) y1=(base) x2=(LABEL + PLOT) y2=(base) stroke="#d0d5dd" {}
+                @for (i, v) in values.iter().enumerate() {
+                    @let h = v.max(0.0) / scale * (ROW - 8.0);
+                    rect x={ (format!("{:.1}", LABEL + i as f64 * width)) } y={ (format!("{:.1}", base - h)) }
+                        width={ (format!("{:.1}", (width - 1.0).max(0.5))) } height={ (format!("{h:.1}")) } fill=(colour) {
+                        title { (name) " " (i) ": " (format_value(*v)) @if !unit.is_empty() { " " (unit) } }
                     }
                 }
             }

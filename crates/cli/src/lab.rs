@@ -24,8 +24,9 @@ pub struct LabArgs {
     #[arg(long, value_name = "FILE.html")]
     report: Option<PathBuf>,
     /// A PostgreSQL server with `max_prepared_transactions > 0`, where `two-phase-commit`
-    /// makes two databases of its own (`onephase_lab_bank_a`, `onephase_lab_bank_b`).
-    /// Without it that scenario is skipped by `all`, and fails when named.
+    /// makes two databases of its own (`onephase_lab_bank_a`, `onephase_lab_bank_b`), as
+    /// `online-move` does (`onephase_lab_shard_a`, `onephase_lab_shard_b`) and `skipped-event`
+    /// one. Without it those scenarios are skipped by `all`, and fail when named.
     #[arg(long, value_name = "URL", env = "ONEPHASE_LAB_POSTGRES_URL")]
     postgres: Option<String>,
     /// A PostgreSQL primary and two streaming replicas, comma-separated, primary first, for

@@ -11,6 +11,8 @@ mod lease;
 mod limit;
 mod outbox;
 mod output;
+mod partition;
+mod partition_api;
 mod progress;
 mod replica;
 mod saga;
@@ -83,6 +85,10 @@ enum Command {
     /// running server watches (status).
     #[command(subcommand)]
     Kafka(kafka::KafkaCommand),
+    /// Partitioning: analyze a sample of keys (skew, hot keys, new writes, growth) before
+    /// choosing a scheme; a running server's maps, and moving a partition online.
+    #[command(subcommand)]
+    Partition(partition::PartitionCommand),
     /// Check keys against a running server's rate limits, and list its policies.
     #[command(subcommand)]
     Limit(limit::LimitCommand),
@@ -300,6 +306,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Kafka(command) => kafka::run(command, server).await,
         Command::Events(command) => events::run(command, server).await,
         Command::Lab(args) => lab::lab(args),
+        Command::Partition(command) => partition::run(command, server).await,
         Command::Migrate(MigrateArgs {
             store,
             outbox: None,

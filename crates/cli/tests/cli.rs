@@ -1013,11 +1013,12 @@ async fn lab_all_skips_a_scenario_whose_engine_is_missing_and_naming_it_fails() 
     );
     let reports: Value = serde_json::from_slice(&all.stdout)?;
     let reports = reports.as_array().context("an array of reports")?;
-    ensure!(reports.len() == 19, "{reports:?}");
+    ensure!(reports.len() == 22, "{reports:?}");
     let need_engines = [
         "kafka-group-that-stopped",
         "two-phase-commit",
         "skipped-event",
+        "online-move",
         "replica-read-your-writes",
         "monotonic-reads",
         "token-across-services",

@@ -124,6 +124,7 @@ fn documented_metrics() -> BTreeSet<String> {
         include_str!("../../../docs/events.md"),
         include_str!("../../../docs/replica.md"),
         include_str!("../../../docs/kafka.md"),
+        include_str!("../../../docs/partition.md"),
     ];
     let mut names = BTreeSet::new();
     for page in pages {
@@ -297,6 +298,15 @@ async fn every_documented_metric_is_on_the_servers_metrics() -> anyhow::Result<(
         Ok(api.get("/v1/events/projections/customers").await?[0]["parked_position"] == 2)
     })
     .await?;
+    // Partitioning: a map (its version gauge is set every 2 s).
+    let (status, body) = api
+        .send(
+            reqwest::Method::PUT,
+            "/v1/partitions/orders",
+            Some(json!({"version": 1, "scheme": {"kind": "jump", "partitions": 4}, "owners": ["a", "b", "c", "d"]})),
+        )
+        .await?;
+    ensure!(status == 200, "{status} {body}");
     // The gauges are refreshed every 5 s.
     eventually(Duration::from_secs(20), "the lag gauges", || async {
         Ok(api

@@ -32,6 +32,8 @@
 //! | [`replica::monotonic_reads`] | a reader alternates between replicas with different lag | a [`Session`](onephase_replica::Session) that never moves to a replica behind its last read |
 //! | [`kafka::group_that_stopped`] | a slow message and a poison message in front of a consumer group | [`onephase_kafka::Consumer`]: polls on its own thread, a dead-letter topic; the doctor names both failures |
 //! | [`replica::across_services`] | service A writes and calls B, which reads a replica | the token in the `consistency-token` header, read by B |
+//! | [`partition::adding_a_node`] | a 9th partition added under hash mod N moves almost every key | jump consistent hash (and rendezvous): about 1/9 |
+//! | [`partition::hot_range`] | ranges of a timestamp: every new write on the last one | the analyzer shows it; a hash spreads them |
 //! | [`trace::stored_context`] | work left in a table loses its request's trace | [`onephase_trace`]: the `traceparent` kept with the work |
 //!
 //! ```
@@ -48,6 +50,7 @@ pub mod kafka;
 pub mod limit;
 pub mod lock;
 pub mod outbox;
+pub mod partition;
 pub mod replica;
 mod report;
 pub mod saga;
@@ -104,11 +107,17 @@ pub enum Scenario {
     TokenAcrossServices,
     /// [`kafka::group_that_stopped`].
     GroupThatStopped,
+    /// [`partition::adding_a_node`].
+    AddingANode,
+    /// [`partition::hot_range`].
+    HotRange,
+    /// [`partition::online::online_move`].
+    OnlineMove,
 }
 
 impl Scenario {
     /// Every scenario, in the order of the seed's posts.
-    pub const ALL: [Scenario; 19] = [
+    pub const ALL: [Scenario; 22] = [
         Scenario::FencedLock,
         Scenario::GroupThatStopped,
         Scenario::SagaCompensation,
@@ -124,6 +133,9 @@ impl Scenario {
         Scenario::SkippedEvent,
         Scenario::SchemaChange,
         Scenario::TwoPhaseCommit,
+        Scenario::AddingANode,
+        Scenario::HotRange,
+        Scenario::OnlineMove,
         Scenario::ReplicaReadYourWrites,
         Scenario::MonotonicReads,
         Scenario::TokenAcrossServices,
@@ -152,6 +164,9 @@ impl Scenario {
             Self::GroupThatStopped => "kafka-group-that-stopped",
             Self::MonotonicReads => "monotonic-reads",
             Self::TokenAcrossServices => "token-across-services",
+            Self::AddingANode => "adding-a-node",
+            Self::HotRange => "hot-range",
+            Self::OnlineMove => "online-move",
         }
     }
 
@@ -173,6 +188,7 @@ impl Scenario {
                 Some(4)
             }
             Self::GroupThatStopped => Some(2),
+            Self::AddingANode | Self::HotRange | Self::OnlineMove => Some(7),
         }
     }
 
@@ -218,6 +234,9 @@ impl Scenario {
             Self::GroupThatStopped => {
                 "a consumer group meets a message slower than max.poll.interval and one that always fails"
             }
+            Self::AddingANode => "a 9th partition is added to 8 that hold 100,000 keys",
+            Self::HotRange => "orders keyed by creation time, partitioned by ranges of it",
+            Self::OnlineMove => "a key range moves to another database while writers write to it",
         }
     }
 
@@ -330,6 +349,24 @@ impl Scenario {
                  sends a message that keeps failing to a dead-letter topic; the doctor names \
                  each failure."
             }
+            Self::AddingANode => {
+                "Hash mod N ties every key to N, so one more partition reshuffles nearly all \
+                 of them and the data moves for days. Jump consistent hash and rendezvous \
+                 hashing move only what the new partition takes, about 1/(N+1)."
+            }
+            Self::HotRange => {
+                "Ranges chosen on the data you have put every later key on the last range, so \
+                 one partition takes all the writes of a timestamp or a sequence. The \
+                 analyzer shows it on your own keys before you choose, and a hash spreads \
+                 the same writes over every partition."
+            }
+            Self::OnlineMove => {
+                "Copying a range to a new database and then switching loses every write that \
+                 landed on a row after it was copied, so a repartition means downtime. The \
+                 online move logs changes from the first copied row, verifies with checksums \
+                 and fences writes only for the moment the last changes drain and the map \
+                 switches."
+            }
             Self::SchemaChange => {
                 "Events are kept forever and their shape changes, so code that deserializes \
                  today's shape fails on last year's events, or reads them wrong. Upcasters \
@@ -439,6 +476,12 @@ pub fn run_with(scenario: Scenario, seed: u64, engines: &Engines) -> Report {
         Scenario::GroupThatStopped => {
             sim::block_on_real(kafka::group_that_stopped(seed, engines.kafka.as_deref()))
         }
+        Scenario::AddingANode => sim::block_on(partition::adding_a_node(seed)),
+        Scenario::HotRange => sim::block_on(partition::hot_range(seed)),
+        Scenario::OnlineMove => sim::block_on_real(partition::online::online_move(
+            seed,
+            engines.postgres.as_deref(),
+        )),
     };
     let mut report = match std::thread::spawn(work).join() {
         Ok(report) => report,

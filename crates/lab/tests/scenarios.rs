@@ -18,8 +18,10 @@ fn runs_here(scenario: Scenario, engines: &Engines) -> bool {
     if is_replica(scenario) {
         return false;
     }
-    !matches!(scenario, Scenario::TwoPhaseCommit | Scenario::SkippedEvent)
-        || engines.postgres.is_some()
+    !matches!(
+        scenario,
+        Scenario::TwoPhaseCommit | Scenario::SkippedEvent | Scenario::OnlineMove
+    ) || engines.postgres.is_some()
 }
 
 fn is_replica(scenario: Scenario) -> bool {
@@ -44,6 +46,7 @@ fn the_same_seed_replays_the_same_run() {
                 | Scenario::Webhooks
                 | Scenario::SkippedEvent
                 | Scenario::ReadYourWrites
+                | Scenario::OnlineMove
         ) {
             // On the real clock with timed steps: their verdicts are checked below, and a
             // reader's count of what it saw depends on the machine.
@@ -301,4 +304,51 @@ fn webhooks_arrive_once_signed_and_at_a_bounded_rate() {
         "{}",
         report.table()
     );
+}
+
+#[test]
+fn adding_a_partition_moves_the_minimum_and_a_growing_key_piles_on_one_range() {
+    let node = run(Scenario::AddingANode, 3);
+    let moved = node.get("keys moved adding a 9th partition").unwrap();
+    assert!(moved.naive > 80.0, "{}", node.table());
+    assert!(
+        (moved.onephase - 100.0 / 9.0).abs() < 1.0,
+        "{}",
+        node.table()
+    );
+    let rendezvous = node.get("keys moved, rendezvous").unwrap();
+    assert!(
+        (rendezvous.onephase - 100.0 / 9.0).abs() < 1.0,
+        "{}",
+        node.table()
+    );
+
+    let range = run(Scenario::HotRange, 3);
+    let newest = range.get("new writes on the busiest partition").unwrap();
+    assert_eq!(newest.naive, 100.0, "{}", range.table());
+    assert!(newest.onephase < 2.0 * 100.0 / 8.0, "{}", range.table());
+    let spread = range.get("partitions taking new writes").unwrap();
+    assert_eq!(
+        (spread.naive, spread.onephase),
+        (1.0, 8.0),
+        "{}",
+        range.table()
+    );
+}
+
+#[test]
+fn copy_then_switch_loses_writes_and_the_online_move_loses_none() {
+    let engines = engines();
+    if engines.postgres.is_none() {
+        return;
+    }
+    let report = run_with(Scenario::OnlineMove, 5, &engines);
+    println!("{}", report.table());
+    let lost = report.get("writes lost").expect("row");
+    assert!(lost.naive > 0.0, "{}", report.table());
+    assert_eq!(lost.onephase, 0.0, "{}", report.table());
+    let both = report.get("rows in both shards").expect("row");
+    assert_eq!(both.onephase, 0.0, "{}", report.table());
+    let acknowledged = report.get("writes acknowledged").expect("row");
+    assert!(acknowledged.onephase > 100.0, "{}", report.table());
 }

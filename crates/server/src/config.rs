@@ -99,6 +99,7 @@ use crate::kafka::KafkaSettings;
 use crate::lease::LeaseSettings;
 use crate::limit::LimitSettings;
 use crate::outbox::RelaySettings;
+use crate::partition::PartitionSettings;
 use crate::replica::ReplicaSettings;
 use crate::saga::SagaSettings;
 use crate::traces::TracesSettings;
@@ -181,6 +182,8 @@ struct FileConfig {
     replica: Vec<ReplicaSettings>,
     #[serde(default)]
     kafka: KafkaSettings,
+    #[serde(default)]
+    partition: PartitionSettings,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -261,6 +264,8 @@ pub struct ServerConfig {
     pub replicas: Vec<ReplicaSettings>,
     /// The `[kafka]` table: consumer groups to watch.
     pub kafka: KafkaSettings,
+    /// The `[partition]` table: the shards online moves read and write.
+    pub partition: PartitionSettings,
 }
 
 impl Default for ServerConfig {
@@ -281,6 +286,7 @@ impl Default for ServerConfig {
             traces: TracesSettings::default(),
             replicas: Vec::new(),
             kafka: KafkaSettings::default(),
+            partition: PartitionSettings::default(),
         }
     }
 }
@@ -341,6 +347,7 @@ impl ServerConfig {
         file_config.limit.validate()?;
         ReplicaSettings::validate(&file_config.replica)?;
         file_config.kafka.validate()?;
+        file_config.partition.validate()?;
         let mut traces = file_config.traces;
         traces.otlp_endpoint = overrides.otlp_endpoint.or(traces.otlp_endpoint);
         traces.service_name = overrides.service_name.or(traces.service_name);
@@ -377,6 +384,7 @@ impl ServerConfig {
             traces,
             replicas: file_config.replica,
             kafka: file_config.kafka,
+            partition: file_config.partition,
         })
     }
 }

@@ -39,6 +39,7 @@ pub mod limit;
 pub mod metrics;
 pub mod openapi;
 pub mod outbox;
+pub mod partition;
 pub mod problem;
 pub mod replica;
 pub mod saga;

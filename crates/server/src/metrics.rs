@@ -123,6 +123,7 @@ fn register_at_zero() {
     metrics::counter!("onephase_saga_lost_claims_total").increment(0);
     metrics::counter!("onephase_events_appended_total").increment(0);
     metrics::counter!("onephase_saga_round_errors_total").increment(0);
+    metrics::gauge!("onephase_partition_moves_active").set(0.0);
     for operation in ["acquire", "renew", "release"] {
         for outcome in ["ok", "conflict", "refused", "error"] {
             metrics::counter!("onephase_lease_operations_total", "operation" => operation, "outcome" => outcome)
@@ -133,6 +134,10 @@ fn register_at_zero() {
 
 /// Every counter, with its help.
 const COUNTERS: &[(&str, &str)] = &[
+    (
+        "onephase_partition_moves_started_total",
+        "Online moves started through the API, by map",
+    ),
     (
         "onephase_outbox_published_total",
         "Outbox rows published, by relay (source) and sink",
@@ -294,6 +299,26 @@ const GAUGES: &[(&str, &str)] = &[
     (
         "onephase_kafka_doctor_up",
         "1 when the last observation of a watched Kafka cluster succeeded, else 0",
+    ),
+    (
+        "onephase_partition_map_version",
+        "The current version of a partition map",
+    ),
+    (
+        "onephase_partition_moves_active",
+        "Online moves started and not yet done or rolled back",
+    ),
+    (
+        "onephase_partition_move_rows_copied",
+        "Rows an active move of a map's partition has copied",
+    ),
+    (
+        "onephase_partition_move_catch_up_lag",
+        "Logged writes an active move has not applied to its target yet",
+    ),
+    (
+        "onephase_partition_move_pause_ms",
+        "How long writes to a moving partition were refused at its cutover, in milliseconds",
     ),
 ];
 

@@ -36,6 +36,7 @@ pub fn migrations() -> Vec<Migrations> {
         onephase_lease::migrations(),
         onephase_limit::migrations(),
         onephase_events::migrations(),
+        onephase_partition::store::migrations(),
     ]
 }
 
@@ -125,7 +126,30 @@ impl Server {
             events: crate::events::EventsService::new(&store),
             replica: crate::replica::ReplicaService::new(&config.replicas)?,
             kafka: crate::kafka::KafkaService::new(&config.kafka),
+            partition: crate::partition::PartitionService::new(
+                &store,
+                &config.partition,
+                clock.clone(),
+            )?,
         };
+        // Moves are saga runs: every server registers the definition, so any of them can
+        // carry on a move another one started.
+        let definition =
+            services
+                .partition
+                .saga()
+                .map_err(|e| crate::config::ConfigError::Invalid {
+                    key: "partition",
+                    message: format!("the move saga: {e}"),
+                })?;
+        services
+            .saga
+            .orchestrator()
+            .register(definition)
+            .map_err(|e| crate::config::ConfigError::Invalid {
+                key: "partition",
+                message: format!("registering the move saga: {e}"),
+            })?;
         // Last, once nothing else can fail: a token created by a start that then failed
         // would be stored but never shown.
         let candidate = generate_token(&mut rand::rng());
@@ -183,6 +207,7 @@ impl Server {
         relays.push(self.state.events().spawn(relays_stopped.clone()));
         relays.extend(self.state.replica().spawn(relays_stopped.clone()));
         relays.extend(self.state.kafka().spawn(relays_stopped.clone()));
+        relays.push(self.state.partition().spawn(relays_stopped.clone()));
         relays.push(crate::dashboard::history::spawn(
             self.state.clone(),
             relays_stopped,

@@ -17,6 +17,7 @@ use crate::kafka::KafkaService;
 use crate::lease::LeaseService;
 use crate::limit::LimitService;
 use crate::outbox::OutboxService;
+use crate::partition::PartitionService;
 use crate::replica::ReplicaService;
 use crate::saga::SagaService;
 use crate::webhook::WebhookService;
@@ -39,6 +40,8 @@ pub struct Services {
     pub replica: ReplicaService,
     /// The Kafka consumer groups watched.
     pub kafka: KafkaService,
+    /// Partition maps and online moves.
+    pub partition: PartitionService,
 }
 
 /// What every handler can reach: the store, the token registry, the clock, the dashboard's
@@ -63,6 +66,7 @@ struct StateInner {
     events: EventsService,
     replica: ReplicaService,
     kafka: KafkaService,
+    partition: PartitionService,
 }
 
 impl AppState {
@@ -83,6 +87,7 @@ impl AppState {
             events,
             replica,
             kafka,
+            partition,
         } = services;
         let started = clock.monotonic();
         Self(Arc::new(StateInner {
@@ -101,6 +106,7 @@ impl AppState {
                 Arc::new(crate::dashboard::events::EventsPanel),
                 Arc::new(crate::dashboard::replica::ReplicaPanel),
                 Arc::new(crate::dashboard::kafka::KafkaPanel),
+                Arc::new(crate::dashboard::partition::PartitionPanel),
             ],
             history: crate::dashboard::history::History::default(),
             lab: crate::dashboard::lab::LabRuns::default(),
@@ -112,6 +118,7 @@ impl AppState {
             events,
             replica,
             kafka,
+            partition,
         }))
     }
 
@@ -163,6 +170,11 @@ impl AppState {
     /// The Kafka consumer groups watched.
     pub fn kafka(&self) -> &KafkaService {
         &self.0.kafka
+    }
+
+    /// Partition maps and online moves.
+    pub fn partition(&self) -> &PartitionService {
+        &self.0.partition
     }
 
     /// The store.

@@ -11,6 +11,7 @@ pub mod history;
 pub mod kafka;
 pub mod lab;
 pub mod pages;
+pub mod partition;
 pub mod replica;
 pub mod session;
 

@@ -6,6 +6,7 @@ mod kafka;
 mod lease;
 mod limit;
 mod outbox;
+mod partition;
 mod replica;
 mod responses;
 mod saga;
@@ -24,6 +25,7 @@ use crate::state::AppState;
 pub use lease::{AcquireLease, ReleaseLease, RenewLease};
 pub use limit::{CheckLimit, DecisionView};
 pub use outbox::{AppendEvent, Appended, DeadRowView, LogRecordView, RelayStatus};
+pub(crate) use partition::view as partition_view;
 pub use saga::{
     DefinitionDocument, DefinitionView, OperatorNote, RegisteredView, RunDetailView, RunView,
     StartRun, StartedView,
@@ -46,6 +48,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(events::routes())
         .merge(replica::routes())
         .merge(kafka::routes())
+        .merge(partition::routes())
 }
 
 /// The W3C `traceparent` to store with the work this request starts (a saga run, a webhook
