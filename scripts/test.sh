@@ -6,7 +6,8 @@
 #
 # On a fresh Debian machine (as root) it first installs what the build needs (a C toolchain
 # for SQLite and librdkafka, protoc for etcd-client, faketime, stress-ng, iproute2, promtool,
-# Node.js for the TypeScript example, Chromium for the dashboard's browser test),
+# Node.js for the TypeScript example, Chromium for the dashboard's browser test, valgrind for
+# the instruction-count guard),
 # cargo-nextest, and the engines (scripts/engines.sh). After the tests, the crash tests run
 # again under stress-ng on every core. The torture tests make network namespaces, so the suite
 # runs as root (CI does). ONEPHASE_SKIP_LINT=1 skips rustfmt, clippy and rustdoc.
@@ -104,6 +105,8 @@ if (($# == 0)); then
   trap - EXIT
   say "doc tests"
   cargo test --workspace --all-features --doc --quiet
+  say "instruction counts of the hot paths (callgrind, against bench/instructions.json)"
+  scripts/instructions.sh >&2
   say "deployment files: alert rules (promtool), systemd unit (systemd-analyze)"
   promtool check rules deploy/prometheus/onephase-rules.yml >&2
   (cd deploy/prometheus && promtool test rules onephase-rules.test.yml >&2)

@@ -112,7 +112,24 @@ pub fn decide(policy: &Policy, state: &mut State, now: i64, cost: u64) -> Decisi
 /// (when refused) µs until the same request would be admitted.
 type Verdict = (bool, u64, i64, Option<i64>);
 
+/// GCRA on its own, for callers that keep the theoretical arrival time themselves (the local
+/// limiter's compare-and-swap): the same arithmetic as [`decide`] on a [`State::Gcra`].
+#[inline]
+pub fn decide_gcra(policy: &Policy, tat: &mut i64, now: i64, cost: u64) -> Decision {
+    let (allowed, remaining, reset, retry) = gcra(policy, tat, now, cost);
+    Decision {
+        allowed,
+        limit: policy.limit(),
+        remaining,
+        reset_after: micros(reset),
+        retry_after: retry.map(micros),
+        fallback: None,
+        decided_at_us: None,
+    }
+}
+
 /// GCRA: one theoretical arrival time, pushed `emission × cost` further by each admission.
+#[inline]
 fn gcra(policy: &Policy, tat: &mut i64, now: i64, cost: u64) -> Verdict {
     let icost = i64::try_from(cost).unwrap_or(i64::MAX);
     let emission = policy.emission_us();

@@ -2,42 +2,89 @@
 //! limiter is used.
 
 use std::cell::Cell as ThreadCell;
-use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::Instant;
 
-use onephase_core::{SharedClock, SystemClock};
+use onephase_core::SharedClock;
 
-use crate::algorithm::{State, decide};
+use crate::algorithm::{State, decide, decide_gcra};
 use crate::{Decision, LimitError, Policy};
 
 /// How many shards a local limiter splits its keys over.
 const SHARDS: usize = 64;
-/// Every this many checks a thread makes, it sweeps the shard it is on.
+/// Every this many checks a thread makes, it may sweep the shard it is on.
 const SWEEP_EVERY: u32 = 4096;
-/// Every this many checks a thread makes, it sweeps another shard, in turn, so that shards no
-/// key in use lands on let their idle keys go too.
+/// Every this many checks a thread makes, it may sweep another shard, in turn, so that shards
+/// no key in use lands on let their idle keys go too.
 const ROUND_ROBIN_EVERY: u32 = 1024;
 
-/// Keys are hashed once (SipHash with a random key, so clients cannot aim collisions): the
-/// hash picks the shard and is the shard map's key, with the few colliding keys side by side.
-type Slots = HashMap<u64, Vec<(Box<str>, Cell)>, BuildHasherDefault<Prehashed>>;
+/// One key in a shard's table. Keys are hashed once per check (SipHash with a random key, so
+/// clients cannot aim collisions): the hash picks the shard and the table's bucket. The entry
+/// sits in the bucket itself and a short key's text in the entry, so a check of a key that is
+/// not in the CPU's cache waits for one load, not three (bucket, list of the keys with that
+/// hash, key text: those loads were more than half of a 100,000-key run's time).
+struct Entry {
+    key: Key,
+    cell: Cell,
+}
+
+/// Longest key kept inside its entry: an IPv4 address, a user id, a short API key.
+const SHORT_KEY: usize = 22;
+
+/// A key's text: in place when short, else on the heap.
+enum Key {
+    Short(u8, [u8; SHORT_KEY]),
+    Long(Box<str>),
+}
+
+/// A key's text for hashing, as `str` hashes (its bytes, then a terminator, without the
+/// length prefix a byte slice writes), whether it came from the caller or from an [`Entry`].
+struct Text<'a>(&'a [u8]);
+
+impl std::hash::Hash for Text<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write(self.0);
+        state.write_u8(0xff);
+    }
+}
+
+impl Key {
+    fn new(key: &str) -> Self {
+        let bytes = key.as_bytes();
+        match u8::try_from(bytes.len()) {
+            Ok(len) if bytes.len() <= SHORT_KEY => {
+                let mut text = [0; SHORT_KEY];
+                text[..bytes.len()].copy_from_slice(bytes);
+                Self::Short(len, text)
+            }
+            _ => Self::Long(key.into()),
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Short(len, text) => &text[..usize::from(*len)],
+            Self::Long(text) => text.as_bytes(),
+        }
+    }
+}
 
 /// One key's state. GCRA's is one timestamp, updated by compare-and-swap under the shard's
 /// read lock, so checks of one key from several threads do not queue on a lock; the other
-/// algorithms' state is behind a mutex of its own.
+/// algorithms' state is behind a mutex of its own, boxed so that a GCRA entry stays small
+/// (more of them fit in the CPU's cache).
 enum Cell {
     Gcra(AtomicI64),
-    Other(Mutex<State>),
+    Other(Box<Mutex<State>>),
 }
 
 impl Cell {
     fn new(state: State) -> Self {
         match state {
             State::Gcra { tat } => Self::Gcra(AtomicI64::new(tat)),
-            other => Self::Other(Mutex::new(other)),
+            other => Self::Other(Box::new(Mutex::new(other))),
         }
     }
 
@@ -51,16 +98,14 @@ impl Cell {
         }
     }
 
+    #[inline]
     fn decide(&self, policy: &Policy, now: i64, cost: u64) -> Decision {
         match self {
             Self::Gcra(tat) => {
                 let mut current = tat.load(Ordering::Acquire);
                 loop {
-                    let mut state = State::Gcra { tat: current };
-                    let decision = decide(policy, &mut state, now, cost);
-                    let State::Gcra { tat: new } = state else {
-                        return decision;
-                    };
+                    let mut new = current;
+                    let decision = decide_gcra(policy, &mut new, now, cost);
                     if !decision.allowed || new == current {
                         return decision;
                     }
@@ -90,30 +135,30 @@ thread_local! {
     static CHECKS: ThreadCell<u32> = const { ThreadCell::new(0) };
 }
 
-/// A hasher for keys that are already hashes.
-#[derive(Default)]
-struct Prehashed(u64);
-
-impl Hasher for Prehashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
 /// A shard on cache lines of its own, so that threads working on neighbouring shards do not
-/// invalidate each other's lines (false sharing halved throughput on two threads).
+/// invalidate each other's lines (false sharing halved throughput on two threads), with the
+/// time of its last sweep outside the lock, so that a check can see no sweep is due without
+/// taking it.
 #[repr(align(128))]
-struct Padded(RwLock<Shard>);
+struct Padded(RwLock<Shard>, AtomicI64);
 
 impl Padded {
+    /// Sweeps the shard if its last sweep is at least `every` µs old and nobody holds it.
+    fn sweep_if_due(&self, policy: &Policy, now: i64, every: i64) {
+        let last = self.1.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < every {
+            return;
+        }
+        if self
+            .1
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+            && let Ok(mut shard) = self.0.try_write()
+        {
+            shard.sweep(policy, now);
+        }
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Shard> {
         self.0.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -125,24 +170,17 @@ impl Padded {
 
 #[derive(Default)]
 struct Shard {
-    keys: Slots,
-    len: usize,
+    keys: hashbrown::HashTable<Entry>,
     /// The shard's size after its last sweep: a sweep also runs when it doubles.
     swept_len: usize,
 }
 
 impl Shard {
     fn sweep(&mut self, policy: &Policy, now: i64) {
-        // A key stays for a grace period after its state is back to fresh (the policy's
-        // period, at most a second), so that a key checked again soon is not dropped and
-        // allocated anew each time.
-        let grace = policy.period_us().min(1_000_000);
-        self.keys.retain(|_, slot| {
-            slot.retain(|(_, cell)| cell.idle_from(policy).saturating_add(grace) > now);
-            !slot.is_empty()
-        });
-        self.len = self.keys.values().map(Vec::len).sum();
-        self.swept_len = self.len;
+        let grace = grace(policy);
+        self.keys
+            .retain(|entry| entry.cell.idle_from(policy).saturating_add(grace) > now);
+        self.swept_len = self.keys.len();
     }
 }
 
@@ -154,8 +192,14 @@ impl Shard {
 /// algorithms' state has a mutex per key. A key whose state has been back to fresh (its window
 /// passed, its bucket refilled) for the policy's period, or a second if that is shorter, is
 /// dropped by a sweep: every 4,096 checks a thread sweeps the shard it is on, every 1,024 it
-/// sweeps another shard in turn, and a shard that has doubled since its last sweep is swept
-/// when a key is added. Memory follows the keys in use, with no maintenance call.
+/// sweeps another shard in turn, each shard at most once per that grace period (a sweep
+/// sooner could find nothing new to drop, and with 100,000 keys sweeping on every turn cost
+/// more than the checks), and a shard that has doubled since its last sweep is swept when a
+/// key is added. Memory follows the keys in use, with no maintenance call: an idle key is
+/// gone within about two grace periods while the limiter is used.
+///
+/// Time is the system's monotonic clock read through `quanta` (the TSC where it is
+/// invariant), or the clock given to [`with_clock`](Self::with_clock).
 ///
 /// ```
 /// use std::time::Duration;
@@ -174,8 +218,34 @@ pub struct LocalLimiter {
     /// The next shard a round-robin sweep visits.
     turn: AtomicUsize,
     hasher: RandomState,
-    clock: SharedClock,
-    base: Instant,
+    clock: Time,
+    /// How old a shard's last sweep must be before it is swept again, in µs: the grace
+    /// period, since no key can have become forgettable sooner.
+    sweep_every: i64,
+}
+
+/// Where the limiter reads the time.
+enum Time {
+    /// The system's monotonic time through `quanta` (the TSC where it is invariant, else the
+    /// OS's monotonic clock), from the raw reading at creation.
+    System(quanta::Clock, u64),
+    /// A clock given as an input (tests, the lab), from its reading at creation.
+    Given(SharedClock, Instant),
+}
+
+impl Time {
+    /// Microseconds since the limiter was created.
+    fn now_us(&self) -> i64 {
+        match self {
+            Self::System(clock, base) => {
+                i64::try_from(clock.delta_as_nanos(*base, clock.raw()) / 1_000).unwrap_or(i64::MAX)
+            }
+            Self::Given(clock, base) => {
+                let since = clock.monotonic().saturating_duration_since(*base);
+                i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for LocalLimiter {
@@ -188,23 +258,29 @@ impl std::fmt::Debug for LocalLimiter {
 }
 
 impl LocalLimiter {
-    /// A limiter for `policy`, on the system clock.
+    /// A limiter for `policy`, on the system's monotonic clock.
     pub fn new(policy: Policy) -> Self {
-        Self::with_clock(policy, std::sync::Arc::new(SystemClock))
+        let clock = quanta::Clock::new();
+        let base = clock.raw();
+        Self::on(policy, Time::System(clock, base))
     }
 
     /// A limiter for `policy` reading time from `clock` (its monotonic reading).
     pub fn with_clock(policy: Policy, clock: SharedClock) -> Self {
         let base = clock.monotonic();
+        Self::on(policy, Time::Given(clock, base))
+    }
+
+    fn on(policy: Policy, clock: Time) -> Self {
         Self {
             policy,
             shards: (0..SHARDS)
-                .map(|_| Padded(RwLock::new(Shard::default())))
+                .map(|_| Padded(RwLock::new(Shard::default()), AtomicI64::new(0)))
                 .collect(),
             turn: AtomicUsize::new(0),
             hasher: RandomState::new(),
             clock,
-            base,
+            sweep_every: grace(&policy),
         }
     }
 
@@ -216,8 +292,8 @@ impl LocalLimiter {
     /// Checks `cost` units for `key`: admitted and counted, or refused and not counted.
     pub fn check(&self, key: &str, cost: u64) -> Result<Decision, LimitError> {
         self.policy.check_cost(cost)?;
-        let now = self.now_us();
-        let hash = self.hasher.hash_one(key);
+        let now = self.clock.now_us();
+        let hash = self.hasher.hash_one(Text(key.as_bytes()));
         let index = usize::try_from(hash % SHARDS as u64).unwrap_or(0);
         let shard = &self.shards[index];
         let checks = CHECKS.with(|checks| {
@@ -227,57 +303,55 @@ impl LocalLimiter {
         });
         if checks.is_multiple_of(ROUND_ROBIN_EVERY) {
             if checks.is_multiple_of(SWEEP_EVERY) {
-                shard.write().sweep(&self.policy, now);
+                shard.sweep_if_due(&self.policy, now, self.sweep_every);
             }
             let turn = self.turn.fetch_add(1, Ordering::Relaxed) % SHARDS;
-            if let Ok(mut other) = self.shards[turn].0.try_write() {
-                other.sweep(&self.policy, now);
-            }
+            self.shards[turn].sweep_if_due(&self.policy, now, self.sweep_every);
         }
+        let same = |entry: &Entry| entry.key.as_bytes() == key.as_bytes();
         // A known key: the read lock, shared with every other check on the shard.
-        {
-            let keys = shard.read();
-            if let Some((_, cell)) = keys
-                .keys
-                .get(&hash)
-                .and_then(|slot| slot.iter().find(|(k, _)| &**k == key))
-            {
-                return Ok(cell.decide(&self.policy, now, cost));
-            }
+        if let Some(entry) = shard.read().keys.find(hash, same) {
+            return Ok(entry.cell.decide(&self.policy, now, cost));
         }
         // A new key (or one swept meanwhile): the write lock.
         let mut keys = shard.write();
-        if keys.len > 2 * keys.swept_len.max(64) {
+        if keys.keys.len() > 2 * keys.swept_len.max(64) {
             keys.sweep(&self.policy, now);
+            shard.1.store(now, Ordering::Relaxed);
         }
-        let slot = keys.keys.entry(hash).or_default();
-        if let Some((_, cell)) = slot.iter().find(|(k, _)| &**k == key) {
-            return Ok(cell.decide(&self.policy, now, cost));
+        if let Some(entry) = keys.keys.find(hash, same) {
+            return Ok(entry.cell.decide(&self.policy, now, cost));
         }
         let mut state = State::fresh(self.policy.algorithm());
         let decision = decide(&self.policy, &mut state, now, cost);
         if decision.allowed {
-            slot.push((key.into(), Cell::new(state)));
-            keys.len += 1;
-        } else if slot.is_empty() {
-            keys.keys.remove(&hash);
+            let entry = Entry {
+                key: Key::new(key),
+                cell: Cell::new(state),
+            };
+            // Growing the table hashes its keys again (rarely: it doubles), which keeps every
+            // entry 8 bytes smaller than storing the hash would.
+            let hasher = &self.hasher;
+            keys.keys.insert_unique(hash, entry, |entry| {
+                hasher.hash_one(Text(entry.key.as_bytes()))
+            });
         }
         Ok(decision)
     }
 
     /// Keys held now (including idle ones not yet swept).
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.read().len).sum()
+        self.shards.iter().map(|s| s.read().keys.len()).sum()
     }
 
     /// Whether no key is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
 
-    fn now_us(&self) -> i64 {
-        // Offset so that fixed windows do not all start at the limiter's creation.
-        let since = self.clock.monotonic().saturating_duration_since(self.base);
-        i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
-    }
+/// How long a key stays after its state is back to fresh: the policy's period, at most a
+/// second, so that a key checked again soon is not dropped and allocated anew each time.
+fn grace(policy: &Policy) -> i64 {
+    policy.period_us().min(1_000_000)
 }
