@@ -43,6 +43,41 @@ pub struct LeaseInfo {
     pub expires_at: Option<OffsetDateTime>,
 }
 
+/// Wakes the waiters for one lease name in this process, one per release, longest waiting
+/// first. See [`LeaseBackend::release_signal`].
+#[derive(Debug, Default)]
+pub struct ReleaseSignal {
+    notify: tokio::sync::Notify,
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+impl ReleaseSignal {
+    /// Wakes the longest-waiting waiter, or the next one to wait if none does yet.
+    pub fn wake_one(&self) {
+        self.notify.notify_one();
+    }
+
+    /// Whether someone in this process waits for the lease: a newcomer then queues behind
+    /// them instead of racing the one a release wakes (which costs both a round trip).
+    pub(crate) fn has_waiters(&self) -> bool {
+        self.waiting.load(std::sync::atomic::Ordering::Acquire) > 0
+    }
+
+    /// Until woken (cancellable: a wake-up given to a waiter that leaves passes to the next).
+    pub(crate) async fn wait(&self) {
+        struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            }
+        }
+        self.waiting
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let _waiting = Waiting(&self.waiting);
+        self.notify.notified().await;
+    }
+}
+
 /// Keeps leases. Every grant's token is larger than every earlier token for the same name;
 /// that is the one property the fence depends on, and each implementation states how far it
 /// holds (restarts, failover).
@@ -79,4 +114,15 @@ pub trait LeaseBackend: Send + Sync + fmt::Debug {
 
     /// Every lease the backend knows, by name.
     fn list(&self, now: OffsetDateTime) -> BoxFuture<'_, Result<Vec<LeaseInfo>, LeaseError>>;
+
+    /// The signal that wakes one waiter for `name` each time it is released, so that a
+    /// waiter tries again at once instead of at its next poll, and one at a time, not all at
+    /// once; `None` (the default) when the backend cannot tell, and waiters poll. A wake-up
+    /// can be missed (a listening connection is re-made): waiters keep polling too, less often.
+    fn release_signal<'a>(
+        &'a self,
+        _name: &'a str,
+    ) -> BoxFuture<'a, Option<std::sync::Arc<ReleaseSignal>>> {
+        Box::pin(std::future::ready(None))
+    }
 }

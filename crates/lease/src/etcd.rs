@@ -34,7 +34,15 @@ pub struct EtcdLeases {
     #[debug(skip)]
     client: Client,
     prefix: String,
+    /// The etcd lease of each grant made here and not yet released, by name and token, so
+    /// that a release is one revoke instead of a read and a revoke. Missing (another
+    /// process's grant, or forgotten when full), a release reads the key first.
+    #[debug(skip)]
+    granted: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<(String, i64), i64>>>,
 }
+
+/// Grants remembered for a one-call release, at most.
+const REMEMBERED: usize = 4096;
 
 /// What the key holds besides its lease.
 #[derive(Serialize, Deserialize)]
@@ -54,6 +62,7 @@ impl EtcdLeases {
         Self {
             client,
             prefix: prefix.into(),
+            granted: std::sync::Arc::default(),
         }
     }
 
@@ -126,6 +135,11 @@ impl EtcdLeases {
             let response = client.txn(txn).await?;
             if response.succeeded() {
                 let revision = response.header().map_or(0, |h| h.revision());
+                let mut granted = self.granted.lock().unwrap_or_else(|p| p.into_inner());
+                if granted.len() >= REMEMBERED {
+                    granted.clear();
+                }
+                granted.insert((name.to_owned(), revision), lease);
                 return Ok(Grant {
                     name: name.to_owned(),
                     holder: holder.to_owned(),
@@ -225,6 +239,27 @@ impl LeaseBackend for EtcdLeases {
         _now: OffsetDateTime,
     ) -> BoxFuture<'a, Result<(), LeaseError>> {
         async move {
+            let mine = token.as_i64().and_then(|token| {
+                let mut granted = self.granted.lock().unwrap_or_else(|p| p.into_inner());
+                granted.remove(&(name.to_owned(), token))
+            });
+            if let Some(id) = mine {
+                // The etcd lease is this grant's alone: revoking it deletes the grant's key if
+                // it is still there, and nothing else. Not found: the grant has lapsed.
+                let mut client = self.client.clone();
+                return match client.lease_revoke(id).await {
+                    Ok(_) => Ok(()),
+                    Err(etcd_client::Error::GRpcStatus(status))
+                        if status.message().contains("lease not found") =>
+                    {
+                        Err(LeaseError::NotHeld {
+                            name: name.to_owned(),
+                            token,
+                        })
+                    }
+                    Err(e) => Err(e.into()),
+                };
+            }
             match self.current(name).await? {
                 Some((_, revision, id)) if Some(revision) == token.as_i64() => {
                     // Revoking the etcd lease deletes the key with it; the lease is this

@@ -100,8 +100,11 @@ impl Leases {
     }
 
     /// Grants `name` to `holder` for `ttl`, waiting up to `wait` for the current holder to
-    /// release it or let it lapse; fails with [`LeaseError::Timeout`] after that. Waiting polls,
-    /// backing off from 10 ms to 500 ms and never sleeping past the holder's expiry.
+    /// release it or let it lapse; fails with [`LeaseError::Timeout`] after that. A waiter
+    /// tries again as soon as the lease is released where the backend tells (the store: a
+    /// release in this process, and on PostgreSQL any release, by `LISTEN`/`NOTIFY`) and
+    /// otherwise polls, backing off from 10 ms to 500 ms and never sleeping past
+    /// the holder's expiry.
     pub async fn acquire(
         &self,
         name: &str,
@@ -111,6 +114,20 @@ impl Leases {
     ) -> Result<LeaseGuard, LeaseError> {
         let started = self.clock.monotonic();
         let mut pause = Duration::from_millis(10);
+        // A release between a refused try and the wait leaves a permit (or wakes another
+        // waiter, who takes the lease instead).
+        let signal = self.backend.release_signal(name).await;
+        // Behind the waiters already queued in this process, not racing them.
+        if let Some(signal) = &signal
+            && signal.has_waiters()
+        {
+            check_request(name, holder, ttl)?;
+            let nap = self.clock.sleep(pause.min(wait));
+            tokio::select! {
+                () = signal.wait() => {}
+                () = nap => {}
+            }
+        }
         loop {
             match self.try_acquire(name, holder, ttl).await {
                 Err(LeaseError::Held {
@@ -127,8 +144,17 @@ impl Leases {
                     let until_expiry = Duration::try_from(expires_at - self.clock.now())
                         .unwrap_or(Duration::ZERO)
                         .max(Duration::from_millis(1));
-                    self.clock.sleep(pause.min(until_expiry).min(left)).await;
-                    pause = (pause * 2).min(Duration::from_millis(500));
+                    let nap = self.clock.sleep(pause.min(until_expiry).min(left));
+                    match &signal {
+                        Some(signal) => tokio::select! {
+                            () = signal.wait() => {}
+                            () = nap => pause = (pause * 2).min(MAX_POLL),
+                        },
+                        None => {
+                            nap.await;
+                            pause = (pause * 2).min(MAX_POLL);
+                        }
+                    }
                 }
                 other => return other,
             }
@@ -160,6 +186,10 @@ impl Leases {
         self.backend.list(self.clock.now()).await
     }
 }
+
+/// The longest pause between a waiter's tries: with release wake-ups, the bound on how late a
+/// missed wake-up makes it; without, the poll interval it backs off to.
+const MAX_POLL: Duration = Duration::from_millis(500);
 
 fn check_request(name: &str, holder: &str, ttl: Duration) -> Result<(), LeaseError> {
     check_name(name)?;

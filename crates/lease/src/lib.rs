@@ -67,7 +67,7 @@ mod token;
 
 use onephase_store::{Migrations, sqlx};
 
-pub use backend::{Grant, LeaseBackend, LeaseInfo};
+pub use backend::{Grant, LeaseBackend, LeaseInfo, ReleaseSignal};
 pub use error::{FenceError, LeaseError};
 #[cfg(feature = "etcd")]
 pub use etcd::{DEFAULT_PREFIX, EtcdLeases};

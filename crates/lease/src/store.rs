@@ -13,14 +13,17 @@
 //! on it, because a resource that checks the token refuses the older holder however the
 //! clocks disagree.
 
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
-use onephase_store::{Store, on_store};
+use onephase_store::{Db, Store, on_store};
 use time::OffsetDateTime;
 
-use crate::{FencingToken, Grant, LeaseBackend, LeaseError, LeaseInfo};
+use crate::{FencingToken, Grant, LeaseBackend, LeaseError, LeaseInfo, ReleaseSignal};
 use onephase_store::convert::{duration_ms, stored_ms, unix_ms as ms};
 
 /// A stored expiry; out of range is an error, never a time in 1970.
@@ -44,20 +47,115 @@ const RELEASE: &str = "UPDATE onephase_leases SET holder = NULL, \
        expires_at_ms = CASE WHEN expires_at_ms < $3 THEN expires_at_ms ELSE $3 END \
      WHERE name = $1 AND token = $2";
 
+/// The release on PostgreSQL, telling every listening process at commit. The payload is
+/// `<sender>/<name>`: a sender has woken its own waiters already and skips its own message.
+const RELEASE_AND_NOTIFY: &str = "WITH released AS (UPDATE onephase_leases SET holder = NULL, \
+       expires_at_ms = CASE WHEN expires_at_ms < $3 THEN expires_at_ms ELSE $3 END \
+     WHERE name = $1 AND token = $2 RETURNING name) \
+     SELECT pg_notify('onephase_leases', $4 || '/' || name) FROM released";
+
+/// The channel releases are announced on (PostgreSQL).
+const CHANNEL: &str = "onephase_leases";
+
 const CURRENT: &str = "SELECT holder, token, expires_at_ms FROM onephase_leases WHERE name = $1";
 
 const LIST: &str = "SELECT name, holder, token, expires_at_ms FROM onephase_leases ORDER BY name";
 
 /// Leases kept in a migrated onephase store (see [`migrations`](crate::migrations)).
+///
+/// Releases wake waiters: one made through this value at once, and on PostgreSQL one made
+/// by any process through `NOTIFY onephase_leases`, which a connection of its own `LISTEN`s
+/// for from the first wait on (and closes when the last clone is dropped).
 #[derive(Debug, Clone)]
 pub struct StoreLeases {
     store: Store,
+    waiters: Arc<Waiters>,
+    /// Whether release notifications are relayed yet (PostgreSQL).
+    listening: Arc<tokio::sync::Mutex<bool>>,
+}
+
+/// The release signal of each name someone in this process waits for, and the name these
+/// waiters' releases are announced under.
+#[derive(Debug)]
+struct Waiters {
+    names: Mutex<HashMap<Arc<str>, Arc<ReleaseSignal>>>,
+    sender: String,
+}
+
+impl Default for Waiters {
+    fn default() -> Self {
+        static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        Self {
+            names: Mutex::default(),
+            sender: format!(
+                "{}-{}",
+                std::process::id(),
+                MADE.fetch_add(1, Ordering::Relaxed)
+            ),
+        }
+    }
+}
+
+impl Waiters {
+    fn signal(&self, name: &str) -> Arc<ReleaseSignal> {
+        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(names.entry(Arc::from(name)).or_default())
+    }
+
+    /// Wakes one waiter for `name`; forgets the name when nobody holds its signal any more.
+    fn wake(&self, name: &str) {
+        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(signal) = names.get(name) {
+            if Arc::strong_count(signal) == 1 {
+                names.remove(name);
+            } else {
+                signal.wake_one();
+            }
+        }
+    }
+
+    /// Wakes one waiter for every name (a release may have been missed).
+    fn wake_all(&self) {
+        let names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        for signal in names.values() {
+            signal.wake_one();
+        }
+    }
 }
 
 impl StoreLeases {
     /// Leases in `store`.
     pub fn new(store: Store) -> Self {
-        Self { store }
+        Self {
+            store,
+            waiters: Arc::default(),
+            listening: Arc::default(),
+        }
+    }
+
+    /// Starts relaying PostgreSQL's release notifications to the waiters, once: returns when
+    /// the connection listens, so that a release from now on wakes a waiter.
+    async fn listen(&self) {
+        let Db::Postgres(pool) = self.store.db() else {
+            return;
+        };
+        let mut listening = self.listening.lock().await;
+        if *listening {
+            return;
+        }
+        let listener = match listener(pool).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::warn!(error = %e, "lease release notifications: cannot LISTEN; waiters poll");
+                return;
+            }
+        };
+        tokio::spawn(relay_notifications(
+            listener,
+            pool.clone(),
+            Arc::downgrade(&self.waiters),
+        ));
+        *listening = true;
     }
 
     async fn current(&self, name: &str) -> Result<Option<Current>, sqlx::Error> {
@@ -75,6 +173,51 @@ impl StoreLeases {
             },
             Ok(None) => LeaseError::Unknown(name.to_owned()),
             Err(e) => e.into(),
+        }
+    }
+}
+
+async fn listener(pool: &sqlx::PgPool) -> Result<sqlx::postgres::PgListener, sqlx::Error> {
+    let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+    listener.listen(CHANNEL).await?;
+    Ok(listener)
+}
+
+/// Relays release notifications until every [`StoreLeases`] sharing `waiters` is gone or the
+/// pool is closed (whose close waits for this connection). The listener re-makes a lost
+/// connection itself; a release meanwhile may be missed, so a waiter of every name is woken
+/// to look.
+async fn relay_notifications(
+    mut listener: sqlx::postgres::PgListener,
+    pool: sqlx::PgPool,
+    waiters: Weak<Waiters>,
+) {
+    let check = Duration::from_secs(1);
+    loop {
+        let notification = tokio::time::timeout(check, listener.try_recv()).await;
+        let Some(waiters) = waiters.upgrade().filter(|_| !pool.is_closed()) else {
+            return;
+        };
+        match notification {
+            Err(_elapsed) => {}
+            Ok(Ok(Some(n))) => match n.payload().split_once('/') {
+                Some((sender, _)) if sender == waiters.sender => {}
+                Some((_, name)) => waiters.wake(name),
+                None => waiters.wake_all(),
+            },
+            Ok(Ok(None)) => waiters.wake_all(),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "lease release notifications failed; listening again");
+                waiters.wake_all();
+                drop(waiters);
+                tokio::time::sleep(check).await;
+                match self::listener(&pool).await {
+                    Ok(again) => listener = again,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "lease release notifications: cannot LISTEN; waiters poll")
+                    }
+                }
+            }
         }
     }
 }
@@ -203,20 +346,37 @@ impl LeaseBackend for StoreLeases {
             let Some(token_i64) = token.as_i64() else {
                 return Err(self.not_held(name, token).await);
             };
-            let released = on_store!(self.store.db(), pool => {
-                sqlx::query(RELEASE)
+            let released = match self.store.db() {
+                Db::Postgres(pool) => sqlx::query(RELEASE_AND_NOTIFY)
                     .bind(name)
                     .bind(token_i64)
                     .bind(ms(now))
-                    .execute(pool)
+                    .bind(&self.waiters.sender)
+                    .fetch_all(pool)
                     .await?
-                    .rows_affected()
-            });
+                    .len() as u64,
+                Db::Sqlite(store) => sqlx::query(RELEASE)
+                    .bind(name)
+                    .bind(token_i64)
+                    .bind(ms(now))
+                    .execute(store.writer())
+                    .await?
+                    .rows_affected(),
+            };
             if released == 1 {
+                self.waiters.wake(name);
                 Ok(())
             } else {
                 Err(self.not_held(name, token).await)
             }
+        }
+        .boxed()
+    }
+
+    fn release_signal<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Option<Arc<ReleaseSignal>>> {
+        async move {
+            self.listen().await;
+            Some(self.waiters.signal(name))
         }
         .boxed()
     }

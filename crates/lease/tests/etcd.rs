@@ -91,7 +91,20 @@ mod suite {
             .await?;
         ensure!(next.token() > lapsing.token());
         ensure!(started.elapsed() >= Duration::from_millis(900));
+        // The lapsed grant's release (one revoke of its own etcd lease, gone) changes nothing.
+        let lapsed = lapsing.token();
+        ensure!(matches!(
+            leases.release("job", lapsed).await,
+            Err(LeaseError::NotHeld { .. })
+        ));
+        ensure!(leases.list().await?[0].holder.as_deref() == Some("e"));
+        let released = next.token();
         next.release().await?;
+        // Released twice: the second is refused.
+        ensure!(matches!(
+            leases.release("job", released).await,
+            Err(LeaseError::NotHeld { .. })
+        ));
         Ok(())
     }
 

@@ -491,3 +491,50 @@ per_backend! {
         Ok(())
     }
 }
+
+per_backend! {
+    #[tokio::test]
+    async fn a_release_wakes_a_waiter_whose_clock_stands_still(db) -> anyhow::Result<()> {
+        let store = migrated(&db).await?;
+        // The waiter's clock never moves, so its polls never come round: only the release's
+        // wake-up can let it try again.
+        let clock = manual();
+        let waiting = Leases::store(store.clone()).with_clock(Arc::new(clock.clone()));
+        // On PostgreSQL the holder is another process's leases (nothing shared in memory:
+        // NOTIFY carries the release); on SQLite, the same process's.
+        let holding = match store.db() {
+            Db::Postgres(_) => Leases::store(store.clone()).with_clock(Arc::new(manual())),
+            Db::Sqlite(_) => waiting.clone(),
+        };
+        let held = holding
+            .try_acquire("job", "a", Duration::from_secs(10))
+            .await?;
+        let waiter = tokio::spawn({
+            let waiting = waiting.clone();
+            async move {
+                waiting
+                    .acquire("job", "b", Duration::from_secs(10), Duration::from_secs(60))
+                    .await
+            }
+        });
+        for _ in 0..3000 {
+            if clock.sleepers() > 0 || waiter.is_finished() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        ensure!(clock.sleepers() > 0, "the waiter never started waiting");
+        let first = held.token();
+        held.release().await?;
+        // A bound on a hang, not a timing: without the wake-up the waiter never returns.
+        let granted = tokio::time::timeout(Duration::from_secs(30), waiter)
+            .await
+            .map_err(|_| anyhow::anyhow!("the release did not wake the waiter"))???;
+        ensure!(granted.grant().holder == "b" && granted.token() > first);
+        granted.release().await?;
+        // With the leases still alive: closing the pool ends the listening connection.
+        db.close().await?;
+        drop((waiting, holding));
+        Ok(())
+    }
+}
