@@ -294,7 +294,10 @@ impl LocalLimiter {
         self.policy.check_cost(cost)?;
         let now = self.clock.now_us();
         let hash = self.hasher.hash_one(Text(key.as_bytes()));
-        let index = usize::try_from(hash % SHARDS as u64).unwrap_or(0);
+        // The shard from bits the table does not use: its bucket comes from the low bits and
+        // its tag from the top seven, and a shard picked by the low bits left every table
+        // with one 64th of its buckets to start probing from.
+        let index = usize::try_from((hash >> 32) % SHARDS as u64).unwrap_or(0);
         let shard = &self.shards[index];
         let checks = CHECKS.with(|checks| {
             let n = checks.get().wrapping_add(1);
