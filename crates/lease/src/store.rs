@@ -143,7 +143,13 @@ impl StoreLeases {
         if *listening {
             return;
         }
-        let listener = match listener(pool).await {
+        // A pool of one connection of its own: a listener holds its connection for good, which
+        // in the store's pool would leave one connection fewer for everything else (none, in a
+        // pool of one).
+        let own = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect_lazy_with(pool.connect_options().as_ref().clone());
+        let listener = match listener(&own).await {
             Ok(listener) => listener,
             Err(e) => {
                 tracing::warn!(error = %e, "lease release notifications: cannot LISTEN; waiters poll");
@@ -152,6 +158,7 @@ impl StoreLeases {
         };
         tokio::spawn(relay_notifications(
             listener,
+            own,
             pool.clone(),
             Arc::downgrade(&self.waiters),
         ));
@@ -183,12 +190,13 @@ async fn listener(pool: &sqlx::PgPool) -> Result<sqlx::postgres::PgListener, sql
     Ok(listener)
 }
 
-/// Relays release notifications until every [`StoreLeases`] sharing `waiters` is gone or the
-/// pool is closed (whose close waits for this connection). The listener re-makes a lost
+/// Relays release notifications, listening on `own` (a pool of one), until every
+/// [`StoreLeases`] sharing `waiters` is gone or the store's `pool` is closed. The listener re-makes a lost
 /// connection itself; a release meanwhile may be missed, so a waiter of every name is woken
 /// to look.
 async fn relay_notifications(
     mut listener: sqlx::postgres::PgListener,
+    own: sqlx::PgPool,
     pool: sqlx::PgPool,
     waiters: Weak<Waiters>,
 ) {
@@ -196,6 +204,8 @@ async fn relay_notifications(
     loop {
         let notification = tokio::time::timeout(check, listener.try_recv()).await;
         let Some(waiters) = waiters.upgrade().filter(|_| !pool.is_closed()) else {
+            drop(listener);
+            own.close().await;
             return;
         };
         match notification {
@@ -211,7 +221,7 @@ async fn relay_notifications(
                 waiters.wake_all();
                 drop(waiters);
                 tokio::time::sleep(check).await;
-                match self::listener(&pool).await {
+                match self::listener(&own).await {
                     Ok(again) => listener = again,
                     Err(e) => {
                         tracing::warn!(error = %e, "lease release notifications: cannot LISTEN; waiters poll")

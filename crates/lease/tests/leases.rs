@@ -538,3 +538,36 @@ per_backend! {
         Ok(())
     }
 }
+
+#[tokio::test]
+async fn release_wake_ups_take_no_connection_from_the_store_s_pool() -> anyhow::Result<()> {
+    let Some(db) = TestDb::postgres().await else {
+        return Ok(());
+    };
+    db.store().migrate(&[migrations()]).await?;
+    // A pool of one: were the listening connection taken from it, nothing else could run.
+    let mut options = onephase_store::StoreOptions::default();
+    options.max_connections = 1;
+    options.acquire_timeout = Duration::from_secs(5);
+    let store = Store::connect_with(db.url(), &options).await?;
+    let leases = Leases::store(store.clone());
+    let held = leases
+        .try_acquire("job", "a", Duration::from_secs(10))
+        .await?;
+    let waiter = tokio::spawn({
+        let leases = leases.clone();
+        async move {
+            leases
+                .acquire("job", "b", Duration::from_secs(10), Duration::from_secs(30))
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    held.release().await?;
+    let granted = waiter.await??;
+    ensure!(granted.grant().holder == "b");
+    granted.release().await?;
+    store.close().await;
+    db.close().await?;
+    Ok(())
+}
