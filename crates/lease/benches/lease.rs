@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use onephase_lease::{EtcdLeases, Leases, migrations};
-use onephase_store::Store;
+use onephase_store::{Store, on_store};
 use onephase_testkit::{Engine, TestDb, engine_url};
 use serde_json::{Value, json};
 
@@ -166,50 +166,30 @@ async fn etcd_floor(url: &str, clients: usize) -> AnyResult<f64> {
     .await
 }
 
-/// What any lease that records its grant and its release durably costs at least on
-/// PostgreSQL: two single-row write transactions per cycle, the engine queueing the writers.
-async fn postgres_floor(store: &Store, clients: usize) -> AnyResult<f64> {
-    let pool = store.as_postgres().ok_or("postgres")?.clone();
-    sqlx::query("CREATE TABLE IF NOT EXISTS bench_floor (id INT PRIMARY KEY, n BIGINT)")
-        .execute(&pool)
-        .await?;
-    sqlx::query("INSERT INTO bench_floor VALUES (1, 0) ON CONFLICT DO NOTHING")
-        .execute(&pool)
-        .await?;
-    rate(clients, move |_| {
+/// What any lease that records its grant and its release durably costs at least: two
+/// single-row write transactions per cycle, the engine queueing the writers.
+async fn durable_floor(store: &Store, clients: usize) -> AnyResult<f64> {
+    on_store!(store.db(), pool => {
         let pool = pool.clone();
-        async move {
-            for _ in 0..2 {
-                sqlx::query("UPDATE bench_floor SET n = n + 1 WHERE id = 1")
-                    .execute(&pool)
-                    .await?;
+        sqlx::query("CREATE TABLE IF NOT EXISTS bench_floor (id INTEGER PRIMARY KEY, n BIGINT)")
+            .execute(&pool)
+            .await?;
+        sqlx::query("INSERT INTO bench_floor VALUES (1, 0) ON CONFLICT DO NOTHING")
+            .execute(&pool)
+            .await?;
+        rate(clients, move |_| {
+            let pool = pool.clone();
+            async move {
+                for _ in 0..2 {
+                    sqlx::query("UPDATE bench_floor SET n = n + 1 WHERE id = 1")
+                        .execute(&pool)
+                        .await?;
+                }
+                Ok(())
             }
-            Ok(())
-        }
+        })
+        .await
     })
-    .await
-}
-
-async fn sqlite_baseline(store: &Store, clients: usize) -> AnyResult<f64> {
-    let pool = store.as_sqlite().ok_or("sqlite")?.writer().clone();
-    sqlx::query("CREATE TABLE IF NOT EXISTS bench_floor (id INTEGER PRIMARY KEY, n INTEGER)")
-        .execute(&pool)
-        .await?;
-    sqlx::query("INSERT OR IGNORE INTO bench_floor VALUES (1, 0)")
-        .execute(&pool)
-        .await?;
-    rate(clients, move |_| {
-        let pool = pool.clone();
-        async move {
-            for _ in 0..2 {
-                sqlx::query("UPDATE bench_floor SET n = n + 1 WHERE id = 1")
-                    .execute(&pool)
-                    .await?;
-            }
-            Ok(())
-        }
-    })
-    .await
 }
 
 fn main() -> AnyResult<()> {
@@ -226,7 +206,7 @@ fn main() -> AnyResult<()> {
                 clients,
                 onephase: onephase(Leases::store(sqlite.store().clone()), clients).await?,
                 baseline: "two write transactions",
-                raw: sqlite_baseline(sqlite.store(), clients).await?,
+                raw: durable_floor(sqlite.store(), clients).await?,
             });
         }
         sqlite.close().await?;
@@ -246,7 +226,7 @@ fn main() -> AnyResult<()> {
                     clients,
                     onephase: ours,
                     baseline: "two write transactions",
-                    raw: postgres_floor(pg.store(), clients).await?,
+                    raw: durable_floor(pg.store(), clients).await?,
                 });
             }
             pg.close().await?;
