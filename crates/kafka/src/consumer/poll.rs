@@ -73,6 +73,10 @@ impl ConsumerContext for Context {
                     .map(|e| (Arc::from(e.topic()), e.partition()))
                     .collect();
                 tracing::info!(partitions = tps.len(), "partitions revoked: draining");
+                self.shared.counters.revoked.fetch_add(
+                    u64::try_from(tps.len()).unwrap_or(u64::MAX),
+                    Ordering::Relaxed,
+                );
                 let lost = consumer.assignment_lost();
                 revoke(
                     &self.shared,

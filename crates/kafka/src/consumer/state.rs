@@ -73,6 +73,7 @@ pub(crate) struct Counters {
     pub(crate) retried: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
     pub(crate) rebalances: AtomicU64,
+    pub(crate) revoked: AtomicU64,
     pub(crate) abandoned: AtomicU64,
 }
 
@@ -127,6 +128,10 @@ pub struct ConsumerHealth {
     /// Assignments and revocations of at least one partition received (the first assignment
     /// counts).
     pub rebalances: u64,
+    /// Partitions taken from this member (revoked, lost, or given up when it stopped), counted
+    /// once per revocation: each is a handover at which at most the partition's capacity of
+    /// messages in flight can be handled again by the next owner.
+    pub revoked: u64,
     /// Messages not handled because their partition was revoked first (the next owner reads
     /// them).
     pub abandoned: u64,
@@ -169,6 +174,7 @@ impl ConsumerHealth {
             retried: c.retried.load(Ordering::Relaxed),
             dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
             rebalances: c.rebalances.load(Ordering::Relaxed),
+            revoked: c.revoked.load(Ordering::Relaxed),
             abandoned: c.abandoned.load(Ordering::Relaxed),
         }
     }
