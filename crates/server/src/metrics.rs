@@ -334,6 +334,14 @@ const SECONDS_HISTOGRAMS: &[(&str, &str)] = &[
         "Webhook attempt latency, sending to the answer's headers",
     ),
     (
+        "onephase_webhook_claim_seconds",
+        "Time of one webhook claim transaction (due deliveries found and locked)",
+    ),
+    (
+        "onephase_webhook_record_seconds",
+        "Time of one transaction recording a batch of webhook attempts",
+    ),
+    (
         "onephase_replica_wait_seconds",
         "Time a read or a wait spent waiting for a replica to replay a token, whatever the outcome",
     ),

@@ -204,7 +204,8 @@ impl Dispatcher {
             sql::sweep_auto_disabled(&inner.store, now_ms).await?;
         }
         let mut cursors = inner.key_cursors.lock().await;
-        Ok(sql::claim(
+        let started = Instant::now();
+        let claimed = sql::claim(
             &inner.store,
             now_ms,
             now_us,
@@ -213,7 +214,10 @@ impl Dispatcher {
             start,
             &mut cursors,
         )
-        .await?)
+        .await?;
+        metrics::histogram!("onephase_webhook_claim_seconds")
+            .record(started.elapsed().as_secs_f64());
+        Ok(claimed)
     }
 
     /// Starts one task per claimed delivery; each sends its outcome to the recording task.
@@ -505,7 +509,10 @@ impl Inner {
 
     async fn record(&self, finished: &[Finished]) -> Result<Vec<Disabled>, WebhookError> {
         let now_ms = sql::ms(self.clock.now());
+        let started = Instant::now();
         let disabled = sql::record(&self.store, finished, &self.rules(), now_ms).await?;
+        metrics::histogram!("onephase_webhook_record_seconds")
+            .record(started.elapsed().as_secs_f64());
         for d in &disabled {
             tracing::warn!(
                 endpoint = %d.endpoint_id,

@@ -34,48 +34,36 @@ struct Room {
 
 /// The free concurrency of each enabled endpoint that has a due delivery (one index probe
 /// each, so idle endpoints cost no query of their own): its limit (halved while slowed down)
-/// less the attempts in flight, which the `locked` index counts without reading the backlog.
+/// less the attempts in flight, which the `locked` index counts without reading the backlog
+/// (it holds only rows with a lock: `locked_until_ms > 0` is spelled out for the planners).
 fn rooms_sql(pg: bool) -> String {
     format!(
         "SELECT e.id, e.ordered, \
            (CASE WHEN e.slow_until_ms > $1 THEN {least}(e.slow_limit, e.max_concurrency) \
              ELSE e.max_concurrency END) \
            - (SELECT COUNT(*) FROM onephase_webhook_deliveries b \
-              WHERE b.endpoint_id = e.id AND b.status = 'pending' AND b.locked_until_ms > $1) \
+              WHERE b.endpoint_id = e.id AND b.status = 'pending' AND b.locked_until_ms > 0 \
+                AND b.locked_until_ms > $1) \
            AS room \
          FROM onephase_webhook_endpoints e WHERE e.disabled_at_ms IS NULL \
            AND EXISTS (SELECT 1 FROM onephase_webhook_deliveries d \
-             WHERE d.endpoint_id = e.id AND d.status = 'pending' AND d.next_at_ms <= $1 \
-               AND d.locked_until_ms <= $1) \
+             WHERE d.endpoint_id = e.id AND d.status = 'pending' AND d.next_at_ms <= $1) \
          ORDER BY e.id",
         least = if pg { "LEAST" } else { "min" },
     )
 }
 
-/// What a claim needs of a delivery, selected by id.
-const CLAIMED_BY_ID_PG: &str = "SELECT d.id, d.endpoint_id, d.message_id, d.attempts, e.url, \
-       e.keys, e.rate_limit, e.rate_tat_us, m.body, m.traceparent \
-     FROM onephase_webhook_deliveries d \
-     JOIN onephase_webhook_endpoints e ON e.id = d.endpoint_id \
-     JOIN onephase_webhook_messages m ON m.id = d.message_id \
-     WHERE d.id IN (SELECT jsonb_array_elements_text($1::jsonb)::bigint) \
-     ORDER BY d.next_at_ms, d.id";
-const CLAIMED_BY_ID_SQLITE: &str = "SELECT d.id, d.endpoint_id, d.message_id, d.attempts, e.url, \
-       e.keys, e.rate_limit, e.rate_tat_us, m.body, m.traceparent \
-     FROM onephase_webhook_deliveries d \
-     JOIN onephase_webhook_endpoints e ON e.id = d.endpoint_id \
-     JOIN onephase_webhook_messages m ON m.id = d.message_id \
-     WHERE d.id IN (SELECT value FROM json_each($1)) \
-     ORDER BY d.next_at_ms, d.id";
-
 /// An unordered endpoint's due deliveries, oldest due first, with what sending them needs:
 /// at most `$3` rows are read, so a claim costs the same whatever the endpoint's backlog.
+///
+/// A row in flight is due no earlier than its lock's end (the lock sets both), so due rows
+/// are unlocked and the walk down the `due` index stops at the first row in flight. The lock
+/// itself still checks `locked_until_ms` (a row locked before that rule held is skipped there).
 const DUE: &str = "SELECT d.id, d.endpoint_id, d.message_id, d.attempts, e.url, e.keys, \
        e.rate_limit, e.rate_tat_us, m.body, m.traceparent \
      FROM (SELECT id, endpoint_id, message_id, attempts, next_at_ms \
            FROM onephase_webhook_deliveries \
            WHERE endpoint_id = $1 AND status = 'pending' AND next_at_ms <= $2 \
-             AND locked_until_ms <= $2 \
            ORDER BY next_at_ms, id LIMIT $3) d \
      JOIN onephase_webhook_endpoints e ON e.id = d.endpoint_id \
      JOIN onephase_webhook_messages m ON m.id = d.message_id \
@@ -85,7 +73,7 @@ const DUE: &str = "SELECT d.id, d.endpoint_id, d.message_id, d.attempts, e.url, 
 /// [`KEY_HEADS`]): ids and due times.
 const DUE_UNKEYED: &str = "SELECT id, next_at_ms FROM onephase_webhook_deliveries \
      WHERE endpoint_id = $1 AND status = 'pending' AND partition_key IS NULL AND ordered \
-       AND next_at_ms <= $2 AND locked_until_ms <= $2 \
+       AND next_at_ms <= $2 \
      ORDER BY next_at_ms, id LIMIT $3";
 
 /// The head (oldest pending delivery) of each partition key of endpoint `$1`, walking the
@@ -190,15 +178,54 @@ impl KeyWalk {
     }
 }
 
-/// Locks claimed deliveries (by a JSON list of ids) that are still pending and unlocked.
-const LOCK_PG: &str = "UPDATE onephase_webhook_deliveries \
-     SET attempts = attempts + 1, locked_until_ms = $2 \
-     WHERE id IN (SELECT jsonb_array_elements_text($1::jsonb)::bigint) \
-     AND status = 'pending' AND locked_until_ms <= $3 RETURNING id";
-const LOCK_SQLITE: &str = "UPDATE onephase_webhook_deliveries \
-     SET attempts = attempts + 1, locked_until_ms = $2 \
-     WHERE id IN (SELECT value FROM json_each($1)) \
-     AND status = 'pending' AND locked_until_ms <= $3 RETURNING id";
+/// The statements whose text differs between the backends: ids go to PostgreSQL as an array
+/// (so that `= ANY` probes the primary key) and to SQLite as a JSON list.
+mod pg {
+    pub(super) const PG: bool = true;
+
+    /// What a claim needs of a delivery, selected by id.
+    pub(super) const CLAIMED_BY_ID: &str = "SELECT d.id, d.endpoint_id, d.message_id, \
+           d.attempts, e.url, e.keys, e.rate_limit, e.rate_tat_us, m.body, m.traceparent \
+         FROM onephase_webhook_deliveries d \
+         JOIN onephase_webhook_endpoints e ON e.id = d.endpoint_id \
+         JOIN onephase_webhook_messages m ON m.id = d.message_id \
+         WHERE d.id = ANY($1) ORDER BY d.next_at_ms, d.id";
+
+    /// Locks claimed deliveries that are still pending and unlocked. The lock's end is also
+    /// the row's due time: a claim's walk down the due index then stops before the rows in
+    /// flight instead of stepping over each of them, and a row whose dispatcher died is due
+    /// again exactly when its lock lapses.
+    pub(super) const LOCK: &str = "UPDATE onephase_webhook_deliveries \
+         SET attempts = attempts + 1, locked_until_ms = $2, next_at_ms = $2 \
+         WHERE id = ANY($1) AND status = 'pending' AND locked_until_ms <= $3 RETURNING id";
+
+    pub(super) fn ids(ids: &[i64]) -> Result<Vec<i64>, sqlx::Error> {
+        Ok(ids.to_vec())
+    }
+}
+
+mod lite {
+    pub(super) const PG: bool = false;
+
+    /// See [`super::pg::CLAIMED_BY_ID`].
+    pub(super) const CLAIMED_BY_ID: &str = "SELECT d.id, d.endpoint_id, d.message_id, \
+           d.attempts, e.url, e.keys, e.rate_limit, e.rate_tat_us, m.body, m.traceparent \
+         FROM onephase_webhook_deliveries d \
+         JOIN onephase_webhook_endpoints e ON e.id = d.endpoint_id \
+         JOIN onephase_webhook_messages m ON m.id = d.message_id \
+         WHERE d.id IN (SELECT value FROM json_each($1)) ORDER BY d.next_at_ms, d.id";
+
+    /// See [`super::pg::LOCK`].
+    pub(super) const LOCK: &str = "UPDATE onephase_webhook_deliveries \
+         SET attempts = attempts + 1, locked_until_ms = $2, next_at_ms = $2 \
+         WHERE id IN (SELECT value FROM json_each($1)) \
+           AND status = 'pending' AND locked_until_ms <= $3 RETURNING id";
+
+    /// Ids as the JSON list the statements unpack.
+    pub(super) fn ids(ids: &[i64]) -> Result<String, sqlx::Error> {
+        serde_json::to_string(ids).map_err(|e| sqlx::Error::Encode(Box::new(e)))
+    }
+}
 
 /// An endpoint's new theoretical arrival time (its rate limit's state).
 const SET_TAT: &str = "UPDATE onephase_webhook_endpoints SET rate_tat_us = $2 WHERE id = $1";
@@ -220,11 +247,6 @@ fn earliest(mut found: Vec<(i64, i64)>, take: i64) -> Vec<i64> {
     found.into_iter().map(|(id, _)| id).collect()
 }
 
-/// Ids as the JSON list the statements unpack.
-fn id_list(ids: &[i64]) -> Result<String, sqlx::Error> {
-    serde_json::to_string(ids).map_err(|e| sqlx::Error::Encode(Box::new(e)))
-}
-
 /// Takes up to `limit` due deliveries: at most each endpoint's free concurrency, within its
 /// rate, and for ordered endpoints only the oldest pending delivery of each partition key.
 /// Endpoints are visited from `start` on (rotating it shares a tight `limit` fairly). Each
@@ -238,16 +260,15 @@ pub(crate) async fn claim(
     start: usize,
     cursors: &mut KeyCursors,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
-    on_store!(store.db(), pool, backend => {
-        let pg = backend == onephase_store::Backend::Postgres;
+    on_store!(store.db(), pool, q: pg | lite => {
+        let pg = q::PG;
         let mut tx = pool.begin().await?;
         if pg {
             // One claimer at a time across servers, so that concurrency and rate limits
             // count every server's attempts.
-            sqlx::query("SELECT pg_advisory_xact_lock(7415612901)").execute(&mut *tx).await?;
             // A claim is only a lock: if a database crash loses it, the delivery is attempted
             // again (at least once either way), so its commit need not wait for the disk.
-            sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
+            sqlx::query("SELECT pg_advisory_xact_lock(7415612901), set_config('synchronous_commit', 'off', true)").execute(&mut *tx).await?;
         }
         let mut rooms: Vec<Room> = sqlx::query_as(sqlx::AssertSqlSafe(rooms_sql(pg)))
             .bind(now_ms)
@@ -301,9 +322,10 @@ pub(crate) async fn claim(
             chosen.extend(first);
         }
         if !chosen.is_empty() {
-            let by_id = if pg { CLAIMED_BY_ID_PG } else { CLAIMED_BY_ID_SQLITE };
-            let ordered: Vec<Claimed> =
-                sqlx::query_as(by_id).bind(id_list(&chosen)?).fetch_all(&mut *tx).await?;
+            let ordered: Vec<Claimed> = sqlx::query_as(q::CLAIMED_BY_ID)
+                .bind(q::ids(&chosen)?)
+                .fetch_all(&mut *tx)
+                .await?;
             candidates.extend(ordered);
         }
         if candidates.is_empty() {
@@ -311,17 +333,18 @@ pub(crate) async fn claim(
         }
         let (taken, tats) = within_rate(candidates, now_us);
         let ids: Vec<i64> = taken.iter().map(|c| c.id).collect();
-        let lock = if pg { LOCK_PG } else { LOCK_SQLITE };
-        let locked: Vec<i64> = sqlx::query_scalar(lock)
-            .bind(id_list(&ids)?)
+        let locked: Vec<i64> = sqlx::query_scalar(q::LOCK)
+            .bind(q::ids(&ids)?)
             .bind(lease_ms)
             .bind(now_ms)
             .fetch_all(&mut *tx)
             .await?;
+
         for (endpoint, tat) in tats {
             sqlx::query(SET_TAT).bind(endpoint).bind(tat).execute(&mut *tx).await?;
         }
         tx.commit().await?;
+
         let locked: std::collections::HashSet<i64> = locked.into_iter().collect();
         Ok(taken.into_iter().filter(|c| locked.contains(&c.id)).collect())
     })
