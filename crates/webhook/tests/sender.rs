@@ -918,3 +918,64 @@ per_backend! {
         backlog_keeps_moving(&db, false).await
     }
 }
+
+per_backend! {
+    /// A dispatcher that dies mid-attempt leaves its delivery locked, and the lock is also the
+    /// delivery's due time: no claim takes it before the lock's end (however often claims
+    /// run), and the first claim after it sends it again with the same `webhook-id`.
+    #[tokio::test]
+    async fn a_delivery_whose_dispatcher_died_is_sent_again_when_its_lock_ends(db) -> anyhow::Result<()> {
+        let s = setup(&db, DispatcherConfig::default()).await?;
+        let rx = TestReceiver::start().await;
+        // The first request is never answered in time; the dispatcher dies while it waits.
+        rx.script(|_, n| Answer {
+            delay: if n == 0 { Duration::from_secs(60) } else { Duration::ZERO },
+            ..Answer::status(200)
+        });
+        s.webhooks
+            .create_endpoint(EndpointSpec::new(rx.url("hold")))
+            .await?;
+        let sent = s
+            .webhooks
+            .send(&NewMessage::new("invoice.paid", json!({"n": 1})))
+            .await?;
+        let dying = tokio::spawn({
+            let dispatcher = s.dispatcher.clone();
+            async move { dispatcher.run_once().await }
+        });
+        for _ in 0..500 {
+            if !rx.arrivals().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        ensure!(rx.arrivals().len() == 1, "the first attempt never arrived");
+        dying.abort();
+        let _ = dying.await;
+
+        // attempt_timeout (5 s) + lease_margin (15 s) from the claim.
+        let lock = Duration::from_secs(20);
+        ensure!(s.dispatcher.run_once().await?.attempts == 0, "taken while locked");
+        s.clock.advance(lock - Duration::from_millis(1));
+        ensure!(
+            s.dispatcher.run_once().await?.attempts == 0,
+            "taken a millisecond before the lock ends"
+        );
+        s.clock.advance(Duration::from_millis(1));
+        let round = s.dispatcher.run_once().await?;
+        ensure!(round.attempts == 1 && round.delivered == 1, "{round:?}");
+        let arrivals = rx.arrivals();
+        ensure!(arrivals.len() == 2 && arrivals.iter().all(|a| a.id() == sent.id));
+        let message = s.webhooks.message(&sent.id).await?;
+        ensure!(
+            message.deliveries.len() == 1
+                && message.deliveries[0].status == "delivered"
+                && message.deliveries[0].attempts == 2,
+            "{:?}",
+            message.deliveries
+        );
+        ensure!(drain(&s).await? == 0, "delivered once more");
+        db.close().await?;
+        Ok(())
+    }
+}
