@@ -204,7 +204,7 @@ impl Dispatcher {
             sql::sweep_auto_disabled(&inner.store, now_ms).await?;
         }
         let mut cursors = inner.key_cursors.lock().await;
-        let started = Instant::now();
+        let started = inner.clock.monotonic();
         let claimed = sql::claim(
             &inner.store,
             now_ms,
@@ -215,8 +215,8 @@ impl Dispatcher {
             &mut cursors,
         )
         .await?;
-        metrics::histogram!("onephase_webhook_claim_seconds")
-            .record(started.elapsed().as_secs_f64());
+        let took = inner.clock.monotonic().saturating_duration_since(started);
+        metrics::histogram!("onephase_webhook_claim_seconds").record(took.as_secs_f64());
         Ok(claimed)
     }
 
@@ -509,10 +509,10 @@ impl Inner {
 
     async fn record(&self, finished: &[Finished]) -> Result<Vec<Disabled>, WebhookError> {
         let now_ms = sql::ms(self.clock.now());
-        let started = Instant::now();
+        let started = self.clock.monotonic();
         let disabled = sql::record(&self.store, finished, &self.rules(), now_ms).await?;
-        metrics::histogram!("onephase_webhook_record_seconds")
-            .record(started.elapsed().as_secs_f64());
+        let took = self.clock.monotonic().saturating_duration_since(started);
+        metrics::histogram!("onephase_webhook_record_seconds").record(took.as_secs_f64());
         for d in &disabled {
             tracing::warn!(
                 endpoint = %d.endpoint_id,
