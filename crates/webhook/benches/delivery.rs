@@ -314,18 +314,22 @@ const FLOOR_BATCH: i64 = 64;
 /// another, as the dispatcher's claims and records are; two workers at once on PostgreSQL (the
 /// dispatcher claims and records concurrently), one on SQLite (one writer). Deliveries/s.
 async fn store_floor(store: &Store, endpoint: &str, count: usize) -> AnyResult<f64> {
-    const CLAIM_PG: &str = "UPDATE onephase_webhook_deliveries \
-         SET attempts = attempts + 1, locked_until_ms = $1, next_at_ms = $1 \
-         WHERE id IN (SELECT id FROM onephase_webhook_deliveries \
-           WHERE endpoint_id = $4 AND status = 'pending' AND next_at_ms <= $2 \
-           ORDER BY next_at_ms, id LIMIT $3 FOR UPDATE SKIP LOCKED) \
-         RETURNING id, message_id, endpoint_id, attempts";
-    const CLAIM_SQLITE: &str = "UPDATE onephase_webhook_deliveries \
-         SET attempts = attempts + 1, locked_until_ms = $1, next_at_ms = $1 \
-         WHERE id IN (SELECT id FROM onephase_webhook_deliveries \
-           WHERE endpoint_id = $4 AND status = 'pending' AND next_at_ms <= $2 \
-           ORDER BY next_at_ms, id LIMIT $3) \
-         RETURNING id, message_id, endpoint_id, attempts";
+    // The same claim on both, PostgreSQL's workers skipping each other's rows.
+    macro_rules! claim {
+        ($skip:literal) => {
+            concat!(
+                "UPDATE onephase_webhook_deliveries \
+                 SET attempts = attempts + 1, locked_until_ms = $1, next_at_ms = $1 \
+                 WHERE id IN (SELECT id FROM onephase_webhook_deliveries \
+                   WHERE endpoint_id = $4 AND status = 'pending' AND next_at_ms <= $2 \
+                   ORDER BY next_at_ms, id LIMIT $3 ",
+                $skip,
+                ") RETURNING id, message_id, endpoint_id, attempts"
+            )
+        };
+    }
+    const CLAIM_PG: &str = claim!("FOR UPDATE SKIP LOCKED");
+    const CLAIM_SQLITE: &str = claim!("");
     type Row = (i64, String, String, i32);
     let workers = if matches!(store.db(), Db::Postgres(_)) {
         2

@@ -178,26 +178,44 @@ impl KeyWalk {
     }
 }
 
-/// The statements whose text differs between the backends: ids go to PostgreSQL as an array
-/// (so that `= ANY` probes the primary key) and to SQLite as a JSON list.
+/// What a claim needs of each delivery whose id matches `$ids` (the condition's right side).
+macro_rules! claimed_by_id {
+    ($ids:literal) => {
+        concat!(
+            "SELECT d.id, d.endpoint_id, d.message_id, d.attempts, e.url, e.keys, \
+               e.rate_limit, e.rate_tat_us, m.body, m.traceparent \
+             FROM onephase_webhook_deliveries d \
+             JOIN onephase_webhook_endpoints e ON e.id = d.endpoint_id \
+             JOIN onephase_webhook_messages m ON m.id = d.message_id \
+             WHERE d.id ",
+            $ids,
+            " ORDER BY d.next_at_ms, d.id"
+        )
+    };
+}
+
+/// Locks the deliveries whose id matches `$ids` that are still pending and unlocked. The
+/// lock's end is also the row's due time: a claim's walk down the due index then stops before
+/// the rows in flight instead of stepping over each of them, and a row whose dispatcher died
+/// is due again exactly when its lock lapses.
+macro_rules! lock {
+    ($ids:literal) => {
+        concat!(
+            "UPDATE onephase_webhook_deliveries \
+             SET attempts = attempts + 1, locked_until_ms = $2, next_at_ms = $2 \
+             WHERE id ",
+            $ids,
+            " AND status = 'pending' AND locked_until_ms <= $3 RETURNING id"
+        )
+    };
+}
+
+/// What differs between the backends: ids go to PostgreSQL as an array (so that `= ANY`
+/// probes the primary key) and to SQLite as a JSON list.
 mod pg {
     pub(super) const PG: bool = true;
-
-    /// What a claim needs of a delivery, selected by id.
-    pub(super) const CLAIMED_BY_ID: &str = "SELECT d.id, d.endpoint_id, d.message_id, \
-           d.attempts, e.url, e.keys, e.rate_limit, e.rate_tat_us, m.body, m.traceparent \
-         FROM onephase_webhook_deliveries d \
-         JOIN onephase_webhook_endpoints e ON e.id = d.endpoint_id \
-         JOIN onephase_webhook_messages m ON m.id = d.message_id \
-         WHERE d.id = ANY($1) ORDER BY d.next_at_ms, d.id";
-
-    /// Locks claimed deliveries that are still pending and unlocked. The lock's end is also
-    /// the row's due time: a claim's walk down the due index then stops before the rows in
-    /// flight instead of stepping over each of them, and a row whose dispatcher died is due
-    /// again exactly when its lock lapses.
-    pub(super) const LOCK: &str = "UPDATE onephase_webhook_deliveries \
-         SET attempts = attempts + 1, locked_until_ms = $2, next_at_ms = $2 \
-         WHERE id = ANY($1) AND status = 'pending' AND locked_until_ms <= $3 RETURNING id";
+    pub(super) const CLAIMED_BY_ID: &str = claimed_by_id!("= ANY($1)");
+    pub(super) const LOCK: &str = lock!("= ANY($1)");
 
     pub(super) fn ids(ids: &[i64]) -> Result<Vec<i64>, sqlx::Error> {
         Ok(ids.to_vec())
@@ -206,20 +224,8 @@ mod pg {
 
 mod lite {
     pub(super) const PG: bool = false;
-
-    /// See [`super::pg::CLAIMED_BY_ID`].
-    pub(super) const CLAIMED_BY_ID: &str = "SELECT d.id, d.endpoint_id, d.message_id, \
-           d.attempts, e.url, e.keys, e.rate_limit, e.rate_tat_us, m.body, m.traceparent \
-         FROM onephase_webhook_deliveries d \
-         JOIN onephase_webhook_endpoints e ON e.id = d.endpoint_id \
-         JOIN onephase_webhook_messages m ON m.id = d.message_id \
-         WHERE d.id IN (SELECT value FROM json_each($1)) ORDER BY d.next_at_ms, d.id";
-
-    /// See [`super::pg::LOCK`].
-    pub(super) const LOCK: &str = "UPDATE onephase_webhook_deliveries \
-         SET attempts = attempts + 1, locked_until_ms = $2, next_at_ms = $2 \
-         WHERE id IN (SELECT value FROM json_each($1)) \
-           AND status = 'pending' AND locked_until_ms <= $3 RETURNING id";
+    pub(super) const CLAIMED_BY_ID: &str = claimed_by_id!("IN (SELECT value FROM json_each($1))");
+    pub(super) const LOCK: &str = lock!("IN (SELECT value FROM json_each($1))");
 
     /// Ids as the JSON list the statements unpack.
     pub(super) fn ids(ids: &[i64]) -> Result<String, sqlx::Error> {
