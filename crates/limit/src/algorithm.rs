@@ -133,8 +133,7 @@ pub fn decide_gcra(policy: &Policy, tat: &mut i64, now: i64, cost: u64) -> Decis
 fn gcra(policy: &Policy, tat: &mut i64, now: i64, cost: u64) -> Verdict {
     let icost = i64::try_from(cost).unwrap_or(i64::MAX);
     let emission = policy.emission_us();
-    let burst = i64::try_from(policy.burst()).unwrap_or(i64::MAX);
-    let tolerance = emission.saturating_mul(burst);
+    let tolerance = policy.tolerance_us();
     let base = (*tat).max(now);
     let new_tat = base.saturating_add(emission.saturating_mul(icost));
     let allowed = new_tat - now <= tolerance;

@@ -10,7 +10,7 @@ use std::time::Instant;
 use onephase_core::SharedClock;
 
 use crate::algorithm::{State, decide, decide_gcra};
-use crate::{Decision, LimitError, Policy};
+use crate::{Algorithm, Decision, LimitError, Policy};
 
 /// How many shards a local limiter splits its keys over.
 const SHARDS: usize = 64;
@@ -24,11 +24,20 @@ const ROUND_ROBIN_EVERY: u32 = 1024;
 /// clients cannot aim collisions): the hash picks the shard and the table's bucket. The entry
 /// sits in the bucket itself and a short key's text in the entry, so a check of a key that is
 /// not in the CPU's cache waits for one load, not three (bucket, list of the keys with that
-/// hash, key text: those loads were more than half of a 100,000-key run's time).
-struct Entry {
+/// hash, key text: those loads were more than half of a 100,000-key run's time). An entry is
+/// 32 bytes on a 32-byte boundary, so it never straddles two cache lines.
+#[repr(align(32))]
+struct Entry<C> {
     key: Key,
-    cell: Cell,
+    cell: C,
 }
+
+// Two entries per cache line, whatever the algorithm: a longer key kept in place or a larger
+// state would round an entry up to 64 bytes, one per line.
+const _: () = assert!(
+    size_of::<Entry<Tat>>() == 32 && size_of::<Entry<Locked>>() == 32,
+    "a shard's entry must stay 32 bytes"
+);
 
 /// Longest key kept inside its entry: an IPv4 address, a user id, a short API key.
 const SHORT_KEY: usize = 22;
@@ -71,62 +80,71 @@ impl Key {
     }
 }
 
-/// One key's state. GCRA's is one timestamp, updated by compare-and-swap under the shard's
-/// read lock, so checks of one key from several threads do not queue on a lock; the other
-/// algorithms' state is behind a mutex of its own, boxed so that a GCRA entry stays small
-/// (more of them fit in the CPU's cache).
-enum Cell {
-    Gcra(AtomicI64),
-    Other(Box<Mutex<State>>),
+/// One key's state, of the one algorithm the limiter's policy names: every entry of a limiter
+/// holds the same kind, so none pays for a tag or for the largest kind.
+trait Cell: Sized {
+    /// The state of a key nothing has been counted against.
+    fn fresh(policy: &Policy) -> Self;
+    /// From when on the state is the same as a fresh one (so the key can be forgotten).
+    fn idle_from(&self, policy: &Policy) -> i64;
+    /// Decides `cost` units at `now`, counting them only if admitted.
+    fn decide(&self, policy: &Policy, now: i64, cost: u64) -> Decision;
 }
 
-impl Cell {
-    fn new(state: State) -> Self {
-        match state {
-            State::Gcra { tat } => Self::Gcra(AtomicI64::new(tat)),
-            other => Self::Other(Box::new(Mutex::new(other))),
-        }
+/// GCRA's state: one timestamp, updated by compare-and-swap under the shard's read lock, so
+/// checks of one key from several threads do not queue on a lock.
+struct Tat(AtomicI64);
+
+impl Cell for Tat {
+    fn fresh(_: &Policy) -> Self {
+        Self(AtomicI64::new(i64::MIN))
     }
 
-    fn idle_from(&self, policy: &Policy) -> i64 {
-        match self {
-            Self::Gcra(tat) => tat.load(Ordering::Relaxed),
-            Self::Other(state) => state
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .idle_from(policy),
-        }
+    fn idle_from(&self, _: &Policy) -> i64 {
+        self.0.load(Ordering::Relaxed)
     }
 
     #[inline]
     fn decide(&self, policy: &Policy, now: i64, cost: u64) -> Decision {
-        match self {
-            Self::Gcra(tat) => {
-                let mut current = tat.load(Ordering::Acquire);
-                loop {
-                    let mut new = current;
-                    let decision = decide_gcra(policy, &mut new, now, cost);
-                    if !decision.allowed || new == current {
-                        return decision;
-                    }
-                    match tat.compare_exchange_weak(
-                        current,
-                        new,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    ) {
-                        Ok(_) => return decision,
-                        Err(seen) => current = seen,
-                    }
-                }
+        let mut current = self.0.load(Ordering::Acquire);
+        loop {
+            let mut new = current;
+            let decision = decide_gcra(policy, &mut new, now, cost);
+            if !decision.allowed || new == current {
+                return decision;
             }
-            Self::Other(state) => decide(
-                policy,
-                &mut state.lock().unwrap_or_else(|p| p.into_inner()),
-                now,
-                cost,
-            ),
+            match self
+                .0
+                .compare_exchange_weak(current, new, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return decision,
+                Err(seen) => current = seen,
+            }
         }
+    }
+}
+
+/// The other algorithms' state, behind a mutex of its own, boxed so that the entry stays as
+/// small as a GCRA one.
+struct Locked(Box<Mutex<State>>);
+
+impl Locked {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Cell for Locked {
+    fn fresh(policy: &Policy) -> Self {
+        Self(Box::new(Mutex::new(State::fresh(policy.algorithm()))))
+    }
+
+    fn idle_from(&self, policy: &Policy) -> i64 {
+        self.state().idle_from(policy)
+    }
+
+    fn decide(&self, policy: &Policy, now: i64, cost: u64) -> Decision {
+        decide(policy, &mut self.state(), now, cost)
     }
 }
 
@@ -140,9 +158,19 @@ thread_local! {
 /// time of its last sweep outside the lock, so that a check can see no sweep is due without
 /// taking it.
 #[repr(align(128))]
-struct Padded(RwLock<Shard>, AtomicI64);
+struct Padded<C>(RwLock<Shard<C>>, AtomicI64);
 
-impl Padded {
+impl<C: Cell> Padded<C> {
+    fn new() -> Self {
+        Self(
+            RwLock::new(Shard {
+                keys: hashbrown::HashTable::new(),
+                swept_len: 0,
+            }),
+            AtomicI64::new(0),
+        )
+    }
+
     /// Sweeps the shard if its last sweep is at least `every` µs old and nobody holds it.
     fn sweep_if_due(&self, policy: &Policy, now: i64, every: i64) {
         let last = self.1.load(Ordering::Relaxed);
@@ -159,23 +187,22 @@ impl Padded {
         }
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Shard> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Shard<C>> {
         self.0.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Shard> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Shard<C>> {
         self.0.write().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-#[derive(Default)]
-struct Shard {
-    keys: hashbrown::HashTable<Entry>,
+struct Shard<C> {
+    keys: hashbrown::HashTable<Entry<C>>,
     /// The shard's size after its last sweep: a sweep also runs when it doubles.
     swept_len: usize,
 }
 
-impl Shard {
+impl<C: Cell> Shard<C> {
     fn sweep(&mut self, policy: &Policy, now: i64) {
         let grace = grace(policy);
         self.keys
@@ -214,7 +241,7 @@ impl Shard {
 /// ```
 pub struct LocalLimiter {
     policy: Policy,
-    shards: Box<[Padded]>,
+    shards: Shards,
     /// The next shard a round-robin sweep visits.
     turn: AtomicUsize,
     hasher: RandomState,
@@ -222,6 +249,24 @@ pub struct LocalLimiter {
     /// How old a shard's last sweep must be before it is swept again, in µs: the grace
     /// period, since no key can have become forgettable sooner.
     sweep_every: i64,
+}
+
+/// The shards, typed by the policy's algorithm.
+enum Shards {
+    Gcra(Box<[Padded<Tat>]>),
+    Other(Box<[Padded<Locked>]>),
+}
+
+impl Shards {
+    fn new(policy: &Policy) -> Self {
+        fn all<C: Cell>() -> Box<[Padded<C>]> {
+            (0..SHARDS).map(|_| Padded::new()).collect()
+        }
+        match policy.algorithm() {
+            Algorithm::Gcra => Self::Gcra(all()),
+            _ => Self::Other(all()),
+        }
+    }
 }
 
 /// Where the limiter reads the time.
@@ -274,9 +319,7 @@ impl LocalLimiter {
     fn on(policy: Policy, clock: Time) -> Self {
         Self {
             policy,
-            shards: (0..SHARDS)
-                .map(|_| Padded(RwLock::new(Shard::default()), AtomicI64::new(0)))
-                .collect(),
+            shards: Shards::new(&policy),
             turn: AtomicUsize::new(0),
             hasher: RandomState::new(),
             clock,
@@ -298,7 +341,23 @@ impl LocalLimiter {
         // its tag from the top seven, and a shard picked by the low bits left every table
         // with one 64th of its buckets to start probing from.
         let index = usize::try_from((hash >> 32) % SHARDS as u64).unwrap_or(0);
-        let shard = &self.shards[index];
+        Ok(match &self.shards {
+            Shards::Gcra(shards) => self.check_in(shards, index, hash, key, now, cost),
+            Shards::Other(shards) => self.check_in(shards, index, hash, key, now, cost),
+        })
+    }
+
+    #[inline]
+    fn check_in<C: Cell>(
+        &self,
+        shards: &[Padded<C>],
+        index: usize,
+        hash: u64,
+        key: &str,
+        now: i64,
+        cost: u64,
+    ) -> Decision {
+        let shard = &shards[index];
         let checks = CHECKS.with(|checks| {
             let n = checks.get().wrapping_add(1);
             checks.set(n);
@@ -309,12 +368,12 @@ impl LocalLimiter {
                 shard.sweep_if_due(&self.policy, now, self.sweep_every);
             }
             let turn = self.turn.fetch_add(1, Ordering::Relaxed) % SHARDS;
-            self.shards[turn].sweep_if_due(&self.policy, now, self.sweep_every);
+            shards[turn].sweep_if_due(&self.policy, now, self.sweep_every);
         }
-        let same = |entry: &Entry| entry.key.as_bytes() == key.as_bytes();
+        let same = |entry: &Entry<C>| entry.key.as_bytes() == key.as_bytes();
         // A known key: the read lock, shared with every other check on the shard.
         if let Some(entry) = shard.read().keys.find(hash, same) {
-            return Ok(entry.cell.decide(&self.policy, now, cost));
+            return entry.cell.decide(&self.policy, now, cost);
         }
         // A new key (or one swept meanwhile): the write lock.
         let mut keys = shard.write();
@@ -323,14 +382,14 @@ impl LocalLimiter {
             shard.1.store(now, Ordering::Relaxed);
         }
         if let Some(entry) = keys.keys.find(hash, same) {
-            return Ok(entry.cell.decide(&self.policy, now, cost));
+            return entry.cell.decide(&self.policy, now, cost);
         }
-        let mut state = State::fresh(self.policy.algorithm());
-        let decision = decide(&self.policy, &mut state, now, cost);
+        let cell = C::fresh(&self.policy);
+        let decision = cell.decide(&self.policy, now, cost);
         if decision.allowed {
             let entry = Entry {
                 key: Key::new(key),
-                cell: Cell::new(state),
+                cell,
             };
             // Growing the table hashes its keys again (rarely: it doubles), which keeps every
             // entry 8 bytes smaller than storing the hash would.
@@ -339,12 +398,15 @@ impl LocalLimiter {
                 hasher.hash_one(Text(entry.key.as_bytes()))
             });
         }
-        Ok(decision)
+        decision
     }
 
     /// Keys held now (including idle ones not yet swept).
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.read().keys.len()).sum()
+        match &self.shards {
+            Shards::Gcra(shards) => shards.iter().map(|s| s.read().keys.len()).sum(),
+            Shards::Other(shards) => shards.iter().map(|s| s.read().keys.len()).sum(),
+        }
     }
 
     /// Whether no key is held.

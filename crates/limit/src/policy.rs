@@ -88,6 +88,9 @@ pub struct Policy {
     /// GCRA's emission interval, in whole µs rounded up: computed once, since a division on
     /// every check was a fifth of a local check's time.
     emission_us: i64,
+    /// GCRA's tolerance, `emission × burst` in µs: how far ahead of now the theoretical
+    /// arrival time may run. Computed with the emission, not on every check.
+    tolerance_us: i64,
 }
 
 impl Policy {
@@ -107,12 +110,14 @@ impl Policy {
         }
         let period_us = i64::try_from(period.as_micros()).unwrap_or(i64::MAX);
         let whole = i64::try_from(limit).unwrap_or(i64::MAX);
+        let emission_us = (period_us + whole - 1) / whole;
         Ok(Self {
             algorithm,
             limit,
             period_us,
             burst: limit,
-            emission_us: (period_us + whole - 1) / whole,
+            emission_us,
+            tolerance_us: tolerance(emission_us, limit),
         })
     }
 
@@ -126,6 +131,7 @@ impl Policy {
         }
         if self.algorithm == Algorithm::Gcra {
             self.burst = burst;
+            self.tolerance_us = tolerance(self.emission_us, burst);
         }
         Ok(self)
     }
@@ -160,6 +166,11 @@ impl Policy {
         self.emission_us
     }
 
+    /// GCRA's tolerance: `emission × burst`, in microseconds.
+    pub(crate) fn tolerance_us(&self) -> i64 {
+        self.tolerance_us
+    }
+
     /// Checks a cost: at least 1 and at most the burst (a larger one could never be admitted).
     pub(crate) fn check_cost(&self, cost: u64) -> Result<(), LimitError> {
         if cost == 0 || cost > self.burst {
@@ -170,4 +181,9 @@ impl Policy {
         }
         Ok(())
     }
+}
+
+/// GCRA's tolerance for an emission interval and a burst, saturating.
+fn tolerance(emission_us: i64, burst: u64) -> i64 {
+    emission_us.saturating_mul(i64::try_from(burst).unwrap_or(i64::MAX))
 }
