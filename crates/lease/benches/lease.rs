@@ -19,9 +19,6 @@
 //! - **SQLite baseline**, and the second **PostgreSQL baseline**: two single-row write
 //!   transactions per cycle (what an acquire and a release each cost at least when both are
 //!   durable: the floor of any lease that survives a crash, which an advisory lock is not).
-//!   Contended, the third baseline makes the same writes one client at a time, in turn through
-//!   a first-come queue: a hand-off chains a grant after the release it follows, which the
-//!   plain floor's eight independent writers do not.
 //!
 //! Each case runs for 3 s. Results go to `bench/results/lease.json` and a Markdown table on
 //! stdout.
@@ -39,8 +36,6 @@ type AnyResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 const RUN: Duration = Duration::from_secs(3);
 const TTL: Duration = Duration::from_secs(10);
-/// The baseline of [`handoff_floor`].
-const HANDOFF: &str = "two write transactions, in turn";
 
 struct Row {
     backend: &'static str,
@@ -174,20 +169,6 @@ async fn etcd_floor(url: &str, clients: usize) -> AnyResult<f64> {
 /// What any lease that records its grant and its release durably costs at least: two
 /// single-row write transactions per cycle, the engine queueing the writers.
 async fn durable_floor(store: &Store, clients: usize) -> AnyResult<f64> {
-    floor(store, clients, false).await
-}
-
-/// The floor of a durable hand-off between `clients` contenders: the same two writes, but made
-/// by one client at a time, each waiting its turn in a first-come queue in this process. A
-/// grant cannot commit before the release it follows, so where the plain floor's writers
-/// overlap their round trips and commits, these chain them, as a lease passed on must.
-async fn handoff_floor(store: &Store, clients: usize) -> AnyResult<f64> {
-    floor(store, clients, true).await
-}
-
-/// Two single-row write transactions per cycle; `in_turn`: one client at a time.
-async fn floor(store: &Store, clients: usize, in_turn: bool) -> AnyResult<f64> {
-    let turn = Arc::new(tokio::sync::Mutex::new(()));
     on_store!(store.db(), pool => {
         let pool = pool.clone();
         sqlx::query("CREATE TABLE IF NOT EXISTS bench_floor (id INTEGER PRIMARY KEY, n BIGINT)")
@@ -197,9 +178,8 @@ async fn floor(store: &Store, clients: usize, in_turn: bool) -> AnyResult<f64> {
             .execute(&pool)
             .await?;
         rate(clients, move |_| {
-            let (pool, turn) = (pool.clone(), Arc::clone(&turn));
+            let pool = pool.clone();
             async move {
-                let _turn = if in_turn { Some(turn.lock().await) } else { None };
                 for _ in 0..2 {
                     sqlx::query("UPDATE bench_floor SET n = n + 1 WHERE id = 1")
                         .execute(&pool)
@@ -229,13 +209,6 @@ fn main() -> AnyResult<()> {
                 raw: durable_floor(sqlite.store(), clients).await?,
             });
         }
-        rows.push(Row {
-            backend: "sqlite",
-            clients: 8,
-            onephase: rows[1].onephase,
-            baseline: HANDOFF,
-            raw: handoff_floor(sqlite.store(), 8).await?,
-        });
         sqlite.close().await?;
         if let Some(pg) = TestDb::postgres().await {
             pg.store().migrate(&[migrations()]).await?;
@@ -255,15 +228,6 @@ fn main() -> AnyResult<()> {
                     baseline: "two write transactions",
                     raw: durable_floor(pg.store(), clients).await?,
                 });
-                if clients > 1 {
-                    rows.push(Row {
-                        backend: "postgres",
-                        clients,
-                        onephase: ours,
-                        baseline: HANDOFF,
-                        raw: handoff_floor(pg.store(), clients).await?,
-                    });
-                }
             }
             pg.close().await?;
         }

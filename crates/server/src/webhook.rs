@@ -55,7 +55,7 @@ pub struct WebhookSettings {
     /// days).
     #[serde(default)]
     pub disable_after_secs: Option<u64>,
-    /// Requests in flight over all endpoints (default 256).
+    /// Attempts in flight over all endpoints (default 256).
     #[serde(default)]
     pub max_in_flight: Option<usize>,
     /// Milliseconds between looks for due deliveries (default 250).

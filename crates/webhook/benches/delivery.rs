@@ -9,7 +9,7 @@
 //! A local receiver answers 204 at once. One endpoint with concurrency 256.
 //!
 //! - **Throughput**: N messages are sent (committed), then a dispatcher (256 attempts in
-//!   flight, the default claims of 128) delivers them all; deliveries/s is N over the time from
+//!   flight, the default claims of 64) delivers them all; deliveries/s is N over the time from
 //!   its start to the last delivery recorded. Each delivery is a claim, a signed POST and a
 //!   recorded attempt. The end is watched in the receiver's memory first, so that no polling
 //!   query competes for the cores.
@@ -18,7 +18,7 @@
 //!   next three is the baseline.
 //! - **Ratio**: dispatcher deliveries/s over raw requests/s.
 //! - **Store floor**: the same number of deliveries claimed, recorded as attempts and marked
-//!   delivered by plain SQL in batches of 128, with no HTTP: the store's own limit.
+//!   delivered by plain SQL in batches of 64, with no HTTP: the store's own limit.
 //! - **Ceiling ratio**: what the two limits leave when their costs per delivery add up on the
 //!   same cores, `1 / (1/raw + 1/floor)`, over raw.
 //! - **Added latency**: messages sent at a fixed rate for a few seconds with the dispatcher
@@ -224,6 +224,7 @@ async fn measure(db: &TestDb, backend: &'static str) -> AnyResult<Measured> {
         DispatcherConfig {
             policy: policy.clone(),
             max_in_flight: CONCURRENCY,
+            poll_interval: Duration::from_millis(5),
             ..DispatcherConfig::default()
         },
     )?;
@@ -305,15 +306,12 @@ async fn measure(db: &TestDb, backend: &'static str) -> AnyResult<Measured> {
     })
 }
 
-/// Deliveries per claim in the floor: the dispatcher's default claim.
-fn floor_batch() -> i64 {
-    i64::from(DispatcherConfig::default().claim_batch)
-}
+/// Deliveries per claim in the floor, as the dispatcher's default claims.
+const FLOOR_BATCH: i64 = 64;
 
-/// The least the store does per delivery, with no HTTP: batches of due rows (as many as the
-/// dispatcher's default claim) claimed (attempt counted, locked) in one transaction, then
-/// recorded (an attempt row each, marked delivered) in another, as the dispatcher's claims and
-/// records are; two workers at once on PostgreSQL (the
+/// The least the store does per delivery, with no HTTP: batches of 64 due rows claimed (attempt
+/// counted, locked) in one transaction, then recorded (an attempt row each, marked delivered) in
+/// another, as the dispatcher's claims and records are; two workers at once on PostgreSQL (the
 /// dispatcher claims and records concurrently), one on SQLite (one writer). Deliveries/s.
 async fn store_floor(store: &Store, endpoint: &str, count: usize) -> AnyResult<f64> {
     // The same claim on both, PostgreSQL's workers skipping each other's rows.
@@ -354,7 +352,7 @@ async fn store_floor(store: &Store, endpoint: &str, count: usize) -> AnyResult<f
                         let rows: Vec<Row> = sqlx::query_as($claim)
                             .bind(lease)
                             .bind(now_ms)
-                            .bind(floor_batch())
+                            .bind(FLOOR_BATCH)
                             .bind(&endpoint)
                             .fetch_all(&mut *tx)
                             .await?;

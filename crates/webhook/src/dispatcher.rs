@@ -8,12 +8,8 @@
 //! with the same `webhook-id`. Outcomes are written in batches by one writer task.
 //!
 //! A slow endpoint holds only its own concurrency slots: claims never wait for an endpoint,
-//! and every attempt runs in its own task under its own timeout. A slot is a request: a
-//! delivered attempt gives its slot back at its answer, while its delivery stays locked until
-//! its outcome is written; a failed one keeps it until then, so that the slow-down or
-//! disabling it causes applies before the endpoint is sent anything more.
+//! and every attempt runs in its own task under its own timeout.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
@@ -53,13 +49,10 @@ pub struct DispatcherConfig {
     /// time to record the outcome. A dispatcher that died is replaced after
     /// `attempt_timeout + lease_margin`.
     pub lease_margin: Duration,
-    /// Requests in flight at once over all endpoints (default 256). An attempt holds its slot
-    /// from its claim to its answer, and a failed one until its outcome is written too; at
-    /// most `max_in_flight + record_batch` outcomes wait to be written.
+    /// Attempts in flight at once over all endpoints (default 256).
     pub max_in_flight: usize,
-    /// Deliveries taken per claim, at most (default 128). A claim's cost is mostly fixed (a
-    /// transaction, the endpoints' rooms, a lock), so larger claims spread it; smaller ones
-    /// start attempts sooner after slots free.
+    /// Deliveries taken per claim (default 64): smaller claims keep attempts flowing while
+    /// earlier ones are recorded.
     pub claim_batch: u32,
     /// Outcomes written per transaction, at most (default 512).
     pub record_batch: usize,
@@ -88,7 +81,7 @@ impl Default for DispatcherConfig {
             attempt_timeout: Duration::from_secs(15),
             lease_margin: Duration::from_secs(15),
             max_in_flight: 256,
-            claim_batch: 128,
+            claim_batch: 64,
             record_batch: 512,
             poll_interval: Duration::from_millis(250),
             max_retry_after: Duration::from_secs(3600),
@@ -114,13 +107,7 @@ struct Inner {
     client: DeliveryClient,
     clock: SharedClock,
     random: Arc<Random>,
-    /// Attempts claimed and not yet recorded.
     in_flight: AtomicUsize,
-    /// Of those, the ones holding a slot: not answered yet, or failed and not recorded.
-    sending: AtomicUsize,
-    /// Delivered answers not yet recorded, by endpoint: their requests are over, but their
-    /// deliveries are still locked in the store.
-    answered: Mutex<HashMap<String, i64>>,
     freed: Notify,
     /// Claims made, to rotate which endpoint a claim starts with.
     rounds: AtomicUsize,
@@ -158,8 +145,6 @@ impl Dispatcher {
                 clock: Arc::new(SystemClock),
                 random: Arc::new(random),
                 in_flight: AtomicUsize::new(0),
-                sending: AtomicUsize::new(0),
-                answered: Mutex::default(),
                 freed: Notify::new(),
                 rounds: AtomicUsize::new(0),
                 swept_at: Mutex::new(None),
@@ -191,7 +176,7 @@ impl Dispatcher {
     /// Claims what is due now, makes every attempt, records the outcomes, and returns. For
     /// tests and one-shot tools; a server calls [`run`](Self::run).
     pub async fn run_once(&self) -> Result<Round, WebhookError> {
-        let (claimed, _) = self.claim(self.inner.config.claim_batch).await?;
+        let claimed = self.claim(self.inner.config.claim_batch).await?;
         let attempts =
             futures::future::join_all(claimed.into_iter().map(|c| self.inner.clone().attempt(c)))
                 .await;
@@ -207,9 +192,7 @@ impl Dispatcher {
         })
     }
 
-    /// Claims up to `limit` due deliveries; with them, whether an endpoint's concurrency left
-    /// some due ones behind.
-    async fn claim(&self, limit: u32) -> Result<(Vec<Claimed>, bool), WebhookError> {
+    async fn claim(&self, limit: u32) -> Result<Vec<Claimed>, WebhookError> {
         let inner = &self.inner;
         let now = inner.clock.now();
         let now_ms = sql::ms(now);
@@ -230,7 +213,6 @@ impl Dispatcher {
             limit,
             start,
             &mut cursors,
-            &|endpoint| inner.answered_at(endpoint),
         )
         .await?;
         let took = inner.clock.monotonic().saturating_duration_since(started);
@@ -242,9 +224,6 @@ impl Dispatcher {
     fn spawn_attempts(&self, claimed: Vec<Claimed>, results: &mpsc::UnboundedSender<Finished>) {
         self.inner
             .in_flight
-            .fetch_add(claimed.len(), Ordering::AcqRel);
-        self.inner
-            .sending
             .fetch_add(claimed.len(), Ordering::AcqRel);
         for c in claimed {
             let inner = self.inner.clone();
@@ -263,11 +242,7 @@ impl Dispatcher {
             onephase_trace::follow(&span, c.traceparent.as_deref());
             tokio::spawn(
                 async move {
-                    let finished = inner.clone().attempt(c).await;
-                    if finished.outcome == Outcome::Delivered {
-                        inner.answer(&finished.endpoint_id);
-                    }
-                    let _ = results.send(finished);
+                    let _ = results.send(inner.attempt(c).await);
                 }
                 .instrument(span),
             );
@@ -291,15 +266,7 @@ impl Dispatcher {
                             Err(_) => break,
                         }
                     }
-                    // Forgotten as answered before the outcomes are written: a claim must never
-                    // count as free a delivery whose lock a record has already released.
-                    inner.forget_answered(&batch);
                     inner.record_until_done(&batch).await;
-                    let failed = batch
-                        .iter()
-                        .filter(|f| f.outcome != Outcome::Delivered)
-                        .count();
-                    inner.sending.fetch_sub(failed, Ordering::AcqRel);
                     inner.in_flight.fetch_sub(batch.len(), Ordering::AcqRel);
                     inner.freed.notify_one();
                     batch.clear();
@@ -313,26 +280,20 @@ impl Dispatcher {
             .poll_interval(config.poll_interval)
             .with_random(self.inner.random.clone());
         loop {
-            // Listened for before the claim: a message sent while the claim runs (too late for
-            // it to see) must still end the wait after it, not wait for the next poll.
-            let mut sent = std::pin::pin!(SENT.notified());
-            sent.as_mut().enable();
-            let room = self.inner.room();
+            let room = config
+                .max_in_flight
+                .saturating_sub(self.inner.in_flight.load(Ordering::Acquire));
             let mut pace = Pace::Poll;
-            // Whether a slot freeing up should start a claim: only when this dispatcher or an
-            // endpoint ran out of room with deliveries due, not after every answer.
-            let mut short = room < config.claim_batch as usize;
             if room > 0 {
                 let limit = u32::try_from(room)
                     .unwrap_or(u32::MAX)
                     .min(config.claim_batch);
                 match self.claim(limit).await {
-                    Ok((claimed, endpoint_short)) => {
+                    Ok(claimed) => {
                         worker.succeeded();
                         if claimed.len() == limit as usize {
                             pace = Pace::Now;
                         }
-                        short = (short && claimed.len() == limit as usize) || endpoint_short;
                         self.spawn_attempts(claimed, &results);
                     }
                     Err(e) => {
@@ -345,14 +306,12 @@ impl Dispatcher {
                     }
                 }
             }
-            let freed = async {
-                if short {
-                    self.inner.freed.notified().await;
-                } else {
-                    std::future::pending::<()>().await;
-                }
-            };
-            if worker.wait(pace, sent, freed, shutdown.as_mut()).await == Wake::Stop {
+            let freed = self.inner.freed.notified();
+            if worker
+                .wait(pace, SENT.notified(), freed, shutdown.as_mut())
+                .await
+                == Wake::Stop
+            {
                 break;
             }
         }
@@ -373,47 +332,6 @@ const MAX_CLAIM_BACKOFF: Duration = Duration::from_secs(1);
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 impl Inner {
-    /// How many attempts may start: `max_in_flight` less the attempts holding a slot, and
-    /// no more than leaves `max_in_flight + record_batch` outcomes unwritten.
-    fn room(&self) -> usize {
-        let unrecorded = self.in_flight.load(Ordering::Acquire);
-        let sending = self.sending.load(Ordering::Acquire);
-        let backlog = self.config.max_in_flight + self.config.record_batch;
-        self.config
-            .max_in_flight
-            .saturating_sub(sending)
-            .min(backlog.saturating_sub(unrecorded))
-    }
-
-    /// Notes a delivered answer whose outcome is not written yet; its slot is free.
-    fn answer(&self, endpoint: &str) {
-        {
-            let mut answered = self.answered.lock().unwrap_or_else(|e| e.into_inner());
-            *answered.entry(endpoint.to_owned()).or_default() += 1;
-        }
-        self.sending.fetch_sub(1, Ordering::AcqRel);
-        self.freed.notify_one();
-    }
-
-    /// Takes back what [`answer`](Self::answer) noted for the delivered outcomes of `batch`.
-    fn forget_answered(&self, batch: &[Finished]) {
-        let mut answered = self.answered.lock().unwrap_or_else(|e| e.into_inner());
-        for f in batch.iter().filter(|f| f.outcome == Outcome::Delivered) {
-            if let Some(n) = answered.get_mut(&f.endpoint_id) {
-                *n -= 1;
-                if *n <= 0 {
-                    answered.remove(&f.endpoint_id);
-                }
-            }
-        }
-    }
-
-    /// The delivered answers to `endpoint` whose outcomes are not written yet.
-    fn answered_at(&self, endpoint: &str) -> i64 {
-        let answered = self.answered.lock().unwrap_or_else(|e| e.into_inner());
-        answered.get(endpoint).copied().unwrap_or(0)
-    }
-
     /// Whether a claim should sweep first: on the first claim, then every [`SWEEP_EVERY`].
     fn sweep_due(&self) -> bool {
         let now = self.clock.monotonic();

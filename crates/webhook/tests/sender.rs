@@ -34,8 +34,7 @@ fn local() -> AddressPolicy {
         .expect("a network")
 }
 
-/// The test database's store, migrated for webhooks.
-async fn migrated(db: &TestDb) -> anyhow::Result<onephase_store::Store> {
+async fn setup(db: &TestDb, config: DispatcherConfig) -> anyhow::Result<Setup> {
     let store = db.store().clone();
     store
         .migrate(&[
@@ -43,11 +42,6 @@ async fn migrated(db: &TestDb) -> anyhow::Result<onephase_store::Store> {
             onephase_webhook::migrations(),
         ])
         .await?;
-    Ok(store)
-}
-
-async fn setup(db: &TestDb, config: DispatcherConfig) -> anyhow::Result<Setup> {
-    let store = migrated(db).await?;
     let clock = ManualClock::new(datetime!(2026-11-28 12:00 UTC));
     let webhooks = Webhooks::new(store.clone(), local()).with_clock(Arc::new(clock.clone()));
     let dispatcher = Dispatcher::new(
@@ -981,92 +975,6 @@ per_backend! {
             message.deliveries
         );
         ensure!(drain(&s).await? == 0, "delivered once more");
-        db.close().await?;
-        Ok(())
-    }
-}
-
-per_backend! {
-    /// A running dispatcher frees a delivered attempt's slot at its answer, before its outcome
-    /// is written, and a failed one only after: an endpoint's concurrency must still hold for
-    /// the requests themselves, every message must be delivered once, and the slowed-down
-    /// endpoint's failures must keep their slots until written.
-    #[tokio::test]
-    async fn a_running_dispatcher_keeps_each_endpoints_concurrency(db) -> anyhow::Result<()> {
-        const MESSAGES: usize = 120;
-        let store = migrated(&db).await?;
-        let webhooks = Webhooks::new(store.clone(), local());
-        let dispatcher = Dispatcher::new(
-            store,
-            DispatcherConfig {
-                policy: local(),
-                seed: Some(7),
-                schedule: immediate(30),
-                slow_down_for: Duration::from_millis(50),
-                ..DispatcherConfig::default()
-            },
-        )?;
-        let rx = TestReceiver::start().await;
-        rx.script(|path, n| Answer {
-            status: if path == "flaky" && n < 20 { 503 } else { 200 },
-            retry_after: None,
-            delay: Duration::from_millis(3),
-        });
-        let mut narrow = EndpointSpec::new(rx.url("narrow"));
-        narrow.max_concurrency = Some(3);
-        webhooks.create_endpoint(narrow).await?;
-        let mut flaky = EndpointSpec::new(rx.url("flaky"));
-        flaky.max_concurrency = Some(4);
-        webhooks.create_endpoint(flaky).await?;
-        for n in 0..MESSAGES {
-            webhooks.send(&NewMessage::new("a.b", json!(n))).await?;
-        }
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let running = tokio::spawn({
-            let dispatcher = dispatcher.clone();
-            async move {
-                dispatcher
-                    .run(async {
-                        let _ = stopped.await;
-                    })
-                    .await;
-            }
-        });
-        let delivered = |path: &str| {
-            rx.arrivals_at(path)
-                .iter()
-                .filter(|a| a.status == 200)
-                .count()
-        };
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while delivered("narrow") < MESSAGES || delivered("flaky") < MESSAGES {
-            ensure!(
-                std::time::Instant::now() < deadline,
-                "after 60 s: {} and {} of {MESSAGES} delivered",
-                delivered("narrow"),
-                delivered("flaky")
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let _ = stop.send(());
-        running.await?;
-        ensure!(dispatcher.in_flight() == 0, "{} unrecorded", dispatcher.in_flight());
-        for path in ["narrow", "flaky"] {
-            let ids: std::collections::HashSet<String> = rx
-                .arrivals_at(path)
-                .iter()
-                .filter(|a| a.status == 200)
-                .map(|a| a.id())
-                .collect();
-            ensure!(ids.len() == MESSAGES && delivered(path) == MESSAGES, "{path}: {} delivered, {} distinct", delivered(path), ids.len());
-        }
-        ensure!(rx.max_running("narrow") <= 3, "narrow: {} at once", rx.max_running("narrow"));
-        ensure!(rx.max_running("flaky") <= 4, "flaky: {} at once", rx.max_running("flaky"));
-        for m in webhooks.messages(None, None, 1000).await? {
-            for d in webhooks.message(&m.id).await?.deliveries {
-                ensure!(d.status == "delivered", "{d:?}");
-            }
-        }
         db.close().await?;
         Ok(())
     }

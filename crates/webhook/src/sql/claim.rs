@@ -24,42 +24,27 @@ pub(crate) struct Claimed {
     pub traceparent: Option<String>,
 }
 
-/// An enabled endpoint with a due delivery, and how many of its attempts may start.
+/// An enabled endpoint with room for more attempts.
 #[derive(Debug, Clone, sqlx::FromRow)]
 struct Room {
     id: String,
     ordered: bool,
-    /// Its concurrency limit now (halved while slowed down).
-    cap: i64,
-    /// Its deliveries locked by an attempt, answered or not.
-    busy: i64,
-    /// How many more attempts may start: `cap` less the locked deliveries still waiting for
-    /// an answer.
-    #[sqlx(skip)]
     room: i64,
 }
 
-impl Room {
-    /// Counts `answered` of its locked deliveries as free: their requests are over, only
-    /// their outcome is still to be written. At most `busy` of them, whatever the caller says.
-    fn free_after(&mut self, answered: i64) {
-        self.room = self.cap - (self.busy - answered.clamp(0, self.busy));
-    }
-}
-
-/// The concurrency of each enabled endpoint that has a due delivery (one index probe each, so
-/// idle endpoints cost no query of their own): its limit (halved while slowed down) and its
-/// locked deliveries, which the `locked` index counts without reading the backlog (it holds
-/// only rows with a lock: `locked_until_ms > 0` is spelled out for the planners).
+/// The free concurrency of each enabled endpoint that has a due delivery (one index probe
+/// each, so idle endpoints cost no query of their own): its limit (halved while slowed down)
+/// less the attempts in flight, which the `locked` index counts without reading the backlog
+/// (it holds only rows with a lock: `locked_until_ms > 0` is spelled out for the planners).
 fn rooms_sql(pg: bool) -> String {
     format!(
         "SELECT e.id, e.ordered, \
-           CAST(CASE WHEN e.slow_until_ms > $1 THEN {least}(e.slow_limit, e.max_concurrency) \
-             ELSE e.max_concurrency END AS BIGINT) AS cap, \
-           (SELECT COUNT(*) FROM onephase_webhook_deliveries b \
+           (CASE WHEN e.slow_until_ms > $1 THEN {least}(e.slow_limit, e.max_concurrency) \
+             ELSE e.max_concurrency END) \
+           - (SELECT COUNT(*) FROM onephase_webhook_deliveries b \
               WHERE b.endpoint_id = e.id AND b.status = 'pending' AND b.locked_until_ms > 0 \
                 AND b.locked_until_ms > $1) \
-           AS busy \
+           AS room \
          FROM onephase_webhook_endpoints e WHERE e.disabled_at_ms IS NULL \
            AND EXISTS (SELECT 1 FROM onephase_webhook_deliveries d \
              WHERE d.endpoint_id = e.id AND d.status = 'pending' AND d.next_at_ms <= $1) \
@@ -229,13 +214,6 @@ macro_rules! lock {
 /// probes the primary key) and to SQLite as a JSON list.
 mod pg {
     pub(super) const PG: bool = true;
-    /// One claimer at a time across servers, so that concurrency and rate limits count every
-    /// server's attempts. A claim is only a lock: if a database crash loses it, the delivery is
-    /// attempted again (at least once either way), so its commit need not wait for the disk.
-    /// Sent with `BEGIN` as one simple query: one round trip instead of two. (An error in it
-    /// leaves no transaction open, and the claim fails.)
-    pub(super) const BEGIN: &str = "BEGIN; SELECT pg_advisory_xact_lock(7415612901), \
-         set_config('synchronous_commit', 'off', true)";
     pub(super) const CLAIMED_BY_ID: &str = claimed_by_id!("= ANY($1)");
     pub(super) const LOCK: &str = lock!("= ANY($1)");
 
@@ -246,7 +224,6 @@ mod pg {
 
 mod lite {
     pub(super) const PG: bool = false;
-    pub(super) const BEGIN: &str = "BEGIN";
     pub(super) const CLAIMED_BY_ID: &str = claimed_by_id!("IN (SELECT value FROM json_each($1))");
     pub(super) const LOCK: &str = lock!("IN (SELECT value FROM json_each($1))");
 
@@ -280,16 +257,6 @@ fn earliest(mut found: Vec<(i64, i64)>, take: i64) -> Vec<i64> {
 /// rate, and for ordered endpoints only the oldest pending delivery of each partition key.
 /// Endpoints are visited from `start` on (rotating it shares a tight `limit` fairly). Each
 /// taken row's attempt count goes up and it is locked until `lease_ms`.
-///
-/// Also says whether an endpoint with due deliveries was left without room: only then can a
-/// slot freeing up let the next claim take more.
-///
-/// `answered` gives, per endpoint, how many of the caller's locked deliveries have had their
-/// answer and wait only for their outcome to be written: those leave the endpoint's
-/// concurrency at once. It is asked after the locked rows are counted, so that each
-/// delivery it names was among them (the caller forgets a delivery before writing its
-/// outcome, and makes no other claim meanwhile).
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn claim(
     store: &Store,
     now_ms: i64,
@@ -298,19 +265,21 @@ pub(crate) async fn claim(
     limit: u32,
     start: usize,
     cursors: &mut KeyCursors,
-    answered: &(dyn Fn(&str) -> i64 + Sync),
-) -> Result<(Vec<Claimed>, bool), sqlx::Error> {
+) -> Result<Vec<Claimed>, sqlx::Error> {
     on_store!(store.db(), pool, q: pg | lite => {
         let pg = q::PG;
-        let mut tx = pool.begin_with(q::BEGIN).await?;
+        let mut tx = pool.begin().await?;
+        if pg {
+            // One claimer at a time across servers, so that concurrency and rate limits
+            // count every server's attempts.
+            // A claim is only a lock: if a database crash loses it, the delivery is attempted
+            // again (at least once either way), so its commit need not wait for the disk.
+            sqlx::query("SELECT pg_advisory_xact_lock(7415612901), set_config('synchronous_commit', 'off', true)").execute(&mut *tx).await?;
+        }
         let mut rooms: Vec<Room> = sqlx::query_as(sqlx::AssertSqlSafe(rooms_sql(pg)))
             .bind(now_ms)
             .fetch_all(&mut *tx)
             .await?;
-        for r in &mut rooms {
-            r.free_after(answered(&r.id));
-        }
-        let mut short = rooms.iter().any(|r| r.room <= 0);
         visiting_order(&mut rooms, start);
         let mut left = i64::from(limit);
         let mut candidates: Vec<Claimed> = Vec::new();
@@ -328,9 +297,7 @@ pub(crate) async fn claim(
                     .bind(take)
                     .fetch_all(&mut *tx)
                     .await?;
-                let found_len = i64::try_from(found.len()).unwrap_or(i64::MAX);
-                short |= found_len >= r.room;
-                left -= found_len;
+                left -= i64::try_from(found.len()).unwrap_or(i64::MAX);
                 candidates.extend(found);
                 continue;
             }
@@ -357,9 +324,7 @@ pub(crate) async fn claim(
             };
             found.extend(walk.heads);
             let first = earliest(found, take);
-            let first_len = i64::try_from(first.len()).unwrap_or(i64::MAX);
-            short |= first_len >= r.room;
-            left -= first_len;
+            left -= i64::try_from(first.len()).unwrap_or(i64::MAX);
             chosen.extend(first);
         }
         if !chosen.is_empty() {
@@ -370,7 +335,7 @@ pub(crate) async fn claim(
             candidates.extend(ordered);
         }
         if candidates.is_empty() {
-            return Ok((Vec::new(), short));
+            return Ok(Vec::new());
         }
         let (taken, tats) = within_rate(candidates, now_us);
         let ids: Vec<i64> = taken.iter().map(|c| c.id).collect();
@@ -387,7 +352,7 @@ pub(crate) async fn claim(
         tx.commit().await?;
 
         let locked: std::collections::HashSet<i64> = locked.into_iter().collect();
-        Ok((taken.into_iter().filter(|c| locked.contains(&c.id)).collect(), short))
+        Ok(taken.into_iter().filter(|c| locked.contains(&c.id)).collect())
     })
 }
 
@@ -473,30 +438,6 @@ mod tests {
         assert!(walk.heads.is_empty());
         assert_eq!(walk.next_after(), None);
         assert_eq!(walk.cursor(), None);
-    }
-
-    #[test]
-    fn answered_deliveries_free_their_slots_and_no_more() {
-        let mut r = Room {
-            id: "e".to_owned(),
-            ordered: false,
-            cap: 10,
-            busy: 8,
-            room: 0,
-        };
-        r.free_after(0);
-        assert_eq!(r.room, 2);
-        r.free_after(5);
-        assert_eq!(r.room, 7);
-        // More answers than locked rows (a lock that lapsed) never frees more than the cap.
-        r.free_after(50);
-        assert_eq!(r.room, 10);
-        r.free_after(-3);
-        assert_eq!(r.room, 2);
-        // Slowed down below what is locked: no room until enough answers come back.
-        r.cap = 4;
-        r.free_after(3);
-        assert_eq!(r.room, -1);
     }
 
     #[test]
